@@ -1,0 +1,29 @@
+# Every target does its own set-up: a fresh machine needs only `make run` or `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# A regular (non-editable) install: a default editable install hides plugins/ from twistd.
+$(STAMP): $(BIN)/python pyproject.toml $(shell find yotonnet plugins -name '*.py' 2>/dev/null)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m yotonnet.node --name local --listen tcp:7117:interface=127.0.0.1
+
+test: $(STAMP)
+	$(BIN)/ruff check yotonnet tests benchmarks plugins
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info _trial_temp .hypothesis
