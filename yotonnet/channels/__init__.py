@@ -1,0 +1,7 @@
+"""User-facing channels: pub/sub, request/reply and state."""
+
+from .pubsub import PubChannel, SubChannel
+from .reqrep import RepChannel, ReqChannel
+from .state import StateChannel
+
+__all__ = ["PubChannel", "SubChannel", "ReqChannel", "RepChannel", "StateChannel"]

@@ -1,0 +1,36 @@
+"""What every channel has: a validated name, a pattern, a message type, a wire id."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from ..messages import MessageType, message_type
+from ..names import channel_id, validate_channel_name
+
+if TYPE_CHECKING:
+    from ..context import Context
+
+
+class Channel:
+    pattern: ClassVar[str]
+    #: the context table this end registers in (None: it holds no interest)
+    table: ClassVar[str | None] = None
+
+    def __init__(self, context: Context, name: str, message_type_: MessageType | str) -> None:
+        self.context = context
+        self.name = validate_channel_name(name)
+        self.message_type = message_type(message_type_)
+        self.channel_id = channel_id(self.pattern, name)
+        self.closed = False
+        if self.table is not None:
+            context._register(self.table, self)
+
+    def close(self) -> None:
+        """Leave the channel; the mesh stops routing its messages here."""
+        if not self.closed:
+            self.closed = True
+            if self.table is not None:
+                self.context._unregister(self.table, self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.message_type.name}>"

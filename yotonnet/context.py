@@ -1,0 +1,722 @@
+"""The context: one node of the mesh.
+
+A :class:`Context` owns its links (incoming and outgoing), its local channels
+and a :class:`~yotonnet.routing.RoutingTable`. It floods its own node record
+when its links or interests change, asks the routing table where each frame
+goes, and caches those answers so the per-message path is a dict lookup and a
+write per target. It never decodes a payload it only forwards.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from . import errors, wire
+from .link import BUSY, CLOSED, UP, HandshakeError, Link, LinkFactory
+from .messages import decode_object, encode_object
+from .routing import REP, STATE, SUB, Interest, NodeState, RoutingTable
+from .wire import HEADER, HEADER_TAIL, FrameKind
+
+if TYPE_CHECKING:
+    from .channels.pubsub import SubChannel
+    from .channels.reqrep import RepChannel
+    from .channels.state import StateChannel
+
+log = Logger(namespace="yotonnet.context")
+
+_STATE_VERSION = struct.Struct("<QQ")
+_DATA = int(FrameKind.DATA)
+_REQUEST = int(FrameKind.REQUEST)
+_REPLY = int(FrameKind.REPLY)
+_STATE = int(FrameKind.STATE)
+
+
+@dataclass
+class ContextConfig:
+    """Tunables of a context; every time is in seconds."""
+
+    max_frame: int = wire.DEFAULT_MAX_FRAME
+    heartbeat: float = 1.0
+    busy_timeout: float = 5.0
+    #: close a link whose peer stays silent this long (0: never; busy is reported meanwhile)
+    dead_timeout: float = 0.0
+    handshake_timeout: float = 10.0
+    request_timeout: float = 30.0
+    reconnect_initial: float = 0.2
+    reconnect_max: float = 10.0
+    max_hops: int = wire.DEFAULT_HOPS
+
+
+class LinkEvent(NamedTuple):
+    peer_name: str
+    peer_id: int
+    status: str
+    reason: str | None
+    link: Link
+
+
+class Dialer:
+    """An outgoing link that reconnects with exponential backoff and jitter.
+
+    Inspect ``attempts``, ``last_delay`` and ``link``; ``stop()`` ends it.
+    """
+
+    def __init__(self, context: Context, endpoint_text: str) -> None:
+        self.endpoint_text = endpoint_text
+        self.attempts = 0
+        self.last_delay = 0.0
+        self.link: Link | None = None
+        self.stopped = False
+        self.last_error: str | None = None
+        cfg = context.config
+        policy = backoffPolicy(cfg.reconnect_initial, cfg.reconnect_max, 2.0, random.random)
+
+        def retry_policy(failures: int) -> float:
+            self.attempts = failures
+            self.last_delay = policy(failures)
+            return self.last_delay
+
+        endpoint = clientFromString(context.reactor, endpoint_text)
+        self.service = ClientService(
+            endpoint,
+            LinkFactory(context, outgoing=True, endpoint_text=endpoint_text),
+            retryPolicy=retry_policy,
+            clock=context.reactor,
+            prepareConnection=self._prepare,
+        )
+
+        #: fires with the first link up, or fails on a refusal that retrying cannot fix
+        self.first: defer.Deferred[Link] = defer.Deferred()
+
+    def _prepare(self, link: Link) -> defer.Deferred[Link]:
+        d = link.handshake_done
+        assert d is not None
+
+        def up(link: Link) -> Link:
+            self.link = link
+            self.last_error = None
+            if not self.first.called:
+                self.first.callback(link)
+            return link
+
+        def failed(failure: Any) -> Any:
+            self.last_error = failure.getErrorMessage()
+            if failure.check(HandshakeError) and failure.value.fatal and not self.first.called:
+                self.stop()
+                self.first.errback(failure)
+            return failure
+
+        return d.addCallbacks(up, failed)
+
+    def start(self) -> None:
+        self.service.startService()
+
+    def stop(self) -> defer.Deferred[None]:
+        self.stopped = True
+        if not self.service.running:
+            return defer.succeed(None)
+        return defer.maybeDeferred(self.service.stopService)
+
+    def info(self) -> dict:
+        return {
+            "endpoint": self.endpoint_text,
+            "connected": self.link is not None and self.link.status in (UP, BUSY),
+            "attempts": self.attempts,
+            "last_delay": self.last_delay,
+            "last_error": self.last_error,
+            "stopped": self.stopped,
+        }
+
+
+class _Pending:
+    __slots__ = ("deferred", "timer", "dest")
+
+    def __init__(self, deferred: defer.Deferred, timer: Any, dest: int) -> None:
+        self.deferred = deferred
+        self.timer = timer
+        self.dest = dest
+
+
+class Context:
+    """A node: hosts channels and links to other nodes."""
+
+    def __init__(
+        self,
+        name: str | None = None,
+        reactor: Any = None,
+        *,
+        config: ContextConfig | None = None,
+        node_id: int | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        if not IReactorTime.providedBy(reactor):
+            raise TypeError("reactor must provide IReactorTime")
+        self.reactor = reactor
+        self.config = config or ContextConfig()
+        self.node_id = node_id or random.getrandbits(64) or 1
+        self.name = name or f"{socket.gethostname()}-{id(self) & 0xFFFF:04x}"
+        self.capabilities: tuple[str, ...] = ("routing-1", "state-1", "reqrep-1")
+        self.routing = RoutingTable(self.node_id, self.name)
+        self.links: dict[int, Link] = {}
+        self.dialers: list[Dialer] = []
+        self.ports: list[Any] = []
+        self.closed = False
+        self._subs: dict[int, list[SubChannel]] = {}
+        self._reps: dict[int, list[RepChannel]] = {}
+        self._states: dict[int, list[StateChannel]] = {}
+        self._channel_types: dict[int, str] = {}
+        self._seq: dict[int, int] = {}
+        self._fanout: dict[tuple[int, int], list[Link]] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._outstanding: dict[int, int] = {}
+        self._next_request = 0
+        self._lamport = 0
+        self._state_values: dict[int, tuple[tuple[int, int], int, bytes]] = {}
+        self._state_told: dict[int, set[int]] = {}
+        self._watchers: list[Callable[[LinkEvent], None]] = []
+        self._interest_waiters: list[tuple[int, str, int, defer.Deferred]] = []
+        self.counters = {"forwarded": 0, "no_route": 0, "hop_limit": 0}
+        # Dispatch table handed to every link: frame kind -> handler(link, frame).
+        self._frame_handlers: dict[int, Callable[[Link, wire.Frame], None]] = {
+            FrameKind.DATA: self._on_data,
+            FrameKind.REQUEST: self._on_request,
+            FrameKind.REPLY: self._on_reply,
+            FrameKind.STATE: self._on_state,
+            FrameKind.CONTROL: self._on_control,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Context {self.name} {self.node_id:016x}>"
+
+    # --- public API
+
+    def listen(self, endpoint: str) -> defer.Deferred[Any]:
+        """Accept any number of peers on a Twisted server endpoint string."""
+        self._check_open()
+        try:
+            ep = serverFromString(self.reactor, endpoint)
+        except (ValueError, KeyError, TypeError) as e:
+            return defer.fail(ValueError(f"bad listen endpoint {endpoint!r}: {e}"))
+        d = ep.listen(LinkFactory(self, outgoing=False, endpoint_text=endpoint))
+
+        def listening(port: Any) -> Any:
+            self.ports.append(port)
+            log.info("{node} listening on {where}", node=self.name, where=_port_text(port))
+            return port
+
+        return d.addCallback(listening)
+
+    def connect(self, endpoint: str) -> defer.Deferred[Link]:
+        """Dial a peer; the Deferred fires with the link once the handshake is done.
+
+        The link reconnects by itself with exponential backoff until the
+        context closes. A handshake the peer refuses outright (wrong protocol,
+        version, credentials) fails the Deferred and stops dialling.
+        """
+        self._check_open()
+        try:
+            dialer = Dialer(self, endpoint)
+        except (ValueError, KeyError, TypeError) as e:
+            return defer.fail(ValueError(f"bad connect endpoint {endpoint!r}: {e}"))
+        self.dialers.append(dialer)
+        dialer.start()
+        return dialer.first
+
+    def close(self) -> defer.Deferred[None]:
+        """Stop dialling and listening, close every link, fail pending requests."""
+        if self.closed:
+            return defer.succeed(None)
+        self.closed = True
+        waits: list[defer.Deferred] = [d.stop() for d in self.dialers]
+        waits += [defer.maybeDeferred(p.stopListening) for p in self.ports]
+        for link in list(self.links.values()):
+            link.close("context closed")
+        for req_id in list(self._pending):
+            self._finish_request(req_id, errors.ConnectionLost("context closed"))
+        return defer.DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
+
+    def watch_links(self, callback: Callable[[LinkEvent], None]) -> Callable[[], None]:
+        """Call ``callback(LinkEvent)`` on every link status change; returns an unwatch function."""
+        self._watchers.append(callback)
+        return lambda: self._watchers.remove(callback) if callback in self._watchers else None
+
+    def topology(self) -> dict:
+        """Nodes, links, routes and channels as plain data."""
+        snap = self.routing.snapshot()
+        snap["name"] = self.name
+        snap["links"] = [link.info() for link in self.links.values()]
+        snap["dialers"] = [d.info() for d in self.dialers]
+        snap["channels"] = {
+            f"{chan:016x}": {
+                "name": chans[0].name,
+                "pattern": chans[0].pattern,
+                "local": len(chans),
+            }
+            for table in (self._subs, self._reps, self._states)
+            for chan, chans in table.items()
+            if chans
+        }
+        snap["counters"] = dict(self.counters)
+        return snap
+
+    def wait_for_interest(
+        self, channel: int, role: str, count: int = 1
+    ) -> defer.Deferred[None]:
+        """Fire once ``count`` ``role`` holders of ``channel`` are reachable."""
+        d: defer.Deferred[None] = defer.Deferred()
+        self._interest_waiters.append((channel, role, count, d))
+        self._check_interest_waiters()
+        return d
+
+    def interest_count(self, channel: int, role: str) -> int:
+        total = 0
+        for node_id in self.routing.holders(channel, role):
+            interest = self.routing.interest_of(node_id, channel)
+            if interest is not None:
+                total += interest.count
+        return total
+
+    # --- links
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("context is closed")
+
+    def _refuse_incoming(self) -> str | None:
+        if self.closed:
+            return "context is closed"
+        return None
+
+    def _admit(self, link: Link) -> str | None:
+        """Decide whether a link that finished its handshake may join."""
+        if self.closed:
+            return "context is closed"
+        existing = self.links.get(link.peer_id)
+        if existing is not None and existing is not link and existing.status != CLOSED:
+            return f"already linked to node {link.peer_name} ({link.peer_id:016x})"
+        return None
+
+    def _link_up(self, link: Link) -> None:
+        self.links[link.peer_id] = link
+        log.info("{node}: link up to {peer}", node=self.name, peer=link.describe())
+        # Full re-sync: the new neighbour gets every record we hold.
+        for state in list(self.routing.nodes.values()):
+            link.send(_control_frame(["node", state.to_wire()]))
+        self._update_local(links={peer: 1 for peer in self.links})
+        self._emit_link_event(link, UP, None)
+
+    def _link_down(self, link: Link) -> None:
+        if self.links.get(link.peer_id) is link:
+            del self.links[link.peer_id]
+            log.info(
+                "{node}: link down to {peer}: {reason}",
+                node=self.name,
+                peer=link.describe(),
+                reason=link.reason,
+            )
+            if not self.closed:
+                self._update_local(links={peer: 1 for peer in self.links})
+
+    def _emit_link_event(self, link: Link, status: str, reason: str | None) -> None:
+        event = LinkEvent(link.peer_name, link.peer_id, status, reason, link)
+        for watcher in list(self._watchers):
+            try:
+                watcher(event)
+            except Exception:  # noqa: BLE001 - one bad watcher must not break the link
+                log.failure("link watcher failed")
+
+    # --- routing
+
+    def _update_local(
+        self, links: dict[int, int] | None = None, interests: dict[int, Interest] | None = None
+    ) -> None:
+        state = self.routing.set_local(links=links, interests=interests)
+        if state is not None:
+            self._flood(state, exclude=None)
+            self._routing_changed()
+
+    def _flood(self, state: NodeState, exclude: Link | None) -> None:
+        frame = _control_frame(["node", state.to_wire()])
+        for link in self.links.values():
+            if link is not exclude and link.status in (UP, BUSY):
+                link.send(frame)
+
+    def _on_control(self, link: Link, frame: wire.Frame) -> None:
+        try:
+            message = decode_object(frame.payload)
+            kind, body = message[0], message[1]
+        except Exception as e:  # noqa: BLE001 - any decoding problem is the peer's fault
+            raise wire.ProtocolError(f"malformed control message: {e}") from None
+        if kind == "node":
+            try:
+                state = NodeState.from_wire(body)
+            except ValueError as e:
+                raise wire.ProtocolError(str(e)) from None
+            if self.routing.update(state):
+                if state.node_id == self.node_id:
+                    self._flood(self.routing.local, exclude=None)
+                else:
+                    self._flood(state, exclude=link)
+                self._routing_changed()
+        # Unknown control kinds are ignored, so newer nodes can add some.
+
+    def _routing_changed(self) -> None:
+        self._fanout.clear()
+        self._check_interest_waiters()
+        self._fail_unreachable_requests()
+        self._push_state_to_new_holders()
+
+    def _local_interests(self) -> dict[int, Interest]:
+        interests: dict[int, Interest] = {}
+        for role, table in ((SUB, self._subs), (REP, self._reps), (STATE, self._states)):
+            for chan, chans in table.items():
+                if chans:
+                    interests[chan] = Interest(role, chans[0].message_type.name, len(chans))
+        return interests
+
+    def _targets(self, source: int, channel: int, role: str = SUB) -> list[Link]:
+        key = (source, channel) if role is SUB else (source, ~channel)
+        links = self._fanout.get(key)
+        if links is None:
+            links = []
+            for peer in self.routing.multicast_targets(source, channel, role):
+                link = self.links.get(peer)
+                if link is not None:
+                    links.append(link)
+            self._fanout[key] = links
+        return links
+
+    def _unicast(self, dest: int, data: bytes) -> bool:
+        hop = self.routing.next_hop(dest)
+        link = self.links.get(hop) if hop is not None else None
+        if link is None:
+            self.counters["no_route"] += 1
+            return False
+        link.send(data)
+        return True
+
+    def _check_interest_waiters(self) -> None:
+        if not self._interest_waiters:
+            return
+        still = []
+        for chan, role, count, d in self._interest_waiters:
+            if d.called:
+                continue
+            if self.interest_count(chan, role) >= count:
+                d.callback(None)
+            else:
+                still.append((chan, role, count, d))
+        self._interest_waiters = still
+
+    # --- channel registry (called by channels)
+
+    def _register(self, table_name: str, channel: Any) -> None:
+        table = getattr(self, table_name)
+        chan = channel.channel_id
+        known = self._channel_types.get(chan)
+        if known is not None and table.get(chan) and known != channel.message_type.name:
+            raise errors.MessageTypeError(
+                f"channel {channel.name!r} already has local {channel.pattern} ends of type "
+                f"{known}; this one is {channel.message_type.name}"
+            )
+        self._channel_types[chan] = channel.message_type.name
+        table.setdefault(chan, []).append(channel)
+        self._update_local(interests=self._local_interests())
+
+    def _unregister(self, table_name: str, channel: Any) -> None:
+        chans = getattr(self, table_name).get(channel.channel_id)
+        if chans and channel in chans:
+            chans.remove(channel)
+            if not chans:
+                del getattr(self, table_name)[channel.channel_id]
+            if not self.closed:
+                self._update_local(interests=self._local_interests())
+
+    # --- pub/sub
+
+    def _publish(self, channel: int, tag: int, payload: bytes) -> None:
+        seq = self._seq.get(channel, 0) + 1
+        self._seq[channel] = seq
+        me = self.node_id
+        links = self._fanout.get((me, channel))
+        if links is None:
+            links = self._targets(me, channel)
+        if links:
+            data = (
+                HEADER.pack(
+                    HEADER_TAIL + len(payload), _DATA, self.config.max_hops, 0, tag,
+                    channel, me, 0, seq,
+                )
+                + payload
+            )
+            for link in links:
+                link.send(data)
+        subs = self._subs.get(channel)
+        if subs:
+            frame = wire.Frame(_DATA, self.config.max_hops, tag, channel, me, 0, seq, payload)
+            for sub in subs:
+                sub._deliver(frame)
+
+    def _on_data(self, link: Link, frame: wire.Frame) -> None:
+        key = (frame.source, frame.channel)
+        links = self._fanout.get(key)
+        if links is None:
+            links = self._targets(frame.source, frame.channel)
+        if links:
+            self._forward(frame, links)
+        subs = self._subs.get(frame.channel)
+        if subs:
+            for sub in subs:
+                sub._deliver(frame)
+
+    def _forward(self, frame: wire.Frame, links: list[Link]) -> None:
+        if frame.hops <= 1:
+            self.counters["hop_limit"] += 1
+            return
+        data = wire.reencode(frame, frame.hops - 1)
+        self.counters["forwarded"] += len(links)
+        for link in links:
+            link.send(data)
+
+    # --- request/reply
+
+    def _request(
+        self, channel: int, channel_name: str, payload: bytes, timeout: float | None
+    ) -> defer.Deferred[Any]:
+        holders = self.routing.holders(channel, REP)
+        if not holders:
+            return defer.fail(
+                errors.NoResponders(f"no replier for channel {channel_name!r} is reachable")
+            )
+        outstanding = self._outstanding
+        dest = min(holders, key=lambda n: (outstanding.get(n, 0), holders.index(n)))
+        self._next_request += 1
+        req_id = self._next_request
+
+        def cancel(d: defer.Deferred) -> None:
+            pending = self._pending.pop(req_id, None)
+            if pending is not None:
+                self._release(pending)
+
+        d: defer.Deferred[Any] = defer.Deferred(cancel)
+        timer = None
+        if timeout:
+            timer = self.reactor.callLater(
+                timeout,
+                self._finish_request,
+                req_id,
+                errors.TimeoutError(
+                    f"no reply on channel {channel_name!r} within {timeout:g} s"
+                ),
+            )
+        self._pending[req_id] = _Pending(d, timer, dest)
+        outstanding[dest] = outstanding.get(dest, 0) + 1
+        if dest == self.node_id:
+            self._serve_request(channel, self.node_id, req_id, payload)
+        else:
+            data = wire.encode_frame(
+                _REQUEST, payload, channel=channel, source=self.node_id, dest=dest, seq=req_id,
+                hops=self.config.max_hops,
+            )
+            if not self._unicast(dest, data):
+                self._finish_request(
+                    req_id, errors.NoResponders(f"replier for {channel_name!r} unreachable")
+                )
+        return d
+
+    def _release(self, pending: _Pending) -> None:
+        if pending.timer is not None and pending.timer.active():
+            pending.timer.cancel()
+        left = self._outstanding.get(pending.dest, 1) - 1
+        if left > 0:
+            self._outstanding[pending.dest] = left
+        else:
+            self._outstanding.pop(pending.dest, None)
+
+    def _finish_request(self, req_id: int, result: Any) -> None:
+        pending = self._pending.pop(req_id, None)
+        if pending is None:
+            return
+        self._release(pending)
+        if isinstance(result, BaseException):
+            pending.deferred.errback(result)
+        else:
+            pending.deferred.callback(result)
+
+    def _fail_unreachable_requests(self) -> None:
+        if not self._pending:
+            return
+        reachable = self.routing.reachable()
+        for req_id, pending in list(self._pending.items()):
+            if pending.dest not in reachable:
+                self._finish_request(
+                    req_id,
+                    errors.ConnectionLost(
+                        f"replier node {pending.dest:016x} became unreachable before replying"
+                    ),
+                )
+
+    def _on_request(self, link: Link, frame: wire.Frame) -> None:
+        if frame.dest != self.node_id:
+            if frame.hops > 1:
+                self._unicast(frame.dest, wire.reencode(frame, frame.hops - 1))
+            return
+        self._serve_request(frame.channel, frame.source, frame.seq, frame.payload)
+
+    def _serve_request(self, channel: int, source: int, req_id: int, payload: bytes) -> None:
+        reps = self._reps.get(channel)
+        if not reps:
+            self._reply(channel, source, req_id, ["noresp", "no replier here any more"])
+            return
+        rep = min(reps, key=lambda r: r.in_flight)
+        d = rep._handle(payload)
+        d.addCallbacks(
+            lambda value: self._reply(channel, source, req_id, ["ok", value]),
+            lambda failure: self._reply(
+                channel,
+                source,
+                req_id,
+                [
+                    "err",
+                    failure.type.__name__ if failure.type else "Exception",
+                    failure.getErrorMessage(),
+                    "".join(
+                        traceback.format_exception(failure.value)
+                    ) if failure.value is not None else "",
+                ],
+            ),
+        )
+
+    def _reply(self, channel: int, dest: int, req_id: int, body: list) -> None:
+        try:
+            payload = encode_object(body)
+        except errors.MessageTypeError as e:
+            payload = encode_object(["err", "MessageTypeError", f"reply not encodable: {e}", ""])
+        if dest == self.node_id:
+            self._accept_reply(req_id, payload)
+            return
+        self._unicast(
+            dest,
+            wire.encode_frame(
+                _REPLY, payload, channel=channel, source=self.node_id, dest=dest, seq=req_id,
+                hops=self.config.max_hops,
+            ),
+        )
+
+    def _on_reply(self, link: Link, frame: wire.Frame) -> None:
+        if frame.dest != self.node_id:
+            if frame.hops > 1:
+                self._unicast(frame.dest, wire.reencode(frame, frame.hops - 1))
+            return
+        self._accept_reply(frame.seq, frame.payload)
+
+    def _accept_reply(self, req_id: int, payload: bytes) -> None:
+        if req_id not in self._pending:
+            return  # cancelled or timed out: the late reply is dropped
+        try:
+            body = decode_object(payload)
+            status = body[0]
+        except Exception as e:  # noqa: BLE001
+            self._finish_request(req_id, errors.DecodeError(f"malformed reply: {e}"))
+            return
+        if status == "ok":
+            self._finish_request(req_id, body[1])
+        elif status == "noresp":
+            self._finish_request(req_id, errors.NoResponders(str(body[1])))
+        else:
+            self._finish_request(req_id, errors.RemoteError(body[1], body[2], body[3]))
+
+    # --- state
+
+    def _state_set(self, channel: int, tag: int, payload: bytes) -> None:
+        self._lamport += 1
+        version = (self._lamport, self.node_id)
+        self._state_apply(channel, version, tag, payload)
+        data = self._state_frame(channel, version, tag, payload, dest=0)
+        for link in self._targets(self.node_id, channel, STATE):
+            link.send(data)
+
+    def _state_frame(
+        self, channel: int, version: tuple[int, int], tag: int, payload: bytes, dest: int
+    ) -> bytes:
+        return wire.encode_frame(
+            _STATE,
+            _STATE_VERSION.pack(*version) + payload,
+            tag=tag,
+            channel=channel,
+            source=self.node_id,
+            dest=dest,
+            hops=self.config.max_hops,
+        )
+
+    def _on_state(self, link: Link, frame: wire.Frame) -> None:
+        if frame.dest not in (0, self.node_id):
+            if frame.hops > 1:
+                self._unicast(frame.dest, wire.reencode(frame, frame.hops - 1))
+            return
+        if frame.dest == 0:
+            links = self._targets(frame.source, frame.channel, STATE)
+            if links:
+                self._forward(frame, links)
+        if len(frame.payload) < _STATE_VERSION.size:
+            raise wire.ProtocolError("STATE frame too short for its version")
+        version = _STATE_VERSION.unpack_from(frame.payload)
+        self._state_apply(frame.channel, version, frame.tag, frame.payload[_STATE_VERSION.size :])
+
+    def _state_apply(
+        self, channel: int, version: tuple[int, int], tag: int, payload: bytes
+    ) -> None:
+        self._lamport = max(self._lamport, version[0])
+        holders = self._states.get(channel)
+        if not holders:
+            return  # only passing through this node
+        current = self._state_values.get(channel)
+        if current is not None and current[0] >= version:
+            return
+        self._state_values[channel] = (version, tag, payload)
+        for holder in holders:
+            holder._changed(tag, payload)
+
+    def _state_current(self, channel: int) -> tuple[tuple[int, int], int, bytes] | None:
+        return self._state_values.get(channel)
+
+    def _push_state_to_new_holders(self) -> None:
+        """Tell holders we have not told yet (late joiners, healed partitions) our value."""
+        for channel, (version, tag, payload) in self._state_values.items():
+            if channel not in self._states:
+                continue
+            told = self._state_told.get(channel, set())
+            holders = set(self.routing.holders(channel, STATE))
+            holders.discard(self.node_id)
+            for node in holders - told:
+                self._unicast(node, self._state_frame(channel, version, tag, payload, dest=node))
+            self._state_told[channel] = holders
+
+
+def _control_frame(body: list) -> bytes:
+    return wire.encode_frame(FrameKind.CONTROL, encode_object(body))
+
+
+def _port_text(port: Any) -> str:
+    try:
+        host = port.getHost()
+    except Exception:  # noqa: BLE001
+        return repr(port)
+    if hasattr(host, "port"):
+        return f"{host.host}:{host.port}"
+    return str(getattr(host, "name", host))

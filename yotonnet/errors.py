@@ -1,0 +1,54 @@
+"""Exceptions that reach applications."""
+
+from __future__ import annotations
+
+from .messages import DecodeError, MessageTypeError
+from .wire import ProtocolError
+
+__all__ = [
+    "YotonnetError",
+    "RemoteError",
+    "TimeoutError",
+    "NoResponders",
+    "ConnectionLost",
+    "PermissionDenied",
+    "ProtocolError",
+    "MessageTypeError",
+    "DecodeError",
+]
+
+
+class YotonnetError(Exception):
+    """Base class of yotonnet's own errors."""
+
+
+class RemoteError(YotonnetError):
+    """A request handler raised: carries the remote exception's type name and traceback."""
+
+    def __init__(self, remote_type: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{remote_type}: {message}")
+        self.remote_type = remote_type
+        self.remote_message = message
+        self.remote_traceback = traceback
+
+    def __str__(self) -> str:
+        text = f"{self.remote_type}: {self.remote_message}"
+        if self.remote_traceback:
+            text += "\n--- remote traceback ---\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class TimeoutError(YotonnetError):  # noqa: A001 - public name from the API contract
+    """A request got no reply in time."""
+
+
+class NoResponders(YotonnetError):
+    """No replier for the channel is reachable."""
+
+
+class ConnectionLost(YotonnetError):
+    """The link a request travelled on went away before the reply came back."""
+
+
+class PermissionDenied(YotonnetError):
+    """The authenticated user may not do this operation on this channel."""

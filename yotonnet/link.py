@@ -1,0 +1,312 @@
+"""Links: one Twisted protocol per peer connection.
+
+A :class:`Link` does the handshake (preamble and HELLO), enforces the frame
+size and the handshake timeout, sends heartbeats when idle and watches the
+peer's silence, and hands every complete frame to its context through a
+dispatch table indexed by frame kind. It knows nothing of channels.
+
+Link status is one of ``handshaking``, ``up``, ``busy`` (the socket is alive
+but the peer has been silent past the timeout, e.g. its interpreter is stuck
+in C code holding the GIL) and ``closed`` (with a reason).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from . import wire
+from .wire import FrameKind, ProtocolError
+
+if TYPE_CHECKING:
+    from .context import Context
+
+HANDSHAKING = "handshaking"
+UP = "up"
+BUSY = "busy"
+CLOSED = "closed"
+
+log = Logger(namespace="yotonnet.link")
+
+
+class HandshakeError(ProtocolError):
+    """The handshake with a peer failed; ``fatal`` means retrying will not help."""
+
+    def __init__(self, message: str, fatal: bool = True) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+
+
+class Link(Protocol):
+    """The connection to one peer node."""
+
+    def __init__(self, context: Context, outgoing: bool, endpoint_text: str = "") -> None:
+        self.context = context
+        self.clock = context.reactor
+        self.outgoing = outgoing
+        self.endpoint_text = endpoint_text
+        self.status = HANDSHAKING
+        self.reason: str | None = None
+        self.peer_id = 0
+        self.peer_name = ""
+        self.peer_capabilities: tuple[str, ...] = ()
+        self.peer_address = ""
+        self.handshake_done: defer.Deferred[Link] = defer.Deferred()
+        self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
+        self.last_seen = self.last_sent = 0.0
+        self._decoder = wire.FrameDecoder(max_frame=wire.HANDSHAKE_MAX_FRAME)
+        self._handlers: dict[int, Callable[[Link, wire.Frame], None]] = {}
+        self._timeout_call: Any = None
+        self._heartbeat_call: Any = None
+        self._closing = False
+        self._fatal = False
+
+    # --- connection life
+
+    def connectionMade(self) -> None:
+        now = self.clock.seconds()
+        self.last_seen = self.last_sent = now
+        peer = self.transport.getPeer()
+        self.peer_address = str(getattr(peer, "host", "") or getattr(peer, "name", "") or peer)
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass  # unix sockets and memory transports have no Nagle to turn off
+        cfg = self.context.config
+        self.transport.write(wire.encode_preamble())
+        self.transport.write(
+            wire.encode_hello(
+                wire.Hello(
+                    self.context.node_id,
+                    self.context.name,
+                    self.context.capabilities,
+                    cfg.max_frame,
+                    cfg.heartbeat,
+                    {},
+                )
+            )
+        )
+        self._timeout_call = self.clock.callLater(cfg.handshake_timeout, self._handshake_timed_out)
+
+    def _handshake_timed_out(self) -> None:
+        self._timeout_call = None
+        self.fail(
+            f"handshake not finished within {self.context.config.handshake_timeout:g} s; "
+            "is the peer a yotonnet node?",
+            fatal=False,
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self.last_seen = self.clock.seconds()
+        try:
+            frames = self._decoder.feed(data)
+        except ProtocolError as e:
+            self.fail(str(e))
+            return
+        if not frames:
+            return
+        self.frames_in += len(frames)
+        if self.status is not UP:
+            if self.status is HANDSHAKING:
+                frames = self._handshake(frames)
+                if not frames:
+                    return
+            elif self.status is BUSY:
+                self._set_status(UP)
+            else:
+                return
+        handlers = self._handlers
+        try:
+            for frame in frames:
+                handlers[frame[0]](self, frame)
+                if self._closing:
+                    return
+        except ProtocolError as e:
+            self.fail(str(e))
+
+    def _handshake(self, frames: list[wire.Frame]) -> list[wire.Frame]:
+        first = frames[0]
+        if first.kind == FrameKind.ERROR:
+            self._peer_error(first)
+            return []
+        try:
+            hello = wire.decode_hello(first)
+        except ProtocolError as e:
+            self.fail(str(e))
+            return []
+        if hello.node_id == self.context.node_id:
+            self.fail("connected to itself (same node id); check the endpoint")
+            return []
+        self.peer_id = hello.node_id
+        self.peer_name = hello.name
+        self.peer_capabilities = hello.capabilities
+        self._decoder.max_frame = min(self.context.config.max_frame, hello.max_frame)
+        refusal = self.context._admit(self)
+        if refusal:
+            self.fail(refusal)
+            return []
+        if self._timeout_call is not None and self._timeout_call.active():
+            self._timeout_call.cancel()
+        self._timeout_call = None
+        self._handlers = self.context._frame_handlers
+        self._handlers_kind_check()
+        self.status = UP
+        self._start_heartbeat()
+        self.context._link_up(self)
+        d, self.handshake_done = self.handshake_done, None
+        if d is not None:
+            d.callback(self)
+        return frames[1:]
+
+    def _handlers_kind_check(self) -> None:
+        # Control kinds the link handles itself; the context handles the rest.
+        handlers = dict(self._handlers)
+        handlers[FrameKind.PING] = Link._on_ping
+        handlers[FrameKind.PONG] = Link._on_pong
+        handlers[FrameKind.ERROR] = Link._peer_error
+        handlers[FrameKind.CLOSE] = Link._on_close
+        handlers[FrameKind.HELLO] = Link._on_second_hello
+        self._handlers = handlers
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+        self._stop_timers()
+        if self.reason is None:
+            text = reason.getErrorMessage() if reason is not None else "connection closed"
+            self.reason = f"connection lost: {text}"
+        was = self.status
+        self.status = CLOSED
+        d, self.handshake_done = self.handshake_done, None
+        if d is not None:
+            d.errback(HandshakeError(self.reason, fatal=self._fatal))
+        if was is not HANDSHAKING:
+            self.context._link_down(self)
+        self.context._emit_link_event(self, CLOSED, self.reason)
+
+    # --- sending
+
+    def send(self, data: bytes) -> None:
+        """Write one or more encoded frames."""
+        self.bytes_out += len(data)
+        self.frames_out += 1
+        self.transport.write(data)
+
+    def fail(self, reason: str, fatal: bool = True) -> None:
+        """Tell the peer what went wrong (where it can read it) and disconnect."""
+        if self._closing:
+            return
+        self._closing = True
+        self._fatal = fatal
+        self.reason = reason
+        if fatal:
+            log.warn(
+                "closing link {link}: {reason}", link=self.describe(), reason=reason
+            )
+        try:
+            self.transport.write(wire.encode_frame(FrameKind.ERROR, reason.encode("utf-8")))
+        except Exception:  # noqa: BLE001 - a broken transport must not stop the close
+            pass
+        self.transport.loseConnection()
+
+    def close(self, reason: str = "closed by local node") -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self.reason = reason
+        if self.status is not HANDSHAKING:
+            self.transport.write(wire.encode_frame(FrameKind.CLOSE, reason.encode("utf-8")))
+        self.transport.loseConnection()
+
+    # --- control frames
+
+    def _on_ping(self, frame: wire.Frame) -> None:
+        self.send(wire.encode_frame(FrameKind.PONG, seq=frame.seq))
+
+    def _on_pong(self, frame: wire.Frame) -> None:
+        pass  # receiving anything already refreshed last_seen
+
+    def _peer_error(self, frame: wire.Frame) -> None:
+        text = frame.payload.decode("utf-8", "replace")
+        self._closing = self._fatal = True
+        self.reason = f"peer refused: {text}"
+        log.warn("link {link} refused by peer: {text}", link=self.describe(), text=text)
+        self.transport.loseConnection()
+
+    def _on_close(self, frame: wire.Frame) -> None:
+        self._closing = True
+        self.reason = "peer closed: " + frame.payload.decode("utf-8", "replace")
+        self.transport.loseConnection()
+
+    def _on_second_hello(self, frame: wire.Frame) -> None:
+        raise ProtocolError("second HELLO on an established link")
+
+    # --- heartbeat
+
+    def _start_heartbeat(self) -> None:
+        interval = self.context.config.heartbeat
+        self._heartbeat_call = self.clock.callLater(interval, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        cfg = self.context.config
+        now = self.clock.seconds()
+        silent = now - self.last_seen
+        if silent >= cfg.busy_timeout and self.status is UP:
+            self._set_status(BUSY, f"peer silent for {silent:.1f} s")
+        if cfg.dead_timeout and silent >= cfg.dead_timeout:
+            self.fail(f"peer silent for {silent:.1f} s (dead_timeout)", fatal=False)
+            return
+        self.send(wire.encode_frame(FrameKind.PING, seq=int(now * 1000)))
+        self._heartbeat_call = self.clock.callLater(cfg.heartbeat, self._heartbeat)
+
+    def _stop_timers(self) -> None:
+        for call in (self._timeout_call, self._heartbeat_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._timeout_call = self._heartbeat_call = None
+
+    def _set_status(self, status: str, reason: str | None = None) -> None:
+        self.status = status
+        self.context._emit_link_event(self, status, reason)
+
+    # --- introspection
+
+    def describe(self) -> str:
+        who = self.peer_name or "?"
+        return f"{who}@{self.peer_address or self.endpoint_text}"
+
+    def info(self) -> dict:
+        return {
+            "peer": f"{self.peer_id:016x}" if self.peer_id else None,
+            "peer_name": self.peer_name,
+            "address": self.peer_address,
+            "endpoint": self.endpoint_text,
+            "direction": "out" if self.outgoing else "in",
+            "status": self.status,
+            "reason": self.reason,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+        }
+
+
+class LinkFactory(Factory):
+    """Builds links for a context; ``outgoing`` tells which side dialled."""
+
+    def __init__(self, context: Context, outgoing: bool, endpoint_text: str = "") -> None:
+        self.context = context
+        self.outgoing = outgoing
+        self.endpoint_text = endpoint_text
+
+    def buildProtocol(self, addr: Any) -> Link | None:
+        if not self.outgoing:
+            refusal = self.context._refuse_incoming()
+            if refusal:
+                log.warn("refusing connection from {addr}: {why}", addr=addr, why=refusal)
+                return None
+        return Link(self.context, self.outgoing, self.endpoint_text)

@@ -1,0 +1,38 @@
+"""Channel names and channel ids.
+
+Sans-IO. A channel is named by a dotted name (``kernel.stdout``) and a pattern
+(``pubsub``, ``reqrep``, ``state``); its id on the wire is a 64-bit hash of
+both, so every node derives the same id without negotiation and a forwarding
+node routes on it without knowing the name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+PATTERNS = ("pubsub", "reqrep", "state")
+MAX_NAME_LENGTH = 200
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*(?:\.[A-Za-z_][A-Za-z0-9_\-]*)*\Z")
+
+
+def validate_channel_name(name: object) -> str:
+    """Return ``name`` if it is a valid dotted channel name, else raise ValueError."""
+    if not isinstance(name, str):
+        raise ValueError(f"channel name must be a str, not {type(name).__name__}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"channel name is {len(name)} characters long; at most {MAX_NAME_LENGTH}")
+    if not _NAME.match(name):
+        raise ValueError(
+            f"invalid channel name {name!r}: use dotted words of letters, digits, '_' or '-', "
+            "each starting with a letter or '_' (for example 'kernel.stdout')"
+        )
+    return name
+
+
+def channel_id(pattern: str, name: str) -> int:
+    """The 64-bit wire id of channel ``name`` with ``pattern``; never 0."""
+    if pattern not in PATTERNS:
+        raise ValueError(f"unknown channel pattern {pattern!r}")
+    digest = hashlib.blake2b(f"{pattern}:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1

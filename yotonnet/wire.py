@@ -1,0 +1,276 @@
+"""Wire format: the handshake preamble, the frame header and an incremental decoder.
+
+Sans-IO: nothing here imports Twisted. A connection carries, in each direction,
+
+1. a 12-byte *preamble*: ``b"YOTONNET"``, protocol version (u16), reserved (u16);
+2. a HELLO frame whose payload is a small JSON object (node id, node name,
+   capabilities, max frame size, heartbeat interval);
+3. any number of frames.
+
+Every frame starts with a fixed 44-byte little-endian header that a forwarding
+node can route on without touching the payload::
+
+    length   u32  bytes after this field (rest of header + extension + payload)
+    kind     u8   FrameKind
+    hops     u8   remaining hop limit, decremented by each forwarding node
+    ext_len  u16  bytes of extension data between header and payload
+    tag      u32  message-type tag of the payload (0 for control frames)
+    channel  u64  channel id (a hash of the channel's pattern and name)
+    source   u64  node id of the origin
+    dest     u64  node id of the destination (0: routed by interest)
+    seq      u64  per-(source, channel) sequence number, or a request id
+
+The decoder enforces the maximum frame size while parsing: it reads the length
+field first and refuses before buffering anything beyond the limit.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from enum import IntEnum
+from typing import Any, NamedTuple
+
+PROTOCOL_NAME = "yotonnet"
+PROTOCOL_VERSION = 1
+MAGIC = b"YOTONNET"
+PREAMBLE = struct.Struct("<8sHH")
+PREAMBLE_SIZE = PREAMBLE.size
+
+HEADER = struct.Struct("<IBBHIQQQQ")
+HEADER_SIZE = HEADER.size
+#: bytes of header counted by the length field (everything after it)
+HEADER_TAIL = HEADER_SIZE - 4
+_LENGTH = struct.Struct("<I")
+
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+#: the largest frame accepted before the handshake has agreed on a limit
+HANDSHAKE_MAX_FRAME = 64 * 1024
+DEFAULT_HOPS = 32
+MAX_U64 = 2**64 - 1
+
+
+class FrameKind(IntEnum):
+    HELLO = 1
+    ERROR = 2
+    PING = 3
+    PONG = 4
+    CONTROL = 5
+    DATA = 6
+    REQUEST = 7
+    REPLY = 8
+    STATE = 9
+    CLOSE = 10
+
+
+_KINDS = frozenset(int(k) for k in FrameKind)
+
+
+class ProtocolError(Exception):
+    """The peer sent something this protocol does not allow."""
+
+
+class Frame(NamedTuple):
+    kind: int
+    hops: int
+    tag: int
+    channel: int
+    source: int
+    dest: int
+    seq: int
+    payload: bytes
+    ext: bytes = b""
+
+
+def encode_frame(
+    kind: int,
+    payload: bytes = b"",
+    *,
+    tag: int = 0,
+    channel: int = 0,
+    source: int = 0,
+    dest: int = 0,
+    seq: int = 0,
+    hops: int = DEFAULT_HOPS,
+    ext: bytes = b"",
+) -> bytes:
+    """Return one encoded frame."""
+    ext_len = len(ext)
+    return (
+        HEADER.pack(
+            HEADER_TAIL + ext_len + len(payload),
+            kind,
+            hops,
+            ext_len,
+            tag,
+            channel,
+            source,
+            dest,
+            seq,
+        )
+        + ext
+        + payload
+    )
+
+
+def reencode(frame: Frame, hops: int) -> bytes:
+    """Encode ``frame`` again with a new hop count (used when forwarding)."""
+    return encode_frame(
+        frame.kind,
+        frame.payload,
+        tag=frame.tag,
+        channel=frame.channel,
+        source=frame.source,
+        dest=frame.dest,
+        seq=frame.seq,
+        hops=hops,
+        ext=frame.ext,
+    )
+
+
+def encode_preamble(version: int = PROTOCOL_VERSION) -> bytes:
+    return PREAMBLE.pack(MAGIC, version, 0)
+
+
+def check_preamble(data: bytes) -> int:
+    """Validate a 12-byte preamble and return the peer's protocol version."""
+    magic, version, _reserved = PREAMBLE.unpack(data)
+    if magic != MAGIC:
+        raise ProtocolError(
+            f"peer is not a {PROTOCOL_NAME} node (first bytes {bytes(data[:8])!r}, "
+            f"expected {MAGIC!r}); check that the endpoint points at a {PROTOCOL_NAME} listener"
+        )
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"peer speaks {PROTOCOL_NAME} protocol version {version}, this node speaks "
+            f"version {PROTOCOL_VERSION}; upgrade the older node"
+        )
+    return version
+
+
+class Hello(NamedTuple):
+    node_id: int
+    name: str
+    capabilities: tuple[str, ...]
+    max_frame: int
+    heartbeat: float
+    extra: dict[str, Any]
+
+
+def encode_hello(hello: Hello) -> bytes:
+    body = {
+        "protocol": PROTOCOL_NAME,
+        "version": PROTOCOL_VERSION,
+        "node": f"{hello.node_id:016x}",
+        "name": hello.name,
+        "capabilities": list(hello.capabilities),
+        "max_frame": hello.max_frame,
+        "heartbeat": hello.heartbeat,
+        **hello.extra,
+    }
+    return encode_frame(FrameKind.HELLO, json.dumps(body).encode("utf-8"))
+
+
+def decode_hello(frame: Frame) -> Hello:
+    """Parse a HELLO frame, raising ProtocolError naming what is wrong."""
+    if frame.kind != FrameKind.HELLO:
+        raise ProtocolError(f"expected a HELLO frame first, got frame kind {frame.kind}")
+    try:
+        body = json.loads(frame.payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ProtocolError(f"HELLO payload is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("HELLO payload must be a JSON object")
+    try:
+        node_id = int(body.pop("node"), 16)
+        name = body.pop("name")
+        caps = body.pop("capabilities", [])
+        max_frame = body.pop("max_frame")
+        heartbeat = body.pop("heartbeat", 5.0)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ProtocolError(f"HELLO is missing or has a bad field: {e}") from None
+    if body.pop("protocol", None) != PROTOCOL_NAME:
+        raise ProtocolError("HELLO names another protocol")
+    body.pop("version", None)
+    if not isinstance(name, str) or not isinstance(caps, list):
+        raise ProtocolError("HELLO name must be a string and capabilities a list")
+    if not 0 < node_id <= MAX_U64:
+        raise ProtocolError("HELLO node id out of range")
+    if not isinstance(max_frame, int) or max_frame < HEADER_SIZE:
+        raise ProtocolError(f"HELLO max_frame must be an integer >= {HEADER_SIZE}")
+    if not isinstance(heartbeat, int | float) or not 0 < heartbeat < 86400:
+        raise ProtocolError("HELLO heartbeat must be a positive number of seconds")
+    return Hello(node_id, name, tuple(str(c) for c in caps), max_frame, float(heartbeat), body)
+
+
+class FrameDecoder:
+    """Incremental decoder: feed it bytes, get back complete frames.
+
+    Raises :class:`ProtocolError` for anything malformed; after that the
+    decoder is unusable and the connection should be closed.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, expect_preamble: bool = True):
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._need_preamble = expect_preamble
+        self.peer_version: int | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        buf = self._buf
+        buf += data
+        pos = 0
+        if self._need_preamble:
+            if len(buf) < PREAMBLE_SIZE:
+                # Fail early on a wrong magic so that e.g. an HTTP client is told at once.
+                if not MAGIC.startswith(bytes(buf[:8])):
+                    check_preamble(bytes(buf[:8]).ljust(PREAMBLE_SIZE, b"\0"))
+                return []
+            self.peer_version = check_preamble(bytes(buf[:PREAMBLE_SIZE]))
+            self._need_preamble = False
+            pos = PREAMBLE_SIZE
+        frames: list[Frame] = []
+        n = len(buf)
+        max_frame = self.max_frame
+        unpack = HEADER.unpack_from
+        kinds = _KINDS
+        while n - pos >= 4:
+            (length,) = _LENGTH.unpack_from(buf, pos)
+            if length + 4 > max_frame:
+                raise ProtocolError(
+                    f"frame of {length + 4} bytes exceeds the maximum frame size of "
+                    f"{max_frame} bytes; send smaller messages or raise max_frame on both nodes"
+                )
+            if length < HEADER_TAIL:
+                raise ProtocolError(f"frame length {length} is shorter than a frame header")
+            end = pos + 4 + length
+            if end > n:
+                break
+            _, kind, hops, ext_len, tag, channel, source, dest, seq = unpack(buf, pos)
+            if kind not in kinds:
+                raise ProtocolError(f"unknown frame kind {kind}")
+            start = pos + HEADER_SIZE
+            if ext_len:
+                if start + ext_len > end:
+                    raise ProtocolError("frame extension is longer than the frame")
+                ext = bytes(buf[start : start + ext_len])
+                start += ext_len
+            else:
+                ext = b""
+            frames.append(
+                Frame(kind, hops, tag, channel, source, dest, seq, bytes(buf[start:end]), ext)
+            )
+            pos = end
+        if pos:
+            del buf[:pos]
+        return frames
+
+
+def type_tag(name: str) -> int:
+    """The 32-bit tag carried by frames of message type ``name``."""
+    return zlib.crc32(name.encode("utf-8")) or 1
