@@ -21,6 +21,7 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from . import errors, wire
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 log = Logger(namespace="yotonnet.context")
 
 _STATE_VERSION = struct.Struct("<QQ")
+BUSY_LINK_COST = 1000
 _DATA = int(FrameKind.DATA)
 _REQUEST = int(FrameKind.REQUEST)
 _REPLY = int(FrameKind.REPLY)
@@ -57,6 +59,8 @@ class ContextConfig:
     reconnect_initial: float = 0.2
     reconnect_max: float = 10.0
     max_hops: int = wire.DEFAULT_HOPS
+    #: forget a node's record after it has been unreachable this long
+    stale_after: float = 60.0
 
 
 class LinkEvent(NamedTuple):
@@ -191,6 +195,8 @@ class Context:
         self._watchers: list[Callable[[LinkEvent], None]] = []
         self._interest_waiters: list[tuple[int, str, int, defer.Deferred]] = []
         self.counters = {"forwarded": 0, "no_route": 0, "hop_limit": 0}
+        self._housekeeping = LoopingCall(self._expire_records)
+        self._housekeeping.clock = reactor
         # Dispatch table handed to every link: frame kind -> handler(link, frame).
         self._frame_handlers: dict[int, Callable[[Link, wire.Frame], None]] = {
             FrameKind.DATA: self._on_data,
@@ -242,6 +248,8 @@ class Context:
         if self.closed:
             return defer.succeed(None)
         self.closed = True
+        if self._housekeeping.running:
+            self._housekeeping.stop()
         waits: list[defer.Deferred] = [d.stop() for d in self.dialers]
         waits += [defer.maybeDeferred(p.stopListening) for p in self.ports]
         for link in list(self.links.values()):
@@ -317,7 +325,9 @@ class Context:
         # Full re-sync: the new neighbour gets every record we hold.
         for state in list(self.routing.nodes.values()):
             link.send(_control_frame(["node", state.to_wire()]))
-        self._update_local(links={peer: 1 for peer in self.links})
+        self._update_local(links=self._link_costs())
+        if not self._housekeeping.running:
+            self._housekeeping.start(self.config.heartbeat, now=False)
         self._emit_link_event(link, UP, None)
 
     def _link_down(self, link: Link) -> None:
@@ -330,7 +340,23 @@ class Context:
                 reason=link.reason,
             )
             if not self.closed:
-                self._update_local(links={peer: 1 for peer in self.links})
+                self._update_local(links=self._link_costs())
+
+    def _link_costs(self) -> dict[int, int]:
+        # A busy link stays usable, but any live detour is preferred to it.
+        return {
+            peer: BUSY_LINK_COST if link.status is BUSY else 1
+            for peer, link in self.links.items()
+        }
+
+    def _link_status_changed(self, link: Link, status: str, reason: str | None) -> None:
+        if self.links.get(link.peer_id) is link and not self.closed:
+            self._update_local(links=self._link_costs())
+        self._emit_link_event(link, status, reason)
+
+    def _expire_records(self) -> None:
+        if self.routing.expire(self.reactor.seconds(), self.config.stale_after):
+            self._routing_changed()
 
     def _emit_link_event(self, link: Link, status: str, reason: str | None) -> None:
         event = LinkEvent(link.peer_name, link.peer_id, status, reason, link)

@@ -271,7 +271,7 @@ class Link(Protocol):
 
     def _set_status(self, status: str, reason: str | None = None) -> None:
         self.status = status
-        self.context._emit_link_event(self, status, reason)
+        self.context._link_status_changed(self, status, reason)
 
     # --- introspection
 

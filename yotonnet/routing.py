@@ -89,6 +89,7 @@ class RoutingTable:
         self._next_hop: dict[int, int] = {}
         self._trees: dict[int, dict[int, int]] = {}
         self._below: dict[tuple[int, int, int], bool] = {}
+        self._unreachable_since: dict[int, float] = {}
         self.generation = 0
 
     # --- changing the picture
@@ -136,6 +137,22 @@ class RoutingTable:
             if node_id != self.node_id:
                 self.nodes.pop(node_id, None)
         self._invalidate()
+
+    def expire(self, now: float, max_age: float) -> list[int]:
+        """Forget nodes unreachable for ``max_age`` or longer; return their ids."""
+        reachable = self.reachable()
+        gone = []
+        for node_id in list(self.nodes):
+            if node_id in reachable:
+                self._unreachable_since.pop(node_id, None)
+                continue
+            since = self._unreachable_since.setdefault(node_id, now)
+            if now - since >= max_age:
+                gone.append(node_id)
+                del self._unreachable_since[node_id]
+        if gone:
+            self.forget(gone)
+        return gone
 
     def _invalidate(self) -> None:
         self._dist = None
