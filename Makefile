@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean sysdeps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,13 @@ $(STAMP): $(BIN)/python pyproject.toml $(shell find yotonnet plugins -name '*.py
 run: $(STAMP)
 	$(BIN)/python -m yotonnet.node --name local --listen tcp:7117:interface=127.0.0.1
 
-test: $(STAMP)
+# Debian packages the tests use (network namespaces); installed only when missing.
+sysdeps:
+	@if ! command -v ip >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; \
+	fi
+
+test: $(STAMP) sysdeps
 	$(BIN)/ruff check yotonnet tests benchmarks plugins
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 

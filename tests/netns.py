@@ -1,0 +1,81 @@
+"""Real test hosts: Linux network namespaces joined by veth pairs on one bridge.
+
+Each host gets its own namespace, its own address in 10.77.<net>.0/24 and a
+veth whose bridge end can be set down to cut the host off and up to heal it.
+Everything is created by :meth:`TestHosts.create` and removed by
+:meth:`TestHosts.destroy`; names carry the test run's pid so that parallel or
+crashed runs do not collide.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+#: why namespace tests cannot run here, or None when they can
+UNAVAILABLE: str | None = None
+if not hasattr(os, "geteuid") or os.geteuid() != 0:
+    UNAVAILABLE = "network namespaces need root (CI runs as root)"
+elif shutil.which("ip") is None:
+    UNAVAILABLE = "the 'ip' command (Debian package iproute2) is not installed"
+
+
+def _ip(*args: str, netns: str | None = None) -> None:
+    cmd = ["ip"] + (["netns", "exec", netns, "ip"] if netns else []) + list(args)
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+class TestHosts:
+    """N hosts on one bridge; ``address(i)``, ``exec_prefix(i)``, ``cut(i)``, ``heal(i)``."""
+
+    __test__ = False  # not a test case, whatever pytest thinks of the name
+
+    def __init__(self, count: int, net: int = 77) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.count = count
+        self.net = net
+        self.bridge = f"ytb{tag}"
+        self.names = [f"ytn{tag}h{i}" for i in range(count)]
+        self._veths = [f"ytv{tag}h{i}" for i in range(count)]
+        self._created: list[str] = []
+
+    def address(self, i: int) -> str:
+        return f"10.{self.net}.0.{i + 1}"
+
+    def exec_prefix(self, i: int) -> list[str]:
+        """Prefix a command with this to run it on host ``i``."""
+        return ["ip", "netns", "exec", self.names[i]]
+
+    def create(self) -> None:
+        try:
+            _ip("link", "add", self.bridge, "type", "bridge")
+            self._created.append("bridge")
+            _ip("link", "set", self.bridge, "up")
+            for i, (ns, veth) in enumerate(zip(self.names, self._veths, strict=True)):
+                _ip("netns", "add", ns)
+                self._created.append(ns)
+                _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+                _ip("link", "set", veth, "master", self.bridge)
+                _ip("link", "set", veth, "up")
+                _ip("addr", "add", f"{self.address(i)}/24", "dev", "eth0", netns=ns)
+                _ip("link", "set", "eth0", "up", netns=ns)
+                _ip("link", "set", "lo", "up", netns=ns)
+        except subprocess.CalledProcessError as e:
+            self.destroy()
+            raise RuntimeError(f"could not create test hosts: {e.stderr.strip()}") from None
+
+    def cut(self, i: int) -> None:
+        """Take host ``i`` off the network (its sockets stay open, packets stop)."""
+        _ip("link", "set", self._veths[i], "down")
+
+    def heal(self, i: int) -> None:
+        _ip("link", "set", self._veths[i], "up")
+
+    def destroy(self) -> None:
+        for ns in self.names:
+            if ns in self._created:
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        if "bridge" in self._created:
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        self._created.clear()
