@@ -213,61 +213,85 @@ class FrameDecoder:
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, expect_preamble: bool = True):
         self.max_frame = max_frame
-        self._buf = bytearray()
+        self._buf = b""
+        # A large frame arriving in many chunks is collected here and joined once,
+        # so that it costs one copy instead of one per chunk.
+        self._parts: list[bytes] = []
+        self._have = 0
+        self._missing = 0
         self._need_preamble = expect_preamble
         self.peer_version: int | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + self._have
+
+    def _check_length(self, length: int) -> None:
+        if length + 4 > self.max_frame:
+            raise ProtocolError(
+                f"frame of {length + 4} bytes exceeds the maximum frame size of "
+                f"{self.max_frame} bytes; send smaller messages or raise max_frame on both nodes"
+            )
+        if length < HEADER_TAIL:
+            raise ProtocolError(f"frame length {length} is shorter than a frame header")
 
     def feed(self, data: bytes) -> list[Frame]:
-        buf = self._buf
-        buf += data
+        if self._missing:
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < self._missing:
+                return []
+            data = b"".join(self._parts)
+            self._parts, self._have, self._missing = [], 0, 0
+        # Kept as bytes, not bytearray: slicing bytes gives each payload in one copy.
+        buf = self._buf + data if self._buf else bytes(data)
         pos = 0
         if self._need_preamble:
             if len(buf) < PREAMBLE_SIZE:
                 # Fail early on a wrong magic so that e.g. an HTTP client is told at once.
-                if not MAGIC.startswith(bytes(buf[:8])):
-                    check_preamble(bytes(buf[:8]).ljust(PREAMBLE_SIZE, b"\0"))
+                if not MAGIC.startswith(buf[:8]):
+                    check_preamble(buf[:8].ljust(PREAMBLE_SIZE, b"\0"))
+                self._buf = buf
                 return []
-            self.peer_version = check_preamble(bytes(buf[:PREAMBLE_SIZE]))
+            self.peer_version = check_preamble(buf[:PREAMBLE_SIZE])
             self._need_preamble = False
             pos = PREAMBLE_SIZE
         frames: list[Frame] = []
+        append = frames.append
         n = len(buf)
         max_frame = self.max_frame
         unpack = HEADER.unpack_from
         kinds = _KINDS
-        while n - pos >= 4:
-            (length,) = _LENGTH.unpack_from(buf, pos)
-            if length + 4 > max_frame:
-                raise ProtocolError(
-                    f"frame of {length + 4} bytes exceeds the maximum frame size of "
-                    f"{max_frame} bytes; send smaller messages or raise max_frame on both nodes"
-                )
-            if length < HEADER_TAIL:
-                raise ProtocolError(f"frame length {length} is shorter than a frame header")
+        make = tuple.__new__
+        while True:
+            if n - pos < HEADER_SIZE:
+                # Refuse an oversized frame as soon as its length field arrives.
+                if n - pos >= 4:
+                    self._check_length(_LENGTH.unpack_from(buf, pos)[0])
+                break
+            length, kind, hops, ext_len, tag, channel, source, dest, seq = unpack(buf, pos)
+            if length + 4 > max_frame or length < HEADER_TAIL:
+                self._check_length(length)
             end = pos + 4 + length
             if end > n:
+                if length > 65536:
+                    self._missing = end - n
                 break
-            _, kind, hops, ext_len, tag, channel, source, dest, seq = unpack(buf, pos)
             if kind not in kinds:
                 raise ProtocolError(f"unknown frame kind {kind}")
             start = pos + HEADER_SIZE
             if ext_len:
                 if start + ext_len > end:
                     raise ProtocolError("frame extension is longer than the frame")
-                ext = bytes(buf[start : start + ext_len])
+                ext = buf[start : start + ext_len]
                 start += ext_len
             else:
                 ext = b""
-            frames.append(
-                Frame(kind, hops, tag, channel, source, dest, seq, bytes(buf[start:end]), ext)
+            append(
+                make(Frame, (kind, hops, tag, channel, source, dest, seq, buf[start:end], ext))
             )
             pos = end
-        if pos:
-            del buf[:pos]
+        self._buf = buf[pos:] if pos else buf
         return frames
 
 
