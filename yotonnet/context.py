@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import socket
 import struct
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -316,6 +315,10 @@ class Context:
             return "context is closed"
         existing = self.links.get(link.peer_id)
         if existing is not None and existing is not link and existing.status != CLOSED:
+            if existing.status is BUSY:
+                # The peer is evidently alive on the new link: the silent one is stale.
+                existing.close("replaced by a newer link from the same node")
+                return None
             return f"already linked to node {link.peer_name} ({link.peer_id:016x})"
         return None
 
@@ -621,9 +624,7 @@ class Context:
                     "err",
                     failure.type.__name__ if failure.type else "Exception",
                     failure.getErrorMessage(),
-                    "".join(
-                        traceback.format_exception(failure.value)
-                    ) if failure.value is not None else "",
+                    failure.getTraceback(),
                 ],
             ),
         )

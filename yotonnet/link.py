@@ -102,6 +102,8 @@ class Link(Protocol):
         )
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
         self.bytes_in += len(data)
         self.last_seen = self.clock.seconds()
         try:

@@ -1,0 +1,577 @@
+"""Public test doubles: an in-memory mesh of contexts on one fake clock.
+
+:class:`MemoryMesh` builds N :class:`~yotonnet.context.Context` objects that
+share one :class:`~twisted.internet.testing.MemoryReactorClock` and joins them
+with in-memory transports instead of sockets, in the manner of
+``twisted.test.iosim`` (whose ``FakeTransport`` it extends) and of treq's
+``treq.testing``. Nothing moves until the test says so:
+
+* :meth:`MemoryMesh.pump` moves the bytes written so far, once;
+* :meth:`MemoryMesh.settle` pumps until no byte moves (iosim's ``flush``);
+* :meth:`MemoryMesh.advance` moves the clock forward from one timer to the
+  next, settling after each, so a 1-second heartbeat over 3 seconds fires
+  three times (``Clock.advance(3)`` alone would fire it once).
+
+Links are real :class:`~yotonnet.link.Link` protocols built by
+:class:`~yotonnet.link.LinkFactory`, so handshakes, heartbeats, routing and
+channels run exactly as over TCP. :meth:`MemoryMesh.link` joins two contexts,
+:meth:`MemoryMesh.cut` drops a link as a network failure would (both ends get
+``connectionLost``), :meth:`MemoryConnection.hold` stalls one direction (a peer
+whose interpreter is stuck) until :meth:`MemoryConnection.release`, and
+:meth:`MemoryMesh.attach` joins a context to any other protocol, e.g. one that
+sends hand-made bytes.
+
+Everything is deterministic: node ids come from ``random.Random(seed)``,
+delivery follows connection order (or, with ``shuffle=True``, an order drawn
+from the same seed, to explore interleavings while keeping each connection's
+bytes in order), and time moves only through the fake clock. A hundred
+contexts fit in one test.
+
+Example::
+
+    from twisted.trial.unittest import SynchronousTestCase
+    from yotonnet import PubChannel, SubChannel
+    from yotonnet.testing import MemoryMesh
+
+    class NewsTests(SynchronousTestCase):
+        def test_news(self):
+            mesh = MemoryMesh(3, seed=1)
+            self.addCleanup(mesh.close)
+            a, b, c = mesh
+            mesh.link(a, b)
+            mesh.link(b, c)
+            sub = SubChannel(c, "news")
+            pub = PubChannel(a, "news")
+            mesh.settle()                     # subscriptions travel to a
+            pub.send("hello")
+            mesh.settle()
+            self.assertEqual(self.successResultOf(sub.recv()), "hello")
+            mesh.cut(a, b)                    # both ends see connectionLost
+            mesh.advance(10)                  # heartbeats, timeouts, housekeeping
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.interfaces import IAddress, IProtocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.test.iosim import FakeTransport
+from zope.interface import implementer
+
+from . import wire
+from .context import Context, ContextConfig
+from .link import Link, LinkFactory
+
+__all__ = ["MemoryAddress", "MemoryTransport", "MemoryConnection", "MemoryMesh"]
+
+
+@implementer(IAddress)
+@dataclasses.dataclass(frozen=True)
+class MemoryAddress:
+    """The address of one end of an in-memory connection (``name`` like a unix path)."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class MemoryTransport(FakeTransport):
+    """An iosim ``FakeTransport`` that tells its connection when it has work to do."""
+
+    def __init__(
+        self,
+        protocol: IProtocol,
+        isServer: bool,
+        connection: MemoryConnection,
+        hostAddress: MemoryAddress,
+        peerAddress: MemoryAddress,
+    ) -> None:
+        super().__init__(protocol, isServer, hostAddress, peerAddress)
+        self.connection = connection
+
+    def write(self, data: bytes) -> None:
+        # As over TCP, bytes written after loseConnection() go nowhere.
+        if self.disconnecting or self.disconnected:
+            return
+        self.stream.append(bytes(data))
+        self.connection._wake()
+
+    def loseConnection(self) -> None:
+        if not self.disconnecting:
+            self.disconnecting = True
+            self.connection._wake()
+
+    def abortConnection(self) -> None:
+        self.stream = []
+        self.loseConnection()
+
+
+class MemoryConnection:
+    """One in-memory connection between two protocols (usually two links).
+
+    ``client`` dialled, ``server`` accepted; ``client_context`` and
+    ``server_context`` are their contexts (None for a foreign protocol).
+    With tracing on, ``frames`` lists ``(sender_name, Frame)`` for every frame
+    delivered, preambles excluded.
+    """
+
+    def __init__(
+        self,
+        mesh: MemoryMesh,
+        client: IProtocol,
+        client_name: str,
+        server: IProtocol,
+        server_name: str,
+        client_context: Context | None = None,
+        server_context: Context | None = None,
+        trace: bool = False,
+    ) -> None:
+        self.mesh = mesh
+        self.client = client
+        self.server = server
+        self.client_name = client_name
+        self.server_name = server_name
+        self.client_context = client_context
+        self.server_context = server_context
+        self.client_transport = MemoryTransport(
+            client, False, self, MemoryAddress(f"memory:{client_name}"),
+            MemoryAddress(f"memory:{server_name}"),
+        )
+        self.server_transport = MemoryTransport(
+            server, True, self, MemoryAddress(f"memory:{server_name}"),
+            MemoryAddress(f"memory:{client_name}"),
+        )
+        self.closed = False
+        self.reason: str | None = None
+        self.bytes_moved = 0
+        self._held: set[MemoryTransport] = set()
+        self.frames: list[tuple[str, wire.Frame]] | None = [] if trace else None
+        self._decoders: dict[MemoryTransport, wire.FrameDecoder | None] = {
+            t: wire.FrameDecoder(max_frame=2**32, expect_preamble=True)
+            for t in (self.client_transport, self.server_transport)
+        } if trace else {}
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<MemoryConnection {self.client_name}->{self.server_name} {state}>"
+
+    # --- which end is which
+
+    def _transport_of(self, end: Any) -> MemoryTransport:
+        """The transport that ``end`` (a context, a protocol or a name) writes into."""
+        for transport, proto, ctx, name in (
+            (self.client_transport, self.client, self.client_context, self.client_name),
+            (self.server_transport, self.server, self.server_context, self.server_name),
+        ):
+            if end is proto or (ctx is not None and end is ctx) or end == name:
+                return transport
+        raise ValueError(f"{end!r} is not an end of {self!r}")
+
+    def link_of(self, end: Context | str) -> Link:
+        """The :class:`Link` protocol of the given context's end."""
+        proto = self._transport_of(end).protocol
+        if not isinstance(proto, Link):
+            raise TypeError(f"{end!r}'s end of {self!r} is not a Link")
+        return proto
+
+    def peer_of(self, end: Any) -> IProtocol:
+        """The protocol at the other end from ``end``."""
+        transport = self._transport_of(end)
+        return self.server if transport is self.client_transport else self.client
+
+    # --- faults
+
+    def hold(self, sender: Any) -> None:
+        """Stop delivering what ``sender`` writes (it is kept, in order, until released).
+
+        The other end sees a silent peer whose socket is still open: what a
+        node looks like when its interpreter is stuck.
+        """
+        self._held.add(self._transport_of(sender))
+
+    def release(self, sender: Any) -> None:
+        """Deliver what ``sender`` wrote while held, and everything after it."""
+        self._held.discard(self._transport_of(sender))
+        self._wake()
+
+    def held(self, sender: Any) -> bool:
+        return self._transport_of(sender) in self._held
+
+    def cut(self, reason: str = "link cut by MemoryMesh") -> None:
+        """Drop the connection at once, bytes in flight included, as a network failure would."""
+        self._close(error.ConnectionLost(reason), first=self.client_transport)
+
+    # --- moving bytes
+
+    def _wake(self) -> None:
+        if not self.closed:
+            self.mesh._dirty[self] = None
+
+    def pump(self) -> bool:
+        """Move what each end has written to the other once; True if anything happened."""
+        if self.closed:
+            return False
+        moved = False
+        for tx, rx in (
+            (self.client_transport, self.server_transport),
+            (self.server_transport, self.client_transport),
+        ):
+            if not tx.stream or tx in self._held or self.closed:
+                continue
+            data = b"".join(tx.stream)
+            tx.stream = []
+            self.bytes_moved += len(data)
+            if self.frames is not None:
+                self._trace(tx, data)
+            rx.protocol.dataReceived(data)
+            moved = True
+        if not self.closed:
+            for t in (self.client_transport, self.server_transport):
+                # A clean close happens once the closing end's last bytes are delivered.
+                if t.disconnecting and not t.stream:
+                    self._close(error.ConnectionDone(), first=t)
+                    return True
+        return moved
+
+    def _trace(self, tx: MemoryTransport, data: bytes) -> None:
+        decoder = self._decoders.get(tx)
+        if decoder is None:
+            return
+        try:
+            frames = decoder.feed(data)
+        except wire.ProtocolError:
+            self._decoders[tx] = None  # not yotonnet bytes (a foreign protocol): stop tracing
+            return
+        name = self.client_name if tx is self.client_transport else self.server_name
+        assert self.frames is not None
+        self.frames.extend((name, frame) for frame in frames)
+
+    def count(self, kind: int, sender: Any = None) -> int:
+        """Frames of ``kind`` delivered so far (from ``sender`` only, if given); needs tracing."""
+        if self.frames is None:
+            raise RuntimeError("frame tracing is off; link with trace=True")
+        name = None
+        if sender is not None:
+            tx = self._transport_of(sender)
+            name = self.client_name if tx is self.client_transport else self.server_name
+        return sum(
+            1 for who, frame in self.frames if frame.kind == kind and (name is None or who == name)
+        )
+
+    def _close(self, reason: Exception, first: MemoryTransport) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.reason = str(reason)
+        self.mesh._forget(self)
+        order = [first, self.server_transport if first is self.client_transport
+                 else self.client_transport]
+        for t in order:
+            t.stream = []
+            t.disconnecting = True
+            t.disconnected = True
+        for t in order:
+            t.protocol.connectionLost(Failure(reason))
+
+
+class MemoryMesh:
+    """N contexts on one fake clock, linked in memory.
+
+    ``MemoryMesh(n, seed=0, config=None, names=None, shuffle=False, trace=False)``
+    creates ``n`` contexts named ``n0``, ``n1``... (or ``names``) with node ids
+    drawn from ``random.Random(seed)``; ``config`` (a
+    :class:`~yotonnet.context.ContextConfig`, copied for each context) sets
+    their tunables. Index, iterate or unpack the mesh to get the contexts;
+    ``mesh.random`` is the seeded generator, for tests that need more chance.
+    """
+
+    def __init__(
+        self,
+        n: int = 0,
+        *,
+        seed: int = 0,
+        config: ContextConfig | None = None,
+        names: Iterable[str] | None = None,
+        shuffle: bool = False,
+        trace: bool = False,
+        max_rounds: int = 100_000,
+    ) -> None:
+        self.clock = MemoryReactorClock()
+        self.random = random.Random(seed)
+        self.config = config or ContextConfig()
+        self.shuffle = shuffle
+        self.trace = trace
+        self.max_rounds = max_rounds
+        self.contexts: list[Context] = []
+        self.connections: list[MemoryConnection] = []
+        self._dirty: dict[MemoryConnection, None] = {}
+        self._used_ids: set[int] = set()
+        name_list = list(names) if names is not None else []
+        for i in range(max(n, len(name_list))):
+            self.add(name_list[i] if i < len(name_list) else None)
+
+    # --- contexts
+
+    def add(self, name: str | None = None, config: ContextConfig | None = None) -> Context:
+        """Create one more context on the mesh's clock and return it."""
+        node_id = 0
+        while not node_id or node_id in self._used_ids:
+            node_id = self.random.getrandbits(64)
+        self._used_ids.add(node_id)
+        ctx = Context(
+            name or f"n{len(self.contexts)}",
+            self.clock,
+            config=dataclasses.replace(config or self.config),
+            node_id=node_id,
+        )
+        self.contexts.append(ctx)
+        return ctx
+
+    def __len__(self) -> int:
+        return len(self.contexts)
+
+    def __iter__(self) -> Iterator[Context]:
+        return iter(self.contexts)
+
+    def __getitem__(self, key: int | str) -> Context:
+        return self._context(key)
+
+    def _context(self, key: Context | int | str) -> Context:
+        if isinstance(key, Context):
+            return key
+        if isinstance(key, int):
+            return self.contexts[key]
+        for ctx in self.contexts:
+            if ctx.name == key:
+                return ctx
+        raise KeyError(f"no context named {key!r} in this mesh")
+
+    # --- links
+
+    def link(
+        self,
+        a: Context | int | str,
+        b: Context | int | str,
+        *,
+        settle: bool = True,
+        trace: bool | None = None,
+    ) -> MemoryConnection:
+        """Join ``a`` (dialling) to ``b`` (accepting) with a fresh link.
+
+        With ``settle`` (the default) the handshake and the routing exchange
+        that follows it are done when this returns.
+        """
+        a, b = self._context(a), self._context(b)
+        client = LinkFactory(a, outgoing=True, endpoint_text=f"memory:{b.name}").buildProtocol(
+            MemoryAddress(f"memory:{b.name}")
+        )
+        server = LinkFactory(b, outgoing=False, endpoint_text="memory").buildProtocol(
+            MemoryAddress(f"memory:{a.name}")
+        )
+        if client is None or server is None:
+            raise RuntimeError(f"{a.name} or {b.name} refuses new links (closed?)")
+        return self._join(client, a.name, server, b.name, a, b, trace, settle)
+
+    def attach(
+        self,
+        ctx: Context | int | str,
+        protocol: IProtocol,
+        *,
+        outgoing: bool = False,
+        name: str = "foreign",
+        settle: bool = True,
+        trace: bool | None = None,
+    ) -> MemoryConnection:
+        """Join ``ctx`` to any protocol (a scripted or misbehaving peer).
+
+        The context's link is incoming unless ``outgoing``; the protocol's
+        ``transport.write`` reaches the link.
+        """
+        ctx = self._context(ctx)
+        link = LinkFactory(ctx, outgoing=outgoing, endpoint_text=f"memory:{name}").buildProtocol(
+            MemoryAddress(f"memory:{name}")
+        )
+        if link is None:
+            raise RuntimeError(f"{ctx.name} refuses new links (closed?)")
+        if outgoing:
+            return self._join(link, ctx.name, protocol, name, ctx, None, trace, settle)
+        return self._join(protocol, name, link, ctx.name, None, ctx, trace, settle)
+
+    def _join(
+        self,
+        client: IProtocol,
+        client_name: str,
+        server: IProtocol,
+        server_name: str,
+        client_ctx: Context | None,
+        server_ctx: Context | None,
+        trace: bool | None,
+        settle: bool,
+    ) -> MemoryConnection:
+        conn = MemoryConnection(
+            self, client, client_name, server, server_name, client_ctx, server_ctx,
+            trace=self.trace if trace is None else trace,
+        )
+        self.connections.append(conn)
+        server.makeConnection(conn.server_transport)
+        client.makeConnection(conn.client_transport)
+        if settle:
+            self.settle()
+        return conn
+
+    def connection(self, a: Context | int | str, b: Context | int | str) -> MemoryConnection:
+        """The open connection between ``a`` and ``b`` (either direction)."""
+        a, b = self._context(a), self._context(b)
+        for conn in self.connections:
+            if {id(conn.client_context), id(conn.server_context)} == {id(a), id(b)}:
+                return conn
+        raise KeyError(f"{a.name} and {b.name} are not linked")
+
+    def cut(self, a: Context | int | str, b: Context | int | str) -> MemoryConnection:
+        """Drop the link between ``a`` and ``b``: both ends get ``connectionLost`` now."""
+        conn = self.connection(a, b)
+        conn.cut()
+        return conn
+
+    def isolate(self, ctx: Context | int | str) -> list[MemoryConnection]:
+        """Cut every link of ``ctx``."""
+        ctx = self._context(ctx)
+        cut = [c for c in self.connections if ctx in (c.client_context, c.server_context)]
+        for conn in cut:
+            conn.cut()
+        return cut
+
+    def link_chain(self, contexts: Iterable[Context] | None = None) -> list[MemoryConnection]:
+        """Link the contexts (default: all) in a line, each to the next."""
+        ctxs = list(self.contexts if contexts is None else contexts)
+        conns = [self.link(x, y, settle=False) for x, y in zip(ctxs, ctxs[1:])]
+        self.settle()
+        return conns
+
+    def link_random(self, extra: int = 0) -> list[MemoryConnection]:
+        """Link all contexts into a random connected graph drawn from the seed.
+
+        A random spanning tree, plus ``extra`` further links between unlinked
+        pairs (cycles, so that routing has choices).
+        """
+        ctxs = list(self.contexts)
+        order = ctxs[:]
+        self.random.shuffle(order)
+        pairs: list[tuple[Context, Context]] = []
+        for i in range(1, len(order)):
+            pairs.append((order[self.random.randrange(i)], order[i]))
+        linked = {frozenset((id(x), id(y))) for x, y in pairs}
+        for c in self.connections:
+            linked.add(frozenset((id(c.client_context), id(c.server_context))))
+        possible = len(ctxs) * (len(ctxs) - 1) // 2
+        while extra > 0 and len(linked) < possible:
+            x, y = self.random.sample(ctxs, 2)
+            key = frozenset((id(x), id(y)))
+            if key not in linked:
+                linked.add(key)
+                pairs.append((x, y))
+                extra -= 1
+        conns = [self.link(x, y, settle=False) for x, y in pairs]
+        self.settle()
+        return conns
+
+    def _forget(self, conn: MemoryConnection) -> None:
+        self._dirty.pop(conn, None)
+        if conn in self.connections:
+            self.connections.remove(conn)
+
+    # --- moving bytes and time
+
+    def pump(self) -> bool:
+        """Run zero-delay calls, then move every connection's pending bytes once."""
+        self.clock.advance(0)
+        if not self._dirty:
+            return False
+        batch = list(self._dirty)
+        self._dirty.clear()
+        if self.shuffle:
+            self.random.shuffle(batch)
+        moved = False
+        for conn in batch:
+            if conn.pump():
+                moved = True
+        return moved
+
+    def settle(self) -> int:
+        """Pump until no byte moves; return the number of rounds it took."""
+        rounds = 0
+        while self._dirty or self._due_now():
+            self.pump()
+            rounds += 1
+            if rounds > self.max_rounds:
+                raise RuntimeError(
+                    f"mesh did not settle in {self.max_rounds} rounds; are frames looping?"
+                )
+        return rounds
+
+    flush = settle  # iosim's name for the same thing
+
+    def _due_now(self) -> bool:
+        now = self.clock.seconds()
+        return any(call.getTime() <= now for call in self.clock.getDelayedCalls())
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds``, stopping at every timer on the way.
+
+        Settles before and after each timer, so every heartbeat, timeout and
+        looping call fires as often as it would in real time.
+        """
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        clock = self.clock
+        end = clock.seconds() + seconds
+        self.settle()
+        while True:
+            due = [c.getTime() for c in clock.getDelayedCalls()]
+            nxt = min(due) if due else None
+            if nxt is None or nxt > end:
+                break
+            self._move_to(nxt)
+            self.settle()
+        self._move_to(end)
+        self.settle()
+
+    def _move_to(self, when: float) -> None:
+        clock = self.clock
+        now = clock.seconds()
+        if when > now:
+            clock.advance(when - now)
+        if clock.seconds() < when:
+            # Float rounding left us a hair short of a timer: land on it exactly.
+            clock.rightNow = when
+            clock.advance(0)
+
+    def run_until(
+        self, condition: Callable[[], bool], timeout: float = 60.0, step: float = 0.1
+    ) -> bool:
+        """Advance in ``step`` seconds until ``condition()`` holds (True) or ``timeout`` passes."""
+        end = self.clock.seconds() + timeout
+        self.settle()
+        while not condition():
+            if self.clock.seconds() >= end:
+                return False
+            self.advance(min(step, end - self.clock.seconds()))
+        return True
+
+    # --- the end
+
+    def close(self) -> None:
+        """Close every context and deliver the goodbyes; safe to call twice."""
+        results = [ctx.close() for ctx in self.contexts]
+        self.settle()
+        for conn in list(self.connections):
+            conn.cut("mesh closed")
+        for d in results:
+            d.addErrback(lambda _f: None)  # close() never fails in memory; don't log it
