@@ -193,7 +193,13 @@ class Context:
         self._state_told: dict[int, set[int]] = {}
         self._watchers: list[Callable[[LinkEvent], None]] = []
         self._interest_waiters: list[tuple[int, str, int, defer.Deferred]] = []
-        self.counters = {"forwarded": 0, "no_route": 0, "hop_limit": 0}
+        self.counters = {
+            "forwarded": 0,
+            "no_route": 0,
+            "hop_limit": 0,
+            "control_in": 0,
+            "control_out": 0,
+        }
         self._housekeeping = LoopingCall(self._expire_records)
         self._housekeeping.clock = reactor
         # Dispatch table handed to every link: frame kind -> handler(link, frame).
@@ -328,6 +334,7 @@ class Context:
         # Full re-sync: the new neighbour gets every record we hold.
         for state in list(self.routing.nodes.values()):
             link.send(_control_frame(["node", state.to_wire()]))
+            self.counters["control_out"] += 1
         self._update_local(links=self._link_costs())
         if not self._housekeeping.running:
             self._housekeeping.start(self.config.heartbeat, now=False)
@@ -384,8 +391,10 @@ class Context:
         for link in self.links.values():
             if link is not exclude and link.status in (UP, BUSY):
                 link.send(frame)
+                self.counters["control_out"] += 1
 
     def _on_control(self, link: Link, frame: wire.Frame) -> None:
+        self.counters["control_in"] += 1
         try:
             message = decode_object(frame.payload)
             kind, body = message[0], message[1]
