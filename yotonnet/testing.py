@@ -16,8 +16,10 @@ Links are real :class:`~yotonnet.link.Link` protocols built by
 :class:`~yotonnet.link.LinkFactory`, so handshakes, heartbeats, routing and
 channels run exactly as over TCP. :meth:`MemoryMesh.link` joins two contexts,
 :meth:`MemoryMesh.cut` drops a link as a network failure would (both ends get
-``connectionLost``), :meth:`MemoryConnection.hold` stalls one direction (a peer
-whose interpreter is stuck) until :meth:`MemoryConnection.release`, and
+``connectionLost``), :meth:`MemoryConnection.vanish` drops it on one side only
+(a crashed host: the other end is left half-open),
+:meth:`MemoryConnection.hold` stalls one direction (a peer whose interpreter
+is stuck) until :meth:`MemoryConnection.release`, and
 :meth:`MemoryMesh.attach` joins a context to any other protocol, e.g. one that
 sends hand-made bytes.
 
@@ -118,6 +120,9 @@ class MemoryConnection:
 
     ``client`` dialled, ``server`` accepted; ``client_context`` and
     ``server_context`` are their contexts (None for a foreign protocol).
+    ``closed`` and ``reason`` tell whether and why it ended. The mesh plays
+    the dialler, so a dialling link's failed handshake lands in
+    ``handshake_failure`` rather than in the log.
     With tracing on, ``frames`` lists ``(sender_name, Frame)`` for every frame
     delivered, preambles excluded.
     """
@@ -150,13 +155,20 @@ class MemoryConnection:
         )
         self.closed = False
         self.reason: str | None = None
+        #: why the dialling link's handshake failed (a Failure), if it did
+        self.handshake_failure: Failure | None = None
         self.bytes_moved = 0
         self._held: set[MemoryTransport] = set()
+        self._gone: set[MemoryTransport] = set()  # ends already told connectionLost
+        self._vanished: set[MemoryTransport] = set()  # ends that left without a word
         self.frames: list[tuple[str, wire.Frame]] | None = [] if trace else None
         self._decoders: dict[MemoryTransport, wire.FrameDecoder | None] = {
             t: wire.FrameDecoder(max_frame=2**32, expect_preamble=True)
             for t in (self.client_transport, self.server_transport)
         } if trace else {}
+
+    def _handshake_failed(self, failure: Failure) -> None:
+        self.handshake_failure = failure
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -208,6 +220,24 @@ class MemoryConnection:
         """Drop the connection at once, bytes in flight included, as a network failure would."""
         self._close(error.ConnectionLost(reason), first=self.client_transport)
 
+    def vanish(self, end: Any, reason: str = "connection vanished (MemoryMesh)") -> None:
+        """Lose the connection on ``end``'s side only, without telling the other end.
+
+        What a host crash or an expired NAT entry does: ``end`` gets
+        ``connectionLost`` now; the other end is left half-open, hears nothing
+        more and writes into the void until it closes the connection itself
+        (or :meth:`cut` ends it).
+        """
+        t = self._transport_of(end)
+        if self.closed or t in self._gone:
+            return
+        self._gone.add(t)
+        self._vanished.add(t)
+        t.stream = []
+        t.disconnecting = t.disconnected = True
+        t.protocol.connectionLost(Failure(error.ConnectionLost(reason)))
+        self._wake()
+
     # --- moving bytes
 
     def _wake(self) -> None:
@@ -227,6 +257,8 @@ class MemoryConnection:
                 continue
             data = b"".join(tx.stream)
             tx.stream = []
+            if rx in self._gone:
+                continue  # half-open: nobody is listening any more
             self.bytes_moved += len(data)
             if self.frames is not None:
                 self._trace(tx, data)
@@ -234,10 +266,18 @@ class MemoryConnection:
             moved = True
         if not self.closed:
             for t in (self.client_transport, self.server_transport):
-                # A clean close happens once the closing end's last bytes are delivered.
-                if t.disconnecting and not t.stream:
+                if not t.disconnecting or t in self._vanished:
+                    continue
+                if not t.stream:
+                    # A clean close completes once the closing end's last bytes are delivered.
                     self._close(error.ConnectionDone(), first=t)
                     return True
+                if t in self._held and t not in self._gone:
+                    # As with a socket, the closer is done once its bytes are in the
+                    # kernel; the peer gets them, and the close, when they move.
+                    self._gone.add(t)
+                    t.protocol.connectionLost(Failure(error.ConnectionDone()))
+                    moved = True
         return moved
 
     def _trace(self, tx: MemoryTransport, data: bytes) -> None:
@@ -278,7 +318,9 @@ class MemoryConnection:
             t.disconnecting = True
             t.disconnected = True
         for t in order:
-            t.protocol.connectionLost(Failure(reason))
+            if t not in self._gone:
+                self._gone.add(t)
+                t.protocol.connectionLost(Failure(reason))
 
 
 class MemoryMesh:
@@ -419,6 +461,9 @@ class MemoryMesh:
             self, client, client_name, server, server_name, client_ctx, server_ctx,
             trace=self.trace if trace is None else trace,
         )
+        if isinstance(client, Link) and client.handshake_done is not None:
+            # The mesh dials, so it takes the dialler's part: it consumes the outcome.
+            client.handshake_done.addErrback(conn._handshake_failed)
         self.connections.append(conn)
         server.makeConnection(conn.server_transport)
         client.makeConnection(conn.client_transport)
@@ -427,9 +472,9 @@ class MemoryMesh:
         return conn
 
     def connection(self, a: Context | int | str, b: Context | int | str) -> MemoryConnection:
-        """The open connection between ``a`` and ``b`` (either direction)."""
+        """The newest open connection between ``a`` and ``b`` (either direction)."""
         a, b = self._context(a), self._context(b)
-        for conn in self.connections:
+        for conn in reversed(self.connections):
             if {id(conn.client_context), id(conn.server_context)} == {id(a), id(b)}:
                 return conn
         raise KeyError(f"{a.name} and {b.name} are not linked")
