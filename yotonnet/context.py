@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -22,6 +23,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from . import errors, wire
 from .link import BUSY, CLOSED, UP, HandshakeError, Link, LinkFactory
@@ -42,6 +44,9 @@ _DATA = int(FrameKind.DATA)
 _REQUEST = int(FrameKind.REQUEST)
 _REPLY = int(FrameKind.REPLY)
 _STATE = int(FrameKind.STATE)
+#: encode_object(["ok", value]) == _OK_PREFIX + encode_object(value): replies skip a level
+_OK_PREFIX = encode_object(["ok", None])[:-1]
+_OK_LEN = len(_OK_PREFIX)
 
 
 @dataclass
@@ -86,7 +91,11 @@ class Dialer:
         cfg = context.config
         policy = backoffPolicy(cfg.reconnect_initial, cfg.reconnect_max, 2.0, random.random)
 
+        self.handshake_failures = 0
+
         def retry_policy(failures: int) -> float:
+            # ClientService resets its count when TCP connects; failed handshakes count too.
+            failures = max(failures, self.handshake_failures)
             self.attempts = failures
             self.last_delay = policy(failures)
             return self.last_delay
@@ -103,25 +112,27 @@ class Dialer:
         #: fires with the first link up, or fails on a refusal that retrying cannot fix
         self.first: defer.Deferred[Link] = defer.Deferred()
 
-    def _prepare(self, link: Link) -> defer.Deferred[Link]:
+    def _prepare(self, link: Link) -> None:
+        # Not returned to ClientService: a handshake failing means the connection is lost,
+        # and ClientService has no transition for a loss while prepareConnection is pending.
         d = link.handshake_done
         assert d is not None
 
-        def up(link: Link) -> Link:
+        def up(link: Link) -> None:
             self.link = link
             self.last_error = None
+            self.handshake_failures = 0
             if not self.first.called:
                 self.first.callback(link)
-            return link
 
-        def failed(failure: Any) -> Any:
+        def failed(failure: Any) -> None:
             self.last_error = failure.getErrorMessage()
+            self.handshake_failures += 1
             if failure.check(HandshakeError) and failure.value.fatal and not self.first.called:
                 self.stop()
                 self.first.errback(failure)
-            return failure
 
-        return d.addCallbacks(up, failed)
+        d.addCallbacks(up, failed)
 
     def start(self) -> None:
         self.service.startService()
@@ -183,8 +194,13 @@ class Context:
         self._reps: dict[int, list[RepChannel]] = {}
         self._states: dict[int, list[StateChannel]] = {}
         self._channel_types: dict[int, str] = {}
+        # Sequence numbers start from the wall clock in ns, so a node restarted with a
+        # fixed id continues above what subscribers last saw from it.
+        self._seq_base = time.time_ns()
         self._seq: dict[int, int] = {}
         self._fanout: dict[tuple[int, int], list[Link]] = {}
+        # channel -> reachable repliers, nearest first; cleared with _fanout
+        self._rep_holders: dict[int, list[int]] = {}
         self._pending: dict[int, _Pending] = {}
         self._outstanding: dict[int, int] = {}
         self._next_request = 0
@@ -200,6 +216,9 @@ class Context:
             "control_in": 0,
             "control_out": 0,
         }
+        # Set while a link dispatches frames; links that queued sends meanwhile.
+        self._dispatching = False
+        self._dirty: list[Link] = []
         self._housekeeping = LoopingCall(self._expire_records)
         self._housekeeping.clock = reactor
         # Dispatch table handed to every link: frame kind -> handler(link, frame).
@@ -415,6 +434,7 @@ class Context:
 
     def _routing_changed(self) -> None:
         self._fanout.clear()
+        self._rep_holders.clear()
         self._check_interest_waiters()
         self._fail_unreachable_requests()
         self._push_state_to_new_holders()
@@ -488,7 +508,7 @@ class Context:
     # --- pub/sub
 
     def _publish(self, channel: int, tag: int, payload: bytes) -> None:
-        seq = self._seq.get(channel, 0) + 1
+        seq = self._seq.get(channel, self._seq_base) + 1
         self._seq[channel] = seq
         me = self.node_id
         links = self._fanout.get((me, channel))
@@ -522,6 +542,33 @@ class Context:
             for sub in subs:
                 sub._deliver(frame)
 
+    def _on_data_run(self, link: Link, frames: list[wire.Frame], i: int, n: int) -> int:
+        """Handle frames[i] and the DATA frames after it from the same source and channel.
+
+        One lookup of targets and subscribers per run instead of per frame; a
+        read of many small messages is usually one run. Returns the next index.
+        """
+        first = frames[i]
+        channel, source = first[3], first[4]
+        j = i + 1
+        while j < n:
+            f = frames[j]
+            if f[0] != _DATA or f[3] != channel or f[4] != source:
+                break
+            j += 1
+        links = self._fanout.get((source, channel))
+        if links is None:
+            links = self._targets(source, channel)
+        if links:
+            for k in range(i, j):
+                self._forward(frames[k], links)
+        subs = self._subs.get(channel)
+        if subs:
+            run = frames if (i == 0 and j == n) else frames[i:j]
+            for sub in subs:
+                sub._deliver_run(run, link)
+        return j
+
     def _forward(self, frame: wire.Frame, links: list[Link]) -> None:
         if frame.hops <= 1:
             self.counters["hop_limit"] += 1
@@ -536,13 +583,19 @@ class Context:
     def _request(
         self, channel: int, channel_name: str, payload: bytes, timeout: float | None
     ) -> defer.Deferred[Any]:
-        holders = self.routing.holders(channel, REP)
+        holders = self._rep_holders.get(channel)
+        if holders is None:
+            # A scan of every node record: done once per routing change, not per call.
+            holders = self._rep_holders[channel] = self.routing.holders(channel, REP)
         if not holders:
             return defer.fail(
                 errors.NoResponders(f"no replier for channel {channel_name!r} is reachable")
             )
         outstanding = self._outstanding
-        dest = min(holders, key=lambda n: (outstanding.get(n, 0), holders.index(n)))
+        if len(holders) == 1:
+            dest = holders[0]
+        else:
+            dest = min(holders, key=lambda n: (outstanding.get(n, 0), holders.index(n)))
         self._next_request += 1
         req_id = self._next_request
 
@@ -554,28 +607,37 @@ class Context:
         d: defer.Deferred[Any] = defer.Deferred(cancel)
         timer = None
         if timeout:
+            # The error is built only if the timer fires.
             timer = self.reactor.callLater(
-                timeout,
-                self._finish_request,
-                req_id,
-                errors.TimeoutError(
-                    f"no reply on channel {channel_name!r} within {timeout:g} s"
-                ),
+                timeout, self._time_out, req_id, channel_name, timeout
             )
         self._pending[req_id] = _Pending(d, timer, dest)
         outstanding[dest] = outstanding.get(dest, 0) + 1
-        if dest == self.node_id:
-            self._serve_request(channel, self.node_id, req_id, payload)
+        me = self.node_id
+        if dest == me:
+            self._serve_request(channel, me, req_id, payload)
         else:
-            data = wire.encode_frame(
-                _REQUEST, payload, channel=channel, source=self.node_id, dest=dest, seq=req_id,
-                hops=self.config.max_hops,
+            data = (
+                HEADER.pack(
+                    HEADER_TAIL + len(payload), _REQUEST, self.config.max_hops, 0, 0,
+                    channel, me, dest, req_id,
+                )
+                + payload
             )
             if not self._unicast(dest, data):
                 self._finish_request(
                     req_id, errors.NoResponders(f"replier for {channel_name!r} unreachable")
                 )
         return d
+
+    def _time_out(self, req_id: int, channel_name: str, timeout: float) -> None:
+        pending = self._pending.get(req_id)
+        if pending is not None:
+            pending.timer = None  # firing now: nothing to cancel
+        self._finish_request(
+            req_id,
+            errors.TimeoutError(f"no reply on channel {channel_name!r} within {timeout:g} s"),
+        )
 
     def _release(self, pending: _Pending) -> None:
         if pending.timer is not None and pending.timer.active():
@@ -621,21 +683,37 @@ class Context:
         if not reps:
             self._reply(channel, source, req_id, ["noresp", "no replier here any more"])
             return
-        rep = min(reps, key=lambda r: r.in_flight)
-        d = rep._handle(payload)
-        d.addCallbacks(
-            lambda value: self._reply(channel, source, req_id, ["ok", value]),
-            lambda failure: self._reply(
-                channel,
-                source,
-                req_id,
-                [
-                    "err",
-                    failure.type.__name__ if failure.type else "Exception",
-                    failure.getErrorMessage(),
-                    failure.getTraceback(),
-                ],
-            ),
+        rep = reps[0] if len(reps) == 1 else min(reps, key=lambda r: r.in_flight)
+        outcome = rep._handle(payload)
+        # A handler that returned a plain value is answered at once, without Deferreds.
+        if type(outcome) is tuple:
+            self._reply_ok(channel, source, req_id, outcome[0])
+        elif isinstance(outcome, Failure):
+            self._reply_failure(channel, source, req_id, outcome)
+        else:
+            outcome.addCallbacks(
+                lambda value: self._reply_ok(channel, source, req_id, value),
+                lambda failure: self._reply_failure(channel, source, req_id, failure),
+            )
+
+    def _reply_ok(self, channel: int, dest: int, req_id: int, value: Any) -> None:
+        try:
+            payload = _OK_PREFIX + encode_object(value)
+        except errors.MessageTypeError as e:
+            payload = encode_object(["err", "MessageTypeError", f"reply not encodable: {e}", ""])
+        self._send_reply(channel, dest, req_id, payload)
+
+    def _reply_failure(self, channel: int, dest: int, req_id: int, failure: Failure) -> None:
+        self._reply(
+            channel,
+            dest,
+            req_id,
+            [
+                "err",
+                failure.type.__name__ if failure.type else "Exception",
+                failure.getErrorMessage(),
+                failure.getTraceback(),
+            ],
         )
 
     def _reply(self, channel: int, dest: int, req_id: int, body: list) -> None:
@@ -643,15 +721,20 @@ class Context:
             payload = encode_object(body)
         except errors.MessageTypeError as e:
             payload = encode_object(["err", "MessageTypeError", f"reply not encodable: {e}", ""])
-        if dest == self.node_id:
+        self._send_reply(channel, dest, req_id, payload)
+
+    def _send_reply(self, channel: int, dest: int, req_id: int, payload: bytes) -> None:
+        me = self.node_id
+        if dest == me:
             self._accept_reply(req_id, payload)
             return
         self._unicast(
             dest,
-            wire.encode_frame(
-                _REPLY, payload, channel=channel, source=self.node_id, dest=dest, seq=req_id,
-                hops=self.config.max_hops,
-            ),
+            HEADER.pack(
+                HEADER_TAIL + len(payload), _REPLY, self.config.max_hops, 0, 0,
+                channel, me, dest, req_id,
+            )
+            + payload,
         )
 
     def _on_reply(self, link: Link, frame: wire.Frame) -> None:
@@ -664,6 +747,14 @@ class Context:
     def _accept_reply(self, req_id: int, payload: bytes) -> None:
         if req_id not in self._pending:
             return  # cancelled or timed out: the late reply is dropped
+        if payload[:_OK_LEN] == _OK_PREFIX:
+            try:
+                value = decode_object(payload[_OK_LEN:])
+            except Exception as e:  # noqa: BLE001
+                self._finish_request(req_id, errors.DecodeError(f"malformed reply: {e}"))
+                return
+            self._finish_request(req_id, value)
+            return
         try:
             body = decode_object(payload)
             status = body[0]

@@ -85,7 +85,10 @@ def type_name_for_tag(tag: int) -> str:
 def _encode_text(value: Any) -> bytes:
     if not isinstance(value, str):
         raise MessageTypeError(f"TEXT channels send str, not {type(value).__name__}")
-    return value.encode("utf-8")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise MessageTypeError(f"TEXT message is not encodable as UTF-8: {e}") from None
 
 
 def _decode_text(data: bytes) -> str:
@@ -96,6 +99,8 @@ def _decode_text(data: bytes) -> str:
 
 
 def _encode_binary(value: Any) -> bytes:
+    if type(value) is bytes:
+        return value  # the common case, without the isinstance on a union or a copy
     if not isinstance(value, bytes | bytearray | memoryview):
         raise MessageTypeError(f"BINARY channels send bytes, not {type(value).__name__}")
     return bytes(value)

@@ -29,6 +29,7 @@ SUB = "sub"
 REP = "rep"
 STATE = "state"
 ROLES = (SUB, REP, STATE)
+_MAX_U64 = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,14 @@ class NodeState:
                     for ch, role, tname, count in interests
                 },
             )
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"malformed node state record: {e}") from None
+        for node in (state.node_id, *state.links):
+            if not 0 < node <= _MAX_U64:
+                raise ValueError(f"node id {node} out of range")
+        for chan in state.interests:
+            if not 0 <= chan <= _MAX_U64:
+                raise ValueError(f"channel id {chan} out of range")
         for interest in state.interests.values():
             if interest.role not in ROLES:
                 raise ValueError(f"unknown interest role {interest.role!r}")
@@ -88,7 +95,7 @@ class RoutingTable:
         self._dist: dict[int, int] | None = None
         self._next_hop: dict[int, int] = {}
         self._trees: dict[int, dict[int, int]] = {}
-        self._below: dict[tuple[int, int, int], bool] = {}
+        self._below: dict[tuple[int, int, int, str], bool] = {}
         self._unreachable_since: dict[int, float] = {}
         self.generation = 0
 
@@ -118,8 +125,14 @@ class RoutingTable:
         """Take a record heard from a neighbour; True if it was news (flood it on)."""
         if state.node_id == self.node_id:
             # Our own record came back, maybe from before a restart: jump past it.
-            if state.version >= self.local.version:
-                mine = self.local
+            mine = self.local
+            # Only a record from before a restart (newer, or same version with other
+            # content) is news; our current record echoed back over a cycle is not.
+            stale = state.version > mine.version or (
+                state.version == mine.version
+                and (state.links != mine.links or state.interests != mine.interests)
+            )
+            if stale:
                 self.nodes[self.node_id] = NodeState(
                     mine.node_id, mine.name, state.version + 1, mine.links, mine.interests
                 )
@@ -263,7 +276,7 @@ class RoutingTable:
     def _subtree_has(
         self, tree: dict[int, int], source: int, top: int, channel: int, role: str
     ) -> bool:
-        key = (source, top, channel)
+        key = (source, top, channel, role)
         cached = self._below.get(key)
         if cached is not None:
             return cached

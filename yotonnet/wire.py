@@ -178,7 +178,7 @@ def decode_hello(frame: Frame) -> Hello:
         raise ProtocolError(f"expected a HELLO frame first, got frame kind {frame.kind}")
     try:
         body = json.loads(frame.payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ProtocolError(f"HELLO payload is not JSON: {e}") from None
     if not isinstance(body, dict):
         raise ProtocolError("HELLO payload must be a JSON object")
@@ -235,7 +235,7 @@ class FrameDecoder:
         if length < HEADER_TAIL:
             raise ProtocolError(f"frame length {length} is shorter than a frame header")
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes, limit: int | None = None) -> list[Frame]:
         if self._missing:
             self._parts.append(data)
             self._have += len(data)
@@ -264,6 +264,8 @@ class FrameDecoder:
         kinds = _KINDS
         make = tuple.__new__
         while True:
+            if limit is not None and len(frames) >= limit:
+                break
             if n - pos < HEADER_SIZE:
                 # Refuse an oversized frame as soon as its length field arrives.
                 if n - pos >= 4:
@@ -275,7 +277,14 @@ class FrameDecoder:
             end = pos + 4 + length
             if end > n:
                 if length > 65536:
-                    self._missing = end - n
+                    # Park the partial frame among the parts (a view, no copy): it is
+                    # then joined once with the rest, instead of copied to _buf, then
+                    # joined, then concatenated again.
+                    self._parts = [memoryview(buf)[pos:]]
+                    self._have = n - pos
+                    self._missing = end - pos
+                    self._buf = b""
+                    return frames
                 break
             if kind not in kinds:
                 raise ProtocolError(f"unknown frame kind {kind}")

@@ -8,9 +8,11 @@ anywhere fails at once with :class:`~yotonnet.errors.NoResponders`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from .. import errors
 from ..messages import OBJECT, DecodeError, decode_object, encode_object
@@ -77,23 +79,40 @@ class RepChannel(Channel):
         ):
             fn = getattr(self, method, None)
             if callable(fn):
+                # Remember the bound method: the checks above cost more than the call.
+                self._handlers[method] = fn
                 return fn
         raise AttributeError(f"replier on channel {self.name!r} has no method {method!r}")
 
-    def _handle(self, payload: bytes) -> defer.Deferred[Any]:
+    def _handle(self, payload: bytes) -> Any:
+        """Decode a request and run its handler.
+
+        Returns a 1-tuple holding the result if the handler returned a plain
+        value, a Failure if anything raised, or a Deferred if the handler
+        returned one (or a coroutine): the common synchronous case costs no
+        Deferred at all.
+        """
         try:
             method, args, kwargs = decode_object(payload)
             if not isinstance(args, list) or not isinstance(kwargs, dict):
                 raise DecodeError("request arguments must be a list and a dict")
             fn = self._lookup(method)
-        except Exception as e:  # noqa: BLE001 - reported to the caller as RemoteError
-            return defer.fail(e)
-        self.in_flight += 1
-        d = defer.maybeDeferred(fn, *args, **kwargs)
-
-        def done(result: Any) -> Any:
-            self.in_flight -= 1
+        except Exception:  # noqa: BLE001 - reported to the caller as RemoteError
+            return Failure()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:  # as defer.maybeDeferred would
             self.served += 1
-            return result
+            return Failure()
+        if isinstance(result, defer.Deferred) or type(result) is CoroutineType:
+            self.in_flight += 1
+            d = defer.maybeDeferred(lambda: result)
 
-        return d.addBoth(done)
+            def done(value: Any) -> Any:
+                self.in_flight -= 1
+                self.served += 1
+                return value
+
+            return d.addBoth(done)
+        self.served += 1
+        return result if isinstance(result, Failure) else (result,)
