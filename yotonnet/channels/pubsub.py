@@ -90,6 +90,10 @@ class SubChannel(Channel):
         except (DecodeError, ValueError) as e:
             self._fail(DecodeError(f"channel {self.name!r}: {e}"))
             return
+        self._hand_over(value)
+
+    def _hand_over(self, value: Any) -> None:
+        """Give a decoded message to the callbacks, a waiting recv(), or the queue."""
         self.received += 1
         if self._callbacks:
             for callback in self._callbacks:
@@ -113,7 +117,7 @@ class SubChannel(Channel):
             return
         my_tag = self._tag
         decode = self._decode
-        callbacks = self._callbacks
+        hand_over = self._hand_over
         source = frames[0][4]
         last_seq = self._last_seq
         for frame in frames:
@@ -129,17 +133,7 @@ class SubChannel(Channel):
             except (DecodeError, ValueError) as e:
                 self._fail(DecodeError(f"channel {self.name!r}: {e}"))
                 continue
-            self.received += 1
-            if callbacks:
-                for callback in callbacks:
-                    try:
-                        callback(value)
-                    except Exception:  # noqa: BLE001 - a bad callback must not stop delivery
-                        log.failure("subscriber callback on {name} failed", name=self.name)
-            elif self._waiters:
-                self._waiters.popleft().callback(value)
-            else:
-                self._queue.append(value)
+            hand_over(value)
 
     def _fail(self, error: Exception) -> None:
         self.errors.append(error)
