@@ -364,6 +364,16 @@ class ReqRepTests(MeshTestCase):
         d = ReqChannel(self.a, "nobody.here").anything()
         self.failureResultOf(d, NoResponders)  # without pumping or waiting
 
+    def test_wait_for_responders_fires_once_the_replier_is_known(self) -> None:
+        req = ReqChannel(self.a, "late.math")
+        waiting = req.wait_for_responders()
+        Calculator(self.b, "late.math")
+        self.assertNoResult(waiting)  # not linked yet: a knows of no replier
+        self.assertEqual(req.responders, 0)
+        self.mesh.link(self.a, self.b)
+        self.assertIsNone(self.successResultOf(waiting))
+        self.assertEqual(req.responders, 1)
+
     def test_timeout_after_configured_time(self) -> None:
         self.mesh.link(self.a, self.b)
         rep = RepChannel(self.b, "stuck")

@@ -278,9 +278,9 @@ class Link(Protocol):
         self._fatal = fatal
         self.reason = reason
         if fatal:
-            log.warn(
-                "closing link {link}: {reason}", link=self.describe(), reason=reason
-            )
+            log.warn("closing link {link}: {reason}", link=self.describe(), reason=reason)
+        else:
+            log.info("closing link {link}: {reason}", link=self.describe(), reason=reason)
         try:
             self._flush()
             self.transport.write(wire.encode_frame(FrameKind.ERROR, reason.encode("utf-8")))

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from .. import errors
 from ..messages import OBJECT, DecodeError, decode_object, encode_object
+from ..routing import REP
 from .base import Channel
 
 if TYPE_CHECKING:
@@ -35,6 +36,15 @@ class ReqChannel(Channel):
         self.timeout: float | None = (
             context.config.request_timeout if timeout is _UNSET else timeout
         )
+
+    @property
+    def responders(self) -> int:
+        """How many repliers the mesh currently knows of."""
+        return self.context.interest_count(self.channel_id, REP)
+
+    def wait_for_responders(self, count: int = 1) -> defer.Deferred[None]:
+        """Fire once at least ``count`` repliers are reachable (e.g. right after connect())."""
+        return self.context.wait_for_interest(self.channel_id, REP, count)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
         """Call ``method`` on one replier; the Deferred fires with its result."""
