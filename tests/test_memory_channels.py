@@ -54,6 +54,16 @@ class MeshTestCase(SynchronousTestCase):
 
 
 class PubSubTests(MeshTestCase):
+    def linked_pub_sub(self, name: str) -> tuple[MemoryMesh, PubChannel, SubChannel]:
+        """Two linked contexts: a publisher on the first, a subscriber on the second."""
+        mesh = self.make_mesh(2)
+        a, b = mesh
+        mesh.link(a, b)
+        sub = SubChannel(b, name)
+        pub = PubChannel(a, name)
+        mesh.settle()
+        return mesh, pub, sub
+
     def _two_by_two(self, seed: int, shuffle: bool) -> None:
         # A triangle: a cycle, so exactly-once depends on routing, not on the shape.
         mesh = self.make_mesh(3, seed=seed, shuffle=shuffle)
@@ -111,12 +121,7 @@ class PubSubTests(MeshTestCase):
         self.assertEqual(local.pending, 0)
 
     def test_recv_queued_and_waiting(self) -> None:
-        mesh = self.make_mesh(2)
-        a, b = mesh
-        mesh.link(a, b)
-        sub = SubChannel(b, "q")
-        pub = PubChannel(a, "q")
-        mesh.settle()
+        mesh, pub, sub = self.linked_pub_sub("q")
         pub.send("early")
         mesh.settle()
         self.assertEqual(sub.pending, 1)
@@ -130,12 +135,7 @@ class PubSubTests(MeshTestCase):
         self.assertEqual(sub.pending, 0)
 
     def test_cancelled_recv_does_not_eat_a_message(self) -> None:
-        mesh = self.make_mesh(2)
-        a, b = mesh
-        mesh.link(a, b)
-        sub = SubChannel(b, "q")
-        pub = PubChannel(a, "q")
-        mesh.settle()
+        mesh, pub, sub = self.linked_pub_sub("q")
         d = sub.recv()
         d.cancel()
         self.failureResultOf(d, defer.CancelledError)
@@ -144,12 +144,7 @@ class PubSubTests(MeshTestCase):
         self.assertEqual(self.successResultOf(sub.recv()), "kept")
 
     def test_subscribe_drains_the_queue_then_gets_new_messages(self) -> None:
-        mesh = self.make_mesh(2)
-        a, b = mesh
-        mesh.link(a, b)
-        sub = SubChannel(b, "q")
-        pub = PubChannel(a, "q")
-        mesh.settle()
+        mesh, pub, sub = self.linked_pub_sub("q")
         pub.send("1")
         pub.send("2")
         mesh.settle()

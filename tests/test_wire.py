@@ -55,17 +55,7 @@ def frames(draw, max_payload: int = 300, max_ext: int = 40) -> Frame:
 
 
 def encode(frame: Frame) -> bytes:
-    return wire.encode_frame(
-        frame.kind,
-        frame.payload,
-        tag=frame.tag,
-        channel=frame.channel,
-        source=frame.source,
-        dest=frame.dest,
-        seq=frame.seq,
-        hops=frame.hops,
-        ext=frame.ext,
-    )
+    return wire.reencode(frame, frame.hops)
 
 
 def draw_chunks(draw, data: bytes) -> list[bytes]:
