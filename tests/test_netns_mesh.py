@@ -44,7 +44,7 @@ class SquareMeshTests(TestCase):
             self, *args, *role, label=name, script=PEER, prefix=self.hosts.exec_prefix(i)
         )
 
-    async def _until(self, proc, event: str, predicate, timeout: float = 20.0) -> dict:
+    async def _until(self, proc, event: str, predicate, timeout: float = 40.0) -> dict:
         """Read ``proc``'s reports of ``event`` until one satisfies ``predicate``."""
         deadline = reactor.seconds() + timeout
         last = None
@@ -64,7 +64,7 @@ class SquareMeshTests(TestCase):
         c = self._start(2, "C", [3])
         a = self._start(0, "A", [1, 2], "--publish", "stream")
         for proc in (a, b, c, d):
-            await proc.wait_for('{"event": "ready"')
+            await proc.wait_for('{"event": "ready"', timeout=40.0)
 
         first = await self._until(d, "sub", lambda r: r["count"] >= 100)
         self.assertEqual(first["disorder"], 0)
