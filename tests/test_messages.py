@@ -19,9 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import yotonnet
 from yotonnet import messages
+from yotonnet.codec import MAX_DEPTH, decode_values, encode_values
 from yotonnet.messages import (
     BINARY,
-    MAX_DEPTH,
     OBJECT,
     TEXT,
     DecodeError,
@@ -101,6 +101,29 @@ class ObjectRoundTripTests(SynchronousTestCase):
         self.assertTrue(same(value, back), (value, back))
         # The encoding is canonical: decoding then encoding gives the same bytes.
         self.assertEqual(encode_object(back), data)
+
+    @PROPS
+    @given(st.lists(values, max_size=5))
+    def test_values_round_trip(self, items):
+        # Request arguments travel as values back to back, their count in the header.
+        data = encode_values(items)
+        back = decode_values(data, len(items))
+        self.assertTrue(same(items, back), (items, back))
+        self.assertEqual(data, b"".join(encode_object(v) for v in items))
+
+    def test_values_count_must_match(self):
+        data = encode_values([1, "two", b"3"])
+        for count in (2, 4, 100):
+            self.assertRaises(DecodeError, decode_values, data, count)
+        self.assertRaises(DecodeError, decode_values, data[:-1], 3)
+        self.assertRaises(DecodeError, decode_values, b"", 1)
+        self.assertEqual(decode_values(b"", 0), [])
+
+    def test_single_bytes_fast_path_checks_its_length(self):
+        data = encode_object(b"abc")
+        self.assertEqual(decode_object(data), b"abc")
+        self.assertRaises(DecodeError, decode_object, data + b"x")
+        self.assertRaises(DecodeError, decode_object, data[:-1])
 
     def test_exact_types(self):
         value = {(1, "a"): [True, 1, 1.0, (False,), None], b"k": ("", b"", [], (), {})}

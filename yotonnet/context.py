@@ -26,10 +26,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import errors, wire
+from .calls import Call, CallTable
 from .link import BUSY, CLOSED, UP, HandshakeError, Link, LinkFactory
 from .messages import decode_object, encode_object
 from .routing import REP, STATE, SUB, Interest, NodeState, RoutingTable
-from .wire import HEADER, HEADER_TAIL, FrameKind
+from .wire import (
+    HEADER,
+    HEADER_TAIL,
+    REPLY_ERROR,
+    REPLY_NO_REPLIER,
+    REPLY_OK,
+    FrameKind,
+)
 
 if TYPE_CHECKING:
     from .channels.pubsub import SubChannel
@@ -44,9 +52,6 @@ _DATA = int(FrameKind.DATA)
 _REQUEST = int(FrameKind.REQUEST)
 _REPLY = int(FrameKind.REPLY)
 _STATE = int(FrameKind.STATE)
-#: encode_object(["ok", value]) == _OK_PREFIX + encode_object(value): replies skip a level
-_OK_PREFIX = encode_object(["ok", None])[:-1]
-_OK_LEN = len(_OK_PREFIX)
 
 
 @dataclass
@@ -154,15 +159,6 @@ class Dialer:
         }
 
 
-class _Pending:
-    __slots__ = ("deferred", "timer", "dest")
-
-    def __init__(self, deferred: defer.Deferred, timer: Any, dest: int) -> None:
-        self.deferred = deferred
-        self.timer = timer
-        self.dest = dest
-
-
 class Context:
     """A node: hosts channels and links to other nodes."""
 
@@ -201,9 +197,9 @@ class Context:
         self._fanout: dict[tuple[int, int], list[Link]] = {}
         # channel -> reachable repliers, nearest first; cleared with _fanout
         self._rep_holders: dict[int, list[int]] = {}
-        self._pending: dict[int, _Pending] = {}
-        self._outstanding: dict[int, int] = {}
-        self._next_request = 0
+        self._calls = CallTable()
+        # one timer for every request's deadline (see yotonnet.calls)
+        self._deadline_timer: Any = None
         self._lamport = 0
         self._state_values: dict[int, tuple[tuple[int, int], int, bytes]] = {}
         self._state_told: dict[int, set[int]] = {}
@@ -278,8 +274,11 @@ class Context:
         waits += [defer.maybeDeferred(p.stopListening) for p in self.ports]
         for link in list(self.links.values()):
             link.close("context closed")
-        for req_id in list(self._pending):
-            self._finish_request(req_id, errors.ConnectionLost("context closed"))
+        for call in self._calls:
+            self._finish_request(call.req_id, errors.ConnectionLost("context closed"))
+        if self._deadline_timer is not None and self._deadline_timer.active():
+            self._deadline_timer.cancel()
+        self._deadline_timer = None
         return defer.DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
 
     def watch_links(self, callback: Callable[[LinkEvent], None]) -> Callable[[], None]:
@@ -581,7 +580,13 @@ class Context:
     # --- request/reply
 
     def _request(
-        self, channel: int, channel_name: str, payload: bytes, timeout: float | None
+        self,
+        channel: int,
+        channel_name: str,
+        tag: int,
+        method: bytes,
+        payload: bytes,
+        timeout: float | None,
     ) -> defer.Deferred[Any]:
         holders = self._rep_holders.get(channel)
         if holders is None:
@@ -591,83 +596,75 @@ class Context:
             return defer.fail(
                 errors.NoResponders(f"no replier for channel {channel_name!r} is reachable")
             )
-        outstanding = self._outstanding
-        if len(holders) == 1:
-            dest = holders[0]
-        else:
-            dest = min(holders, key=lambda n: (outstanding.get(n, 0), holders.index(n)))
-        self._next_request += 1
-        req_id = self._next_request
+        calls = self._calls
+        dest = calls.pick(holders)
 
         def cancel(d: defer.Deferred) -> None:
-            pending = self._pending.pop(req_id, None)
-            if pending is not None:
-                self._release(pending)
+            calls.pop(req_id)
 
         d: defer.Deferred[Any] = defer.Deferred(cancel)
-        timer = None
-        if timeout:
-            # The error is built only if the timer fires.
-            timer = self.reactor.callLater(
-                timeout, self._time_out, req_id, channel_name, timeout
-            )
-        self._pending[req_id] = _Pending(d, timer, dest)
-        outstanding[dest] = outstanding.get(dest, 0) + 1
+        call = calls.open(d, dest, channel_name, timeout, self.reactor.seconds())
+        req_id = call.req_id
+        if call.deadline is not None:
+            self._arm_deadline_timer(call.deadline)
         me = self.node_id
         if dest == me:
-            self._serve_request(channel, me, req_id, payload)
+            self._serve_request(channel, me, req_id, tag, method, payload)
         else:
-            data = (
+            data = b"".join((
                 HEADER.pack(
-                    HEADER_TAIL + len(payload), _REQUEST, self.config.max_hops, 0, 0,
-                    channel, me, dest, req_id,
-                )
-                + payload
-            )
+                    HEADER_TAIL + len(method) + len(payload), _REQUEST, self.config.max_hops,
+                    len(method), tag, channel, me, dest, req_id,
+                ),
+                method,
+                payload,
+            ))
             if not self._unicast(dest, data):
                 self._finish_request(
                     req_id, errors.NoResponders(f"replier for {channel_name!r} unreachable")
                 )
         return d
 
-    def _time_out(self, req_id: int, channel_name: str, timeout: float) -> None:
-        pending = self._pending.get(req_id)
-        if pending is not None:
-            pending.timer = None  # firing now: nothing to cancel
-        self._finish_request(
-            req_id,
-            errors.TimeoutError(f"no reply on channel {channel_name!r} within {timeout:g} s"),
-        )
+    def _arm_deadline_timer(self, deadline: float) -> None:
+        timer = self._deadline_timer
+        delay = max(0.0, deadline - self.reactor.seconds())
+        if timer is None:
+            self._deadline_timer = self.reactor.callLater(delay, self._expire_calls)
+        elif deadline < timer.getTime():
+            timer.reset(delay)
 
-    def _release(self, pending: _Pending) -> None:
-        if pending.timer is not None and pending.timer.active():
-            pending.timer.cancel()
-        left = self._outstanding.get(pending.dest, 1) - 1
-        if left > 0:
-            self._outstanding[pending.dest] = left
-        else:
-            self._outstanding.pop(pending.dest, None)
+    def _expire_calls(self) -> None:
+        self._deadline_timer = None
+        for call in self._calls.expired(self.reactor.seconds()):
+            self._finish_request(
+                call.req_id,
+                errors.TimeoutError(
+                    f"no reply on channel {call.channel_name!r} within {call.timeout:g} s"
+                ),
+            )
+        deadline = self._calls.next_deadline()
+        if deadline is not None:
+            self._arm_deadline_timer(deadline)
 
     def _finish_request(self, req_id: int, result: Any) -> None:
-        pending = self._pending.pop(req_id, None)
-        if pending is None:
+        call: Call | None = self._calls.pop(req_id)
+        if call is None:
             return
-        self._release(pending)
         if isinstance(result, BaseException):
-            pending.deferred.errback(result)
+            call.waiter.errback(result)
         else:
-            pending.deferred.callback(result)
+            call.waiter.callback(result)
 
     def _fail_unreachable_requests(self) -> None:
-        if not self._pending:
+        if not self._calls:
             return
         reachable = self.routing.reachable()
-        for req_id, pending in list(self._pending.items()):
-            if pending.dest not in reachable:
+        for call in self._calls:
+            if call.dest not in reachable:
                 self._finish_request(
-                    req_id,
+                    call.req_id,
                     errors.ConnectionLost(
-                        f"replier node {pending.dest:016x} became unreachable before replying"
+                        f"replier node {call.dest:016x} became unreachable before replying"
                     ),
                 )
 
@@ -676,15 +673,21 @@ class Context:
             if frame.hops > 1:
                 self._unicast(frame.dest, wire.reencode(frame, frame.hops - 1))
             return
-        self._serve_request(frame.channel, frame.source, frame.seq, frame.payload)
+        self._serve_request(
+            frame.channel, frame.source, frame.seq, frame.tag, frame.ext, frame.payload
+        )
 
-    def _serve_request(self, channel: int, source: int, req_id: int, payload: bytes) -> None:
+    def _serve_request(
+        self, channel: int, source: int, req_id: int, tag: int, method: bytes, payload: bytes
+    ) -> None:
         reps = self._reps.get(channel)
         if not reps:
-            self._reply(channel, source, req_id, ["noresp", "no replier here any more"])
+            self._send_reply(
+                channel, source, req_id, REPLY_NO_REPLIER, b"no replier here any more"
+            )
             return
         rep = reps[0] if len(reps) == 1 else min(reps, key=lambda r: r.in_flight)
-        outcome = rep._handle(payload)
+        outcome = rep._handle(tag, method, payload)
         # A handler that returned a plain value is answered at once, without Deferreds.
         if type(outcome) is tuple:
             self._reply_ok(channel, source, req_id, outcome[0])
@@ -698,40 +701,38 @@ class Context:
 
     def _reply_ok(self, channel: int, dest: int, req_id: int, value: Any) -> None:
         try:
-            payload = _OK_PREFIX + encode_object(value)
+            payload = encode_object(value)
         except errors.MessageTypeError as e:
-            payload = encode_object(["err", "MessageTypeError", f"reply not encodable: {e}", ""])
-        self._send_reply(channel, dest, req_id, payload)
+            self._send_reply(
+                channel, dest, req_id, REPLY_ERROR,
+                encode_object(["MessageTypeError", f"reply not encodable: {e}", ""]),
+            )
+            return
+        self._send_reply(channel, dest, req_id, REPLY_OK, payload)
 
     def _reply_failure(self, channel: int, dest: int, req_id: int, failure: Failure) -> None:
-        self._reply(
-            channel,
-            dest,
-            req_id,
-            [
-                "err",
-                failure.type.__name__ if failure.type else "Exception",
-                failure.getErrorMessage(),
-                failure.getTraceback(),
-            ],
-        )
-
-    def _reply(self, channel: int, dest: int, req_id: int, body: list) -> None:
+        body = [
+            failure.type.__name__ if failure.type else "Exception",
+            failure.getErrorMessage(),
+            failure.getTraceback(),
+        ]
         try:
             payload = encode_object(body)
-        except errors.MessageTypeError as e:
-            payload = encode_object(["err", "MessageTypeError", f"reply not encodable: {e}", ""])
-        self._send_reply(channel, dest, req_id, payload)
+        except errors.MessageTypeError:  # e.g. a message with lone surrogates
+            payload = encode_object([body[0], repr(body[1]), repr(body[2])])
+        self._send_reply(channel, dest, req_id, REPLY_ERROR, payload)
 
-    def _send_reply(self, channel: int, dest: int, req_id: int, payload: bytes) -> None:
+    def _send_reply(
+        self, channel: int, dest: int, req_id: int, status: int, payload: bytes
+    ) -> None:
         me = self.node_id
         if dest == me:
-            self._accept_reply(req_id, payload)
+            self._accept_reply(req_id, status, payload)
             return
         self._unicast(
             dest,
             HEADER.pack(
-                HEADER_TAIL + len(payload), _REPLY, self.config.max_hops, 0, 0,
+                HEADER_TAIL + len(payload), _REPLY, self.config.max_hops, 0, status,
                 channel, me, dest, req_id,
             )
             + payload,
@@ -742,31 +743,25 @@ class Context:
             if frame.hops > 1:
                 self._unicast(frame.dest, wire.reencode(frame, frame.hops - 1))
             return
-        self._accept_reply(frame.seq, frame.payload)
+        self._accept_reply(frame.seq, frame.tag, frame.payload)
 
-    def _accept_reply(self, req_id: int, payload: bytes) -> None:
-        if req_id not in self._pending:
+    def _accept_reply(self, req_id: int, status: int, payload: bytes) -> None:
+        if req_id not in self._calls:
             return  # cancelled or timed out: the late reply is dropped
-        if payload[:_OK_LEN] == _OK_PREFIX:
-            try:
-                value = decode_object(payload[_OK_LEN:])
-            except Exception as e:  # noqa: BLE001
-                self._finish_request(req_id, errors.DecodeError(f"malformed reply: {e}"))
-                return
-            self._finish_request(req_id, value)
-            return
+        result: Any
         try:
-            body = decode_object(payload)
-            status = body[0]
-        except Exception as e:  # noqa: BLE001
-            self._finish_request(req_id, errors.DecodeError(f"malformed reply: {e}"))
-            return
-        if status == "ok":
-            self._finish_request(req_id, body[1])
-        elif status == "noresp":
-            self._finish_request(req_id, errors.NoResponders(str(body[1])))
-        else:
-            self._finish_request(req_id, errors.RemoteError(body[1], body[2], body[3]))
+            if status == REPLY_OK:
+                result = decode_object(payload)
+            elif status == REPLY_ERROR:
+                remote_type, message, traceback = decode_object(payload)
+                result = errors.RemoteError(remote_type, message, traceback)
+            elif status == REPLY_NO_REPLIER:
+                result = errors.NoResponders(payload.decode("utf-8", "replace"))
+            else:
+                result = errors.DecodeError(f"reply with unknown status {status}")
+        except Exception as e:  # noqa: BLE001 - a malformed reply fails only its call
+            result = errors.DecodeError(f"malformed reply: {e}")
+        self._finish_request(req_id, result)
 
     # --- state
 

@@ -10,19 +10,25 @@ a :class:`MessageTypeError` rather than garbage.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from typing import Any
 
+from .codec import DecodeError, MessageTypeError, decode_object, encode_object
 from .wire import type_tag
 
-
-class MessageTypeError(TypeError):
-    """A value does not fit a channel's message type, or two ends disagree on it."""
-
-
-class DecodeError(ValueError):
-    """A payload could not be decoded as its message type."""
+__all__ = [
+    "DecodeError",
+    "MessageTypeError",
+    "MessageType",
+    "register_message_type",
+    "message_type",
+    "type_name_for_tag",
+    "encode_object",
+    "decode_object",
+    "TEXT",
+    "BINARY",
+    "OBJECT",
+]
 
 
 class MessageType:
@@ -104,133 +110,6 @@ def _encode_binary(value: Any) -> bytes:
     if not isinstance(value, bytes | bytearray | memoryview):
         raise MessageTypeError(f"BINARY channels send bytes, not {type(value).__name__}")
     return bytes(value)
-
-
-# OBJECT encoding: one tag byte, then a body. Containers give their item count.
-_NONE, _TRUE, _FALSE, _INT, _BIGINT, _FLOAT, _STR, _BYTES, _LIST, _TUPLE, _DICT = b"NTFiIdsblta"
-_I64 = struct.Struct("<q")
-_F64 = struct.Struct("<d")
-_U32 = struct.Struct("<I")
-MAX_DEPTH = 100
-
-
-def encode_object(value: Any) -> bytes:
-    out = bytearray()
-    _encode_into(value, out, 0)
-    return bytes(out)
-
-
-def _encode_into(value: Any, out: bytearray, depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise MessageTypeError(f"OBJECT values may nest at most {MAX_DEPTH} levels")
-    t = type(value)
-    if value is None:
-        out.append(_NONE)
-    elif t is bool:
-        out.append(_TRUE if value else _FALSE)
-    elif t is int:
-        if -(2**63) <= value < 2**63:
-            out.append(_INT)
-            out += _I64.pack(value)
-        else:
-            raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
-            out.append(_BIGINT)
-            out += _U32.pack(len(raw))
-            out += raw
-    elif t is float:
-        out.append(_FLOAT)
-        out += _F64.pack(value)
-    elif t is str:
-        raw = value.encode("utf-8", "surrogatepass")
-        out.append(_STR)
-        out += _U32.pack(len(raw))
-        out += raw
-    elif t is bytes or t is bytearray:
-        out.append(_BYTES)
-        out += _U32.pack(len(value))
-        out += value
-    elif t is list or t is tuple:
-        out.append(_LIST if t is list else _TUPLE)
-        out += _U32.pack(len(value))
-        for item in value:
-            _encode_into(item, out, depth + 1)
-    elif t is dict:
-        out.append(_DICT)
-        out += _U32.pack(len(value))
-        for k, v in value.items():
-            _encode_into(k, out, depth + 1)
-            _encode_into(v, out, depth + 1)
-    else:
-        raise MessageTypeError(
-            f"OBJECT channels cannot send {t.__name__}; use None, bool, int, float, str, "
-            "bytes, list, tuple or dict, or register a custom message type"
-        )
-
-
-def decode_object(data: bytes) -> Any:
-    view = memoryview(data)
-    try:
-        value, pos = _decode_at(view, 0, 0)
-    except (struct.error, IndexError):
-        raise DecodeError("OBJECT payload is truncated") from None
-    if pos != len(view):
-        raise DecodeError(f"OBJECT payload has {len(view) - pos} trailing bytes")
-    return value
-
-
-def _decode_at(view: memoryview, pos: int, depth: int) -> tuple[Any, int]:
-    if depth > MAX_DEPTH:
-        raise DecodeError(f"OBJECT payload nests deeper than {MAX_DEPTH} levels")
-    tag = view[pos]
-    pos += 1
-    if tag == _NONE:
-        return None, pos
-    if tag == _TRUE:
-        return True, pos
-    if tag == _FALSE:
-        return False, pos
-    if tag == _INT:
-        return _I64.unpack_from(view, pos)[0], pos + 8
-    if tag == _FLOAT:
-        return _F64.unpack_from(view, pos)[0], pos + 8
-    if tag in (_BIGINT, _STR, _BYTES):
-        (n,) = _U32.unpack_from(view, pos)
-        pos += 4
-        end = pos + n
-        if end > len(view):
-            raise DecodeError("OBJECT payload is truncated")
-        raw = view[pos:end]
-        if tag == _STR:
-            try:
-                return str(raw, "utf-8", "surrogatepass"), end
-            except UnicodeDecodeError:
-                raise DecodeError("OBJECT string is not UTF-8") from None
-        if tag == _BYTES:
-            return bytes(raw), end
-        return int.from_bytes(raw, "little", signed=True), end
-    if tag in (_LIST, _TUPLE, _DICT):
-        (n,) = _U32.unpack_from(view, pos)
-        pos += 4
-        # Every item takes at least one byte: refuse counts the payload cannot hold
-        # before allocating anything for them.
-        if n > len(view) - pos:
-            raise DecodeError("OBJECT container count exceeds the payload")
-        if tag == _DICT:
-            d: dict[Any, Any] = {}
-            for _ in range(n):
-                k, pos = _decode_at(view, pos, depth + 1)
-                v, pos = _decode_at(view, pos, depth + 1)
-                try:
-                    d[k] = v
-                except TypeError:
-                    raise DecodeError(f"OBJECT dict key of type {type(k).__name__}") from None
-            return d, pos
-        items = []
-        for _ in range(n):
-            item, pos = _decode_at(view, pos, depth + 1)
-            items.append(item)
-        return (items if tag == _LIST else tuple(items)), pos
-    raise DecodeError(f"OBJECT payload has unknown tag byte {tag:#04x}")
 
 
 def _decode_binary(data: bytes) -> bytes:

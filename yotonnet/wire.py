@@ -20,6 +20,13 @@ node can route on without touching the payload::
     dest     u64  node id of the destination (0: routed by interest)
     seq      u64  per-(source, channel) sequence number, or a request id
 
+REQUEST and REPLY frames reuse the header: a REQUEST carries the method name
+(UTF-8) as its extension, the number of positional arguments in the low 16
+bits of ``tag`` (plus :data:`REQUEST_KWARGS` when a keyword dict follows) and
+the arguments as OBJECT values back to back; a REPLY's ``tag`` is its status
+(:data:`REPLY_OK`: one OBJECT value; :data:`REPLY_ERROR`: an OBJECT list of
+type name, message and traceback; :data:`REPLY_NO_REPLIER`: UTF-8 text).
+
 The decoder enforces the maximum frame size while parsing: it reads the length
 field first and refuses before buffering anything beyond the limit.
 """
@@ -65,6 +72,12 @@ class FrameKind(IntEnum):
 
 
 _KINDS = frozenset(int(k) for k in FrameKind)
+
+#: REQUEST tag: positional argument count in the low 16 bits, this bit for kwargs
+REQUEST_KWARGS = 0x8000_0000
+REQUEST_MAX_ARGS = 0xFFFF
+#: REPLY tag values
+REPLY_OK, REPLY_ERROR, REPLY_NO_REPLIER = 0, 1, 2
 
 
 class ProtocolError(Exception):

@@ -1,6 +1,8 @@
 """Request/reply: call a method on exactly one replier somewhere in the mesh.
 
-Arguments and results travel in the OBJECT encoding. A handler's exception
+Arguments and results travel in the OBJECT encoding: the method name rides
+in the frame's extension and the arguments follow as values back to back (see
+:mod:`yotonnet.wire`), so a call costs no nested list. A handler's exception
 comes back as :class:`~yotonnet.errors.RemoteError`; a call with no replier
 anywhere fails at once with :class:`~yotonnet.errors.NoResponders`.
 """
@@ -15,8 +17,10 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from .. import errors
-from ..messages import OBJECT, DecodeError, decode_object, encode_object
+from ..codec import decode_values, encode_values
+from ..messages import OBJECT, DecodeError
 from ..routing import REP
+from ..wire import REQUEST_KWARGS, REQUEST_MAX_ARGS
 from .base import Channel
 
 if TYPE_CHECKING:
@@ -36,6 +40,7 @@ class ReqChannel(Channel):
         self.timeout: float | None = (
             context.config.request_timeout if timeout is _UNSET else timeout
         )
+        self._method_names: dict[str, bytes] = {}
 
     @property
     def responders(self) -> int:
@@ -50,11 +55,33 @@ class ReqChannel(Channel):
         """Call ``method`` on one replier; the Deferred fires with its result."""
         if self.closed:
             return defer.fail(RuntimeError(f"request channel {self.name!r} is closed"))
+        name = self._method_names.get(method)
         try:
-            payload = encode_object([method, list(args), kwargs])
+            if name is None:
+                name = self._method_name(method)
+            if len(args) > REQUEST_MAX_ARGS:
+                raise errors.MessageTypeError(
+                    f"a call takes at most {REQUEST_MAX_ARGS} positional arguments"
+                )
+            if kwargs:
+                payload = encode_values((*args, kwargs))
+                tag = len(args) | REQUEST_KWARGS
+            else:
+                payload = encode_values(args)
+                tag = len(args)
         except errors.MessageTypeError as e:
             return defer.fail(e)
-        return self.context._request(self.channel_id, self.name, payload, self.timeout)
+        return self.context._request(self.channel_id, self.name, tag, name, payload, self.timeout)
+
+    def _method_name(self, method: str) -> bytes:
+        if not isinstance(method, str) or not method:
+            raise errors.MessageTypeError(f"a method name is a non-empty str, not {method!r}")
+        name = method.encode("utf-8", "surrogatepass")
+        if len(name) > 1024:
+            raise errors.MessageTypeError("a method name is at most 1024 bytes of UTF-8")
+        if len(self._method_names) < 1000:  # a bounded cache, whatever callers do
+            self._method_names[method] = name
+        return name
 
     def __getattr__(self, method: str) -> Callable[..., defer.Deferred[Any]]:
         if method.startswith("_"):
@@ -70,6 +97,8 @@ class RepChannel(Channel):
 
     def __init__(self, context: Context, name: str) -> None:
         self._handlers: dict[str, Callable[..., Any]] = {}
+        # method name as it arrives (UTF-8 bytes) -> handler, filled on first use
+        self._by_wire_name: dict[bytes, Callable[..., Any]] = {}
         self.in_flight = 0
         self.served = 0
         super().__init__(context, name, OBJECT)
@@ -77,6 +106,7 @@ class RepChannel(Channel):
     def register(self, name: str, fn: Callable[..., Any]) -> None:
         """Serve ``fn`` as method ``name``; it may return a value or a Deferred."""
         self._handlers[name] = fn
+        self._by_wire_name.clear()
 
     def _lookup(self, method: str) -> Callable[..., Any]:
         fn = self._handlers.get(method)
@@ -94,7 +124,7 @@ class RepChannel(Channel):
                 return fn
         raise AttributeError(f"replier on channel {self.name!r} has no method {method!r}")
 
-    def _handle(self, payload: bytes) -> Any:
+    def _handle(self, tag: int, name: bytes, payload: bytes) -> Any:
         """Decode a request and run its handler.
 
         Returns a 1-tuple holding the result if the handler returned a plain
@@ -103,14 +133,27 @@ class RepChannel(Channel):
         Deferred at all.
         """
         try:
-            method, args, kwargs = decode_object(payload)
-            if not isinstance(args, list) or not isinstance(kwargs, dict):
-                raise DecodeError("request arguments must be a list and a dict")
-            fn = self._lookup(method)
+            fn = self._by_wire_name.get(name)
+            if fn is None:
+                try:
+                    method = name.decode("utf-8", "surrogatepass")
+                except UnicodeDecodeError:
+                    raise DecodeError("request method name is not UTF-8") from None
+                fn = self._lookup(method)
+                if len(self._by_wire_name) < 1000:
+                    self._by_wire_name[name] = fn
+            if tag & REQUEST_KWARGS:
+                args = decode_values(payload, (tag & REQUEST_MAX_ARGS) + 1)
+                kwargs = args.pop()
+                if type(kwargs) is not dict:
+                    raise DecodeError("request keyword arguments must be a dict")
+            else:
+                args = decode_values(payload, tag)
+                kwargs = None
         except Exception:  # noqa: BLE001 - reported to the caller as RemoteError
             return Failure()
         try:
-            result = fn(*args, **kwargs)
+            result = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException:  # as defer.maybeDeferred would
             self.served += 1
             return Failure()

@@ -1,0 +1,139 @@
+"""Outstanding requests: correlation ids, deadlines and the load on each replier.
+
+Sans-IO: no Twisted import. The context keeps one timer for all requests and
+asks this table when it must next fire (:meth:`CallTable.next_deadline`) and
+which calls have run out of time (:meth:`CallTable.expired`). One timer
+instead of one ``callLater`` per request keeps the request/reply hot path
+free of timer-heap work.
+
+Calls that share a timeout are kept in one insertion-ordered group, so their
+deadlines are in order and finding the expired ones never scans live calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["Call", "CallTable"]
+
+# Deadlines are sums of floats: a timer set for one may fire a hair before it.
+_SLACK = 1e-9
+
+
+class Call:
+    """One request waiting for its reply."""
+
+    __slots__ = ("req_id", "waiter", "dest", "channel_name", "timeout", "deadline")
+
+    def __init__(
+        self,
+        req_id: int,
+        waiter: Any,
+        dest: int,
+        channel_name: str,
+        timeout: float | None,
+        deadline: float | None,
+    ) -> None:
+        self.req_id = req_id
+        #: whatever the caller waits on (the context keeps a Deferred here)
+        self.waiter = waiter
+        #: node id of the replier the request went to
+        self.dest = dest
+        self.channel_name = channel_name
+        self.timeout = timeout
+        self.deadline = deadline
+
+
+class CallTable:
+    """Open calls by request id, with deadline groups and per-replier counts."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, Call] = {}
+        # timeout value -> {req_id: call} in the order the calls were opened
+        self._groups: dict[float, dict[int, Call]] = {}
+        self._load: dict[int, int] = {}
+        self._last_id = 0
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def __contains__(self, req_id: int) -> bool:
+        return req_id in self._calls
+
+    def __iter__(self) -> Iterator[Call]:
+        return iter(list(self._calls.values()))
+
+    def load(self, dest: int) -> int:
+        """How many calls to node ``dest`` are waiting for their reply."""
+        return self._load.get(dest, 0)
+
+    def pick(self, holders: list[int]) -> int:
+        """The replier for the next call: the least loaded, nearest first on a tie."""
+        if len(holders) == 1:
+            return holders[0]
+        load = self._load
+        best, best_load = holders[0], load.get(holders[0], 0)
+        for node in holders[1:]:
+            n = load.get(node, 0)
+            if n < best_load:
+                best, best_load = node, n
+        return best
+
+    def open(
+        self, waiter: Any, dest: int, channel_name: str, timeout: float | None, now: float
+    ) -> Call:
+        """Record a new call and give it the next request id."""
+        self._last_id += 1
+        req_id = self._last_id
+        deadline = now + timeout if timeout else None
+        call = Call(req_id, waiter, dest, channel_name, timeout, deadline)
+        self._calls[req_id] = call
+        if deadline is not None:
+            group = self._groups.get(timeout)  # type: ignore[arg-type]
+            if group is None:
+                group = self._groups[timeout] = {}  # type: ignore[index]
+            group[req_id] = call
+        self._load[dest] = self._load.get(dest, 0) + 1
+        return call
+
+    def pop(self, req_id: int) -> Call | None:
+        """Forget a call (answered, failed or cancelled); None if it is not open."""
+        call = self._calls.pop(req_id, None)
+        if call is None:
+            return None
+        if call.deadline is not None:
+            group = self._groups[call.timeout]  # type: ignore[index]
+            del group[req_id]
+            if not group:
+                del self._groups[call.timeout]  # type: ignore[arg-type]
+        left = self._load[call.dest] - 1
+        if left:
+            self._load[call.dest] = left
+        else:
+            del self._load[call.dest]
+        return call
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of any open call, or None if none has one."""
+        earliest = None
+        for group in self._groups.values():
+            deadline = next(iter(group.values())).deadline
+            if earliest is None or deadline < earliest:  # type: ignore[operator]
+                earliest = deadline
+        return earliest
+
+    def expired(self, now: float) -> list[Call]:
+        """The open calls whose deadline has passed, oldest first in each group.
+
+        They stay open: the caller pops each as it fails it. A clock that goes
+        backwards only delays expiry until the calls opened before the step
+        are due, since each group is assumed to be in deadline order.
+        """
+        due: list[Call] = []
+        for group in self._groups.values():
+            for call in group.values():
+                if call.deadline > now + _SLACK:  # type: ignore[operator]
+                    break
+                due.append(call)
+        return due
