@@ -197,6 +197,8 @@ class Context:
         self._fanout: dict[tuple[int, int], list[Link]] = {}
         # channel -> reachable repliers, nearest first; cleared with _fanout
         self._rep_holders: dict[int, list[int]] = {}
+        # destination node -> link of the first hop; cleared with _fanout
+        self._hop_links: dict[int, Link] = {}
         self._calls = CallTable()
         # one timer for every request's deadline (see yotonnet.calls)
         self._deadline_timer: Any = None
@@ -348,6 +350,7 @@ class Context:
 
     def _link_up(self, link: Link) -> None:
         self.links[link.peer_id] = link
+        self._forget_paths()  # a replaced link may leave the routes unchanged
         log.info("{node}: link up to {peer}", node=self.name, peer=link.describe())
         # Full re-sync: the new neighbour gets every record we hold.
         for state in list(self.routing.nodes.values()):
@@ -361,6 +364,7 @@ class Context:
     def _link_down(self, link: Link) -> None:
         if self.links.get(link.peer_id) is link:
             del self.links[link.peer_id]
+            self._forget_paths()
             log.info(
                 "{node}: link down to {peer}: {reason}",
                 node=self.name,
@@ -431,9 +435,13 @@ class Context:
                 self._routing_changed()
         # Unknown control kinds are ignored, so newer nodes can add some.
 
-    def _routing_changed(self) -> None:
+    def _forget_paths(self) -> None:
         self._fanout.clear()
         self._rep_holders.clear()
+        self._hop_links.clear()
+
+    def _routing_changed(self) -> None:
+        self._forget_paths()
         self._check_interest_waiters()
         self._fail_unreachable_requests()
         self._push_state_to_new_holders()
@@ -459,11 +467,14 @@ class Context:
         return links
 
     def _unicast(self, dest: int, data: bytes) -> bool:
-        hop = self.routing.next_hop(dest)
-        link = self.links.get(hop) if hop is not None else None
+        link = self._hop_links.get(dest)
         if link is None:
-            self.counters["no_route"] += 1
-            return False
+            hop = self.routing.next_hop(dest)
+            link = self.links.get(hop) if hop is not None else None
+            if link is None:
+                self.counters["no_route"] += 1
+                return False
+            self._hop_links[dest] = link
         link.send(data)
         return True
 
@@ -605,8 +616,12 @@ class Context:
         d: defer.Deferred[Any] = defer.Deferred(cancel)
         call = calls.open(d, dest, channel_name, timeout, self.reactor.seconds())
         req_id = call.req_id
-        if call.deadline is not None:
-            self._arm_deadline_timer(call.deadline)
+        deadline = call.deadline
+        if deadline is not None:
+            timer = self._deadline_timer
+            # Calls with the usual timeout expire after the one the timer waits for.
+            if timer is None or deadline < timer.getTime():
+                self._arm_deadline_timer(deadline)
         me = self.node_id
         if dest == me:
             self._serve_request(channel, me, req_id, tag, method, payload)
@@ -669,13 +684,12 @@ class Context:
                 )
 
     def _on_request(self, link: Link, frame: wire.Frame) -> None:
-        if frame.dest != self.node_id:
-            if frame.hops > 1:
-                self._unicast(frame.dest, wire.reencode(frame, frame.hops - 1))
+        _, hops, tag, channel, source, dest, req_id, payload, method = frame
+        if dest != self.node_id:
+            if hops > 1:
+                self._unicast(dest, wire.reencode(frame, hops - 1))
             return
-        self._serve_request(
-            frame.channel, frame.source, frame.seq, frame.tag, frame.ext, frame.payload
-        )
+        self._serve_request(channel, source, req_id, tag, method, payload)
 
     def _serve_request(
         self, channel: int, source: int, req_id: int, tag: int, method: bytes, payload: bytes
@@ -708,7 +722,19 @@ class Context:
                 encode_object(["MessageTypeError", f"reply not encodable: {e}", ""]),
             )
             return
-        self._send_reply(channel, dest, req_id, REPLY_OK, payload)
+        me = self.node_id
+        if dest == me:
+            self._accept_reply(req_id, REPLY_OK, payload)
+            return
+        # _send_reply written out: this is every successful call's path.
+        self._unicast(
+            dest,
+            HEADER.pack(
+                HEADER_TAIL + len(payload), _REPLY, self.config.max_hops, 0, REPLY_OK,
+                channel, me, dest, req_id,
+            )
+            + payload,
+        )
 
     def _reply_failure(self, channel: int, dest: int, req_id: int, failure: Failure) -> None:
         body = [
@@ -739,20 +765,30 @@ class Context:
         )
 
     def _on_reply(self, link: Link, frame: wire.Frame) -> None:
-        if frame.dest != self.node_id:
-            if frame.hops > 1:
-                self._unicast(frame.dest, wire.reencode(frame, frame.hops - 1))
+        _, hops, status, _, _, dest, req_id, payload, _ = frame
+        if dest != self.node_id:
+            if hops > 1:
+                self._unicast(dest, wire.reencode(frame, hops - 1))
             return
-        self._accept_reply(frame.seq, frame.tag, frame.payload)
+        self._accept_reply(req_id, status, payload)
 
     def _accept_reply(self, req_id: int, status: int, payload: bytes) -> None:
+        if status == REPLY_OK:
+            call = self._calls.pop(req_id)
+            if call is None:
+                return  # cancelled or timed out: the late reply is dropped
+            try:
+                value = decode_object(payload)
+            except Exception as e:  # noqa: BLE001 - a malformed reply fails only its call
+                call.waiter.errback(errors.DecodeError(f"malformed reply: {e}"))
+                return
+            call.waiter.callback(value)
+            return
         if req_id not in self._calls:
-            return  # cancelled or timed out: the late reply is dropped
+            return
         result: Any
         try:
-            if status == REPLY_OK:
-                result = decode_object(payload)
-            elif status == REPLY_ERROR:
+            if status == REPLY_ERROR:
                 remote_type, message, traceback = decode_object(payload)
                 result = errors.RemoteError(remote_type, message, traceback)
             elif status == REPLY_NO_REPLIER:

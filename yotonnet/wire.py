@@ -249,6 +249,29 @@ class FrameDecoder:
             raise ProtocolError(f"frame length {length} is shorter than a frame header")
 
     def feed(self, data: bytes, limit: int | None = None) -> list[Frame]:
+        if not self._buf and not self._missing and not self._need_preamble and type(data) is bytes:
+            # The commonest read on a quiet link: exactly one whole frame.
+            n = len(data)
+            if n >= HEADER_SIZE:
+                length, kind, hops, ext_len, tag, channel, source, dest, seq = (
+                    HEADER.unpack_from(data)
+                )
+                start = HEADER_SIZE + ext_len
+                if (
+                    length + 4 == n
+                    and n <= self.max_frame
+                    and start <= n
+                    and kind in _KINDS
+                ):
+                    return [
+                        tuple.__new__(
+                            Frame,
+                            (
+                                kind, hops, tag, channel, source, dest, seq, data[start:],
+                                data[HEADER_SIZE:start] if ext_len else b"",
+                            ),
+                        )
+                    ]
         if self._missing:
             self._parts.append(data)
             self._have += len(data)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ..context import Context
 
 _UNSET: Any = object()
+_PLAIN_RESULTS = frozenset((type(None), bool, int, float, str, bytes, list, tuple, dict))
 
 
 class ReqChannel(Channel):
@@ -157,6 +158,10 @@ class RepChannel(Channel):
         except BaseException:  # as defer.maybeDeferred would
             self.served += 1
             return Failure()
+        if type(result) in _PLAIN_RESULTS:
+            # Checked first: isinstance() against Deferred (an Awaitable ABC) is slow.
+            self.served += 1
+            return (result,)
         if isinstance(result, defer.Deferred) or type(result) is CoroutineType:
             self.in_flight += 1
             d = defer.maybeDeferred(lambda: result)
