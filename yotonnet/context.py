@@ -216,6 +216,7 @@ class Context:
         }
         # Set while a link dispatches frames; links that queued sends meanwhile.
         self._dispatching = False
+        self._turn = 0  # counts dispatches, so a link can tell its first send in one
         self._dirty: list[Link] = []
         self._housekeeping = LoopingCall(self._expire_records)
         self._housekeeping.clock = reactor

@@ -72,6 +72,8 @@ class Link(Protocol):
         # Frames queued by send() in this reactor turn, written together by _flush().
         self._out: list[bytes] = []
         self._flush_call: Any = None
+        # the context's dispatch turn in which this link last wrote a frame directly
+        self._direct_turn = -1
 
     # --- connection life
 
@@ -145,7 +147,9 @@ class Link(Protocol):
         # While frames are dispatched, sends are only queued; the writes happen once
         # at the end, e.g. all replies to a read, or all frames forwarded from it.
         outer = not ctx._dispatching
-        ctx._dispatching = True
+        if outer:
+            ctx._dispatching = True
+            ctx._turn += 1
         try:
             # Runs of DATA frames go to the context in one call (see Context._on_data_run).
             on_run = ctx._on_data_run
@@ -230,31 +234,44 @@ class Link(Protocol):
     # --- sending
 
     def send(self, data: bytes) -> None:
-        """Queue one or more encoded frames; they go out together at the end of this turn.
+        """Send one or more encoded frames; small ones sent together are written together.
 
         One transport.write per batch instead of one per frame: Twisted's write
         costs about a microsecond of Python (producer check, addWriter) however
-        small the frame. Frames sent while a link dispatches received frames are
-        written when that dispatch ends; others by a zero-delay call. Either way
-        they reach the socket no later than before: Twisted only sends from
-        doWrite, after the current turn.
+        small the frame. While a link dispatches received frames, the first
+        frame a link sends is written at once (a request answered by one reply
+        pays for no batching) and any further ones are queued and written when
+        that dispatch ends; frames sent outside a dispatch are written by a
+        zero-delay call. Either way they reach the socket no later than
+        before: Twisted only sends from doWrite, after the current turn.
         """
         out = self._out
-        if len(data) >= 16384:
-            # Large frames gain nothing from batching: write them (after what is queued).
-            if out:
+        if out:
+            if len(data) >= 16384:
                 self._flush()
-            self.frames_out += 1
-            self.bytes_out += len(data)
-            self.transport.write(data)
-            return
-        out.append(data)
-        if len(out) == 1:
-            ctx = self.context
-            if ctx._dispatching:
-                ctx._dirty.append(self)  # flushed when the current dataReceived ends
+                self._write(data)
             else:
-                self._flush_call = self.clock.callLater(0, self._flush)
+                out.append(data)
+            return
+        ctx = self.context
+        if ctx._dispatching:
+            if self._direct_turn != ctx._turn:
+                self._direct_turn = ctx._turn
+                self._write(data)
+                return
+            out.append(data)
+            ctx._dirty.append(self)  # flushed when the current dispatch ends
+        elif len(data) >= 16384:
+            # Large frames gain nothing from batching.
+            self._write(data)
+        else:
+            out.append(data)
+            self._flush_call = self.clock.callLater(0, self._flush)
+
+    def _write(self, data: bytes) -> None:
+        self.frames_out += 1
+        self.bytes_out += len(data)
+        self.transport.write(data)
 
     def _flush(self) -> None:
         if self._flush_call is not None:
