@@ -148,10 +148,12 @@ async def raw_recv(opts: dict) -> None:
 class Pump:
     """Send ``count`` messages, ``batch`` per reactor turn, pausing on backpressure.
 
-    It is a streaming producer on the transport: Twisted pauses it once the
-    user-space send buffer passes 64 KiB and resumes it when that buffer has
-    drained into the kernel. Without it a sender faster than its receiver
-    would buffer every message in memory (gigabytes at 64 KiB each).
+    It is a streaming producer on a consumer: for the raw baseline the
+    transport (Twisted pauses it once the user-space send buffer passes 64 KiB
+    and resumes it when that buffer has drained into the kernel), for
+    yotonnet the PubChannel (paused when the subscriber's credit runs out).
+    Without it a sender faster than its receiver would buffer every message in
+    memory (gigabytes at 64 KiB each).
     """
 
     def __init__(self, transport, send_one, message: bytes, count: int, batch: int) -> None:
@@ -210,11 +212,12 @@ async def yot_pub(opts: dict) -> None:
     ctx = yotonnet.Context("bench-pub")
     lost: defer.Deferred[None] = defer.Deferred()
     ctx.watch_links(lambda e: e.status == "closed" and not lost.called and lost.callback(None))
-    link = await ctx.connect(f"tcp:{HOST}:{opts['port']}")
+    await ctx.connect(f"tcp:{HOST}:{opts['port']}")
     pub = yotonnet.PubChannel(ctx, CHANNEL, yotonnet.BINARY)
     await pub.wait_for_subscribers()
     message = b"x" * opts["size"]
-    pump = Pump(link.transport, pub.send, message, opts["count"], opts["batch"])
+    # The publisher is the consumer: it pauses the pump when credit runs out.
+    pump = Pump(pub, pub.send, message, opts["count"], opts["batch"])
     stats = await pump.start()
     # Stay until the subscriber has everything and hangs up (or the parent gives up).
     await lost

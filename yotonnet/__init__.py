@@ -10,6 +10,7 @@ from .context import Context, ContextConfig, LinkEvent
 from .errors import (
     ConnectionLost,
     DecodeError,
+    FlowControlError,
     MessageTypeError,
     NoResponders,
     PermissionDenied,
@@ -42,6 +43,7 @@ __all__ = [
     "NoResponders",
     "ConnectionLost",
     "PermissionDenied",
+    "FlowControlError",
     "ProtocolError",
     "MessageTypeError",
     "DecodeError",

@@ -27,11 +27,13 @@ from twisted.python.failure import Failure
 
 from . import errors, wire
 from .calls import Call, CallTable
+from .flow import DEFAULT_WINDOW, Hold
 from .link import BUSY, CLOSED, UP, HandshakeError, Link, LinkFactory
 from .messages import decode_object, encode_object
 from .routing import REP, STATE, SUB, Interest, NodeState, RoutingTable
 from .wire import (
     HEADER,
+    HEADER_SIZE,
     HEADER_TAIL,
     REPLY_ERROR,
     REPLY_NO_REPLIER,
@@ -40,7 +42,7 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
-    from .channels.pubsub import SubChannel
+    from .channels.pubsub import PubChannel, SubChannel
     from .channels.reqrep import RepChannel
     from .channels.state import StateChannel
 
@@ -52,6 +54,11 @@ _DATA = int(FrameKind.DATA)
 _REQUEST = int(FrameKind.REQUEST)
 _REPLY = int(FrameKind.REPLY)
 _STATE = int(FrameKind.STATE)
+_CREDIT = int(FrameKind.CREDIT)
+#: hops a frame may take beyond the longest shortest path (routes may still be settling)
+HOP_MARGIN = 4
+#: the most credit one CREDIT frame may grant (a sanity bound on a peer's claim)
+MAX_CREDIT = 1 << 40
 
 
 @dataclass
@@ -67,9 +74,16 @@ class ContextConfig:
     request_timeout: float = 30.0
     reconnect_initial: float = 0.2
     reconnect_max: float = 10.0
-    max_hops: int = wire.DEFAULT_HOPS
+    #: cap on the hop limit a frame starts with; below it, each frame gets the length of
+    #: this node's longest shortest path plus a margin, so a loop while routes converge dies
+    #: out within a few hops however large the mesh
+    max_hops: int = wire.MAX_HOPS
     #: forget a node's record after it has been unreachable this long
     stale_after: float = 60.0
+    #: bytes per channel a neighbour may send this node before it releases them
+    flow_window: int = DEFAULT_WINDOW
+    #: bytes a publisher may queue past its window before send() raises FlowControlError
+    publish_backlog: int = 4 << 20
 
 
 class LinkEvent(NamedTuple):
@@ -187,6 +201,9 @@ class Context:
         self.ports: list[Any] = []
         self.closed = False
         self._subs: dict[int, list[SubChannel]] = {}
+        self._pubs: dict[int, list[PubChannel]] = {}
+        # locally published channels that some target cannot take more of right now
+        self._not_ready: set[int] = set()
         self._reps: dict[int, list[RepChannel]] = {}
         self._states: dict[int, list[StateChannel]] = {}
         self._channel_types: dict[int, str] = {}
@@ -199,6 +216,8 @@ class Context:
         self._rep_holders: dict[int, list[int]] = {}
         # destination node -> link of the first hop; cleared with _fanout
         self._hop_links: dict[int, Link] = {}
+        # the hop limit new frames start with (0: work it out again, see _hop_limit)
+        self._hops = 0
         self._calls = CallTable()
         # one timer for every request's deadline (see yotonnet.calls)
         self._deadline_timer: Any = None
@@ -213,6 +232,11 @@ class Context:
             "hop_limit": 0,
             "control_in": 0,
             "control_out": 0,
+            "credit_in": 0,
+            "credit_out": 0,
+            "flow_queued": 0,
+            "flow_dropped": 0,
+            "producer_pauses": 0,
         }
         # Set while a link dispatches frames; links that queued sends meanwhile.
         self._dispatching = False
@@ -227,6 +251,7 @@ class Context:
             FrameKind.REPLY: self._on_reply,
             FrameKind.STATE: self._on_state,
             FrameKind.CONTROL: self._on_control,
+            FrameKind.CREDIT: self._on_credit,
         }
 
     def __repr__(self) -> str:
@@ -372,6 +397,7 @@ class Context:
                 peer=link.describe(),
                 reason=link.reason,
             )
+            self._drop_flow(link)
             if not self.closed:
                 self._update_local(links=self._link_costs())
 
@@ -383,6 +409,10 @@ class Context:
         }
 
     def _link_status_changed(self, link: Link, status: str, reason: str | None) -> None:
+        if status is BUSY:
+            # A silent peer returns no credit: what waits for it goes, so that the
+            # publisher resumes (the subscribers behind it see the gap, counted).
+            self._drop_flow(link)
         if self.links.get(link.peer_id) is link and not self.closed:
             self._update_local(links=self._link_costs())
         self._emit_link_event(link, status, reason)
@@ -437,12 +467,23 @@ class Context:
         # Unknown control kinds are ignored, so newer nodes can add some.
 
     def _forget_paths(self) -> None:
+        self._hops = 0
         self._fanout.clear()
         self._rep_holders.clear()
         self._hop_links.clear()
 
+    def _hop_limit(self) -> int:
+        hops = self._hops
+        if not hops:
+            hops = self._hops = max(
+                1, min(self.config.max_hops, self.routing.max_hops() + HOP_MARGIN)
+            )
+        return hops
+
     def _routing_changed(self) -> None:
         self._forget_paths()
+        for channel in list(self._not_ready):
+            self._check_ready(channel)
         self._check_interest_waiters()
         self._fail_unreachable_requests()
         self._push_state_to_new_holders()
@@ -528,36 +569,40 @@ class Context:
         if links:
             data = (
                 HEADER.pack(
-                    HEADER_TAIL + len(payload), _DATA, self.config.max_hops, 0, tag,
+                    HEADER_TAIL + len(payload), _DATA, self._hops or self._hop_limit(), 0, tag,
                     channel, me, 0, seq,
                 )
                 + payload
             )
+            size = len(data)
             for link in links:
-                link.send(data)
+                if link.flow.take(channel, size):
+                    link.send(data)
+                else:
+                    self._hold_back(link, channel, data, size, None)
         subs = self._subs.get(channel)
         if subs:
-            frame = wire.Frame(_DATA, self.config.max_hops, tag, channel, me, 0, seq, payload)
+            frame = wire.Frame(_DATA, 1, tag, channel, me, 0, seq, payload)
+            hold = Hold(None, channel, HEADER_SIZE + len(payload), self._release_hold)
+            window = self.config.flow_window
             for sub in subs:
-                sub._deliver(frame)
+                sub._deliver(frame, hold)
+                if sub.backlog >= window and channel not in self._not_ready:
+                    self._set_not_ready(channel)
+            hold.unref()
 
     def _on_data(self, link: Link, frame: wire.Frame) -> None:
-        key = (frame.source, frame.channel)
-        links = self._fanout.get(key)
-        if links is None:
-            links = self._targets(frame.source, frame.channel)
-        if links:
-            self._forward(frame, links)
-        subs = self._subs.get(frame.channel)
-        if subs:
-            for sub in subs:
-                sub._deliver(frame)
+        # Frames that did not come through a link's decoder (no offsets to forward from).
+        self._on_data_run(link, [frame], 0, 1)
 
     def _on_data_run(self, link: Link, frames: list[wire.Frame], i: int, n: int) -> int:
         """Handle frames[i] and the DATA frames after it from the same source and channel.
 
-        One lookup of targets and subscribers per run instead of per frame; a
-        read of many small messages is usually one run. Returns the next index.
+        One lookup of targets and subscribers per run instead of per frame, and
+        the run is forwarded as one block of the bytes received, with only the
+        hop counts patched. The bytes are released to the sending neighbour
+        (credited) once every target link has taken them and every lossless
+        subscriber here has consumed them. Returns the next index.
         """
         first = frames[i]
         channel, source = first[3], first[4]
@@ -567,20 +612,78 @@ class Context:
             if f[0] != _DATA or f[3] != channel or f[4] != source:
                 break
             j += 1
+        decoder = link._decoder
+        offsets = decoder.offsets
+        if len(offsets) == n and decoder.buffer:
+            start = offsets[i]
+            last = frames[j - 1]
+            end = offsets[j - 1] + HEADER_SIZE + len(last[8]) + len(last[7])
+            buf = decoder.buffer
+        else:
+            buf, start, end = None, 0, sum(HEADER_SIZE + len(f[8]) + len(f[7]) for f in frames[i:j])
+        size = end - start
+        hold = None
         links = self._fanout.get((source, channel))
         if links is None:
             links = self._targets(source, channel)
         if links:
-            for k in range(i, j):
-                self._forward(frames[k], links)
+            blob = self._forward_block(frames, i, j, buf, offsets, start, end)
+            if blob:
+                out = len(blob)
+                self.counters["forwarded"] += (j - i) * len(links)
+                for target in links:
+                    if target.flow.take(channel, out):
+                        target.send(blob)
+                    else:
+                        if hold is None:
+                            hold = Hold(link, channel, size, self._release_hold)
+                        self._hold_back(target, channel, blob, out, hold)
         subs = self._subs.get(channel)
         if subs:
+            if hold is None:
+                hold = Hold(link, channel, size, self._release_hold)
             run = frames if (i == 0 and j == n) else frames[i:j]
             for sub in subs:
-                sub._deliver_run(run, link)
+                sub._deliver_run(run, link, hold)
+        if hold is None:
+            self._credit(link, channel, size)
+        else:
+            hold.unref()
         return j
 
+    def _forward_block(
+        self,
+        frames: list[wire.Frame],
+        i: int,
+        j: int,
+        buf: bytes | None,
+        offsets: list[int],
+        start: int,
+        end: int,
+    ) -> bytes:
+        """frames[i:j] as bytes to forward, each hop count one less (b"": none may go on)."""
+        if buf is not None:
+            block = bytearray(memoryview(buf)[start:end])
+            for k in range(i, j):
+                hops = frames[k][1]
+                if hops <= 1:
+                    break
+                block[offsets[k] - start + 5] = hops - 1  # the header's hops byte
+            else:
+                return bytes(block)
+        # A frame at its hop limit (a loop while routes converge) or no offsets:
+        # encode the others one by one.
+        parts = []
+        for k in range(i, j):
+            frame = frames[k]
+            if frame.hops <= 1:
+                self.counters["hop_limit"] += 1
+            else:
+                parts.append(wire.reencode(frame, frame.hops - 1))
+        return b"".join(parts)
+
     def _forward(self, frame: wire.Frame, links: list[Link]) -> None:
+        """Forward one frame outside flow control (state frames: latest value wins)."""
         if frame.hops <= 1:
             self.counters["hop_limit"] += 1
             return
@@ -588,6 +691,90 @@ class Context:
         self.counters["forwarded"] += len(links)
         for link in links:
             link.send(data)
+
+    # --- flow control (see yotonnet.flow)
+
+    def _hold_back(
+        self, link: Link, channel: int, data: bytes, size: int, hold: Hold | None
+    ) -> None:
+        """``link`` has no credit left on ``channel``: queue ``data`` for it, or drop it if
+        the link is silent (busy), since a silent peer returns no credit."""
+        if link.status is BUSY:
+            self.counters["flow_dropped"] += 1
+            return
+        link.flow.enqueue(channel, data, size, hold)
+        self.counters["flow_queued"] += 1
+        if channel in self._pubs and channel not in self._not_ready:
+            self._set_not_ready(channel)
+
+    def _set_not_ready(self, channel: int) -> None:
+        self._not_ready.add(channel)
+        for pub in self._pubs.get(channel, ()):
+            pub._pause()
+
+    def _check_ready(self, channel: int) -> None:
+        """Resume the local publishers of ``channel`` if every target can take more."""
+        if channel not in self._not_ready:
+            return
+        for link in self._targets(self.node_id, channel):
+            if link.status is not BUSY and not link.flow.can_send(channel):
+                return
+        window = self.config.flow_window
+        for sub in self._subs.get(channel, ()):
+            if sub.backlog >= window:
+                return
+        self._not_ready.discard(channel)
+        for pub in list(self._pubs.get(channel, ())):
+            pub._resume()
+
+    def _backlog_exceeded(self, channel: int) -> bool:
+        limit = self.config.publish_backlog
+        for link in self._targets(self.node_id, channel):
+            if link.flow.queued(channel) > limit:
+                return True
+        return False
+
+    def _release_hold(self, hold: Hold) -> None:
+        owner = hold.owner
+        if owner is None:
+            if hold.channel in self._not_ready:
+                self._check_ready(hold.channel)
+        else:
+            self._credit(owner, hold.channel, hold.size)
+
+    def _credit(self, link: Link, channel: int, size: int) -> None:
+        """``size`` bytes ``link`` sent on ``channel`` are released: credit them in chunks."""
+        amount = link.flow.owe(channel, size)
+        if amount and not link._closing:
+            link.send(
+                HEADER.pack(
+                    HEADER_TAIL, _CREDIT, 1, 0, 0, channel, self.node_id, link.peer_id, amount
+                )
+            )
+            self.counters["credit_out"] += 1
+
+    def _on_credit(self, link: Link, frame: wire.Frame) -> None:
+        channel, amount = frame[3], frame[6]
+        if not 0 < amount <= MAX_CREDIT:
+            raise wire.ProtocolError(f"CREDIT frame grants {amount} bytes")
+        self.counters["credit_in"] += 1
+        if channel not in link.flow.outboxes:
+            return  # credit for a channel never sent on: nothing to do
+        for data in link.flow.grant(channel, amount):
+            link.send(data)
+        if channel in self._not_ready:
+            self._check_ready(channel)
+
+    def _drop_flow(self, link: Link) -> None:
+        dropped = link.flow.drop()
+        if dropped:
+            self.counters["flow_dropped"] += dropped
+            log.warn(
+                "{node}: dropped {count} queued blocks for {peer} ({status})",
+                node=self.name, count=dropped, peer=link.describe(), status=link.status,
+            )
+        for channel in list(self._not_ready):
+            self._check_ready(channel)
 
     # --- request/reply
 
@@ -629,7 +816,8 @@ class Context:
         else:
             data = b"".join((
                 HEADER.pack(
-                    HEADER_TAIL + len(method) + len(payload), _REQUEST, self.config.max_hops,
+                    HEADER_TAIL + len(method) + len(payload), _REQUEST,
+                    self._hops or self._hop_limit(),
                     len(method), tag, channel, me, dest, req_id,
                 ),
                 method,
@@ -731,7 +919,8 @@ class Context:
         self._unicast(
             dest,
             HEADER.pack(
-                HEADER_TAIL + len(payload), _REPLY, self.config.max_hops, 0, REPLY_OK,
+                HEADER_TAIL + len(payload), _REPLY, self._hops or self._hop_limit(), 0,
+                REPLY_OK,
                 channel, me, dest, req_id,
             )
             + payload,
@@ -759,7 +948,7 @@ class Context:
         self._unicast(
             dest,
             HEADER.pack(
-                HEADER_TAIL + len(payload), _REPLY, self.config.max_hops, 0, status,
+                HEADER_TAIL + len(payload), _REPLY, self._hop_limit(), 0, status,
                 channel, me, dest, req_id,
             )
             + payload,
@@ -820,7 +1009,7 @@ class Context:
             channel=channel,
             source=self.node_id,
             dest=dest,
-            hops=self.config.max_hops,
+            hops=self._hop_limit(),
         )
 
     def _on_state(self, link: Link, frame: wire.Frame) -> None:

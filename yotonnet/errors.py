@@ -12,6 +12,7 @@ __all__ = [
     "NoResponders",
     "ConnectionLost",
     "PermissionDenied",
+    "FlowControlError",
     "ProtocolError",
     "MessageTypeError",
     "DecodeError",
@@ -52,3 +53,12 @@ class ConnectionLost(YotonnetError):
 
 class PermissionDenied(YotonnetError):
     """The authenticated user may not do this operation on this channel."""
+
+
+class FlowControlError(YotonnetError):
+    """A publisher sent past its window and backlog: its slowest lossless subscriber lags.
+
+    Wait for ``PubChannel.ready()`` or register a producer instead of sending
+    in a loop; or subscribe with ``policy="latest"`` where losing old values
+    is fine.
+    """

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import wire
+from .flow import DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW, PeerFlow
 from .wire import FrameKind, ProtocolError
 
 if TYPE_CHECKING:
@@ -64,6 +65,9 @@ class Link(Protocol):
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         self.last_seen = self.last_sent = 0.0
         self._decoder = wire.FrameDecoder(max_frame=wire.HANDSHAKE_MAX_FRAME)
+        window = context.config.flow_window
+        #: credit per channel both ways (the send window is the peer's, set at the handshake)
+        self.flow = PeerFlow(window, window)
         self._handlers: dict[int, Callable[[Link, wire.Frame], None]] = {}
         self._timeout_call: Any = None
         self._heartbeat_call: Any = None
@@ -96,7 +100,7 @@ class Link(Protocol):
                     self.context.capabilities,
                     cfg.max_frame,
                     cfg.heartbeat,
-                    {},
+                    {"window": cfg.flow_window},
                 )
             )
         )
@@ -190,6 +194,14 @@ class Link(Protocol):
         self.peer_name = hello.name
         self.peer_capabilities = hello.capabilities
         self._decoder.max_frame = min(self.context.config.max_frame, hello.max_frame)
+        window = hello.extra.get("window", DEFAULT_WINDOW)
+        if type(window) is not int or not MIN_WINDOW <= window <= MAX_WINDOW:
+            self.fail(
+                f"HELLO window must be an integer from {MIN_WINDOW} to {MAX_WINDOW} bytes, "
+                f"not {window!r}"
+            )
+            return []
+        self.flow.window = window
         refusal = self.context._admit(self)
         if refusal:
             self.fail(refusal)

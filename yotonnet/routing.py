@@ -94,6 +94,7 @@ class RoutingTable:
         self.nodes: dict[int, NodeState] = {node_id: NodeState(node_id, name, 1)}
         self._dist: dict[int, int] | None = None
         self._next_hop: dict[int, int] = {}
+        self._deepest = 0
         self._trees: dict[int, dict[int, int]] = {}
         self._below: dict[tuple[int, int, int, str], bool] = {}
         self._unreachable_since: dict[int, float] = {}
@@ -212,16 +213,26 @@ class RoutingTable:
         if self._dist is None:
             dist, parent = self._shortest_tree(self.node_id)
             next_hop: dict[int, int] = {}
+            deepest = 0
             for node in dist:
                 if node == self.node_id:
                     continue
                 hop = node
+                depth = 1
                 while parent[hop] != self.node_id:
                     hop = parent[hop]
+                    depth += 1
                 next_hop[node] = hop
+                deepest = max(deepest, depth)
             self._dist = dist
             self._next_hop = next_hop
+            self._deepest = deepest
         return self._dist
+
+    def max_hops(self) -> int:
+        """Links on the longest of this node's shortest paths (0 when alone)."""
+        self._ensure_routes()
+        return self._deepest
 
     def reachable(self) -> set[int]:
         return set(self._ensure_routes())

@@ -55,6 +55,8 @@ DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 #: the largest frame accepted before the handshake has agreed on a limit
 HANDSHAKE_MAX_FRAME = 64 * 1024
 DEFAULT_HOPS = 32
+#: the hop field is one byte
+MAX_HOPS = 255
 MAX_U64 = 2**64 - 1
 
 
@@ -69,6 +71,7 @@ class FrameKind(IntEnum):
     REPLY = 8
     STATE = 9
     CLOSE = 10
+    CREDIT = 11
 
 
 _KINDS = frozenset(int(k) for k in FrameKind)
@@ -234,6 +237,10 @@ class FrameDecoder:
         self._missing = 0
         self._need_preamble = expect_preamble
         self.peer_version: int | None = None
+        #: the bytes the frames of the last feed() were cut from, and where each began:
+        #: a forwarding node writes runs of frames on from here instead of encoding each
+        self.buffer = b""
+        self.offsets: list[int] = []
 
     @property
     def buffered(self) -> int:
@@ -263,6 +270,8 @@ class FrameDecoder:
                     and start <= n
                     and kind in _KINDS
                 ):
+                    self.buffer = data
+                    self.offsets = [0]
                     return [
                         tuple.__new__(
                             Frame,
@@ -294,6 +303,10 @@ class FrameDecoder:
             pos = PREAMBLE_SIZE
         frames: list[Frame] = []
         append = frames.append
+        offsets: list[int] = []
+        self.buffer = buf
+        self.offsets = offsets
+        mark = offsets.append
         n = len(buf)
         max_frame = self.max_frame
         unpack = HEADER.unpack_from
@@ -335,6 +348,7 @@ class FrameDecoder:
             append(
                 make(Frame, (kind, hops, tag, channel, source, dest, seq, buf[start:end], ext))
             )
+            mark(pos)
             pos = end
         self._buf = buf[pos:] if pos else buf
         return frames

@@ -1,4 +1,13 @@
-"""Publish/subscribe: N publishers to M subscribers, each publisher's order kept."""
+"""Publish/subscribe: N publishers to M subscribers, each publisher's order kept.
+
+Delivery is lossless by default: a subscriber that does not keep up holds
+back credit (see :mod:`yotonnet.flow`), which slows every node on the way
+back to the publisher. ``PubChannel`` is a Twisted ``IConsumer``: a push
+producer registered on it is paused when credit runs out and resumed when it
+returns, and ``ready()`` gives a Deferred for the same moment. A subscriber
+with ``policy="latest"`` never slows anyone: it keeps the newest ``keep``
+messages and counts the ones it drops.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +16,40 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer, IProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from .. import errors
 from ..messages import TEXT, DecodeError, MessageType, MessageTypeError, type_name_for_tag
 from ..routing import SUB
+from ..wire import HEADER_SIZE
 from .base import Channel
 
 if TYPE_CHECKING:
     from ..context import Context
+    from ..flow import Hold
     from ..wire import Frame
 
 log = Logger(namespace="yotonnet.pubsub")
 
+LOSSLESS = "lossless"
+LATEST = "latest"
+POLICIES = (LOSSLESS, LATEST)
 
+
+@implementer(IConsumer)
 class PubChannel(Channel):
-    """The sending end of a pub/sub channel."""
+    """The sending end of a pub/sub channel.
+
+    ``send()`` never blocks. While some lossless subscriber lags, messages
+    wait in this node's queues; once more than ``publish_backlog`` bytes wait
+    for one neighbour (``ContextConfig``), ``send()`` raises
+    :class:`~yotonnet.errors.FlowControlError` and sends nothing until the
+    backlog drains. To stay under it, send when ``ready()`` fires or register
+    a producer.
+    """
 
     pattern = "pubsub"
 
@@ -32,12 +60,119 @@ class PubChannel(Channel):
         self._encode = self.message_type.encode
         self._tag = self.message_type.tag
         self._publish = context._publish
+        self._not_ready = context._not_ready
+        self._producer: IProducer | None = None
+        self._streaming = True
+        self._paused = False
+        self._pull_scheduled = False
+        self._ready_waiters: list[defer.Deferred[None]] = []
+        context._pubs.setdefault(self.channel_id, []).append(self)
 
     def send(self, message: Any) -> None:
         """Publish one message to every current subscriber."""
         if self.closed:
             raise RuntimeError(f"publisher on {self.name!r} is closed")
+        if self.channel_id in self._not_ready and self.context._backlog_exceeded(
+            self.channel_id
+        ):
+            raise errors.FlowControlError(
+                f"channel {self.name!r}: more than {self.context.config.publish_backlog} bytes "
+                "wait for a lossless subscriber that lags; wait for ready() or register a "
+                "producer"
+            )
         self._publish(self.channel_id, self._tag, self._encode(message))
+        if not self._streaming and self._producer is not None:
+            self._schedule_pull()
+
+    #: IConsumer.write: a producer's output is published message by message
+    write = send
+
+    @property
+    def writable(self) -> bool:
+        """True when every target can take more now (sending is always possible up to
+        the backlog bound, but beyond this point messages wait in memory)."""
+        return self.channel_id not in self._not_ready
+
+    def ready(self) -> defer.Deferred[None]:
+        """A Deferred that fires once every target can take more messages."""
+        if self.closed:
+            return defer.fail(RuntimeError(f"publisher on {self.name!r} is closed"))
+        if self.writable:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred(self._ready_waiters.remove)
+        self._ready_waiters.append(d)
+        return d
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """Pace ``producer`` to the slowest lossless subscriber.
+
+        A streaming (push) producer gets ``pauseProducing()`` when credit runs
+        out and ``resumeProducing()`` when it returns; a pull producer gets
+        ``resumeProducing()`` whenever it may write once more.
+        """
+        if self._producer is not None:
+            raise RuntimeError(f"publisher on {self.name!r} already has a producer")
+        if self.closed:
+            raise RuntimeError(f"publisher on {self.name!r} is closed")
+        self._producer = producer
+        self._streaming = bool(streaming)
+        self._paused = False
+        if self._streaming:
+            if not self.writable:
+                self._pause()
+        else:
+            self._schedule_pull()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        self._paused = False
+
+    def _pause(self) -> None:
+        producer = self._producer
+        if producer is not None and self._streaming and not self._paused:
+            self._paused = True
+            self.context.counters["producer_pauses"] += 1
+            producer.pauseProducing()
+
+    def _resume(self) -> None:
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.callback(None)
+        producer = self._producer
+        if producer is None:
+            return
+        if self._streaming:
+            if self._paused:
+                self._paused = False
+                producer.resumeProducing()
+        else:
+            self._schedule_pull()
+
+    def _schedule_pull(self) -> None:
+        if not self._pull_scheduled and self.writable:
+            self._pull_scheduled = True
+            self.context.reactor.callLater(0, self._pull)
+
+    def _pull(self) -> None:
+        self._pull_scheduled = False
+        if self._producer is not None and not self._streaming and self.writable:
+            self._producer.resumeProducing()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        pubs = self.context._pubs.get(self.channel_id)
+        if pubs and self in pubs:
+            pubs.remove(self)
+            if not pubs:
+                del self.context._pubs[self.channel_id]
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.stopProducing()
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.errback(RuntimeError(f"publisher on {self.name!r} closed"))
 
     @property
     def subscribers(self) -> int:
@@ -51,26 +186,55 @@ class PubChannel(Channel):
 
 
 class SubChannel(Channel):
-    """The receiving end: ``recv()``, ``subscribe(callback)`` or ``async for``."""
+    """The receiving end: ``recv()``, ``subscribe(callback)`` or ``async for``.
+
+    ``policy="lossless"`` (default): every message is kept until taken, and a
+    subscriber that lags slows its publishers. A callback that returns a
+    Deferred gets the next message only once that Deferred fires.
+    ``policy="latest"``: only the newest ``keep`` untaken messages are kept;
+    ``dropped`` counts the others. ``missed`` counts messages lost on the way
+    (a gap in a publisher's sequence, e.g. across a reroute or a dead link).
+    """
 
     pattern = "pubsub"
     table = "_subs"
 
     def __init__(
-        self, context: Context, name: str, message_type: MessageType | str = TEXT
+        self,
+        context: Context,
+        name: str,
+        message_type: MessageType | str = TEXT,
+        *,
+        policy: str = LOSSLESS,
+        keep: int = 1000,
     ) -> None:
-        self._queue: deque[Any] = deque()
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be a positive integer, not {keep!r}")
+        self.policy = policy
+        self.keep = keep
+        self._lossless = policy == LOSSLESS
+        # (value, bytes, hold) not yet taken; a latest subscriber's is bounded
+        self._queue: deque[tuple[Any, int, Hold | None]] = deque(
+            maxlen=None if self._lossless else keep
+        )
         self._waiters: deque[defer.Deferred[Any]] = deque()
         self._callbacks: list[Callable[[Any], object]] = []
+        self._busy: defer.Deferred[Any] | None = None
         self._last_seq: dict[int, int] = {}
         self.received = 0
         self.discarded = 0
+        self.dropped = 0
+        self.missed = 0
+        #: bytes of lossless messages received but not yet taken
+        self.backlog = 0
         self.errors: list[Exception] = []
         super().__init__(context, name, message_type)
         self._decode = self.message_type.decode
         self._tag = self.message_type.tag
 
-    def _deliver(self, frame: Frame) -> None:
+    def _deliver(self, frame: Frame, hold: Hold | None = None) -> None:
         if frame.tag != self._tag:
             self._fail(
                 MessageTypeError(
@@ -84,48 +248,87 @@ class SubChannel(Channel):
         if frame.seq <= last:
             self.discarded += 1  # a duplicate or a straggler from an older route
             return
+        if last and frame.seq > last + 1:
+            self.missed += frame.seq - last - 1
         self._last_seq[frame.source] = frame.seq
         try:
             value = self._decode(frame.payload)
         except (DecodeError, ValueError) as e:
             self._fail(DecodeError(f"channel {self.name!r}: {e}"))
             return
-        self._hand_over(value)
+        self._hand_over(value, HEADER_SIZE + len(frame.payload), hold)
 
-    def _hand_over(self, value: Any) -> None:
+    def _hand_over(self, value: Any, size: int, hold: Hold | None) -> None:
         """Give a decoded message to the callbacks, a waiting recv(), or the queue."""
         self.received += 1
-        if self._callbacks:
-            for callback in self._callbacks:
-                try:
-                    callback(value)
-                except Exception:  # noqa: BLE001 - a bad callback must not stop delivery
-                    log.failure("subscriber callback on {name} failed", name=self.name)
+        if self._callbacks and self._busy is None and not self._queue:
+            self._call_back(value)
         elif self._waiters:
             self._waiters.popleft().callback(value)
+        elif self._lossless:
+            self._queue.append((value, size, hold))
+            self.backlog += size
+            if hold is not None:
+                hold.refs += 1
         else:
-            self._queue.append(value)
+            if len(self._queue) == self.keep:
+                self.dropped += 1
+            self._queue.append((value, 0, None))
 
-    def _deliver_run(self, frames: list[Frame], link: Any) -> None:
+    def _call_back(self, value: Any) -> None:
+        waits = []
+        for callback in self._callbacks:
+            try:
+                result = callback(value)
+            except Exception:  # noqa: BLE001 - a bad callback must not stop delivery
+                log.failure("subscriber callback on {name} failed", name=self.name)
+                continue
+            # (None first: isinstance() against Deferred, an Awaitable ABC, is slow)
+            if result is not None and isinstance(result, defer.Deferred):
+                waits.append(result)
+        if waits:
+            busy = waits[0] if len(waits) == 1 else defer.DeferredList(waits)
+            self._busy = busy
+            busy.addBoth(self._callback_done)
+
+    def _callback_done(self, result: Any) -> None:
+        if isinstance(result, Failure):
+            log.failure("subscriber callback on {name} failed", result, name=self.name)
+        self._busy = None
+        # Messages that arrived meanwhile, in order, until a callback is busy again.
+        while self._queue and self._callbacks and self._busy is None and not self.closed:
+            value, size, hold = self._queue.popleft()
+            self._taken(size, hold)
+            self._call_back(value)
+
+    def _taken(self, size: int, hold: Hold | None) -> None:
+        if size:
+            self.backlog -= size
+            if hold is not None:
+                hold.unref()
+
+    def _deliver_run(self, frames: list[Frame], link: Any, hold: Hold | None = None) -> None:
         """_deliver for consecutive frames of one source: locals bound once per run.
 
         Stops, as per-frame dispatch would, once this end is closed or the link
         they came on starts closing (both can happen in a callback).
         """
         if len(frames) == 1:
-            self._deliver(frames[0])
+            self._deliver(frames[0], hold)
             return
         my_tag = self._tag
         decode = self._decode
         hand_over = self._hand_over
         source = frames[0][4]
         last_seq = self._last_seq
+        callbacks = self._callbacks
         for frame in frames:
             if self.closed or link._closing:
                 return
             _, _, tag, _, _, _, seq, payload, _ = frame
-            if tag != my_tag or seq <= last_seq.get(source, 0):
-                self._deliver(frame)  # the rare paths: type mismatch, duplicate
+            last = last_seq.get(source, 0)
+            if tag != my_tag or seq != last + 1:
+                self._deliver(frame, hold)  # the rare paths: type mismatch, duplicate, gap
                 continue
             last_seq[source] = seq
             try:
@@ -133,7 +336,19 @@ class SubChannel(Channel):
             except (DecodeError, ValueError) as e:
                 self._fail(DecodeError(f"channel {self.name!r}: {e}"))
                 continue
-            hand_over(value)
+            if len(callbacks) == 1 and self._busy is None and not self._queue:
+                # _hand_over written out for the commonest subscriber: one callback.
+                self.received += 1
+                try:
+                    result = callbacks[0](value)
+                except Exception:  # noqa: BLE001 - a bad callback must not stop delivery
+                    log.failure("subscriber callback on {name} failed", name=self.name)
+                    continue
+                if result is not None and isinstance(result, defer.Deferred):
+                    self._busy = result
+                    result.addBoth(self._callback_done)
+            else:
+                hand_over(value, HEADER_SIZE + len(payload), hold)
 
     def _fail(self, error: Exception) -> None:
         self.errors.append(error)
@@ -145,16 +360,24 @@ class SubChannel(Channel):
     def recv(self) -> defer.Deferred[Any]:
         """A Deferred for the next message."""
         if self._queue:
-            return defer.succeed(self._queue.popleft())
+            value, size, hold = self._queue.popleft()
+            self._taken(size, hold)
+            return defer.succeed(value)
         d: defer.Deferred[Any] = defer.Deferred(self._waiters.remove)
         self._waiters.append(d)
         return d
 
     def subscribe(self, callback: Callable[[Any], object]) -> None:
-        """Call ``callback(message)`` for every message, starting with any queued ones."""
+        """Call ``callback(message)`` for every message, starting with any queued ones.
+
+        If it returns a Deferred, the next message waits until that fires (a
+        lossless subscriber then slows its publishers to its own pace).
+        """
         self._callbacks.append(callback)
-        while self._queue:
-            callback(self._queue.popleft())
+        while self._queue and self._busy is None and not self.closed:
+            value, size, hold = self._queue.popleft()
+            self._taken(size, hold)
+            self._call_back(value)
 
     def unsubscribe(self, callback: Callable[[Any], object]) -> None:
         self._callbacks.remove(callback)
@@ -163,6 +386,19 @@ class SubChannel(Channel):
     def pending(self) -> int:
         """Messages received but not yet taken by ``recv()``."""
         return len(self._queue)
+
+    def close(self) -> None:
+        """Leave the channel. Messages already here stay readable with ``recv()``, but no
+        longer hold back their publishers."""
+        if self.closed:
+            return
+        super().close()
+        kept = deque()
+        while self._queue:
+            value, size, hold = self._queue.popleft()
+            self._taken(size, hold)
+            kept.append((value, 0, None))
+        self._queue = kept
 
     def __aiter__(self) -> SubChannel:
         return self
