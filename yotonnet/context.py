@@ -576,8 +576,13 @@ class Context:
             )
             size = len(data)
             for link in links:
-                if link.flow.take(channel, size):
+                flow = link.flow
+                if flow.take(channel, size):
                     link.send(data)
+                    # Spent (a send may overdraw once): not writable until credit returns,
+                    # so a producer pauses before anything has to wait in memory.
+                    if flow.outboxes[channel].credit <= 0 and channel not in self._not_ready:
+                        self._set_not_ready(channel)
                 else:
                     self._hold_back(link, channel, data, size, None)
         subs = self._subs.get(channel)

@@ -593,6 +593,8 @@ class MemoryMesh:
         now = clock.seconds()
         if when > now:
             clock.advance(when - now)
+        else:
+            clock.advance(0)  # a call due now (callLater(0)): run it
         if clock.seconds() < when:
             # Float rounding left us a hair short of a timer: land on it exactly.
             clock.rightNow = when

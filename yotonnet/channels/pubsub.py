@@ -151,7 +151,16 @@ class PubChannel(Channel):
     def _schedule_pull(self) -> None:
         if not self._pull_scheduled and self.writable:
             self._pull_scheduled = True
-            self.context.reactor.callLater(0, self._pull)
+            ctx = self.context
+            # Nobody subscribes: ask again later rather than spin the reactor sending to
+            # nobody at full speed.
+            idle = not ctx._subs.get(self.channel_id) and not ctx._targets(
+                ctx.node_id, self.channel_id
+            )
+            ctx.reactor.callLater(self.IDLE_PULL_DELAY if idle else 0, self._pull)
+
+    #: seconds between calls to a pull producer while the channel has no subscriber
+    IDLE_PULL_DELAY = 0.1
 
     def _pull(self) -> None:
         self._pull_scheduled = False
