@@ -177,16 +177,21 @@ class RoutingTable:
     # --- graph
 
     def _adjacent(self, a: int) -> Iterable[tuple[int, int]]:
-        """Links of ``a`` that the other end confirms."""
+        """Links of ``a`` that the other end confirms, each at the higher of the costs
+        its two ends announce (a link one end finds silent is costly both ways, since a
+        path is only as good as its worse direction)."""
         state = self.nodes.get(a)
         if state is None:
             return ()
         nodes = self.nodes
-        return [
-            (b, cost)
-            for b, cost in state.links.items()
-            if b in nodes and a in nodes[b].links
-        ]
+        adjacent = []
+        for b, cost in state.links.items():
+            other = nodes.get(b)
+            if other is not None:
+                back = other.links.get(a)
+                if back is not None:
+                    adjacent.append((b, cost if cost >= back else back))
+        return adjacent
 
     def _shortest_tree(self, root: int) -> tuple[dict[int, int], dict[int, int]]:
         """Dijkstra from ``root``: (distance, parent) per reachable node."""
