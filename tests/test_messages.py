@@ -378,3 +378,15 @@ class RegistryTests(SynchronousTestCase):
 
     def test_unknown_tag_name(self):
         self.assertIn("unknown type", messages.type_name_for_tag(0))
+
+
+class ErrorHierarchyTests(SynchronousTestCase):
+    def test_every_error_an_application_sees_is_a_yotonnet_error(self) -> None:
+        import yotonnet
+        from yotonnet import errors
+
+        for name in errors.__all__:
+            self.assertTrue(issubclass(getattr(errors, name), yotonnet.YotonnetError), name)
+        # and still the built-in kind that callers of older code catch
+        self.assertTrue(issubclass(yotonnet.MessageTypeError, TypeError))
+        self.assertTrue(issubclass(yotonnet.DecodeError, ValueError))

@@ -16,6 +16,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from .errors import DecodeError, MessageTypeError
+
 __all__ = [
     "MAX_DEPTH",
     "DecodeError",
@@ -28,14 +30,6 @@ __all__ = [
 
 #: containers may nest at most this deep, in either direction
 MAX_DEPTH = 100
-
-
-class MessageTypeError(TypeError):
-    """A value does not fit a channel's message type, or two ends disagree on it."""
-
-
-class DecodeError(ValueError):
-    """A payload could not be decoded as its message type."""
 
 
 _NONE, _TRUE, _FALSE, _INT, _BIGINT, _FLOAT, _STR, _BYTES, _LIST, _TUPLE, _DICT = b"NTFiIdsblta"

@@ -1,9 +1,9 @@
-"""Exceptions that reach applications."""
+"""Exceptions that reach applications, all subclasses of :class:`YotonnetError`.
+
+Imports nothing, so the sans-IO modules (wire, codec) can raise these too.
+"""
 
 from __future__ import annotations
-
-from .messages import DecodeError, MessageTypeError
-from .wire import ProtocolError
 
 __all__ = [
     "YotonnetError",
@@ -62,3 +62,15 @@ class FlowControlError(YotonnetError):
     in a loop; or subscribe with ``policy="latest"`` where losing old values
     is fine.
     """
+
+
+class ProtocolError(YotonnetError):
+    """The peer sent something this protocol does not allow."""
+
+
+class MessageTypeError(YotonnetError, TypeError):
+    """A value does not fit a channel's message type, or two ends disagree on it."""
+
+
+class DecodeError(YotonnetError, ValueError):
+    """A payload could not be decoded as its message type."""

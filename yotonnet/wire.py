@@ -39,6 +39,8 @@ import zlib
 from enum import IntEnum
 from typing import Any, NamedTuple
 
+from .errors import ProtocolError
+
 PROTOCOL_NAME = "yotonnet"
 PROTOCOL_VERSION = 1
 MAGIC = b"YOTONNET"
@@ -81,10 +83,6 @@ REQUEST_KWARGS = 0x8000_0000
 REQUEST_MAX_ARGS = 0xFFFF
 #: REPLY tag values
 REPLY_OK, REPLY_ERROR, REPLY_NO_REPLIER = 0, 1, 2
-
-
-class ProtocolError(Exception):
-    """The peer sent something this protocol does not allow."""
 
 
 class Frame(NamedTuple):
