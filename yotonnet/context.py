@@ -309,6 +309,36 @@ class Context:
         self._deadline_timer = None
         return defer.DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
 
+    def queued(self, channel: int | None = None) -> int:
+        """Bytes of pub/sub data waiting for flow-control credit on any link (of one
+        channel id, or of all)."""
+        total = 0
+        for link in self.links.values():
+            flow = link.flow
+            if channel is None:
+                total += sum(box.queued for box in flow.outboxes.values())
+            else:
+                total += flow.queued(channel)
+        return total
+
+    def flushed(self, timeout: float, channel: int | None = None) -> defer.Deferred[bool]:
+        """Fire True once nothing waits for credit (see :meth:`queued`), or False when
+        ``timeout`` seconds pass first or the context closes."""
+        reactor = self.reactor
+        deadline = reactor.seconds() + max(0.0, timeout)
+        d: defer.Deferred[bool] = defer.Deferred()
+
+        def check() -> None:
+            if not self.queued(channel):
+                d.callback(True)
+            elif self.closed or reactor.seconds() >= deadline:
+                d.callback(False)
+            else:
+                reactor.callLater(0.01, check)  # credit comes back in its own time
+
+        check()
+        return d
+
     def watch_links(self, callback: Callable[[LinkEvent], None]) -> Callable[[], None]:
         """Call ``callback(LinkEvent)`` on every link status change; returns an unwatch function."""
         self._watchers.append(callback)
