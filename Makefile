@@ -18,10 +18,16 @@ $(STAMP): $(BIN)/python pyproject.toml $(shell find yotonnet plugins -name '*.py
 run: $(STAMP)
 	$(BIN)/python -m yotonnet.node --name local --listen tcp:7117:interface=127.0.0.1
 
-# Debian packages the tests use (network namespaces); installed only when missing.
+# Debian packages the tests use (network namespaces, a headless browser for the status
+# page); installed only when missing, as root, quietly.
 sysdeps:
-	@if ! command -v ip >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; \
+	@missing=""; \
+	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "sysdeps: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 test: $(STAMP) sysdeps
