@@ -1,4 +1,9 @@
-"""Registers the ``yotonnet`` twistd plugin (installed as twisted/plugins/)."""
+"""Registers the ``yotonnet`` twistd plugin (installed as twisted/plugins/).
+
+Kept to one import and one object: twistd imports every plugin module to list
+them, and this folder must have no ``__init__.py`` (it is mapped onto the
+``twisted.plugins`` namespace by pyproject.toml).
+"""
 
 from yotonnet.tap import ServiceMaker
 

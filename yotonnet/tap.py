@@ -1,27 +1,47 @@
 """twistd support: the ``yotonnet`` plugin's options and service maker.
 
-``twistd -n yotonnet --name NAME --listen ENDPOINT --peer ENDPOINT`` runs a
-:class:`~yotonnet.service.NodeService`.
+``twistd -n yotonnet --name NAME --listen ENDPOINT [--listen ...] --peer
+ENDPOINT [--peer ...] [--config FILE] [--status ENDPOINT]`` runs the
+:class:`~yotonnet.service.NodeMultiService` that :func:`yotonnet.service.make_service`
+builds: the same node as ``yotonnet node`` with the same options and TOML file
+(flags override the file). twistd does its own logging (``--logfile``,
+``--logger``), so the file's ``node.log_format`` does not apply here.
+The plugin module itself is ``plugins/yotonnet_plugin.py``, installed as
+``twisted/plugins/``.
 """
 
 from __future__ import annotations
 
-from twisted.application.service import IServiceMaker
+from twisted.application.service import IServiceMaker, MultiService
 from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
 
-from .service import DEFAULT_LISTEN, NodeService
+from .config import DEFAULT_LISTEN, ConfigError, resolve
+from .service import ListenError, make_service
 
 
 class Options(usage.Options):
-    synopsis = "[--name NAME] [--listen ENDPOINT ...] [--peer ENDPOINT ...]"
-    optParameters = [["name", None, None, "node name shown to peers (default: host-based)"]]
+    synopsis = (
+        "[--name NAME] [--listen ENDPOINT ...] [--peer ENDPOINT ...] [--config FILE] "
+        "[--status ENDPOINT]"
+    )
+    longdesc = (
+        "Run a yotonnet mesh node. Endpoints are Twisted endpoint strings "
+        f"(default listen: {DEFAULT_LISTEN}). Options given here override the TOML file."
+    )
+    optParameters = [
+        ["name", None, None, "node name shown to peers (default: host-based)"],
+        ["config", None, None, "TOML configuration file ([node], [context] tables)"],
+        ["status", None, None, "serve the HTTP status page (/status, /metrics) on this "
+                               "server endpoint, e.g. tcp:8080:interface=127.0.0.1"],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["peer"] = []
+        self["settings"] = None
 
     def opt_listen(self, endpoint: str) -> None:
         """Twisted server endpoint to accept peers on (repeatable)."""
@@ -31,16 +51,42 @@ class Options(usage.Options):
         """Twisted client endpoint of a peer to link to (repeatable)."""
         self["peer"].append(endpoint)
 
+    def postOptions(self) -> None:
+        try:
+            self["settings"] = resolve(
+                self["config"],
+                name=self["name"],
+                listen=self["listen"] or None,
+                peers=self["peer"] or None,
+                status=self["status"],
+            )
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
 
-def make_service(options: Options) -> NodeService:
-    return NodeService(options["name"], options["listen"] or [DEFAULT_LISTEN], options["peer"])
+
+class _ExitOnListenError(MultiService):
+    """Turns a node's synchronous ListenError into a one-line exit of twistd (status 1)."""
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except ListenError as e:
+            raise SystemExit(f"yotonnet: {e}") from None
+
+
+def make_twistd_service(options: Options) -> MultiService:
+    # A node that cannot listen makes startService raise, so twistd exits at once
+    # instead of running a node nobody can reach.
+    top = _ExitOnListenError()
+    make_service(options["settings"], raise_on_listen_error=True).setServiceParent(top)
+    return top
 
 
 @implementer(IServiceMaker, IPlugin)
 class ServiceMaker:
     tapname = "yotonnet"
-    description = "A yotonnet mesh node."
+    description = "A yotonnet mesh node (routed pub/sub, request/reply and state)."
     options = Options
 
-    def makeService(self, options: Options) -> NodeService:
-        return make_service(options)
+    def makeService(self, options: Options) -> MultiService:
+        return make_twistd_service(options)

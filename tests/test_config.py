@@ -1,0 +1,165 @@
+"""The TOML configuration (yotonnet.config): what a file may hold, how flags override it,
+and that every mistake is an error naming the key and the file.
+
+Sans-IO apart from temporary files; no reactor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from yotonnet import config
+from yotonnet.config import ConfigError
+from yotonnet.context import ContextConfig
+
+FULL = """
+[node]
+name = "a"
+listen = ["tcp:7117:interface=127.0.0.1", "unix:/tmp/yotonnet-a.sock"]
+peers = ["tcp:otherhost:7117"]
+status = "tcp:8080:interface=127.0.0.1"
+log_format = "json"
+
+[client]
+connect = "unix:/tmp/yotonnet-a.sock"
+timeout = 3
+
+[context]
+heartbeat = 0.5
+busy_timeout = 2.5
+max_hops = 16
+"""
+
+
+class ConfigFileTests(SynchronousTestCase):
+    def write(self, text: str) -> str:
+        fd, path = tempfile.mkstemp(suffix=".toml")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        self.addCleanup(os.remove, path)
+        return path
+
+    def error(self, text: str) -> str:
+        path = self.write(text)
+        with self.assertRaises(ConfigError) as caught:
+            config.load(path)
+        message = str(caught.exception)
+        self.assertIn(path, message)  # every file error names the file
+        return message
+
+    def test_every_table(self) -> None:
+        s = config.load(self.write(FULL))
+        self.assertEqual(s.node.name, "a")
+        self.assertEqual(s.node.listen, ["tcp:7117:interface=127.0.0.1",
+                                         "unix:/tmp/yotonnet-a.sock"])
+        self.assertEqual(s.node.peers, ["tcp:otherhost:7117"])
+        self.assertEqual(s.node.status, "tcp:8080:interface=127.0.0.1")
+        self.assertEqual(s.node.log_format, "json")
+        self.assertEqual(s.client.connect, "unix:/tmp/yotonnet-a.sock")
+        self.assertEqual(s.client.timeout, 3.0)
+        self.assertIsInstance(s.client.timeout, float)
+        self.assertEqual((s.context.heartbeat, s.context.busy_timeout, s.context.max_hops),
+                         (0.5, 2.5, 16))
+        # untouched tunables keep ContextConfig's defaults
+        self.assertEqual(s.context.request_timeout, ContextConfig().request_timeout)
+
+    def test_defaults_without_a_file(self) -> None:
+        s = config.resolve(None)
+        self.assertEqual(s.node.listen, [config.DEFAULT_LISTEN])
+        self.assertEqual(s.node.peers, [])
+        self.assertIsNone(s.node.status)
+        self.assertEqual(s.client.connect, config.DEFAULT_CONNECT)
+        self.assertEqual(s.context, ContextConfig())
+
+    def test_every_context_tunable_is_a_key(self) -> None:
+        # The [context] table follows ContextConfig, including fields added later.
+        lines = ["[context]"]
+        for f in dataclasses.fields(ContextConfig):
+            value = getattr(ContextConfig(), f.name)
+            lines.append(f"{f.name} = {value!r}")
+        s = config.parse("\n".join(lines), "all.toml")
+        self.assertEqual(s.context, ContextConfig())
+
+    def test_flags_override_the_file(self) -> None:
+        path = self.write(FULL)
+        s = config.resolve(path, name="b", listen=["tcp:9000"], connect="tcp:127.0.0.1:9000",
+                           timeout=7.0)
+        self.assertEqual(s.node.name, "b")
+        self.assertEqual(s.node.listen, ["tcp:9000"])  # a list flag replaces the file's list
+        self.assertEqual(s.node.peers, ["tcp:otherhost:7117"])  # not given: the file's
+        self.assertEqual(s.client.connect, "tcp:127.0.0.1:9000")
+        self.assertEqual(s.client.timeout, 7.0)
+        self.assertEqual(s.context.heartbeat, 0.5)
+
+    def test_unknown_key_names_it_and_suggests(self) -> None:
+        message = self.error('[node]\nlisen = ["tcp:7117"]\n')
+        self.assertIn("'node.lisen'", message)
+        self.assertIn("did you mean 'listen'", message)
+
+    def test_unknown_table(self) -> None:
+        message = self.error("[security]\ncert = 'x.pem'\n")
+        self.assertIn("unknown key 'security'", message)
+
+    def test_top_level_value_is_not_a_table(self) -> None:
+        self.assertIn("'node' must be a table", self.error('node = "a"\n'))
+
+    def test_wrong_types(self) -> None:
+        cases = [
+            ('[node]\nlisten = "tcp:7117"\n', "node.listen must be a list of non-empty strings"),
+            ("[node]\npeers = [1, 2]\n", "node.peers must be a list of non-empty strings"),
+            ("[node]\nname = 5\n", "node.name must be a string"),
+            ('[node]\nlog_format = "xml"\n', "node.log_format must be 'text' or 'json'"),
+            ('[client]\ntimeout = "soon"\n', "client.timeout must be a number"),
+            ("[client]\nconnect = 7117\n", "client.connect must be a non-empty string"),
+            ("[context]\nheartbeat = true\n", "context.heartbeat must be a number"),
+            ("[context]\nmax_hops = 2.5\n", "context.max_hops must be an integer"),
+            ("[context]\nbusy_timeout = -1\n", "context.busy_timeout must be a finite number"),
+        ]
+        for text, expected in cases:
+            self.assertIn(expected, self.error(text), text)
+
+    def test_out_of_range(self) -> None:
+        self.assertIn("context.max_hops = 300 is out of range", self.error(
+            "[context]\nmax_hops = 300\n"))
+        self.assertIn("context.heartbeat = 0.0 is out of range", self.error(
+            "[context]\nheartbeat = 0\n"))
+        self.assertIn("client.timeout must be > 0", self.error("[client]\ntimeout = 0\n"))
+        self.assertIn("node.listen is empty", self.error("[node]\nlisten = []\n"))
+
+    def test_bad_endpoints_name_the_key(self) -> None:
+        message = self.error('[node]\nlisten = ["tcp:notaport"]\n')
+        self.assertIn("node.listen: 'tcp:notaport' is not a Twisted server endpoint", message)
+        message = self.error('[node]\npeers = ["bogus:x"]\n')
+        self.assertIn("node.peers: 'bogus:x' is not a Twisted client endpoint", message)
+        message = self.error('[client]\nconnect = "tcp:hostonly"\n')
+        self.assertIn("client.connect", message)
+        message = self.error('[node]\nstatus = "tcp:8080:bogus=1"\n')
+        self.assertIn("node.status", message)
+
+    def test_bad_flags_name_the_flag(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            config.resolve(None, listen=["tcp:x"])
+        self.assertIn("--listen: 'tcp:x'", str(caught.exception))
+        with self.assertRaises(ConfigError) as caught:
+            config.resolve(None, peers=["nope"])
+        self.assertIn("--peer: 'nope'", str(caught.exception))
+        with self.assertRaises(ConfigError) as caught:
+            config.resolve(None, timeout=0)
+        self.assertIn("--timeout must be > 0", str(caught.exception))
+
+    def test_not_toml(self) -> None:
+        self.assertIn("not valid TOML", self.error("[node\nname = 'a'\n"))
+
+    def test_missing_file(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            config.load("/nonexistent/yotonnet.toml")
+        self.assertIn("cannot read config file /nonexistent/yotonnet.toml", str(caught.exception))
+
+    def test_empty_string_means_unset(self) -> None:
+        s = config.load(self.write('[node]\nname = ""\nstatus = ""\n'))
+        self.assertIsNone(s.node.name)
+        self.assertIsNone(s.node.status)

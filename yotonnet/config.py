@@ -1,0 +1,273 @@
+"""The TOML configuration file of a node and of the ``yotonnet`` client commands.
+
+One file holds everything the command-line flags hold, in three tables::
+
+    [node]                      # `yotonnet node` and `twistd yotonnet`
+    name = "a"
+    listen = ["tcp:7117:interface=127.0.0.1"]
+    peers = ["tcp:otherhost:7117"]
+    status = "tcp:8080:interface=127.0.0.1"   # HTTP status endpoint (optional)
+    log_format = "text"                       # or "json" (`yotonnet node` only)
+
+    [client]                    # pub, sub, call, state, status, bench
+    connect = "tcp:127.0.0.1:7117"
+    timeout = 10.0
+
+    [context]                   # the tunables of yotonnet.ContextConfig, in seconds
+    heartbeat = 1.0
+    busy_timeout = 5.0
+
+Flags override the file; a list flag given on the command line (``--listen``,
+``--peer``) replaces the file's list. Unknown keys, wrong types and endpoint
+strings Twisted cannot parse are a :class:`ConfigError` that names the key and
+the file, so a typo never silently falls back to a default.
+
+Sans-IO apart from reading the file: endpoints are parsed with no reactor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.endpoints import clientFromString, serverFromString
+
+from .context import ContextConfig
+
+DEFAULT_LISTEN = "tcp:7117:interface=127.0.0.1"
+DEFAULT_CONNECT = "tcp:127.0.0.1:7117"
+DEFAULT_TIMEOUT = 10.0
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag value is wrong; the message says where and why."""
+
+
+@dataclass
+class NodeSettings:
+    name: str | None = None
+    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    peers: list[str] = field(default_factory=list)
+    status: str | None = None
+    log_format: str = "text"
+
+
+@dataclass
+class ClientSettings:
+    connect: str = DEFAULT_CONNECT
+    timeout: float = DEFAULT_TIMEOUT
+
+
+@dataclass
+class Settings:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    client: ClientSettings = field(default_factory=ClientSettings)
+    context: ContextConfig = field(default_factory=ContextConfig)
+    #: where the values came from, for error messages
+    source: str = "defaults"
+
+
+# --- the schema: key -> (kind, description of the expected value)
+
+_STR, _OPT_STR, _STR_LIST, _NUMBER, _INT, _LOG_FORMAT = (
+    "str", "optional str", "str list", "number", "int", "log format"
+)
+
+_NODE_KEYS = {
+    "name": _OPT_STR,
+    "listen": _STR_LIST,
+    "peers": _STR_LIST,
+    "status": _OPT_STR,
+    "log_format": _LOG_FORMAT,
+}
+_CLIENT_KEYS = {"connect": _STR, "timeout": _NUMBER}
+_CONTEXT_KEYS = {
+    f.name: (_INT if f.type in ("int", int) else _NUMBER)
+    for f in dataclasses.fields(ContextConfig)
+}
+_TABLES = {"node": _NODE_KEYS, "client": _CLIENT_KEYS, "context": _CONTEXT_KEYS}
+
+# Limits the wire format or common sense puts on the context tunables.
+_CONTEXT_LIMITS: dict[str, tuple[float, float, bool]] = {
+    # key: (minimum, maximum, minimum allowed itself)
+    "max_frame": (1024, 2**32 - 1, True),
+    "max_hops": (1, 255, True),
+    "heartbeat": (0, math.inf, False),
+    "busy_timeout": (0, math.inf, False),
+    "handshake_timeout": (0, math.inf, False),
+    "reconnect_initial": (0, math.inf, False),
+    "reconnect_max": (0, math.inf, False),
+}
+
+
+def _unknown(key: str, known: Any, where: str) -> ConfigError:
+    hint = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(known), n=1)
+    also = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(known)}"
+    return ConfigError(f"{where}: unknown key {key!r}{also}")
+
+
+def _check_value(kind: str, key: str, value: Any, where: str) -> Any:
+    def wrong(expected: str) -> ConfigError:
+        return ConfigError(
+            f"{where}: {key} must be {expected}, not {type(value).__name__} {value!r}"
+        )
+
+    if kind == _STR:
+        if not isinstance(value, str) or not value:
+            raise wrong("a non-empty string")
+        return value
+    if kind == _OPT_STR:
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return value or None  # "" means "not set", as an omitted key
+    if kind == _STR_LIST:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise wrong("a list of non-empty strings")
+        return list(value)
+    if kind == _LOG_FORMAT:
+        if value not in LOG_FORMATS:
+            raise wrong(" or ".join(repr(f) for f in LOG_FORMATS))
+        return value
+    if kind == _INT:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+        return value
+    if kind == _NUMBER:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("a number")
+        if not math.isfinite(value) or value < 0:
+            raise wrong("a finite number >= 0")
+        return float(value)
+    raise AssertionError(kind)
+
+
+def parse(text: str, source: str = "<string>") -> Settings:
+    """Settings from TOML text: defaults, overridden by what the text sets."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    settings = Settings(source=source)
+    for table, value in data.items():
+        keys = _TABLES.get(table)
+        if keys is None:
+            raise _unknown(table, _TABLES, source)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {table!r} must be a table ([{table}]), not a value")
+        target = getattr(settings, table)
+        for key, item in value.items():
+            kind = keys.get(key)
+            if kind is None:
+                raise _unknown(f"{table}.{key}", keys, source)
+            setattr(target, key, _check_value(kind, f"{table}.{key}", item, source))
+    validate(settings)
+    return settings
+
+
+def load(path: str) -> Settings:
+    """Settings from the TOML file at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text: {e}") from None
+    return parse(text, path)
+
+
+def resolve(
+    path: str | None = None,
+    *,
+    name: str | None = None,
+    listen: list[str] | None = None,
+    peers: list[str] | None = None,
+    status: str | None = None,
+    log_format: str | None = None,
+    connect: str | None = None,
+    timeout: float | None = None,
+) -> Settings:
+    """The file at ``path`` (if any) with every flag that was given (not None) on top."""
+    settings = load(path) if path else Settings()
+    flags = {"name": name, "listen": listen, "peers": peers, "status": status,
+             "log_format": log_format}
+    cli = "command line"
+    for key, value in flags.items():
+        if value is not None:
+            flag = "--" + {"peers": "peer"}.get(key, key).replace("_", "-")
+            value = _check_value(_NODE_KEYS[key], flag, value, cli)
+            setattr(settings.node, key, value)
+            # Checked here too, so the error names the flag rather than the table key.
+            if key in ("listen", "status"):
+                for endpoint in [value] if isinstance(value, str) else value:
+                    check_server_endpoint(endpoint, flag, cli)
+            elif key == "peers":
+                for endpoint in value:
+                    check_client_endpoint(endpoint, flag, cli)
+    if connect is not None:
+        settings.client.connect = _check_value(_STR, "--connect", connect, cli)
+        check_client_endpoint(connect, "--connect", cli)
+    if timeout is not None:
+        settings.client.timeout = _check_value(_NUMBER, "--timeout", timeout, cli)
+        if timeout <= 0:
+            raise ConfigError(f"{cli}: --timeout must be > 0 seconds")
+    if path and any(v is not None for v in (*flags.values(), connect, timeout)):
+        settings.source = f"{path} and flags"
+    elif not path:
+        settings.source = "flags"
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    """Check values a type check cannot: endpoint syntax, ranges, a listen endpoint."""
+    where = settings.source
+    node = settings.node
+    if not node.listen:
+        raise ConfigError(f"{where}: node.listen is empty; a node needs at least one endpoint")
+    for endpoint in node.listen:
+        check_server_endpoint(endpoint, "node.listen", where)
+    for endpoint in node.peers:
+        check_client_endpoint(endpoint, "node.peers", where)
+    if node.status is not None:
+        check_server_endpoint(node.status, "node.status", where)
+    check_client_endpoint(settings.client.connect, "client.connect", where)
+    if settings.client.timeout <= 0:
+        raise ConfigError(f"{where}: client.timeout must be > 0 seconds")
+    for key, (low, high, inclusive) in _CONTEXT_LIMITS.items():
+        value = getattr(settings.context, key, None)
+        if value is None:
+            continue  # a tunable ContextConfig no longer has
+        if value < low or value > high or (value == low and not inclusive):
+            bound = ">=" if inclusive else ">"
+            raise ConfigError(
+                f"{where}: context.{key} = {value!r} is out of range ({bound} {low:g}"
+                + (f", <= {high:g})" if high != math.inf else ")")
+            )
+
+
+def check_server_endpoint(endpoint: str, key: str, where: str) -> None:
+    try:
+        serverFromString(None, endpoint)  # parsing only; nothing listens without a reactor
+    except Exception as e:  # noqa: BLE001 - Twisted's parser raises ValueError, TypeError, ...
+        raise ConfigError(
+            f"{where}: {key}: {endpoint!r} is not a Twisted server endpoint ({e}); "
+            "for example tcp:7117:interface=127.0.0.1 or unix:/run/yotonnet.sock"
+        ) from None
+
+
+def check_client_endpoint(endpoint: str, key: str, where: str) -> None:
+    try:
+        clientFromString(None, endpoint)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(
+            f"{where}: {key}: {endpoint!r} is not a Twisted client endpoint ({e}); "
+            "for example tcp:127.0.0.1:7117 or unix:/run/yotonnet.sock"
+        ) from None
