@@ -375,6 +375,49 @@ class IsolationTests(FlowMeshTestCase):
         self.assertEqual(latest.dropped, sent - 1 + more - 1)
         self.assertEqual(slow.missed, 0)
 
+    def test_latest_subscriber_on_the_slow_lossless_ones_node_is_not_held_back(self) -> None:
+        mesh = self.chain(3)
+        slow = SubChannel(mesh["n2"], "flow.beside", OBJECT)
+        latest = SubChannel(mesh["n2"], "flow.beside", OBJECT, policy="latest", keep=1)
+        pub = PubChannel(mesh["n0"], "flow.beside", OBJECT)
+        mesh.settle()
+        self.assertEqual(pub.subscribers, 2)
+        for round_ in range(3):  # the slow one stays full; the publisher goes on when ready
+            sent = self.publish_until_paused(mesh, pub)
+            self.assertFalse(pub.writable)
+            # The lossless flow is windows behind; the latest flow is not behind it.
+            self.assertEqual(self.successResultOf(latest.recv()), sent - 1)
+            if round_ == 0:
+                self.assertLess(slow.pending, sent)
+            for _ in range(slow.pending):
+                self.successResultOf(slow.recv())
+            mesh.settle()
+        self.assertEqual(slow.missed, 0)
+        self.assertEqual(latest.missed, 0)
+
+    def test_latest_flow_gives_old_frames_up_when_credit_runs_out(self) -> None:
+        mesh = self.chain(2)
+        latest = SubChannel(mesh["n1"], "flow.newest", BINARY, policy="latest", keep=1)
+        pub = PubChannel(mesh["n0"], "flow.newest", BINARY)
+        mesh.settle()
+        conn = mesh.connection(mesh["n0"], mesh["n1"])
+        conn.hold(mesh["n0"])  # nothing reaches n1, so no credit comes back
+        count = 10 * WINDOW // len(MESSAGE)
+        for i in range(count):
+            pub.send(MESSAGE[:-8] + i.to_bytes(8, "big"))
+        self.assertTrue(pub.writable)  # latest subscribers never pause a publisher
+        dropped = mesh["n0"].counters["latest_dropped"]
+        self.assertGreater(dropped, count // 2)
+        box = mesh["n0"].links[mesh["n1"].node_id].flow.outboxes[pub.latest_id]
+        self.assertLessEqual(box.queued, WINDOW)  # bounded, whatever the publisher does
+        conn.release(mesh["n0"])
+        mesh.settle()
+        newest = self.successResultOf(latest.recv())
+        self.assertEqual(int.from_bytes(newest[-8:], "big"), count - 1)
+        # Each message was either taken (the newest) or counted as dropped: given up on
+        # the way (a gap in the sequence) or pushed out of the subscriber's keep=1.
+        self.assertEqual((latest.pending, latest.dropped), (0, count - 1))
+
     def test_invalid_policy_and_keep(self) -> None:
         mesh = self.chain(1)
         e = self.assertRaises(ValueError, SubChannel, mesh["n0"], "x", policy="newest")

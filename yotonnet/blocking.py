@@ -351,7 +351,7 @@ class _Outbox:
                     break
                 try:
                     # PubChannel.send minus the encoding, done in the caller's thread.
-                    pub._publish(pub.channel_id, pub._tag, payload)
+                    pub._send_encoded(payload)
                 except Exception:  # noqa: BLE001 - one bad publish must not stop the rest
                     log.failure("publishing on {name} failed", name=pub.name)
             size += len(payload)

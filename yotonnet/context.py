@@ -51,6 +51,7 @@ log = Logger(namespace="yotonnet.context")
 _STATE_VERSION = struct.Struct("<QQ")
 BUSY_LINK_COST = 1000
 _DATA = int(FrameKind.DATA)
+_LATEST = int(FrameKind.LATEST)
 _REQUEST = int(FrameKind.REQUEST)
 _REPLY = int(FrameKind.REPLY)
 _STATE = int(FrameKind.STATE)
@@ -237,6 +238,7 @@ class Context:
             "flow_queued": 0,
             "flow_dropped": 0,
             "producer_pauses": 0,
+            "latest_dropped": 0,
         }
         # Set while a link dispatches frames; links that queued sends meanwhile.
         self._dispatching = False
@@ -252,6 +254,7 @@ class Context:
             FrameKind.STATE: self._on_state,
             FrameKind.CONTROL: self._on_control,
             FrameKind.CREDIT: self._on_credit,
+            FrameKind.LATEST: self._on_latest,
         }
 
     def __repr__(self) -> str:
@@ -364,7 +367,7 @@ class Context:
         return snap
 
     def wait_for_interest(
-        self, channel: int, role: str, count: int = 1
+        self, channel: int | tuple[int, ...], role: str, count: int = 1
     ) -> defer.Deferred[None]:
         """Fire once ``count`` ``role`` holders of ``channel`` are reachable."""
         d: defer.Deferred[None] = defer.Deferred()
@@ -372,12 +375,14 @@ class Context:
         self._check_interest_waiters()
         return d
 
-    def interest_count(self, channel: int, role: str) -> int:
+    def interest_count(self, channel: int | tuple[int, ...], role: str) -> int:
+        """Reachable ``role`` holders of ``channel`` (or of several channel ids, summed)."""
         total = 0
-        for node_id in self.routing.holders(channel, role):
-            interest = self.routing.interest_of(node_id, channel)
-            if interest is not None:
-                total += interest.count
+        for chan in channel if isinstance(channel, tuple) else (channel,):
+            for node_id in self.routing.holders(chan, role):
+                interest = self.routing.interest_of(node_id, chan)
+                if interest is not None:
+                    total += interest.count
         return total
 
     # --- links
@@ -625,6 +630,66 @@ class Context:
                 if sub.backlog >= window and channel not in self._not_ready:
                     self._set_not_ready(channel)
             hold.unref()
+
+    def _publish_latest(self, channel: int, tag: int, payload: bytes) -> None:
+        """Publish on the ``latest`` flow ``channel`` if anyone listens to it.
+
+        Apart from the lossless flow so that no lossless subscriber's backlog
+        holds it back; never pauses the publisher: where credit runs out, newer
+        frames push out older ones (see :meth:`_on_latest`).
+        """
+        me = self.node_id
+        links = self._fanout.get((me, channel))
+        if links is None:
+            links = self._targets(me, channel)
+        subs = self._subs.get(channel)
+        if not links and not subs:
+            return
+        seq = self._seq.get(channel, self._seq_base) + 1
+        self._seq[channel] = seq
+        if links:
+            data = (
+                HEADER.pack(
+                    HEADER_TAIL + len(payload), _LATEST, self._hops or self._hop_limit(), 0,
+                    tag, channel, me, 0, seq,
+                )
+                + payload
+            )
+            self._send_newest(links, channel, data)
+        if subs:
+            frame = wire.Frame(_LATEST, 1, tag, channel, me, 0, seq, payload)
+            for sub in subs:
+                sub._deliver(frame, None)
+
+    def _send_newest(self, links: list[Link], channel: int, data: bytes) -> None:
+        size = len(data)
+        for link in links:
+            flow = link.flow
+            if flow.take(channel, size):
+                link.send(data)
+            elif link.status is not BUSY:
+                dropped = flow.enqueue_newest(channel, data, size, flow.window)
+                if dropped:
+                    self.counters["latest_dropped"] += dropped
+
+    def _on_latest(self, link: Link, frame: wire.Frame) -> None:
+        """A frame of a ``latest`` flow: credited at once (latest subscribers keep only
+        their newest messages, so nothing here holds it), forwarded, delivered."""
+        channel = frame[3]
+        self._credit(link, channel, HEADER_SIZE + len(frame[8]) + len(frame[7]))
+        links = self._fanout.get((frame[4], channel))
+        if links is None:
+            links = self._targets(frame[4], channel)
+        if links:
+            if frame.hops <= 1:
+                self.counters["hop_limit"] += 1
+            else:
+                self.counters["forwarded"] += len(links)
+                self._send_newest(links, channel, wire.reencode(frame, frame.hops - 1))
+        subs = self._subs.get(channel)
+        if subs:
+            for sub in subs:
+                sub._deliver(frame, None)
 
     def _on_data(self, link: Link, frame: wire.Frame) -> None:
         # Frames that did not come through a link's decoder (no offsets to forward from).

@@ -118,6 +118,19 @@ class PeerFlow:
         if hold is not None:
             hold.refs += 1
 
+    def enqueue_newest(self, channel: int, data: bytes, size: int, limit: int) -> int:
+        """Keep ``data`` for a ``latest`` flow: past ``limit`` queued bytes the oldest
+        entries go (always keeping the newest); returns how many went."""
+        box = self.outbox(channel)
+        queue = box.queue
+        queue.append((data, size, None))
+        box.queued += size
+        dropped = 0
+        while box.queued > limit and len(queue) > 1:
+            box.queued -= queue.popleft()[1]
+            dropped += 1
+        return dropped
+
     def grant(self, channel: int, amount: int) -> list[bytes]:
         """Credit arrived: the queued data that may now go, in order."""
         box = self.outbox(channel)

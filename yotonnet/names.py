@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import re
 
-PATTERNS = ("pubsub", "reqrep", "state")
+#: "latest" is the pub/sub flow to ``latest`` subscribers, apart from the lossless one
+PATTERNS = ("pubsub", "latest", "reqrep", "state")
 MAX_NAME_LENGTH = 200
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*(?:\.[A-Za-z_][A-Za-z0-9_\-]*)*\Z")
 

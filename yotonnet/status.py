@@ -23,6 +23,7 @@ from typing import Any
 
 from .context import BUSY_LINK_COST, Context
 from .link import BUSY, UP
+from .names import channel_id
 
 __all__ = ["node_status", "prometheus_text", "mark_started", "PROMETHEUS_CONTENT_TYPE"]
 
@@ -43,6 +44,7 @@ _COUNTER_HELP = {
     "credit_out": "Flow-control CREDIT frames sent to neighbours.",
     "flow_queued": "Blocks queued for a neighbour that had no credit left on their channel.",
     "flow_dropped": "Blocks dropped for a neighbour gone silent (busy) or closed.",
+    "latest_dropped": "Frames for latest subscribers given up for newer ones (no credit).",
     "producer_pauses": "Times flow control paused a publisher's producer.",
 }
 
@@ -194,12 +196,20 @@ def _channels(context: Context, snapshot: dict) -> list[dict]:
             e["name"] = name
         return e
 
+    # A pub/sub channel's flow to latest subscribers has its own id: show it as part of
+    # the channel.
+    latest_of: dict[int, int] = {}
     for role, table_name in _ROLE_OF_TABLE:
         table = getattr(context, table_name)
         for chan, ends in table.items():
             if not ends:
                 continue
-            e = entry(chan, ends[0].pattern, ends[0].name)
+            pattern = ends[0].pattern
+            if pattern == "latest":
+                pubsub_id = channel_id("pubsub", ends[0].name)
+                latest_of[chan] = pubsub_id
+                chan, pattern = pubsub_id, "pubsub"
+            e = entry(chan, pattern, ends[0].name)
             e["roles"].append(role)
             for end in ends:
                 for f in _END_FIELDS:
@@ -224,7 +234,12 @@ def _channels(context: Context, snapshot: dict) -> list[dict]:
     # Each channel published on has a sequence that started at the context's base:
     # the difference is the count sent.
     base = context._seq_base
+    for pubs in getattr(context, "_pubs", {}).values():
+        for pub in pubs:
+            latest_of[pub.latest_id] = pub.channel_id
     for chan, seq in context._seq.items():
+        if chan in latest_of:
+            continue  # the same messages, also sent to latest subscribers
         e = entry(chan, "pubsub", None)
         e["published"] = seq - base
     # Other reachable nodes that hold each channel (their records say so).
@@ -234,6 +249,7 @@ def _channels(context: Context, snapshot: dict) -> list[dict]:
             continue
         for chan_hex in node["interests"]:
             chan = int(chan_hex, 16)
+            chan = latest_of.get(chan, chan)
             if chan in chans:
                 chans[chan]["remote_holders"] += 1
     return sorted(chans.values(), key=lambda e: (e["name"] is None, e["name"] or "", e["id"]))

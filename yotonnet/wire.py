@@ -74,6 +74,9 @@ class FrameKind(IntEnum):
     STATE = 9
     CLOSE = 10
     CREDIT = 11
+    #: pub/sub data for ``latest`` subscribers: credited on arrival, and when credit
+    #: runs out the oldest waiting frames give way to newer ones
+    LATEST = 12
 
 
 _KINDS = frozenset(int(k) for k in FrameKind)

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 
 class Channel:
-    pattern: ClassVar[str]
+    #: the kind of channel: its wire id is a hash of pattern and name
+    pattern: str
     #: the context table this end registers in (None: it holds no interest)
     table: ClassVar[str | None] = None
 

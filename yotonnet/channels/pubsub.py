@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from .. import errors
 from ..messages import TEXT, DecodeError, MessageType, MessageTypeError, type_name_for_tag
+from ..names import channel_id
 from ..routing import SUB
 from ..wire import HEADER_SIZE
 from .base import Channel
@@ -60,6 +61,9 @@ class PubChannel(Channel):
         self._encode = self.message_type.encode
         self._tag = self.message_type.tag
         self._publish = context._publish
+        self._publish_latest = context._publish_latest
+        #: the id of this channel's flow to ``latest`` subscribers
+        self.latest_id = channel_id("latest", self.name)
         self._not_ready = context._not_ready
         self._producer: IProducer | None = None
         self._streaming = True
@@ -80,9 +84,14 @@ class PubChannel(Channel):
                 "wait for a lossless subscriber that lags; wait for ready() or register a "
                 "producer"
             )
-        self._publish(self.channel_id, self._tag, self._encode(message))
+        self._send_encoded(self._encode(message))
         if not self._streaming and self._producer is not None:
             self._schedule_pull()
+
+    def _send_encoded(self, payload: bytes) -> None:
+        """Publish an encoded message on both flows: lossless, and latest if anyone listens."""
+        self._publish(self.channel_id, self._tag, payload)
+        self._publish_latest(self.latest_id, self._tag, payload)
 
     #: IConsumer.write: a producer's output is published message by message
     write = send
@@ -185,13 +194,13 @@ class PubChannel(Channel):
 
     @property
     def subscribers(self) -> int:
-        """How many subscribers the mesh currently knows of."""
-        return self.context.interest_count(self.channel_id, SUB)
+        """How many subscribers (lossless and latest) the mesh currently knows of."""
+        return self.context.interest_count((self.channel_id, self.latest_id), SUB)
 
     def wait_for_subscribers(self, count: int = 1) -> defer.Deferred[None]:
         """Fire once at least ``count`` subscribers are reachable (subscriptions are confirmed
         end to end, so nothing sent after this fires is missed by them)."""
-        return self.context.wait_for_interest(self.channel_id, SUB, count)
+        return self.context.wait_for_interest((self.channel_id, self.latest_id), SUB, count)
 
 
 class SubChannel(Channel):
@@ -224,6 +233,9 @@ class SubChannel(Channel):
         self.policy = policy
         self.keep = keep
         self._lossless = policy == LOSSLESS
+        if not self._lossless:
+            # Latest subscribers get their own flow, so no lossless backlog delays them.
+            self.pattern = "latest"
         # (value, bytes, hold) not yet taken; a latest subscriber's is bounded
         self._queue: deque[tuple[Any, int, Hold | None]] = deque(
             maxlen=None if self._lossless else keep
@@ -258,7 +270,10 @@ class SubChannel(Channel):
             self.discarded += 1  # a duplicate or a straggler from an older route
             return
         if last and frame.seq > last + 1:
-            self.missed += frame.seq - last - 1
+            if self._lossless:
+                self.missed += frame.seq - last - 1
+            else:  # the latest flow gave older messages up for newer ones on the way
+                self.dropped += frame.seq - last - 1
         self._last_seq[frame.source] = frame.seq
         try:
             value = self._decode(frame.payload)
