@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean sysdeps
+.PHONY: run test lint bench bench-mesh bench-flow clean sysdeps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,12 @@ test: $(STAMP) sysdeps
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
+
+bench-mesh: $(STAMP)
+	$(BIN)/python benchmarks/bench_mesh.py
+
+bench-flow: $(STAMP)
+	$(BIN)/python benchmarks/bench_flow.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp .hypothesis
