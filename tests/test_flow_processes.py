@@ -1,6 +1,6 @@
 """Ring 3: flow control end to end across real OS processes on loopback TCP.
 
-The scenario of ``benchmarks/bench_flow.py``, shortened (about 5 s of flood),
+The scenario of ``benchmarks/bench_flow.py``, run for the issue's 30 s of flood,
 with the child nodes of ``benchmarks/flow_peers.py`` (one implementation of
 the scenario for both)::
 
@@ -51,7 +51,7 @@ WINDOW = 64 * 1024
 #: what a sender may overdraw its credit by: one read forwarded as one block
 READ_SIZE = 65536
 LINKS = 2  # P -> F -> S
-FLOOD = 5.0
+FLOOD = 30.0  # the issue's figure: 30 s of flood
 RATE = 1000.0
 BATCH = 100
 STAT = 0.25
@@ -69,7 +69,7 @@ def body(line: str) -> Any:
 
 
 class FlowAcrossProcessesTests(TestCase):
-    timeout = 90  # trial's bound on the whole test, above every WAIT
+    timeout = 150  # trial's bound on the whole test, above every WAIT
 
     def spawn(self, role: str, **opts: Any) -> procs.PeerProcess:
         opts = {"window": WINDOW, "stat": STAT, "sample": 0.02, **opts}
