@@ -495,3 +495,52 @@ def _connected_without(mesh: MemoryMesh, skip: object) -> bool:
                 seen.add(nxt)
                 todo.append(nxt)
     return len(seen) == len(mesh)
+
+
+class LinkCostTests(SynchronousTestCase):
+    """A square n0-n1-n3 / n0-n2-n3 where n0-n1 costs 10: traffic takes n2 while it can."""
+
+    def setUp(self) -> None:
+        self.mesh = mesh = MemoryMesh(4, seed=3)
+        self.addCleanup(mesh.close)
+        self.costly = mesh.link("n0", "n1", cost=10)
+        mesh.link("n1", "n3")
+        self.cheap = mesh.link("n0", "n2")
+        mesh.link("n2", "n3")
+        self.sub = SubChannel(mesh["n3"], "costs")
+        self.pub = PubChannel(mesh["n0"], "costs")
+        mesh.settle()
+
+    def send(self, count: int) -> None:
+        for i in range(count):
+            self.pub.send(str(i))
+        self.mesh.settle()
+
+    def forwarded(self, name: str) -> int:
+        return self.mesh[name].counters["forwarded"]
+
+    def test_the_cheaper_path_carries_the_traffic(self) -> None:
+        # Both paths are two hops; by hop count n1 would win the tie (lower id).
+        self.send(20)
+        self.assertEqual(self.forwarded("n1"), 0)
+        self.assertEqual(self.forwarded("n2"), 20)
+        # Both ends agree on the cost, whichever end set it: the direct link (10) is
+        # dearer than the three hops round the square, seen from either end.
+        n0, n1 = self.mesh["n0"], self.mesh["n1"]
+        self.assertEqual(n0.routing.distance(n1.node_id), 3)
+        self.assertEqual(n1.routing.distance(n0.node_id), 3)
+
+    def test_the_costly_link_carries_it_when_nothing_cheaper_connects(self) -> None:
+        self.mesh.cut(self.mesh["n0"], self.mesh["n2"])
+        self.mesh.settle()
+        self.send(20)
+        self.assertEqual(self.forwarded("n1"), 20)
+        self.assertEqual(self.sub.pending, 20)
+        self.assertEqual(self.sub.missed, 0)
+
+    def test_bad_costs_are_refused(self) -> None:
+        ctx = self.mesh["n0"]
+        for bad in (0, 256, 1.5, "3", True):
+            e = self.assertRaises(ValueError, ctx.connect, "tcp:127.0.0.1:1", cost=bad)
+            self.assertIn("link cost must be an integer from 1 to 255", str(e))
+            self.assertRaises(ValueError, ctx.listen, "tcp:0", cost=bad)

@@ -95,13 +95,22 @@ class LinkEvent(NamedTuple):
     link: Link
 
 
+#: the range of a link's routing cost (a busy link counts BUSY_LINK_COST, above it)
+MAX_LINK_COST = 255
+
+
+def _check_cost(cost: object) -> None:
+    if type(cost) is not int or not 1 <= cost <= MAX_LINK_COST:
+        raise ValueError(f"link cost must be an integer from 1 to {MAX_LINK_COST}, not {cost!r}")
+
+
 class Dialer:
     """An outgoing link that reconnects with exponential backoff and jitter.
 
     Inspect ``attempts``, ``last_delay`` and ``link``; ``stop()`` ends it.
     """
 
-    def __init__(self, context: Context, endpoint_text: str) -> None:
+    def __init__(self, context: Context, endpoint_text: str, cost: int = 1) -> None:
         self.endpoint_text = endpoint_text
         self.attempts = 0
         self.last_delay = 0.0
@@ -123,7 +132,7 @@ class Dialer:
         endpoint = clientFromString(context.reactor, endpoint_text)
         self.service = ClientService(
             endpoint,
-            LinkFactory(context, outgoing=True, endpoint_text=endpoint_text),
+            LinkFactory(context, outgoing=True, endpoint_text=endpoint_text, cost=cost),
             retryPolicy=retry_policy,
             clock=context.reactor,
             prepareConnection=self._prepare,
@@ -262,14 +271,18 @@ class Context:
 
     # --- public API
 
-    def listen(self, endpoint: str) -> defer.Deferred[Any]:
-        """Accept any number of peers on a Twisted server endpoint string."""
+    def listen(self, endpoint: str, *, cost: int = 1) -> defer.Deferred[Any]:
+        """Accept any number of peers on a Twisted server endpoint string.
+
+        ``cost`` is the routing cost of the links accepted here (see :meth:`connect`).
+        """
         self._check_open()
+        _check_cost(cost)
         try:
             ep = serverFromString(self.reactor, endpoint)
         except (ValueError, KeyError, TypeError) as e:
             return defer.fail(ValueError(f"bad listen endpoint {endpoint!r}: {e}"))
-        d = ep.listen(LinkFactory(self, outgoing=False, endpoint_text=endpoint))
+        d = ep.listen(LinkFactory(self, outgoing=False, endpoint_text=endpoint, cost=cost))
 
         def listening(port: Any) -> Any:
             self.ports.append(port)
@@ -278,16 +291,22 @@ class Context:
 
         return d.addCallback(listening)
 
-    def connect(self, endpoint: str) -> defer.Deferred[Link]:
+    def connect(self, endpoint: str, *, cost: int = 1) -> defer.Deferred[Link]:
         """Dial a peer; the Deferred fires with the link once the handshake is done.
 
         The link reconnects by itself with exponential backoff until the
         context closes. A handshake the peer refuses outright (wrong protocol,
         version, credentials) fails the Deferred and stops dialling.
+
+        ``cost`` (1 to 255) weighs the link in path choice: traffic takes the
+        path of least total cost, so a slow or metered link can be given, say,
+        10 to be used only when nothing cheaper connects. Each end may set a
+        cost; the mesh uses the higher.
         """
         self._check_open()
+        _check_cost(cost)
         try:
-            dialer = Dialer(self, endpoint)
+            dialer = Dialer(self, endpoint, cost)
         except (ValueError, KeyError, TypeError) as e:
             return defer.fail(ValueError(f"bad connect endpoint {endpoint!r}: {e}"))
         self.dialers.append(dialer)
@@ -439,7 +458,7 @@ class Context:
     def _link_costs(self) -> dict[int, int]:
         # A busy link stays usable, but any live detour is preferred to it.
         return {
-            peer: BUSY_LINK_COST if link.status is BUSY else 1
+            peer: BUSY_LINK_COST if link.status is BUSY else link.cost
             for peer, link in self.links.items()
         }
 

@@ -47,11 +47,15 @@ class HandshakeError(ProtocolError):
 class Link(Protocol):
     """The connection to one peer node."""
 
-    def __init__(self, context: Context, outgoing: bool, endpoint_text: str = "") -> None:
+    def __init__(
+        self, context: Context, outgoing: bool, endpoint_text: str = "", cost: int = 1
+    ) -> None:
         self.context = context
         self.clock = context.reactor
         self.outgoing = outgoing
         self.endpoint_text = endpoint_text
+        #: this end's routing cost of the link (the mesh uses the higher of both ends')
+        self.cost = cost
         self.status = HANDSHAKING
         self.reason: str | None = None
         self.peer_id = 0
@@ -404,10 +408,13 @@ class Link(Protocol):
 class LinkFactory(Factory):
     """Builds links for a context; ``outgoing`` tells which side dialled."""
 
-    def __init__(self, context: Context, outgoing: bool, endpoint_text: str = "") -> None:
+    def __init__(
+        self, context: Context, outgoing: bool, endpoint_text: str = "", cost: int = 1
+    ) -> None:
         self.context = context
         self.outgoing = outgoing
         self.endpoint_text = endpoint_text
+        self.cost = cost
 
     def buildProtocol(self, addr: Any) -> Link | None:
         if not self.outgoing:
@@ -415,4 +422,4 @@ class LinkFactory(Factory):
             if refusal:
                 log.warn("refusing connection from {addr}: {why}", addr=addr, why=refusal)
                 return None
-        return Link(self.context, self.outgoing, self.endpoint_text)
+        return Link(self.context, self.outgoing, self.endpoint_text, self.cost)

@@ -404,16 +404,18 @@ class MemoryMesh:
         *,
         settle: bool = True,
         trace: bool | None = None,
+        cost: int = 1,
     ) -> MemoryConnection:
         """Join ``a`` (dialling) to ``b`` (accepting) with a fresh link.
 
         With ``settle`` (the default) the handshake and the routing exchange
-        that follows it are done when this returns.
+        that follows it are done when this returns. ``cost`` is the dialling
+        end's routing cost of the link (as ``Context.connect(..., cost=)``).
         """
         a, b = self._context(a), self._context(b)
-        client = LinkFactory(a, outgoing=True, endpoint_text=f"memory:{b.name}").buildProtocol(
-            MemoryAddress(f"memory:{b.name}")
-        )
+        client = LinkFactory(
+            a, outgoing=True, endpoint_text=f"memory:{b.name}", cost=cost
+        ).buildProtocol(MemoryAddress(f"memory:{b.name}"))
         server = LinkFactory(b, outgoing=False, endpoint_text="memory").buildProtocol(
             MemoryAddress(f"memory:{a.name}")
         )
