@@ -73,6 +73,7 @@ class ForwardWatch:
             "forwarded": self.ctx.counters["forwarded"],
             "seconds": self.t1 - self.t0,
             "cpu": self.cpu1 - self.cpu0,
+            "counters": dict(self.ctx.counters),
         }
 
 
