@@ -6,8 +6,9 @@ is not available; anything outside the subset is an error, not a guess), and
 every command in it, the Dockerfile's CMD and its HEALTHCHECK are run through
 the real option parsers: ``twistd``'s ``ServerOptions`` (which finds the
 installed yotonnet plugin and runs its options, config file included) and
-``yotonnet.cli.parse``. The same three-node triangle runs for real, one node
-per network namespace, in tests/test_netns_mesh.py.
+``yotonnet.cli.parse``. The same services (the three-node triangle and the
+kernel) run for real, each with its exact command in a network namespace of
+its own, in tests/test_docker_mesh.py, which reuses this module's parsers.
 """
 
 from __future__ import annotations
