@@ -12,6 +12,9 @@ $(BIN)/python:
 # A regular (non-editable) install: a default editable install hides plugins/ from twistd.
 $(STAMP): $(BIN)/python pyproject.toml $(shell find yotonnet plugins -name '*.py' 2>/dev/null)
 	$(BIN)/pip install -q --upgrade pip
+	# Yoton 2.2 for the compatibility tests: it ships inside pyzo, which must come
+	# without its dependencies (Qt); `import yoton` then needs no Qt.
+	$(BIN)/pip install -q --no-deps "pyzo>=4.22"
 	$(BIN)/pip install -q ".[test]"
 	touch $(STAMP)
 

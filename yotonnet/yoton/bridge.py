@@ -1,0 +1,166 @@
+"""The public face of Yoton compatibility: a bridge between a context and Yoton peers.
+
+::
+
+    bridge = YotonBridge(ctx, [
+        YotonChannel("hello"),                                   # pub/sub, TEXT
+        YotonChannel("settings", "state", "OBJECT"),
+        YotonChannel("math", "reqrep", serve=True),              # Yoton serves it
+    ])
+    port = await bridge.listen("tcp:0:interface=127.0.0.1")   # Yoton: ctx.connect(...)
+    link = await bridge.connect("tcp:127.0.0.1:12345")         # Yoton: ctx.bind(...)
+
+Each Yoton context that links up appears in ``ctx.topology()`` as a node of
+its own (its Yoton id as node id) with a link to ``ctx``; ``ctx.watch_links``
+reports its link like any other. A bridge listens for any number of Yoton
+peers on one endpoint (a Yoton ``bind`` accepts one), and its outgoing links
+redial with the context's backoff, as ``ctx.connect`` does, and are listed in
+``ctx.dialers``; ``ctx.close()`` ends them all.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.logger import Logger
+
+from ..link import BUSY, UP, HandshakeError
+from .link import YotonLink, YotonLinkFactory
+from .slots import SlotMap, YotonChannel
+
+if TYPE_CHECKING:
+    from ..context import Context
+
+log = Logger(namespace="yotonnet.yoton")
+
+
+class YotonDialer:
+    """An outgoing Yoton link that redials with backoff (same face as ``Dialer``)."""
+
+    def __init__(self, context: Context, slots: SlotMap, endpoint_text: str) -> None:
+        self.endpoint_text = endpoint_text
+        self.attempts = 0
+        self.last_delay = 0.0
+        self.link: YotonLink | None = None
+        self.stopped = False
+        self.last_error: str | None = None
+        self.handshake_failures = 0
+        cfg = context.config
+        policy = backoffPolicy(cfg.reconnect_initial, cfg.reconnect_max, 2.0, random.random)
+
+        def retry_policy(failures: int) -> float:
+            failures = max(failures, self.handshake_failures)
+            self.attempts = failures
+            self.last_delay = policy(failures)
+            return self.last_delay
+
+        endpoint = clientFromString(context.reactor, endpoint_text)
+        factory = YotonLinkFactory(context, slots, outgoing=True, endpoint_text=endpoint_text)
+        self.service = ClientService(
+            endpoint,
+            factory,
+            retryPolicy=retry_policy,
+            clock=context.reactor,
+            prepareConnection=self._prepare,
+        )
+        #: fires with the first link up, or fails on a refusal retrying cannot fix
+        self.first: defer.Deferred[YotonLink] = defer.Deferred()
+
+    def _prepare(self, link: YotonLink) -> None:
+        d = link.handshake_done
+        assert d is not None
+
+        def up(link: YotonLink) -> None:
+            self.link = link
+            self.last_error = None
+            self.handshake_failures = 0
+            if not self.first.called:
+                self.first.callback(link)
+
+        def failed(failure: Any) -> None:
+            self.last_error = failure.getErrorMessage()
+            self.handshake_failures += 1
+            if failure.check(HandshakeError) and failure.value.fatal and not self.first.called:
+                self.stop()
+                self.first.errback(failure)
+
+        d.addCallbacks(up, failed)
+
+    def start(self) -> None:
+        self.service.startService()
+
+    def stop(self) -> defer.Deferred[None]:
+        self.stopped = True
+        if not self.service.running:
+            return defer.succeed(None)
+        return defer.maybeDeferred(self.service.stopService)
+
+    def info(self) -> dict:
+        return {
+            "endpoint": self.endpoint_text,
+            "protocol": "yoton",
+            "connected": self.link is not None and self.link.status in (UP, BUSY),
+            "attempts": self.attempts,
+            "last_delay": self.last_delay,
+            "last_error": self.last_error,
+            "stopped": self.stopped,
+        }
+
+
+class YotonBridge:
+    """Carries ``channels`` between ``context`` and the Yoton contexts it links to."""
+
+    def __init__(self, context: Context, channels: Iterable[YotonChannel]) -> None:
+        self.context = context
+        self.slots = SlotMap(channels)
+
+    @property
+    def links(self) -> list[YotonLink]:
+        """The Yoton links of the context that are up (or busy)."""
+        return [
+            link for link in self.context.links.values()
+            if isinstance(link, YotonLink) and link.slots is self.slots
+        ]
+
+    def listen(self, endpoint: str) -> defer.Deferred[Any]:
+        """Accept any number of Yoton contexts (they ``connect()``) on a server endpoint."""
+        ctx = self.context
+        ctx._check_open()
+        try:
+            ep = serverFromString(ctx.reactor, endpoint)
+        except (ValueError, KeyError, TypeError) as e:
+            return defer.fail(ValueError(f"bad Yoton listen endpoint {endpoint!r}: {e}"))
+        factory = YotonLinkFactory(ctx, self.slots, outgoing=False, endpoint_text=endpoint)
+
+        def listening(port: Any) -> Any:
+            ctx.ports.append(port)
+            log.info("{node} listening for Yoton peers on {where}", node=ctx.name, where=endpoint)
+            return port
+
+        return ep.listen(factory).addCallback(listening)
+
+    def connect(self, endpoint: str) -> defer.Deferred[YotonLink]:
+        """Dial a Yoton context that ``bind()``\\ s; fires with the link after the handshake.
+
+        The link redials with backoff when lost (a Yoton host stops listening once a
+        peer connects, so it answers again only if it binds again); a peer that is
+        not Yoton fails the Deferred and stops dialling.
+        """
+        ctx = self.context
+        ctx._check_open()
+        try:
+            dialer = YotonDialer(ctx, self.slots, endpoint)
+        except (ValueError, KeyError, TypeError) as e:
+            return defer.fail(ValueError(f"bad Yoton connect endpoint {endpoint!r}: {e}"))
+        ctx.dialers.append(dialer)  # type: ignore[arg-type]
+        dialer.start()
+        return dialer.first
+
+    def describe(self) -> list[dict]:
+        """The carried channels with their Yoton slot hashes."""
+        return self.slots.describe()
