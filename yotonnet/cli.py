@@ -281,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     _client_options(p)
     add_security_options(p)
+
+    from .kernel.cli import add_kernel_parsers  # kernel, console: run themselves (args.run)
+
+    add_kernel_parsers(sub, _client_options, add_security_options)
     return parser
 
 
@@ -1098,6 +1102,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Settings]:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     args, settings = parse(sys.argv[1:] if argv is None else argv)
+    if hasattr(args, "run"):  # subcommands registered by other modules (yotonnet.kernel.cli)
+        args.run(args, settings)
     if args.command == "node":
         from .logs import start_logging
 

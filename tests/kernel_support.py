@@ -1,0 +1,90 @@
+"""Helpers for the kernel tests: a broker with a real kernel process, clients that record.
+
+Every wait is bounded (``WAIT``) so a hang fails the test instead of blocking
+the run; nothing here measures time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+
+from yotonnet import Context, ContextConfig
+from yotonnet.kernel import BrokerConfig, KernelBroker, KernelClient
+
+WAIT = 30.0
+FAST = ContextConfig(heartbeat=0.2, busy_timeout=2.0, reconnect_initial=0.05,
+                     reconnect_max=0.5, request_timeout=WAIT)
+
+
+def bounded(d: Any, what: str, seconds: float = WAIT) -> defer.Deferred:
+    """Fail with a readable error if ``d`` (a Deferred or coroutine) has not fired in time."""
+    d = defer.ensureDeferred(d) if not isinstance(d, defer.Deferred) else d
+
+    def on_timeout(result: Any, timeout: float) -> Any:
+        raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
+
+    return d.addTimeout(seconds, reactor, onTimeoutCancel=on_timeout)
+
+
+async def until(predicate: Any, what: str, seconds: float = WAIT) -> None:
+    """Poll ``predicate`` every 10 ms; fail if it is still false after ``seconds``."""
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return
+        await task.deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"gave up after {seconds:g} s waiting for {what}")
+
+
+def sleep(seconds: float) -> defer.Deferred:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+class Recorder:
+    """A client's output, in arrival order, with the lines of stdout counted."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+        self.inputs: list[tuple[str, bool]] = []
+
+    def __call__(self, message: dict) -> None:
+        self.messages.append(message)
+
+    def kinds(self, kind: str) -> list[dict]:
+        return [m for m in self.messages if m["kind"] == kind]
+
+    def stdout(self) -> str:
+        return "".join(m["text"] for m in self.kinds("stdout"))
+
+    def seqs(self) -> list[int]:
+        return [m["seq"] for m in self.messages if m["seq"] is not None]
+
+
+async def start_broker(testcase: Any, name: str, **config: Any) -> tuple[Context, KernelBroker,
+                                                                          str]:
+    """A broker context listening on a loopback port, its kernel started and idle."""
+    ctx = Context(f"broker-{name}", reactor, config=FAST)
+    port = await ctx.listen("tcp:0:interface=127.0.0.1")
+    testcase.addCleanup(ctx.close)
+    broker = KernelBroker(ctx, name, owner=config.pop("owner", "alice"),
+                          role_of=config.pop("role_of", None),
+                          config=BrokerConfig(**{"unresponsive_after": 0.5,
+                                                 "presence_check": 0.2, **config}))
+    testcase.addCleanup(broker.close)
+    await bounded(broker.start(), "the kernel to start")
+    return ctx, broker, f"tcp:127.0.0.1:{port.getHost().port}"
+
+
+async def attach(testcase: Any, endpoint: str, name: str, user: str,
+                 **kwargs: Any) -> tuple[Context, KernelClient, Recorder]:
+    """A client context linked to ``endpoint`` and attached to kernel ``name``."""
+    ctx = Context(f"client-{user}", reactor, config=FAST)
+    testcase.addCleanup(ctx.close)
+    await bounded(ctx.connect(endpoint), f"{user} to link to {endpoint}")
+    rec = Recorder()
+    client = KernelClient(ctx, name, user=user, on_output=kwargs.pop("on_output", rec),
+                          **kwargs)
+    await bounded(client.attach(), f"{user} to attach")
+    testcase.addCleanup(lambda: defer.ensureDeferred(client.detach()))
+    return ctx, client, rec

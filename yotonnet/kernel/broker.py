@@ -1,0 +1,764 @@
+"""The kernel broker: a mesh context that supervises one Python interpreter process.
+
+The kernel runs in its own process (``driver.py``, started with
+``reactor.spawnProcess``), so code stuck in C never stalls the broker, which
+keeps answering, publishing status and telling "very busy" from "dead".
+
+Channels (see :func:`yotonnet.kernel.protocol.channel_names`):
+
+* ``kernel.NAME.output`` (pub/sub, OBJECT): every byte of stdout/stderr, the
+  code each user ran, results, errors, input echoes, join/leave, in one
+  sequence-numbered stream. The pipes are read only while the channel is
+  writable: when a lossless subscriber lags, the broker stops reading, the
+  pipe fills and the kernel's ``print`` blocks. Nothing is dropped and memory
+  stays bounded. A bounded history of the stream serves late joiners.
+* ``kernel.NAME.status`` (state): the kernel's state and its process and
+  interpreter signals (the third signal, the link, is each client's own).
+* ``kernel.NAME.presence`` (state): who is attached, with their role.
+* ``kernel.NAME.control`` (req/rep): attach, detach, history, execute,
+  interrupt, restart, shutdown, complete. Every call names its caller;
+  :mod:`yotonnet.kernel.roles` decides what that caller may do.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import secrets
+import signal
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .. import errors
+from ..channels import PubChannel, RepChannel, ReqChannel, StateChannel
+from ..context import Context
+from ..messages import OBJECT
+from ..names import channel_id
+from ..routing import REP
+from . import protocol as p
+from .roles import Caller, RolePolicy, check, default_roles, default_user
+
+log = Logger(namespace="yotonnet.kernel")
+
+DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "driver.py")
+STDOUT_FD, STDERR_FD, CMD_FD, REPLY_FD, HEARTBEAT_FD = 1, 2, 3, 4, 5
+#: longest line the kernel may send on its reply pipe before the broker gives up on it
+MAX_REPLY_LINE = 64 << 20
+
+
+class KernelGone(errors.YotonnetError):
+    """The kernel process ended (or was restarted) before this finished."""
+
+
+@dataclass
+class Execution:
+    id: int
+    caller: Caller
+    code: str
+    done: defer.Deferred = field(default_factory=defer.Deferred)
+    reply: dict | None = None
+    #: the pipes (1, 2) whose end marker for this execution has not come yet
+    open_pipes: set = field(default_factory=lambda: {STDOUT_FD, STDERR_FD})
+    started: bool = False
+
+
+@dataclass
+class BrokerConfig:
+    """Tunables of a broker; times in seconds."""
+
+    #: output messages kept for late joiners, and their total text size
+    history: int = 10_000
+    history_bytes: int = 8 << 20
+    #: no heartbeat from the kernel's interpreter this long: very-busy
+    unresponsive_after: float = 1.0
+    #: how often presence is checked against the mesh (a vanished console leaves)
+    presence_check: float = 1.0
+    #: a console whose input channel the mesh never showed is dropped after this
+    presence_grace: float = 10.0
+    #: SIGTERM, then SIGKILL after this, on restart and shutdown
+    kill_after: float = 2.0
+    #: text per history reply
+    history_page: int = 1 << 20
+
+
+@implementer(IPushProducer)
+class _PipePauser:
+    """Pauses reading the kernel's stdout and stderr (never its control pipes)."""
+
+    def __init__(self, broker: KernelBroker) -> None:
+        self.broker = broker
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.broker._set_reading(False)
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.broker._set_reading(True)
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
+class _KernelProcess(ProcessProtocol):
+    def __init__(self, broker: KernelBroker, token: str) -> None:
+        self.broker = broker
+        self.splitters = {STDOUT_FD: p.MarkerSplitter(token), STDERR_FD: p.MarkerSplitter(token)}
+        self.decoders = {
+            fd: codecs.getincrementaldecoder("utf-8")(errors="replace")
+            for fd in (STDOUT_FD, STDERR_FD)
+        }
+        self._reply_buf = b""
+        self.ended = False
+        self.reason: Any = None
+        self.pid: int | None = None
+        #: fired when the process has exited (close() waits for it)
+        self.on_end: defer.Deferred[None] | None = None
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+        self.transport.closeChildFD(0)  # input() goes through the broker, not stdin
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        broker = self.broker
+        if broker._proc is not self:
+            return
+        if fd == HEARTBEAT_FD:
+            broker._on_heartbeat()
+        elif fd == REPLY_FD:
+            buf = self._reply_buf + data
+            *lines, self._reply_buf = buf.split(b"\n")
+            if len(self._reply_buf) > MAX_REPLY_LINE:
+                log.error("kernel {name}: reply line too long; killing it", name=broker.name)
+                self._reply_buf = b""
+                broker._kill(signal.SIGKILL)
+            for line in lines:
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    log.error("kernel {name}: unreadable reply {line!r}", name=broker.name,
+                              line=line[:200])
+                    continue
+                broker._on_kernel_message(message)
+        elif fd in (STDOUT_FD, STDERR_FD):
+            for item in self.splitters[fd].feed(data):
+                if isinstance(item, int):
+                    broker._on_marker(fd, item)
+                else:
+                    text = self.decoders[fd].decode(item)
+                    if text:
+                        broker._on_output(fd, text)
+
+    def childConnectionLost(self, fd: int) -> None:
+        if fd in (STDOUT_FD, STDERR_FD) and self.broker._proc is self:
+            rest = self.splitters[fd].flush()
+            text = self.decoders[fd].decode(rest, final=True)
+            if text:
+                self.broker._on_output(fd, text)
+
+    def processExited(self, reason: Failure) -> None:
+        # processExited, not processEnded: the latter also waits for every pipe to close,
+        # which a process the kernel started (and that inherited them) may delay for ever.
+        self.ended = True
+        self.reason = reason
+        self.broker._process_ended(self, reason)
+        if self.broker._proc is not self or self.broker.closed:
+            self.transport.loseConnection()  # late output of an old kernel is not wanted
+
+
+class KernelBroker:
+    """Supervises kernel ``name`` on ``context`` and serves it to the mesh.
+
+    ``owner`` is the user who started it (default ``user@host`` of this
+    process); ``role_of`` maps a :class:`~yotonnet.kernel.roles.Caller` to a
+    role (default: the owner is owner, everyone else collaborator): the seam
+    where authenticated identities plug in.
+    """
+
+    def __init__(
+        self,
+        context: Context,
+        name: str,
+        *,
+        owner: str | None = None,
+        role_of: RolePolicy | None = None,
+        python: str = sys.executable,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        config: BrokerConfig | None = None,
+    ) -> None:
+        self.context = context
+        self.reactor = context.reactor
+        self.name = p.validate_kernel_name(name)
+        self.owner = owner or default_user()
+        self.role_of = role_of or default_roles(self.owner)
+        self.python = python
+        self.cwd = cwd
+        self.env = env
+        self.config = config or BrokerConfig()
+        self.names = p.channel_names(name)
+        self.history = p.OutputHistory(self.config.history, self.config.history_bytes)
+        self.output = PubChannel(context, self.names["output"], OBJECT)
+        self._pauser = _PipePauser(self)
+        self.output.registerProducer(self._pauser, True)
+        self.status_channel = StateChannel(context, self.names["status"])
+        self.presence_channel = StateChannel(context, self.names["presence"])
+        self.control = RepChannel(context, self.names["control"])
+        for op in ("attach", "detach", "history", "execute", "interrupt", "restart",
+                   "shutdown", "complete"):
+            self.control.register(op, getattr(self, f"_op_{op}"))
+        self.state = p.STARTING
+        self.process_info: dict[str, Any] = {"alive": False, "pid": None}
+        self.responsive: bool | None = None
+        self.generation = 0
+        self._proc: _KernelProcess | None = None
+        self._ready = False
+        self._last_beat = 0.0
+        self._next_id = 0
+        self._queue: deque[Execution] = deque()
+        self._current: Execution | None = None
+        self._completions: dict[int, defer.Deferred] = {}
+        self._restart_waiters: list[defer.Deferred] = []
+        self._restarting = False
+        self._shutting_down = False
+        self._kill_timer: Any = None
+        self._clients: dict[str, dict[str, Any]] = {}
+        self._input_channels: dict[str, ReqChannel] = {}
+        self._last_status: dict | None = None
+        #: fires once a shutdown was asked for and the kernel has ended
+        self.stopped: defer.Deferred[None] = defer.Deferred()
+        self._heartbeat_check = LoopingCall(self._check_heartbeat)
+        self._heartbeat_check.clock = self.reactor
+        self._presence_loop = LoopingCall(self._check_presence)
+        self._presence_loop.clock = self.reactor
+        self.closed = False
+
+    # --- life cycle
+
+    def start(self) -> defer.Deferred[None]:
+        """Start the kernel; fires once it is ready (idle)."""
+        self._heartbeat_check.start(max(0.02, self.config.unresponsive_after / 4), now=False)
+        self._presence_loop.start(self.config.presence_check, now=False)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._restart_waiters.append(d)
+        self._spawn()
+        return d
+
+    def close(self) -> defer.Deferred[None]:
+        """Stop the kernel (SIGKILL) and leave the mesh's kernel channels."""
+        if self.closed:
+            return defer.succeed(None)
+        self.closed = True
+        for loop in (self._heartbeat_check, self._presence_loop):
+            if loop.running:
+                loop.stop()
+        if self._kill_timer is not None and self._kill_timer.active():
+            self._kill_timer.cancel()
+        d: defer.Deferred[None] = defer.succeed(None)
+        proc = self._proc
+        if proc is not None and not proc.ended:
+            ended: defer.Deferred[None] = defer.Deferred()
+            proc.on_end = ended
+            self._kill(signal.SIGKILL)
+            d = ended
+        self._fail_all(KernelGone(f"kernel {self.name!r} broker closed"))
+        for chan in (self.output, self.status_channel, self.presence_channel, self.control,
+                     *self._input_channels.values()):
+            chan.close()
+        return d
+
+    def _spawn(self) -> None:
+        self.generation += 1
+        token = secrets.token_hex(8)
+        env = dict(os.environ if self.env is None else self.env)
+        env["YOTONNET_KERNEL_TOKEN"] = token
+        env["PYTHONIOENCODING"] = "utf-8"
+        env.pop("PYTHONSTARTUP", None)
+        proc = _KernelProcess(self, token)
+        self._proc = proc
+        self._ready = False
+        self.responsive = None
+        self._last_beat = self.reactor.seconds()
+        self.state = p.STARTING
+        try:
+            self.reactor.spawnProcess(
+                proc, self.python, [self.python, "-u", DRIVER], env=env, path=self.cwd,
+                childFDs={0: "w", STDOUT_FD: "r", STDERR_FD: "r", CMD_FD: "w", REPLY_FD: "r",
+                          HEARTBEAT_FD: "r"},
+            )
+        except OSError as e:  # no such interpreter or working directory
+            proc.ended = True
+            self.process_info = {"alive": False, "pid": None, "error": str(e)}
+            self.state = p.DEAD
+            self._restarting = False
+            why = f"cannot start the kernel ({self.python!r}, cwd {self.cwd!r}): {e}"
+            log.error("kernel {name}: {why}", name=self.name, why=why)
+            self._publish(p.SYSTEM, why + "\n")
+            self._fail_all(KernelGone(why))
+            self._publish_status()
+            return
+        self.process_info = {"alive": True, "pid": proc.pid}
+        if self._pauser.paused:
+            self._set_reading(False)
+        self._publish_status()
+
+    def _kill(self, sig: int) -> None:
+        proc = self._proc
+        if proc is None or proc.ended:
+            return
+        try:
+            proc.transport.signalProcess(sig)
+        except ProcessExitedAlready:
+            pass
+
+    def _terminate(self) -> None:
+        """SIGTERM the kernel, and SIGKILL it if it is still there after kill_after."""
+        self._kill(signal.SIGTERM)
+        if self._kill_timer is None or not self._kill_timer.active():
+            self._kill_timer = self.reactor.callLater(
+                self.config.kill_after, self._kill, signal.SIGKILL
+            )
+
+    def _process_ended(self, proc: _KernelProcess, reason: Failure) -> None:
+        if proc.on_end is not None and not proc.on_end.called:
+            proc.on_end.callback(None)
+        if proc is not self._proc:
+            return
+        if self._kill_timer is not None and self._kill_timer.active():
+            self._kill_timer.cancel()
+        value = reason.value
+        exit_code = getattr(value, "exitCode", None)
+        sig = getattr(value, "signal", None)
+        if isinstance(value, ProcessDone):
+            exit_code = 0
+        self.process_info = {"alive": False, "pid": proc.pid, "exit_code": exit_code,
+                             "signal": sig}
+        self.responsive = None
+        self._ready = False
+        how = f"signal {sig}" if sig is not None else f"exit code {exit_code}"
+        if not isinstance(value, (ProcessDone, ProcessTerminated)):
+            how = reason.getErrorMessage()
+        self.process_info["reason"] = (
+            "shut down" if self._shutting_down else "restarted" if self._restarting else how
+        )
+        log.info("kernel {name}: process {pid} ended ({how})", name=self.name, pid=proc.pid,
+                 how=how)
+        if self.closed:
+            return
+        gone = KernelGone(f"the kernel process ended ({how})")
+        self._fail_all(gone)
+        if self._restarting:
+            self._restarting = False
+            self._publish(p.SYSTEM, f"kernel restarting (the old process ended: {how})\n")
+            self._spawn()
+            return
+        self.state = p.DEAD
+        self._publish(p.SYSTEM, f"kernel died ({how})\n" if not self._shutting_down
+                      else "kernel shut down\n")
+        self._publish_status()
+        if self._shutting_down and not self.stopped.called:
+            self.stopped.callback(None)
+
+    def _fail_all(self, error: Exception) -> None:
+        """The process is gone: every execution, completion and waiter ends."""
+        pending = ([self._current] if self._current is not None else []) + list(self._queue)
+        self._current = None
+        self._queue.clear()
+        for ex in pending:
+            reply = {"id": ex.id, "user": ex.caller.user, "status": "error",
+                     "type": "KernelGone", "message": str(error), "traceback": "",
+                     "value": None}
+            if not ex.done.called:
+                ex.done.callback(reply)
+        completions, self._completions = self._completions, {}
+        for d in completions.values():
+            d.callback([])
+        if self.closed or not self._restarting:
+            waiters, self._restart_waiters = self._restart_waiters, []
+            for d in waiters:
+                d.errback(Failure(error))
+
+    # --- the kernel's pipes
+
+    def _set_reading(self, on: bool) -> None:
+        proc = self._proc
+        if proc is None or proc.ended or proc.transport is None:
+            return
+        for fd in (STDOUT_FD, STDERR_FD):
+            pipe = proc.transport.pipes.get(fd)
+            if pipe is not None:
+                if on:
+                    pipe.startReading()
+                else:
+                    pipe.stopReading()
+
+    def _on_heartbeat(self) -> None:
+        self._last_beat = self.reactor.seconds()
+        if self.responsive is not True:
+            self.responsive = True
+            self._update_state()
+
+    def _check_heartbeat(self) -> None:
+        proc = self._proc
+        if proc is None or proc.ended or not self._ready:
+            return
+        silent = self.reactor.seconds() - self._last_beat > self.config.unresponsive_after
+        if silent and self.responsive is not False:
+            self.responsive = False
+            self._update_state()
+
+    def _on_output(self, fd: int, text: str) -> None:
+        ex = self._current
+        kind = p.STDOUT if fd == STDOUT_FD else p.STDERR
+        if ex is not None and ex.started and fd in ex.open_pipes:
+            self._publish(kind, text, ex.id, ex.caller.user)
+        else:
+            self._publish(kind, text)  # from a thread of earlier code, between executions
+
+    def _on_marker(self, fd: int, exec_id: int) -> None:
+        ex = self._current
+        if ex is not None and ex.id == exec_id:
+            ex.open_pipes.discard(fd)
+            self._maybe_finished(ex)
+
+    def _on_kernel_message(self, message: dict) -> None:
+        op = message.get("op")
+        if op == "ready":
+            self._ready = True
+            self.responsive = True
+            self._last_beat = self.reactor.seconds()
+            self.process_info["python"] = message.get("python")
+            self._publish(p.SYSTEM, f"kernel started (pid {message.get('pid')})\n")
+            waiters, self._restart_waiters = self._restart_waiters, []
+            self._update_state()
+            for d in waiters:
+                d.callback(None)
+            self._run_next()
+        elif op == "done":
+            ex = self._current
+            if ex is not None and ex.id == message.get("id"):
+                ex.reply = message
+                self._maybe_finished(ex)
+        elif op == "completions":
+            d = self._completions.pop(message.get("id"), None)
+            if d is not None:
+                d.callback(list(message.get("matches") or []))
+        elif op == "input":
+            self._ask_input(message)
+
+    def _send(self, message: dict) -> None:
+        proc = self._proc
+        if proc is None or proc.ended:
+            raise KernelGone(f"kernel {self.name!r} is not running")
+        proc.transport.writeToChild(CMD_FD, json.dumps(message).encode() + b"\n")
+
+    # --- status
+
+    def _update_state(self) -> None:
+        if self._proc is None or self._proc.ended:
+            return
+        if self._restarting:
+            state = p.RESTARTING
+        elif not self._ready:
+            state = p.STARTING
+        elif self.responsive is False:
+            state = p.VERY_BUSY
+        elif self._current is not None:
+            state = p.BUSY
+        else:
+            state = p.IDLE
+        self.state = state
+        self._publish_status()
+
+    def status(self) -> dict[str, Any]:
+        ex = self._current
+        return {
+            "kernel": self.name,
+            "state": self.state,
+            "process": dict(self.process_info),
+            "interpreter": {None: "unknown", True: "responsive", False: "unresponsive"}[
+                self.responsive
+            ],
+            "executing": None if ex is None else {"id": ex.id, "user": ex.caller.user},
+            "queued": len(self._queue),
+            "generation": self.generation,
+            "owner": self.owner,
+            "broker": f"{self.context.node_id:016x}",
+        }
+
+    def _publish_status(self) -> None:
+        if self.closed:
+            return
+        status = self.status()
+        if status != self._last_status:
+            self._last_status = status
+            self.status_channel.send(status)
+
+    def _publish(self, kind: str, text: str, exec_id: int | None = None,
+                 user: str | None = None) -> None:
+        message = {"seq": self.history.last_seq + 1, "kind": kind, "text": text,
+                   "exec": exec_id, "user": user}
+        self.history.append(message)
+        if self.output.closed:
+            return
+        try:
+            self.output.send(message)
+        except errors.FlowControlError:
+            # Far past the window (only broker notes can get here: the pipes stop being
+            # read first). Kept in the history, which clients fill gaps from.
+            log.warn("kernel {name}: output message {seq} only in history", name=self.name,
+                     seq=message["seq"])
+
+    # --- executions
+
+    def _run_next(self) -> None:
+        if self._current is not None or not self._queue or not self._ready:
+            self._update_state()
+            return
+        ex = self._queue.popleft()
+        self._current = ex
+        ex.started = True
+        self._publish(p.EXECUTE, ex.code, ex.id, ex.caller.user)
+        try:
+            self._send({"op": "execute", "id": ex.id, "code": ex.code})
+        except KernelGone:
+            return  # processEnded fails it
+        self._update_state()
+
+    def _maybe_finished(self, ex: Execution) -> None:
+        if ex.reply is None or ex.open_pipes or ex.done.called:
+            return
+        reply = dict(ex.reply)
+        reply.pop("op", None)
+        reply["user"] = ex.caller.user
+        if reply.get("status") == "ok":
+            if reply.get("value") is not None:
+                self._publish(p.RESULT, reply["value"] + "\n", ex.id, ex.caller.user)
+        else:
+            self._publish(p.ERROR, reply.get("traceback") or
+                          f"{reply.get('type')}: {reply.get('message')}\n", ex.id, ex.caller.user)
+        reply["last_seq"] = self.history.last_seq
+        self._current = None
+        ex.done.callback(reply)
+        self._run_next()
+
+    def _ask_input(self, message: dict) -> None:
+        ex = self._current
+        req = message.get("req")
+        prompt = str(message.get("prompt", ""))
+        password = bool(message.get("password"))
+
+        def answer(value: Any) -> None:
+            if not isinstance(value, str):
+                error(Failure(TypeError(f"input answer must be a str, not {type(value)}")))
+                return
+            if self._current is ex:
+                shown = "" if password else value
+                self._publish(p.STDIN, f"{prompt}{shown}\n", ex.id, ex.caller.user)
+            self._reply_input({"op": "input_reply", "req": req, "value": value})
+
+        def error(failure: Failure) -> None:
+            self._reply_input({"op": "input_reply", "req": req,
+                               "error": f"no input: {failure.getErrorMessage()}"})
+
+        if ex is None or ex.id != message.get("id"):
+            error(Failure(KernelGone("input() outside a known execution")))
+            return
+        chan = self._input_channel(ex.caller.client)
+        chan.call("input", prompt, password).addCallbacks(answer, error)
+
+    def _reply_input(self, message: dict) -> None:
+        try:
+            self._send(message)
+        except KernelGone:
+            pass
+
+    def _input_channel(self, client: str) -> ReqChannel:
+        chan = self._input_channels.get(client)
+        if chan is None:
+            chan = ReqChannel(self.context, p.client_channel_name(self.name, client),
+                              timeout=None)
+            self._input_channels[client] = chan
+        return chan
+
+    # --- presence
+
+    def _presence(self) -> list[dict[str, Any]]:
+        return [
+            {"user": c["user"], "client": cid, "role": c["role"]}
+            for cid, c in sorted(self._clients.items(), key=lambda kv: kv[1]["since"])
+        ]
+
+    def _join(self, caller: Caller, role: str) -> None:
+        if caller.client in self._clients:
+            return
+        self._clients[caller.client] = {
+            "user": caller.user, "role": role, "since": self.reactor.seconds(), "seen": False,
+            "chan": channel_id("reqrep", p.client_channel_name(self.name, caller.client)),
+            "node": caller.node, "node_seen": False,
+        }
+        self._attach_check()
+        self._publish(p.JOIN, f"{caller.user} joined as {role}\n", None, caller.user)
+        self.presence_channel.send(self._presence())
+
+    def _leave(self, client: str, why: str = "left") -> None:
+        info = self._clients.pop(client, None)
+        if info is None:
+            return
+        chan = self._input_channels.pop(client, None)
+        if chan is not None:
+            chan.close()
+        self._publish(p.LEAVE, f"{info['user']} {why}\n", None, info["user"])
+        self.presence_channel.send(self._presence())
+
+    def _check_presence(self) -> None:
+        """Clients that went without detaching leave: their node became unreachable, or
+        their input channel left the mesh (once seen; or never seen within the grace)."""
+        now = self.reactor.seconds()
+        reachable = self.context.routing.reachable()
+        for client, info in list(self._clients.items()):
+            node = info["node"]
+            if node and node in reachable:
+                info["node_seen"] = True
+            elif node and info["node_seen"]:
+                self._leave(client, "vanished (its node is unreachable)")
+                continue
+            if self.context.interest_count(info["chan"], REP) > 0:
+                info["seen"] = True
+            elif info["seen"] or now - info["since"] > self.config.presence_grace:
+                self._leave(client, "vanished (it no longer answers)")
+
+    def _attach_check(self) -> None:
+        """Right after an attach: note whether the new client's node is known now (so its
+        vanishing is seen even if it happens before the next periodic check)."""
+        reachable = self.context.routing.reachable()
+        for info in self._clients.values():
+            if info["node"] in reachable:
+                info["node_seen"] = True
+
+    # --- control operations (req/rep handlers; the first argument is the caller)
+
+    def _caller(self, who: Any, operation: str) -> tuple[Caller, str]:
+        try:
+            caller = Caller.from_wire(who)
+        except ValueError as e:
+            raise errors.PermissionDenied(str(e)) from None
+        proven = self._authenticated_user()
+        if proven is not None:
+            # The mesh's word beats the client's claim (read before any await: see
+            # yotonnet.identity.caller).
+            caller = Caller(proven, caller.client, verified=True, node=caller.node)
+        return caller, check(self.role_of, caller, operation)
+
+    def _authenticated_user(self) -> str | None:
+        """The user the security layer authenticated the current request's node as."""
+        try:
+            from ..identity import caller as authenticated_caller
+        except ImportError:  # a yotonnet without the security work
+            return None
+        try:
+            return authenticated_caller(self.control)
+        except AttributeError:
+            return None
+
+    def _op_attach(self, who: Any) -> dict[str, Any]:
+        caller, role = self._caller(who, "attach")
+        self._join(caller, role)
+        return {"role": role, "status": self.status(), "presence": self._presence(),
+                "last_seq": self.history.last_seq}
+
+    def _op_detach(self, who: Any) -> bool:
+        caller, _ = self._caller(who, "detach")
+        self._leave(caller.client)
+        return True
+
+    def _op_history(self, who: Any, since: int | None = None,
+                    last: int | None = None) -> dict[str, Any]:
+        self._caller(who, "history")
+        for value, what in ((since, "since"), (last, "last")):
+            if value is not None and (type(value) is not int or value < 0):
+                raise ValueError(f"history: {what} must be None or an int >= 0, not {value!r}")
+        return self.history.since(since, self.config.history_page, last)
+
+    def _op_execute(self, who: Any, code: Any) -> defer.Deferred[dict]:
+        caller, role = self._caller(who, "execute")
+        if not isinstance(code, str):
+            raise TypeError(f"execute: code must be a str, not {type(code).__name__}")
+        if self.state == p.DEAD:
+            raise KernelGone(f"kernel {self.name!r} is dead; restart it first")
+        self._join(caller, role)
+        self._next_id += 1
+        ex = Execution(self._next_id, caller, code)
+        self._queue.append(ex)
+        self._run_next()
+        return ex.done
+
+    def _op_interrupt(self, who: Any) -> bool:
+        self._caller(who, "interrupt")
+        if self._current is None or self._proc is None or self._proc.ended:
+            return False
+        self._kill(signal.SIGINT)
+        return True
+
+    def _op_restart(self, who: Any) -> defer.Deferred[None]:
+        caller, _ = self._caller(who, "restart")
+        d: defer.Deferred[None] = defer.Deferred()
+        self._restart_waiters.append(d)
+        self._publish(p.SYSTEM, f"{caller.user} restarts the kernel\n", None, caller.user)
+        self.restart()
+        return d.addCallback(lambda _: self.status())
+
+    def restart(self) -> None:
+        """Kill the kernel (SIGTERM, then SIGKILL) and start a new one."""
+        self._shutting_down = False
+        if self._proc is None or self._proc.ended:
+            self._spawn()
+            return
+        if not self._restarting:
+            self._restarting = True
+            self._update_state()
+            self._terminate()
+
+    def _op_shutdown(self, who: Any) -> bool:
+        caller, _ = self._caller(who, "shutdown")
+        self._publish(p.SYSTEM, f"{caller.user} shuts the kernel down\n", None, caller.user)
+        self.shutdown()
+        return True
+
+    def shutdown(self) -> None:
+        """End the kernel for good; ``stopped`` fires once it has ended."""
+        self._shutting_down = True
+        self._restarting = False
+        if self._proc is None or self._proc.ended:
+            if not self.stopped.called:
+                self.stopped.callback(None)
+            return
+        self._terminate()
+
+    def _op_complete(self, who: Any, text: Any) -> defer.Deferred[list[str]]:
+        self._caller(who, "complete")
+        if not isinstance(text, str):
+            raise TypeError(f"complete: text must be a str, not {type(text).__name__}")
+        if not self._ready:
+            return defer.succeed([])
+        self._next_id += 1
+        d: defer.Deferred[list[str]] = defer.Deferred()
+        self._completions[self._next_id] = d
+        self._send({"op": "complete", "id": self._next_id, "text": text})
+        return d
+
+
+__all__ = ["KernelBroker", "BrokerConfig", "KernelGone"]

@@ -1,0 +1,432 @@
+"""``yotonnet kernel NAME`` and ``yotonnet console NAME``: the shared-kernel subcommands.
+
+``kernel`` runs a broker (:class:`~yotonnet.kernel.KernelBroker`) in the
+foreground: it listens (``--listen``) and/or links to a node (``--connect``;
+by default the local node, like the client subcommands), starts the kernel
+process and serves it until SIGINT/SIGTERM or a ``shutdown`` from its owner.
+``--peer`` (repeatable) links to more nodes, as ``yotonnet node`` does. It
+prints ``listening on HOST:PORT``, ``linked to ENDPOINT`` and ``ready`` lines
+on stdout.
+
+``console`` attaches an interactive terminal: ``>>>`` prompts (``...`` for
+continuation lines), everyone's output as it comes, code others run shown as
+``[user] >>> code``, Ctrl-C interrupts the running code, Ctrl-D leaves, tab
+completes names from the kernel. Lines starting with ``%`` are console
+commands (``%help``). ``-c CODE`` runs CODE and exits (status 1 if it raised).
+
+Both register in ``yotonnet.cli.build_parser`` through :func:`add_kernel_parsers`
+and run themselves (``args.run``): the console needs the main thread for the
+terminal, so the reactor runs in the background (:mod:`yotonnet.blocking`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import codeop
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from twisted.internet import defer, task
+
+from ..config import DEFAULT_CONNECT
+from . import protocol as p
+from .roles import ROLES, default_roles, default_user, table_roles
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def add_kernel_parsers(
+    sub: Callable[..., argparse.ArgumentParser],
+    client_options: Callable[[argparse.ArgumentParser], None],
+    security_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """Add ``kernel`` and ``console`` with ``sub(name, help, description)`` of the main
+    parser; ``client_options`` adds --connect/--timeout/--config/-v."""
+    k = sub("kernel", "run a shared Python kernel on the mesh",
+            "Start a Python kernel process and serve it to the mesh as NAME, until\n"
+            "interrupted or shut down by its owner. Consoles attach with\n"
+            "`yotonnet console NAME` from any node of the mesh.\n"
+            f"Without --listen or --peer it links to --connect (default {DEFAULT_CONNECT}).")
+    k.add_argument("kernel_name", metavar="NAME", help="kernel name (dotted words)")
+    k.add_argument("--listen", action="append", metavar="ENDPOINT",
+                   help="also accept peers on this server endpoint; repeatable")
+    k.add_argument("--peer", action="append", metavar="ENDPOINT",
+                   help="link to this peer (like `yotonnet node --peer`); repeatable")
+    k.add_argument("--owner", metavar="USER",
+                   help=f"the kernel's owner (default this user, {default_user()})")
+    k.add_argument("--role", action="append", metavar="USER=ROLE", default=[],
+                   help=f"give USER a role ({', '.join(ROLES)}); repeatable")
+    k.add_argument("--default-role", choices=ROLES, default=None,
+                   help="role of users not named by --role (default collaborator)")
+    k.add_argument("--python", metavar="EXE", default=sys.executable,
+                   help="interpreter of the kernel (default: this one)")
+    k.add_argument("--cwd", metavar="DIR", help="working directory of the kernel")
+    k.add_argument("--history", type=int, default=10_000, metavar="N",
+                   help="output messages kept for late joiners (default 10000)")
+    k.add_argument("--unresponsive", type=float, default=1.0, metavar="SECONDS",
+                   help="heartbeat silence that makes the kernel very-busy (default 1)")
+    client_options(k)
+    security_options(k)
+    k.set_defaults(run=run_kernel)
+
+    c = sub("console", "attach an interactive console to a shared kernel",
+            "Attach to kernel NAME: type Python at the prompt; see everyone's output.\n"
+            "Ctrl-C interrupts the running code, Ctrl-D leaves, %help lists commands.")
+    c.add_argument("kernel_name", metavar="NAME", help="kernel name")
+    c.add_argument("--user", metavar="USER", help=f"who you are (default {default_user()})")
+    c.add_argument("--history", type=int, default=None, metavar="N",
+                   help="past output messages to show on attach (default 1000; 0 with -c)")
+    c.add_argument("-c", dest="code", metavar="CODE",
+                   help="run CODE, print its output and exit (1 if it raised)")
+    client_options(c)
+    security_options(c)
+    c.set_defaults(run=run_console)
+
+
+def _usage(args: argparse.Namespace, message: str) -> NoReturn:
+    args.parser.error(message)
+    raise AssertionError("unreachable")
+
+
+def _check(args: argparse.Namespace) -> None:
+    try:
+        p.validate_kernel_name(args.kernel_name)
+    except ValueError as e:
+        _usage(args, str(e))
+    if args.history is not None and args.history < (1 if args.command == "kernel" else 0):
+        _usage(args, f"--history must be >= {1 if args.command == 'kernel' else 0}")
+
+
+def _security(settings: Any) -> dict[str, Any]:
+    """``security=`` for a Context, when the settings carry the security work's options."""
+    security = getattr(settings, "security", None)
+    return {} if security is None else {"security": security}
+
+
+def _note(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+# --- yotonnet kernel
+
+
+def run_kernel(args: argparse.Namespace, settings: Any) -> NoReturn:
+    _check(args)
+    roles: dict[str, str] = {}
+    for item in args.role:
+        user, sep, role = item.rpartition("=")
+        if not sep or not user or role not in ROLES:
+            _usage(args, f"--role takes USER=ROLE with ROLE one of {', '.join(ROLES)}, "
+                         f"not {item!r}")
+        roles[user] = role
+    if args.unresponsive <= 0:
+        _usage(args, "--unresponsive must be > 0")
+    from ..cli import _begin_client_logging
+
+    _begin_client_logging(args.verbose)
+    task.react(lambda reactor: defer.ensureDeferred(_kernel_main(reactor, args, settings,
+                                                                 roles)))
+    raise AssertionError("task.react exits")
+
+
+async def _kernel_main(reactor: Any, args: argparse.Namespace, settings: Any,
+                       roles: dict[str, str]) -> None:
+    from ..context import Context, ContextConfig
+    from .broker import BrokerConfig, KernelBroker
+
+    name = args.kernel_name
+    owner = args.owner or default_user()
+    if roles or args.default_role:
+        role_of = table_roles(owner, roles, args.default_role or "collaborator")
+    else:
+        role_of = default_roles(owner)
+    ctx = Context(f"kernel-{name}", reactor, config=ContextConfig(**vars(settings.context)),
+                  **_security(settings))
+    for endpoint in args.listen or []:
+        try:
+            port = await ctx.listen(endpoint)
+        except Exception as e:  # noqa: BLE001 - any listen failure ends the command
+            _note(f"yotonnet kernel: error: cannot listen on {endpoint}: {e}")
+            raise SystemExit(EXIT_FAILURE) from None
+        host = port.getHost()
+        where = f"{host.host}:{host.port}" if hasattr(host, "port") else str(host.name)
+        print(f"yotonnet kernel {name}: listening on {where}", flush=True)
+    peers = list(args.peer or [])
+    if args.connect is not None or not (args.listen or peers):
+        peers.insert(0, settings.client.connect)
+    for endpoint in peers:
+        try:
+            d = ctx.connect(endpoint)  # keeps retrying with backoff until the peer is up
+        except RuntimeError as e:
+            _note(f"yotonnet kernel: error: {endpoint}: {e}")
+            raise SystemExit(EXIT_FAILURE) from None
+        d.addCallback(lambda _, ep=endpoint: print(f"yotonnet kernel {name}: linked to {ep}",
+                                                   flush=True))
+        d.addErrback(lambda f, ep=endpoint: _note(f"yotonnet kernel: error: {ep}: "
+                                                  f"{f.getErrorMessage()}"))
+    broker = KernelBroker(
+        ctx, name, owner=owner, role_of=role_of, python=args.python, cwd=args.cwd,
+        config=BrokerConfig(history=args.history, unresponsive_after=args.unresponsive),
+    )
+    try:
+        await broker.start()
+    except Exception as e:  # noqa: BLE001 - the kernel process would not start
+        _note(f"yotonnet kernel: error: the kernel process did not start: {e}")
+        await broker.close()
+        await ctx.close()
+        raise SystemExit(EXIT_FAILURE) from None
+    print(f"yotonnet kernel {name}: ready (pid {broker.process_info.get('pid')}, "
+          f"owner {owner})", flush=True)
+
+    async def stop() -> None:
+        await broker.close()
+        await ctx.close()
+
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(stop()))
+    await broker.stopped
+    print(f"yotonnet kernel {name}: shut down", flush=True)
+    # Let the shutdown reply and the last status leave before the links close.
+    await task.deferLater(reactor, 0.2, lambda: None)
+
+
+# --- yotonnet console
+
+
+class Console:
+    """The terminal side: renders output, runs the prompt loop."""
+
+    def __init__(self, args: argparse.Namespace, settings: Any, out: Any = None,
+                 err: Any = None) -> None:
+        self.args = args
+        self.settings = settings
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.lock = threading.Lock()
+        self.user = args.user or default_user()
+        self.pending_code: str | None = None
+        self.last_state: str | None = None
+        self.last_link: str | None = None
+        self.client: Any = None
+        self._completions: tuple[str, list[str]] = ("", [])
+
+    # --- output (reactor thread)
+
+    def write(self, text: str, stream: Any = None) -> None:
+        with self.lock:
+            stream = stream or self.out
+            stream.write(text)
+            stream.flush()
+
+    def on_output(self, m: dict) -> None:
+        kind, text, user = m["kind"], m["text"], m.get("user")
+        if self.args.code is not None and kind not in (p.STDOUT, p.STDERR, p.RESULT, p.ERROR):
+            return  # -c: only the output, as a script's
+        if kind == p.STDOUT or kind == p.RESULT:
+            self.write(text)
+        elif kind in (p.STDERR, p.ERROR):
+            self.write(text, self.err)
+        elif kind == p.EXECUTE:
+            if user == self.user and text == self.pending_code:
+                self.pending_code = None  # our own: already on the screen
+                return
+            lines = text.splitlines() or [""]
+            shown = "\n".join([f"[{user}] >>> {lines[0]}"] + [f"[{user}] ... {x}"
+                                                               for x in lines[1:]])
+            self.write(shown + "\n")
+        elif kind == p.STDIN:
+            if user != self.user:
+                self.write(f"[{user}] {text}")
+        else:  # join, leave, system
+            self.write(f"* {text}")
+
+    def on_status(self, status: dict) -> None:
+        if self.args.code is not None:
+            return  # -c: only the code's output
+        state, link = status.get("state"), status.get("link")
+        if link != self.last_link and self.last_link is not None:
+            self.write(f"* link to the kernel {'restored' if link == 'up' else 'lost'}\n")
+        self.last_link = link
+        if state != self.last_state and state not in (p.BUSY, p.IDLE, None):
+            extra = ""
+            proc = status.get("process") or {}
+            if state == p.DEAD:
+                extra = f" ({proc.get('reason')}); %restart starts a new one"
+            self.write(f"* kernel {state}{extra}\n")
+        elif state in (p.IDLE, p.BUSY) and self.last_state in (p.VERY_BUSY, p.STARTING,
+                                                               p.RESTARTING):
+            self.write(f"* kernel {state}\n")
+        self.last_state = state
+
+    def ask(self, prompt: str, password: bool) -> str:
+        if password:
+            import getpass
+
+            return getpass.getpass(prompt)
+        return input(prompt)
+
+    # --- the loop (main thread)
+
+    def run(self) -> int:
+        from .blocking import BlockingKernelClient
+
+        try:
+            self.client = BlockingKernelClient(
+                self.args.kernel_name, connect=self.settings.client.connect, user=self.user,
+                security=_security(self.settings).get("security"),
+                on_output=self.on_output, on_input=self.ask, history=self.history(),
+                timeout=self.settings.client.timeout,
+            )
+        except Exception as e:  # noqa: BLE001 - unreachable node
+            _note(f"yotonnet console: error: cannot reach {self.settings.client.connect}: {e}")
+            return EXIT_FAILURE
+        try:
+            try:
+                info = self.client.attach()
+            except Exception as e:  # noqa: BLE001 - no broker, refused
+                _note(f"yotonnet console: error: {e}")
+                return EXIT_FAILURE
+            self.last_state = info["status"].get("state")
+            self.client.watch_status(self.on_status)
+            try:  # the recent output first, then the banner and the prompt
+                self.client.wait_for_seq(info["last_seq"])
+            except Exception:  # noqa: BLE001 - a slow history is no reason to stop
+                pass
+            if self.args.code is not None:
+                code = self.args.code
+                if code.strip().startswith("%"):
+                    ok = self.command(code.strip()[1:]) != "error"
+                else:
+                    ok = self.execute(code)
+                return EXIT_OK if ok else EXIT_FAILURE
+            others = [w["user"] for w in info["presence"] if w["client"] !=
+                      self.client.caller.client]
+            self.write(
+                f"yotonnet console: kernel {self.args.kernel_name} as {self.user} "
+                f"({info['role']}), state {self.last_state}"
+                + (f"; also here: {', '.join(others)}" if others else "")
+                + ".\nCtrl-C interrupts, Ctrl-D leaves, %help lists commands.\n"
+            )
+            self.setup_readline()
+            self.loop()
+            return EXIT_OK
+        finally:
+            try:
+                self.client.close()
+            except Exception:  # noqa: BLE001 - leaving anyway
+                pass
+
+    def history(self) -> int:
+        if self.args.history is not None:
+            return self.args.history
+        return 0 if self.args.code is not None else 1000
+
+    def setup_readline(self) -> None:
+        try:
+            import readline
+        except ImportError:
+            return
+        readline.set_completer(self.complete)
+        readline.set_completer_delims(" \t\n()[]{},:;=+-*/%<>!&|^~'\"")
+        readline.parse_and_bind("tab: complete")
+
+    def complete(self, text: str, state: int) -> str | None:
+        if state == 0 or self._completions[0] != text:
+            try:
+                matches = self.client.complete(text) if text else []
+            except Exception:  # noqa: BLE001 - no completion rather than a crash
+                matches = []
+            self._completions = (text, matches)
+        matches = self._completions[1]
+        return matches[state] if state < len(matches) else None
+
+    def loop(self) -> None:
+        lines: list[str] = []
+        while True:
+            try:
+                line = input("... " if lines else ">>> ")
+            except EOFError:
+                self.write("\n")
+                return
+            except KeyboardInterrupt:
+                self.write("\nKeyboardInterrupt\n")
+                lines = []
+                continue
+            if not lines and line.strip().startswith("%"):
+                if self.command(line.strip()[1:]) == "quit":
+                    return
+                continue
+            lines.append(line)
+            source = "\n".join(lines)
+            try:
+                complete = codeop.compile_command(source, "<console>", "exec")
+            except (SyntaxError, ValueError, OverflowError):
+                complete = True  # the kernel reports the error
+            if complete is None and line.strip():
+                continue
+            lines = []
+            if source.strip():
+                self.execute(source)
+
+    def execute(self, code: str) -> bool:
+        self.pending_code = code
+        future = self.client.submit(code)
+        while True:
+            try:
+                result = future.result(0.1)
+                break
+            except KeyboardInterrupt:
+                self.write("\n* interrupting\n")
+                try:
+                    self.client.interrupt()
+                except Exception as e:  # noqa: BLE001
+                    self.write(f"* interrupt failed: {e}\n", self.err)
+            except TimeoutError:
+                continue
+            except Exception as e:  # noqa: BLE001 - the call failed (link, permission)
+                self.write(f"* {type(e).__name__}: {e}\n", self.err)
+                return False
+        return result.ok
+
+    def command(self, text: str) -> str | None:
+        word, _, rest = text.partition(" ")
+        client = self.client
+        try:
+            if word in ("quit", "exit"):
+                return "quit"
+            if word == "interrupt":
+                client.interrupt()
+            elif word == "restart":
+                client.restart()
+            elif word == "shutdown":
+                client.shutdown()
+            elif word == "who":
+                for w in client.presence():
+                    me = " (you)" if w["client"] == client.caller.client else ""
+                    self.write(f"  {w['user']}  {w['role']}{me}\n")
+            elif word == "status":
+                status = client.status()
+                self.write(f"  state {status.get('state')}, link {status.get('link')}, "
+                           f"process {status.get('process')}, "
+                           f"interpreter {status.get('interpreter')}\n")
+            elif word == "complete":
+                self.write("  " + "  ".join(client.complete(rest.strip())) + "\n")
+            else:
+                self.write("  %interrupt  %restart  %shutdown  %who  %status  "
+                           "%complete PREFIX  %quit\n")
+        except Exception as e:  # noqa: BLE001 - e.g. PermissionDenied from the broker
+            self.write(f"* {word}: {e}\n", self.err)
+            return "error"
+        return None
+
+
+def run_console(args: argparse.Namespace, settings: Any) -> NoReturn:
+    _check(args)
+    from ..cli import _begin_client_logging
+
+    _begin_client_logging(args.verbose)
+    code = Console(args, settings).run()
+    sys.stdout.flush()
+    raise SystemExit(code)

@@ -1,0 +1,365 @@
+"""KernelClient: use a shared kernel from a Twisted program (an IDE, a script, a console).
+
+::
+
+    client = KernelClient(ctx, "k1", on_output=show)
+    await client.attach()                 # history first, then live output
+    result = await client.execute("1 + 1")
+    result.value                          # '2'
+
+Output arrives through ``on_output(message)`` (see
+:mod:`yotonnet.kernel.protocol` for the message fields) exactly once each,
+in order, whether it came live or from the broker's history: the client
+subscribes first, then fetches the history, and fetches again whenever a
+sequence number is skipped (a reconnect, a late subscription). When
+``execute()`` fires, every message of that execution has been delivered.
+If ``on_output`` returns a Deferred, the next message waits for it, which
+slows the kernel down to this client's pace (lossless flow control).
+
+``status()`` combines the three signals: the kernel ``state`` and its
+``process`` and ``interpreter`` parts from the broker, and ``link``: whether
+the broker is reachable from here right now ("up"/"down"; while it is down,
+the rest is the last thing the broker said).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .. import errors
+from ..channels import RepChannel, ReqChannel, StateChannel, SubChannel
+from ..context import Context
+from ..messages import OBJECT
+from ..routing import REP
+from . import protocol as p
+from .roles import Caller, default_user
+
+log = Logger(namespace="yotonnet.kernel.client")
+
+InputHandler = Callable[[str, bool], Any]
+
+
+class KernelExecutionError(errors.YotonnetError):
+    """Code run in the kernel raised; ``result`` holds type, message and traceback."""
+
+    def __init__(self, result: ExecuteResult) -> None:
+        super().__init__(f"{result.error_type}: {result.message}")
+        self.result = result
+
+
+@dataclass(frozen=True)
+class ExecuteResult:
+    """What one execution ended with."""
+
+    id: int
+    user: str
+    status: str  # "ok" or "error"
+    #: repr of the value of a final expression, or None
+    value: str | None = None
+    error_type: str | None = None
+    message: str | None = None
+    traceback: str | None = None
+    last_seq: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def raise_for_error(self) -> ExecuteResult:
+        if not self.ok:
+            raise KernelExecutionError(self)
+        return self
+
+    @classmethod
+    def from_reply(cls, reply: dict) -> ExecuteResult:
+        return cls(
+            id=reply.get("id", 0), user=reply.get("user", ""), status=reply.get("status", "error"),
+            value=reply.get("value"), error_type=reply.get("type"),
+            message=reply.get("message"), traceback=reply.get("traceback"),
+            last_seq=reply.get("last_seq") or 0,
+        )
+
+
+def _no_input(prompt: str, password: bool) -> str:
+    raise EOFError("this client takes no input (give KernelClient an on_input handler)")
+
+
+class KernelClient:
+    """One attachment to kernel ``name`` through ``context``.
+
+    ``user`` is who this client says it is (default ``user@host``; claimed,
+    not proven, until links are authenticated: see :mod:`yotonnet.kernel.roles`).
+    ``on_input(prompt, password)`` answers ``input()`` of code this client
+    ran (a str, or a Deferred of one). ``history`` bounds how many past
+    messages to fetch on attach (None: all the broker holds).
+    """
+
+    def __init__(
+        self,
+        context: Context,
+        name: str,
+        *,
+        user: str | None = None,
+        on_output: Callable[[dict], Any] | None = None,
+        on_input: InputHandler | None = None,
+        history: int | None = None,
+        timeout: float = 30.0,
+        link_check: float = 0.25,
+    ) -> None:
+        self.context = context
+        self.reactor = context.reactor
+        self.name = p.validate_kernel_name(name)
+        self.caller = Caller(user or default_user(), secrets.token_hex(8),
+                             node=context.node_id)
+        self.on_output = on_output
+        self.on_input: InputHandler = on_input or _no_input
+        self.history_limit = history
+        self.timeout = timeout
+        self.names = p.channel_names(name)
+        self.role: str | None = None
+        self.attached = False
+        self.link = "down"
+        self._status_watchers: list[Callable[[dict], Any]] = []
+        self._presence_watchers: list[Callable[[list], Any]] = []
+        self._seq_waiters: list[tuple[int, defer.Deferred]] = []
+        self._pace: defer.Deferred | None = None
+        self.merger = p.OutputMerger(self._deliver, self._fetch, self._lost)
+        self._link_check = link_check
+        self._link_loop: LoopingCall | None = None
+        self._channels: list[Any] = []
+        self.output: SubChannel | None = None
+
+    # --- attach / detach
+
+    async def attach(self) -> dict[str, Any]:
+        """Join: subscribe, announce ourselves, fetch the history. Returns the broker's
+        answer (``role``, ``status``, ``presence``)."""
+        ctx = self.context
+        if self.output is None:
+            self.output = SubChannel(ctx, self.names["output"], OBJECT)
+            self.output.subscribe(self._on_live)
+            self.status_channel = StateChannel(ctx, self.names["status"])
+            self.status_channel.subscribe(self._on_status)
+            self.presence_channel = StateChannel(ctx, self.names["presence"])
+            self.presence_channel.subscribe(self._on_presence)
+            self.input_channel = RepChannel(
+                ctx, p.client_channel_name(self.name, self.caller.client)
+            )
+            self.input_channel.register("input", self._answer_input)
+            self.control = ReqChannel(ctx, self.names["control"], timeout=self.timeout)
+            # executions and restarts may take any time: no deadline, but they fail when
+            # the broker becomes unreachable
+            self.long_control = ReqChannel(ctx, self.names["control"], timeout=None)
+            self._channels = [self.output, self.status_channel, self.presence_channel,
+                              self.input_channel, self.control, self.long_control]
+        d = self.control.wait_for_responders()
+        d.addTimeout(self.timeout, self.reactor)
+        try:
+            await d
+        except defer.TimeoutError:
+            raise errors.TimeoutError(
+                f"no broker of kernel {self.name!r} is reachable within {self.timeout:g} s; "
+                f"is `yotonnet kernel {self.name}` running on the mesh?"
+            ) from None
+        info = await self.control.call("attach", self.caller.to_wire())
+        self.role = info["role"]
+        self.attached = True
+        self.link = "up"
+        if not self.merger.started:
+            self.merger.start(None)
+        if self._link_loop is None:
+            self._link_loop = LoopingCall(self._check_link)
+            self._link_loop.clock = self.reactor
+            self._link_loop.start(self._link_check, now=False)
+        return info
+
+    async def detach(self) -> None:
+        """Leave: the others see us go; our channels close."""
+        if self._link_loop is not None and self._link_loop.running:
+            self._link_loop.stop()
+        if self.attached and self.link == "up" and not self.context.closed:
+            try:
+                await self.control.call("detach", self.caller.to_wire())
+            except errors.YotonnetError:
+                pass
+        self.attached = False
+        for chan in self._channels:
+            chan.close()
+        for _, d in self._seq_waiters:
+            d.errback(errors.ConnectionLost("kernel client detached"))
+        self._seq_waiters = []
+
+    # --- operations
+
+    def execute(self, code: str) -> defer.Deferred[ExecuteResult]:
+        """Run ``code``; fires with its :class:`ExecuteResult` once every message of it
+        has been delivered to ``on_output``."""
+        self._check_attached()
+        d = self.long_control.call("execute", self.caller.to_wire(), code)
+
+        def done(reply: dict) -> Any:
+            result = ExecuteResult.from_reply(reply)
+            return self.wait_for_seq(result.last_seq).addCallback(lambda _: result)
+
+        return d.addCallback(done)
+
+    def interrupt(self) -> defer.Deferred[bool]:
+        """SIGINT to the running code (KeyboardInterrupt); True if something ran."""
+        self._check_attached()
+        return self.control.call("interrupt", self.caller.to_wire())
+
+    def restart(self) -> defer.Deferred[dict]:
+        """Kill and restart the kernel (a fresh namespace); fires with the status once
+        idle. Owner only by default."""
+        self._check_attached()
+        return self.long_control.call("restart", self.caller.to_wire())
+
+    def shutdown(self) -> defer.Deferred[bool]:
+        """End the kernel and its broker's service. Owner only by default."""
+        self._check_attached()
+        return self.control.call("shutdown", self.caller.to_wire())
+
+    def complete(self, text: str) -> defer.Deferred[list[str]]:
+        """Names in the kernel's namespace that start with ``text`` (``os.pa`` works)."""
+        self._check_attached()
+        return self.control.call("complete", self.caller.to_wire(), text)
+
+    def status(self) -> dict[str, Any]:
+        """The broker's last status plus this client's ``link`` ("up"/"down")."""
+        status = dict(self.status_channel.recv() or {"state": "unknown"}) if self.output else {}
+        status["link"] = self.link
+        return status
+
+    @property
+    def presence(self) -> list[dict[str, Any]]:
+        """Who is attached: ``[{"user", "client", "role"}, ...]`` in joining order."""
+        return list(self.presence_channel.recv() or []) if self.output else []
+
+    def watch_status(self, callback: Callable[[dict], Any]) -> None:
+        """``callback(status())`` on every change of the broker's status or of the link."""
+        self._status_watchers.append(callback)
+
+    def watch_presence(self, callback: Callable[[list], Any]) -> None:
+        self._presence_watchers.append(callback)
+
+    def wait_for_seq(self, seq: int) -> defer.Deferred[None]:
+        """Fires once every output message up to ``seq`` was delivered."""
+        if self.merger.last >= seq:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._seq_waiters.append((seq, d))
+        self.merger.want(seq)
+        return d
+
+    # --- internals
+
+    def _check_attached(self) -> None:
+        if not self.attached:
+            raise RuntimeError(f"kernel client of {self.name!r} is not attached; "
+                               "await attach() first")
+
+    def _on_live(self, message: Any) -> Any:
+        self._pace = None
+        self.merger.on_live(message)
+        pace, self._pace = self._pace, None
+        return pace
+
+    def _deliver(self, message: dict) -> None:
+        if self.on_output is not None:
+            try:
+                result = self.on_output(message)
+            except Exception:  # noqa: BLE001 - a bad callback must not stop the stream
+                log.failure("on_output callback failed")
+                result = None
+            if isinstance(result, defer.Deferred):
+                self._pace = result
+        if self._seq_waiters:
+            seq = message["seq"]
+            still = []
+            for want, d in self._seq_waiters:
+                if want <= seq:
+                    d.callback(None)
+                else:
+                    still.append((want, d))
+            self._seq_waiters = still
+
+    def _fetch(self, since: int | None) -> None:
+        last = self.history_limit if since is None else None
+        d = self.control.call("history", self.caller.to_wire(), since, last)
+
+        def got(reply: dict) -> None:
+            self.merger.on_history(reply)
+            if not self.merger.fetching:
+                self._release_waiters()
+
+        def failed(failure: Failure) -> None:
+            log.warn("kernel {name}: history fetch failed: {why}", name=self.name,
+                     why=failure.getErrorMessage())
+            self.merger.on_fetch_failed()
+
+        d.addCallbacks(got, failed)
+
+    def _release_waiters(self) -> None:
+        # With an empty history and nothing live, waiters for seq <= last fire here.
+        last = self.merger.last
+        still = []
+        for want, d in self._seq_waiters:
+            if want <= last:
+                d.callback(None)
+            else:
+                still.append((want, d))
+        self._seq_waiters = still
+        for want, _ in still:
+            self.merger.want(want)
+
+    def _lost(self, count: int) -> None:
+        if self.on_output is not None:
+            self.on_output({
+                "seq": None, "kind": p.SYSTEM, "exec": None, "user": None,
+                "text": f"[{count} output messages were lost: older than the kernel's "
+                        "history buffer]\n",
+            })
+
+    def _answer_input(self, prompt: str, password: bool) -> Any:
+        return defer.maybeDeferred(self.on_input, prompt, password)
+
+    def _on_status(self, _value: Any) -> None:
+        self._notify_status()
+
+    def _on_presence(self, value: Any) -> None:
+        for watcher in list(self._presence_watchers):
+            try:
+                watcher(list(value or []))
+            except Exception:  # noqa: BLE001
+                log.failure("presence watcher failed")
+
+    def _notify_status(self) -> None:
+        status = self.status()
+        for watcher in list(self._status_watchers):
+            try:
+                watcher(status)
+            except Exception:  # noqa: BLE001
+                log.failure("status watcher failed")
+
+    def _check_link(self) -> None:
+        up = self.context.interest_count(self.control.channel_id, REP) > 0
+        link = "up" if up else "down"
+        if link == self.link:
+            return
+        self.link = link
+        self._notify_status()
+        if up and self.attached:
+            # Back after a cut: the broker may have seen us leave; announce us again and
+            # fill whatever we missed meanwhile.
+            self.control.call("attach", self.caller.to_wire()).addErrback(
+                lambda f: log.warn("re-attach failed: {why}", why=f.getErrorMessage())
+            )
+            self.merger.want(self.merger.last + 1)

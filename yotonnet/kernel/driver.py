@@ -1,0 +1,299 @@
+"""The kernel side: a small REPL driver run in the kernel process, standard library only.
+
+The broker starts ``python driver.py`` (by path, so the kernel's namespace
+holds none of yotonnet's or Twisted's modules) with these pipes:
+
+* fd 0: closed input (``input()`` goes through the broker instead);
+* fd 1, fd 2: stdout and stderr, buffered here and flushed every 50 ms or
+  every 8 KiB. A write blocks while the pipe is full, and the broker stops
+  reading it while the mesh cannot take more: that is what paces a
+  ``while True: print(...)`` loop without losing a line;
+* fd 3 (broker -> kernel) and fd 4 (kernel -> broker): commands and replies,
+  one JSON object per line;
+* fd 5 (kernel -> broker): one byte every 0.1 s from a heartbeat *thread*.
+  A Python thread runs only while it can take the GIL, so when the heartbeat
+  stops while the process lives, the interpreter is stuck in C code holding
+  the GIL: the broker's "very-busy".
+
+After each execution the driver writes an end marker (see
+``protocol.marker_prefix``; the token comes in ``YOTONNET_KERNEL_TOKEN``) to
+stdout and stderr, then the reply on fd 4, so the broker can tag every byte
+of output with the execution that wrote it.
+
+Code runs in the main thread, so SIGINT (the broker's interrupt) raises
+KeyboardInterrupt in it; while idle, SIGINT is ignored. Completion runs in
+the command thread, so it answers while code runs.
+"""
+
+import ast
+import builtins
+import io
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+
+CMD_FD, REPLY_FD, HEARTBEAT_FD = 3, 4, 5
+HEARTBEAT_INTERVAL = 0.1
+FLUSH_INTERVAL = 0.05
+BUFFER_BYTES = 8192
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class PipeStream(io.TextIOBase):
+    """A text stream onto a pipe: buffered, thread-safe, flushed by size and by a timer."""
+
+    def __init__(self, fd, name):
+        super().__init__()
+        self._fd = fd
+        self._name = name
+        self._parts = []
+        self._size = 0
+        self._lock = threading.Lock()
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+    @property
+    def errors(self):
+        return "replace"
+
+    def writable(self):
+        return True
+
+    def isatty(self):
+        return False
+
+    def fileno(self):
+        return self._fd
+
+    def write(self, text):
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        data = text.encode("utf-8", "replace")
+        with self._lock:
+            self._parts.append(data)
+            self._size += len(data)
+            if self._size >= BUFFER_BYTES:
+                self._flush_locked()
+        return len(text)
+
+    def write_raw(self, data):
+        """Bytes straight after what is buffered (the end marker)."""
+        with self._lock:
+            self._parts.append(data)
+            self._flush_locked()
+
+    def flush(self):
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self):
+        if not self._parts:
+            return
+        data = b"".join(self._parts)
+        self._parts = []
+        self._size = 0
+        write_all(self._fd, data)
+
+
+class Driver:
+    def __init__(self, token):
+        self.marker = b"\x00\x1bYTN" + token.encode("ascii") + b":"
+        self.namespace = {"__name__": "__main__", "__builtins__": builtins}
+        self.commands = queue.Queue()
+        self.inputs = queue.Queue()
+        self.reply_lock = threading.Lock()
+        self.executing = False
+        self.current = None
+        self.asked = 0
+        self.stdout = PipeStream(1, "<stdout>")
+        self.stderr = PipeStream(2, "<stderr>")
+
+    # --- replies
+
+    def send(self, message):
+        data = (json.dumps(message) + "\n").encode("utf-8", "replace")
+        with self.reply_lock:
+            write_all(REPLY_FD, data)
+
+    # --- threads
+
+    def heartbeat(self):
+        while True:
+            try:
+                os.write(HEARTBEAT_FD, b".")
+            except OSError:
+                os._exit(0)  # the broker is gone
+            time.sleep(HEARTBEAT_INTERVAL)
+
+    def flusher(self):
+        while True:
+            time.sleep(FLUSH_INTERVAL)
+            try:
+                self.stdout.flush()
+                self.stderr.flush()
+            except OSError:
+                os._exit(0)  # the broker is gone
+
+    def read_commands(self):
+        with os.fdopen(CMD_FD, "rb", buffering=0) as raw:
+            for line in io.BufferedReader(raw):
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                op = message.get("op")
+                if op == "complete":
+                    self.complete(message)
+                elif op == "input_reply":
+                    self.inputs.put(message)
+                else:
+                    self.commands.put(message)
+        self.commands.put({"op": "shutdown"})  # the broker closed the pipe
+
+    # --- operations
+
+    def complete(self, message):
+        text = message.get("text", "")
+        try:
+            import rlcompleter
+
+            completer = rlcompleter.Completer(self.namespace)
+            matches = []
+            for state in range(1000):
+                match = completer.complete(text, state)
+                if match is None:
+                    break
+                if match not in matches:
+                    matches.append(match)
+        except Exception:  # noqa: BLE001 - the namespace may change meanwhile
+            matches = []
+        self.send({"op": "completions", "id": message["id"], "matches": matches})
+
+    def ask(self, prompt, password=False):
+        """input() and getpass(): ask the user who runs the code, through the broker."""
+        self.stdout.flush()
+        self.stderr.flush()
+        self.asked += 1
+        self.send({"op": "input", "id": self.current, "req": self.asked,
+                   "prompt": str(prompt), "password": bool(password)})
+        while True:
+            answer = self.inputs.get()
+            if answer.get("req") == self.asked:
+                break  # (others: late answers to questions an interrupt abandoned)
+        if answer.get("error"):
+            raise EOFError(answer["error"])
+        return answer.get("value", "")
+
+    def execute(self, message):
+        exec_id = message["id"]
+        self.current = exec_id
+        reply = {"op": "done", "id": exec_id, "status": "ok", "value": None}
+        try:
+            try:
+                self.executing = True
+                value = self.run(message.get("code", ""))
+            finally:
+                self.executing = False
+            if value is not None:
+                builtins._ = value
+                reply["value"] = repr(value)
+        except BaseException as e:  # noqa: BLE001 - SystemExit too: the kernel lives on
+            tb = e.__traceback__
+            # Drop the driver's own frames: the user's code starts at <kernel-N>.
+            while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<kernel"):
+                tb = tb.tb_next
+            reply.update(
+                status="error",
+                type=type(e).__name__,
+                message=str(e),
+                traceback="".join(traceback.format_exception(type(e), e, tb)),
+            )
+        self.current = None
+        try:
+            self.stdout.write_raw(self.marker + str(exec_id).encode() + b"\x00")
+            self.stderr.write_raw(self.marker + str(exec_id).encode() + b"\x00")
+        except KeyboardInterrupt:
+            pass
+        self.send(reply)
+
+    def run(self, code):
+        filename = f"<kernel-{self.current}>"
+        import linecache
+
+        # So tracebacks show the lines of the code that was run.
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        tree = ast.parse(code, filename, "exec")
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        if tree.body:
+            exec(compile(tree, filename, "exec"), self.namespace)
+        if last is not None:
+            return eval(compile(last, filename, "eval"), self.namespace)
+        return None
+
+    # --- main loop
+
+    def on_sigint(self, signum, frame):
+        if self.executing:
+            raise KeyboardInterrupt
+
+    def main(self):
+        sys.stdout = sys.__stdout__ = self.stdout
+        sys.stderr = sys.__stderr__ = self.stderr
+        sys.stdin = sys.__stdin__ = io.StringIO("")
+        builtins.input = lambda prompt="": self.ask(prompt)
+        import getpass
+
+        getpass.getpass = lambda prompt="Password: ", stream=None: self.ask(prompt, True)
+        signal.signal(signal.SIGINT, self.on_sigint)
+        for target in (self.heartbeat, self.flusher, self.read_commands):
+            threading.Thread(target=target, name=f"yotonnet-{target.__name__}",
+                             daemon=True).start()
+        self.send({"op": "ready", "pid": os.getpid(), "python": sys.version.split()[0]})
+        while True:
+            try:
+                message = self.commands.get()
+            except KeyboardInterrupt:
+                continue
+            op = message.get("op")
+            if op == "execute":
+                self.execute(message)
+            elif op == "shutdown":
+                break
+        self.stdout.flush()
+        self.stderr.flush()
+
+
+def main():
+    # Run by path: Python put this file's folder first on sys.path; a kernel's imports
+    # should see the working directory instead, as an interactive interpreter does.
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or ".") == here:
+        sys.path[0] = ""
+    token = os.environ.pop("YOTONNET_KERNEL_TOKEN", "")
+    if not token:
+        sys.exit("yotonnet kernel driver: run by the broker (yotonnet kernel NAME), not by hand")
+    Driver(token).main()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""What broker, kernel and clients agree on, as plain data and pure state machines.
+
+No Twisted here: the channel names of a kernel, the status and output kinds,
+the bounded output history (:class:`OutputHistory`), the splitter that finds
+the kernel's end-of-execution markers in its stdout/stderr bytes
+(:class:`MarkerSplitter`), and the client's merge of history and live output
+into one stream with no gap and no duplicate (:class:`OutputMerger`).
+
+Every output message is a dict ``{"seq", "kind", "text", "exec", "user"}``:
+``seq`` counts up by one per message of a broker, so a client can tell a
+message it has (drop it) from one it missed (fetch it from the history).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..names import validate_channel_name
+
+# --- status (the "state" field of the status channel)
+
+STARTING = "starting"
+IDLE = "idle"
+BUSY = "busy"
+#: the process is alive but its interpreter does not answer (e.g. C code holding the GIL)
+VERY_BUSY = "very-busy"
+DEAD = "dead"
+RESTARTING = "restarting"
+STATES = (STARTING, IDLE, BUSY, VERY_BUSY, DEAD, RESTARTING)
+
+# --- output kinds
+
+STDOUT = "stdout"
+STDERR = "stderr"
+#: code someone ran (text: the code; like Jupyter's execute_input)
+EXECUTE = "execute"
+#: the value of a final expression (text: its repr)
+RESULT = "result"
+#: an exception (text: the traceback)
+ERROR = "error"
+#: an answer typed to input() (text: prompt and answer; the answer hidden for passwords)
+STDIN = "stdin"
+JOIN = "join"
+LEAVE = "leave"
+#: the broker's own notes: kernel started, died, restarted
+SYSTEM = "system"
+KINDS = (STDOUT, STDERR, EXECUTE, RESULT, ERROR, STDIN, JOIN, LEAVE, SYSTEM)
+
+
+def channel_names(kernel: str) -> dict[str, str]:
+    """The channels of kernel ``kernel``: output (pub/sub), status and presence (state),
+    control (req/rep, served by the broker)."""
+    validate_channel_name(kernel)
+    base = f"kernel.{kernel}"
+    return {
+        "output": f"{base}.output",
+        "status": f"{base}.status",
+        "presence": f"{base}.presence",
+        "control": f"{base}.control",
+    }
+
+
+def client_channel_name(kernel: str, client_id: str) -> str:
+    """The req/rep channel a client serves, so the broker can ask that client (and only
+    it) for the input() of code it ran."""
+    return validate_channel_name(f"kernel.{kernel}.client.c{client_id}")
+
+
+def validate_kernel_name(name: str) -> str:
+    """A kernel name is one dotted channel-name word or more (letters, digits, _ and -)."""
+    try:
+        channel_names(name)
+    except ValueError as e:
+        raise ValueError(f"bad kernel name {name!r}: {e}") from None
+    return name
+
+
+# --- the kernel's end-of-execution markers
+
+
+def marker_prefix(token: str) -> bytes:
+    """The start of an end marker: NUL, ESC, ``YTN``, the kernel's secret token, ``:``.
+
+    The kernel writes ``prefix + execution id + NUL`` to stdout and stderr
+    after each execution's output; the broker cuts it out, and so knows which
+    execution each byte belongs to however the reads of the two pipes and the
+    control pipe interleave. The token is random per kernel process, so user
+    output cannot forge a marker by accident.
+    """
+    return b"\x00\x1bYTN" + token.encode("ascii") + b":"
+
+
+class MarkerSplitter:
+    """Splits a pipe's byte stream into output bytes and end markers.
+
+    ``feed(data)`` returns a list of items, each ``bytes`` (output) or an
+    ``int`` (the id of an execution whose output on this pipe is complete).
+    A marker cut across two reads is held back until it is whole.
+    """
+
+    MAX_ID_DIGITS = 20
+
+    def __init__(self, token: str) -> None:
+        self.prefix = marker_prefix(token)
+        self._held = b""
+
+    def feed(self, data: bytes) -> list[bytes | int]:
+        buf = self._held + data if self._held else data
+        self._held = b""
+        out: list[bytes | int] = []
+        prefix = self.prefix
+        start = 0
+        while True:
+            at = buf.find(prefix, start)
+            if at < 0:
+                break
+            end = buf.find(b"\x00", at + len(prefix))
+            if end < 0:
+                if len(buf) - at - len(prefix) > self.MAX_ID_DIGITS:
+                    # Not a marker after all: a NUL never came. Keep it as output.
+                    at += 1
+                    if at > start:
+                        out.append(buf[start:at])
+                    start = at
+                    continue
+                if at > start:
+                    out.append(buf[start:at])
+                self._held = buf[at:]
+                return out
+            digits = buf[at + len(prefix):end]
+            if digits.isdigit():
+                if at > start:
+                    out.append(buf[start:at])
+                out.append(int(digits))
+                start = end + 1
+            else:
+                out.append(buf[start:at + 1])
+                start = at + 1
+        # Hold back a tail that might be the beginning of a marker.
+        tail = buf[start:]
+        keep = 0
+        for n in range(min(len(prefix) - 1, len(tail)), 0, -1):
+            if prefix.startswith(tail[-n:]):
+                keep = n
+                break
+        if keep:
+            self._held = tail[-keep:]
+            tail = tail[:-keep]
+        if tail:
+            out.append(tail)
+        return out
+
+    def flush(self) -> bytes:
+        """What is held back (the pipe closed: it was output after all)."""
+        held, self._held = self._held, b""
+        return held
+
+
+# --- history on the broker
+
+
+class OutputHistory:
+    """The recent output messages, bounded by count and by text size.
+
+    ``since(seq)`` gives what a client that has everything up to ``seq`` is
+    missing, oldest first, in pages of at most ``page_bytes`` of text.
+    """
+
+    def __init__(self, max_messages: int = 10_000, max_bytes: int = 8 << 20) -> None:
+        if not isinstance(max_messages, int) or max_messages < 1:
+            raise ValueError(f"history must keep at least 1 message, not {max_messages!r}")
+        if not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ValueError(f"history bytes must be a positive integer, not {max_bytes!r}")
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._messages: deque[dict[str, Any]] = deque()
+        self._bytes = 0
+        self.last_seq = 0
+        #: messages pushed out of the buffer by newer ones
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    @property
+    def first_seq(self) -> int:
+        """The oldest seq still held (last_seq + 1 when empty)."""
+        return self._messages[0]["seq"] if self._messages else self.last_seq + 1
+
+    def append(self, message: dict[str, Any]) -> None:
+        seq = message["seq"]
+        if seq != self.last_seq + 1:
+            raise ValueError(f"history expects seq {self.last_seq + 1}, got {seq}")
+        self._messages.append(message)
+        self._bytes += len(message["text"])
+        self.last_seq = seq
+        while len(self._messages) > self.max_messages or (
+            self._bytes > self.max_bytes and len(self._messages) > 1
+        ):
+            old = self._messages.popleft()
+            self._bytes -= len(old["text"])
+            self.evicted += 1
+
+    def since(self, seq: int | None, page_bytes: int = 1 << 20,
+              last: int | None = None) -> dict[str, Any]:
+        """Messages after ``seq`` (None: the newest ``last`` messages, or all held).
+
+        Returns ``{"first", "last", "messages"}``: the oldest seq held, the
+        newest seq published, and at most ``page_bytes`` of text (at least
+        one message) starting right after ``seq``.
+        """
+        msgs = self._messages
+        if seq is None:
+            n = len(msgs) if last is None else max(0, min(last, len(msgs)))
+            start = len(msgs) - n
+        else:
+            start = max(0, seq + 1 - self.first_seq)
+        page: list[dict[str, Any]] = []
+        size = 0
+        for i in range(start, len(msgs)):
+            message = msgs[i]
+            size += len(message["text"])
+            if page and size > page_bytes:
+                break
+            page.append(message)
+        return {"first": self.first_seq, "last": self.last_seq, "messages": page}
+
+
+# --- merge of history and live output on a client
+
+
+class OutputMerger:
+    """One stream of output messages, in seq order, each once, from history and live.
+
+    The client subscribes to the live channel first, then asks for the
+    history. Live messages that arrive while a fetch is out, or after a gap
+    (a message this client never got: it joined late, its link broke, the
+    broker published before it knew of the subscriber), wait here; the
+    history fills the gap; then the waiting ones follow, minus what the
+    history already gave. ``fetch(since)`` is called whenever history is
+    needed; its answer goes to ``on_history``. ``deliver(message)`` gets each
+    message once; ``lost(count)`` reports messages that the bounded history
+    no longer held.
+    """
+
+    def __init__(
+        self,
+        deliver: Callable[[dict[str, Any]], object],
+        fetch: Callable[[int | None], object],
+        lost: Callable[[int], object] | None = None,
+    ) -> None:
+        self._deliver = deliver
+        self._fetch = fetch
+        self._lost = lost
+        #: the seq of the last message delivered (0: none yet)
+        self.last = 0
+        self.fetching = False
+        self._waiting: dict[int, dict[str, Any]] = {}
+        self.duplicates = 0
+        self.lost_total = 0
+        self.started = False
+        self._initial = False
+
+    def start(self, since: int | None = None) -> None:
+        """Ask for the history: from after ``since``, or (None) all the broker holds."""
+        self.started = True
+        if since is not None:
+            self.last = since
+        self._initial = since is None
+        self._ask(since)
+
+    def _ask(self, since: int | None) -> None:
+        self.fetching = True
+        self._fetch(since)
+
+    def on_live(self, message: dict[str, Any]) -> None:
+        seq = message["seq"]
+        if self.fetching or not self.started:
+            self._waiting[seq] = message
+            return
+        if seq <= self.last:
+            self.duplicates += 1
+            return
+        if seq == self.last + 1:
+            self.last = seq
+            self._deliver(message)
+            return
+        self._waiting[seq] = message  # a gap: fill it from the history first
+        self._ask(self.last)
+
+    def on_history(self, reply: dict[str, Any]) -> None:
+        messages = reply["messages"]
+        if self._initial:
+            # The first answer to "the newest N": start right before what it holds.
+            self._initial = False
+            start = messages[0]["seq"] - 1 if messages else reply["last"]
+            self.last = max(self.last, start)
+        if messages:
+            first = messages[0]["seq"]
+            if self.last and first > self.last + 1:
+                self._report_lost(first - self.last - 1)
+            for message in messages:
+                if message["seq"] > self.last:
+                    self.last = message["seq"]
+                    self._deliver(message)
+        elif self.last < reply["last"] and reply["first"] > self.last + 1:
+            # Everything we miss was evicted already.
+            self._report_lost(reply["first"] - self.last - 1)
+            self.last = reply["first"] - 1
+        if self.last < reply["last"]:
+            self._ask(self.last)  # another page
+            return
+        self.fetching = False
+        self._drain()
+
+    def want(self, seq: int) -> None:
+        """Make sure every message up to ``seq`` comes (e.g. the end of an execution whose
+        last messages were published before the broker knew of this subscriber)."""
+        if self.started and not self.fetching and self.last < seq:
+            self._ask(self.last)
+
+    def on_fetch_failed(self) -> None:
+        """The history call failed: try again on the next live message."""
+        self.fetching = False
+
+    def _drain(self) -> None:
+        waiting = self._waiting
+        while waiting:
+            nxt = self.last + 1
+            message = waiting.pop(nxt, None)
+            if message is not None:
+                self.last = nxt
+                self._deliver(message)
+                continue
+            for seq in [s for s in waiting if s <= self.last]:
+                del waiting[seq]
+                self.duplicates += 1
+            if waiting:
+                self._ask(self.last)  # a gap among those waiting
+            return
+
+    def _report_lost(self, count: int) -> None:
+        self.lost_total += count
+        if self._lost is not None:
+            self._lost(count)
