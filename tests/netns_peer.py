@@ -18,6 +18,7 @@ from twisted.internet import defer, task
 
 import yotonnet
 from yotonnet.context import ContextConfig
+from yotonnet.security import Security
 
 
 def emit(**fields: object) -> None:
@@ -29,7 +30,11 @@ async def run(reactor, args) -> None:
     config = ContextConfig(
         heartbeat=0.2, busy_timeout=0.6, reconnect_initial=0.1, reconnect_max=0.5
     )
-    ctx = yotonnet.Context(args.name, reactor, config=config, node_id=args.node_id)
+    # Namespaces on a private test bridge: links are unauthenticated and not loopback.
+    open_mesh = Security(allow_anonymous=True)
+    ctx = yotonnet.Context(
+        args.name, reactor, config=config, node_id=args.node_id, security=open_mesh
+    )
     host, port = args.listen.rsplit(":", 1)
     await ctx.listen(f"tcp:{port}:interface={host}")
     for peer in args.peer:

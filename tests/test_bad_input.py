@@ -23,6 +23,7 @@ import struct
 
 from automat import NoTransition
 from twisted.internet import defer, reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -839,7 +840,8 @@ class HelloAndFrameInOneRead(SynchronousTestCase):
     def link(self, max_frame: int) -> tuple[Link, StringTransport]:
         ctx = y.Context("solo", Clock(), config=y.ContextConfig(max_frame=max_frame))
         link = Link(ctx, outgoing=False)
-        transport = StringTransport()
+        # a loopback peer: a node without authentication admits only local peers
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 54321))
         link.makeConnection(transport)
         return link, transport
 

@@ -101,8 +101,8 @@ class ConfigFileTests(SynchronousTestCase):
         self.assertIn("did you mean 'listen'", message)
 
     def test_unknown_table(self) -> None:
-        message = self.error("[security]\ncert = 'x.pem'\n")
-        self.assertIn("unknown key 'security'", message)
+        message = self.error("[secrets]\ncert = 'x.pem'\n")  # ([security] is a table now)
+        self.assertIn("unknown key 'secrets'", message)
 
     def test_top_level_value_is_not_a_table(self) -> None:
         self.assertIn("'node' must be a table", self.error('node = "a"\n'))

@@ -1,7 +1,7 @@
 """yotonnet: a Twisted-native routed messaging mesh, successor to Yoton.
 
 Contexts host channels (pub/sub, request/reply, state) and link to each other
-over TCP or unix sockets into a mesh that routes each message only toward the
+over TCP, TLS or unix sockets into a mesh that routes each message only toward the
 contexts that want it.
 """
 
@@ -19,7 +19,9 @@ from .errors import (
     TimeoutError,
     YotonnetError,
 )
+from .identity import IdentifiedSubChannel, Received, caller, sender_of
 from .messages import BINARY, OBJECT, TEXT, MessageType, register_message_type
+from .security import Security
 
 __version__ = "0.1.0"
 
@@ -37,6 +39,11 @@ __all__ = [
     "OBJECT",
     "MessageType",
     "register_message_type",
+    "Security",
+    "IdentifiedSubChannel",
+    "Received",
+    "sender_of",
+    "caller",
     "YotonnetError",
     "RemoteError",
     "TimeoutError",

@@ -394,6 +394,7 @@ class Context:
         config: _context.ContextConfig | None = None,
         *,
         node_id: int | None = None,
+        security: Any = None,
     ) -> None:
         self._runner = runner = _get_runner("Context()")
         self._lock = threading.Lock()
@@ -401,7 +402,9 @@ class Context:
         self._channels: list[_BlockingChannel] = []
         self.context: _context.Context = runner.call(
             "Context()",
-            lambda: _context.Context(name, runner.reactor, config=config, node_id=node_id),
+            lambda: _context.Context(
+                name, runner.reactor, config=config, node_id=node_id, security=security
+            ),
         )
         # Plain copies, so the caller's thread never reads the Twisted object.
         self.name: str = self.context.name

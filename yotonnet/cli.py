@@ -63,6 +63,8 @@ from .link import HandshakeError
 from .messages import BINARY, OBJECT, TEXT, MessageType
 from .names import validate_channel_name
 from .routing import STATE
+from .security import SecurityError
+from .security_cli import flags as security_flags
 from .service import ListenError, control_channel_name, make_service
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -101,14 +103,11 @@ examples:
 
 
 def add_security_options(parser: argparse.ArgumentParser) -> None:
-    """SECURITY OPTIONS GO HERE: the credentials options of the security work.
+    """The TLS and credentials options, on ``node`` and on every client subcommand
+    (see :mod:`yotonnet.security_cli`)."""
+    from .security_cli import add_options
 
-    Every subcommand's parser passes through this function, so options added
-    here (e.g. a TLS client certificate, a CA file, a token) appear on ``node``
-    and on every client subcommand at once. Links are not authenticated yet
-    (README, "Trust model"), so there are none today, deliberately: no option
-    pretends to protect anything.
-    """
+    add_options(parser)
 
 
 def _node_options(parser: argparse.ArgumentParser) -> None:
@@ -285,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .kernel.cli import add_kernel_parsers  # kernel, console: run themselves (args.run)
 
     add_kernel_parsers(sub, _client_options, add_security_options)
+    from .security_cli import add_commands  # certs, passwd: run themselves (args.run)
+
+    add_commands(sub)
     return parser
 
 
@@ -349,9 +351,17 @@ def _settings(args: argparse.Namespace) -> Settings:
         if args.command == "node":
             return resolve(
                 args.config, name=args.name, listen=args.listen, peers=args.peer,
-                status=args.status, log_format=args.log_format,
+                status=args.status, log_format=args.log_format, security=security_flags(args),
             )
-        return resolve(args.config, connect=args.connect, timeout=args.timeout)
+        if args.command == "kernel":  # a client, and a node too when it listens or dials
+            return resolve(
+                args.config, name=args.node_name, listen=args.listen, peers=args.peer,
+                connect=args.connect, timeout=args.timeout, security=security_flags(args),
+            )
+        return resolve(
+            args.config, connect=args.connect, timeout=args.timeout,
+            security=security_flags(args),
+        )
     except ConfigError as e:
         _usage(args, str(e))
 
@@ -469,7 +479,13 @@ class Session:
             "handshake_timeout": min(settings.context.handshake_timeout, 0.8 * self.timeout),
             "request_timeout": self.timeout,
         })
-        self.ctx = Context(f"yotonnet-cli-{label}-{os.getpid()}", reactor, config=config)
+        try:
+            self.ctx = Context(
+                f"yotonnet-cli-{label}-{os.getpid()}", reactor, config=config,
+                security=settings.security,
+            )
+        except SecurityError as e:  # e.g. a credentials file that cannot be read
+            raise CliError(str(e), EXIT_USAGE) from None
         self.link: Any = None
         #: the node's control channel, None when the peer is a plain context
         self.control: ReqChannel | None = None
@@ -1084,7 +1100,7 @@ async def _node_main(reactor: Any, settings: Settings) -> None:
     try:
         top.startService()
         await top.when_ready()
-    except (ListenError, ImportError, OSError) as e:
+    except (ListenError, ImportError, OSError, SecurityError) as e:
         await defer.maybeDeferred(top.stopService)
         _note(f"yotonnet node: error: {e}")
         raise SystemExit(EXIT_FAILURE) from None

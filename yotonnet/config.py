@@ -36,7 +36,11 @@ from typing import Any
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 
+from . import tls
 from .context import ContextConfig
+from .security import Security, SecurityError
+from .security import merge as merge_security
+from .security import parse_table as parse_security
 
 DEFAULT_LISTEN = "tcp:7117:interface=127.0.0.1"
 DEFAULT_CONNECT = "tcp:127.0.0.1:7117"
@@ -68,6 +72,8 @@ class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     client: ClientSettings = field(default_factory=ClientSettings)
     context: ContextConfig = field(default_factory=ContextConfig)
+    #: TLS, credentials, users, permissions, limits (the [security] table)
+    security: Security = field(default_factory=Security)
     #: where the values came from, for error messages
     source: str = "defaults"
 
@@ -154,6 +160,14 @@ def parse(text: str, source: str = "<string>") -> Settings:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
     settings = Settings(source=source)
     for table, value in data.items():
+        if table == "security":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: 'security' must be a table ([security])")
+            try:
+                settings.security = parse_security(value, source)
+            except SecurityError as e:
+                raise ConfigError(str(e)) from None
+            continue
         keys = _TABLES.get(table)
         if keys is None:
             raise _unknown(table, _TABLES, source)
@@ -193,9 +207,13 @@ def resolve(
     log_format: str | None = None,
     connect: str | None = None,
     timeout: float | None = None,
+    security: dict[str, Any] | None = None,
 ) -> Settings:
-    """The file at ``path`` (if any) with every flag that was given (not None) on top."""
+    """The file at ``path`` (if any) with every flag that was given (not None) on top;
+    ``security`` holds the security flags (Security field name -> value or None)."""
     settings = load(path) if path else Settings()
+    if security:
+        settings.security = merge_security(settings.security, **security)
     flags = {"name": name, "listen": listen, "peers": peers, "status": status,
              "log_format": log_format}
     cli = "command line"
@@ -255,7 +273,10 @@ def validate(settings: Settings) -> None:
 
 def check_server_endpoint(endpoint: str, key: str, where: str) -> None:
     try:
-        serverFromString(None, endpoint)  # parsing only; nothing listens without a reactor
+        if tls.is_tls(endpoint):
+            tls.check_endpoint(endpoint, server=True)
+        else:
+            serverFromString(None, endpoint)  # parsing only; nothing listens without a reactor
     except Exception as e:  # noqa: BLE001 - Twisted's parser raises ValueError, TypeError, ...
         raise ConfigError(
             f"{where}: {key}: {endpoint!r} is not a Twisted server endpoint ({e}); "
@@ -265,7 +286,10 @@ def check_server_endpoint(endpoint: str, key: str, where: str) -> None:
 
 def check_client_endpoint(endpoint: str, key: str, where: str) -> None:
     try:
-        clientFromString(None, endpoint)
+        if tls.is_tls(endpoint):
+            tls.check_endpoint(endpoint, server=False)
+        else:
+            clientFromString(None, endpoint)
     except Exception as e:  # noqa: BLE001
         raise ConfigError(
             f"{where}: {key}: {endpoint!r} is not a Twisted client endpoint ({e}); "

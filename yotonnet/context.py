@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
-from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -28,17 +27,21 @@ from twisted.python.failure import Failure
 from . import errors, wire
 from .calls import Call, CallTable
 from .flow import DEFAULT_WINDOW, Hold
+from .guard import Guard
 from .link import BUSY, CLOSED, UP, HandshakeError, Link, LinkFactory
 from .messages import decode_object, encode_object
 from .routing import REP, STATE, SUB, Interest, NodeState, RoutingTable
+from .security import Security
 from .wire import (
     HEADER,
     HEADER_SIZE,
     HEADER_TAIL,
+    REPLY_DENIED,
     REPLY_ERROR,
     REPLY_NO_REPLIER,
     REPLY_OK,
     FrameKind,
+    Run,
 )
 
 if TYPE_CHECKING:
@@ -129,7 +132,7 @@ class Dialer:
             self.last_delay = policy(failures)
             return self.last_delay
 
-        endpoint = clientFromString(context.reactor, endpoint_text)
+        endpoint = context.guard.client_endpoint(endpoint_text)
         self.service = ClientService(
             endpoint,
             LinkFactory(context, outgoing=True, endpoint_text=endpoint_text, cost=cost),
@@ -193,6 +196,7 @@ class Context:
         *,
         config: ContextConfig | None = None,
         node_id: int | None = None,
+        security: Security | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -222,6 +226,8 @@ class Context:
         self._seq_base = time.time_ns()
         self._seq: dict[int, int] = {}
         self._fanout: dict[tuple[int, int], list[Link]] = {}
+        # latest-flow ids known to have no subscriber anywhere; cleared with _fanout
+        self._latest_idle: set[int] = set()
         # channel -> reachable repliers, nearest first; cleared with _fanout
         self._rep_holders: dict[int, list[int]] = {}
         # destination node -> link of the first hop; cleared with _fanout
@@ -265,6 +271,11 @@ class Context:
             FrameKind.CREDIT: self._on_credit,
             FrameKind.LATEST: self._on_latest,
         }
+        #: node id of the caller whose request a RepChannel handler is running for
+        self._caller = 0
+        #: TLS, authentication, authorization, identities and limits (yotonnet.guard)
+        self.security = security if security is not None else Security()
+        self.guard = Guard(self, self.security)
 
     def __repr__(self) -> str:
         return f"<Context {self.name} {self.node_id:016x}>"
@@ -279,7 +290,7 @@ class Context:
         self._check_open()
         _check_cost(cost)
         try:
-            ep = serverFromString(self.reactor, endpoint)
+            ep = self.guard.server_endpoint(endpoint)
         except (ValueError, KeyError, TypeError) as e:
             return defer.fail(ValueError(f"bad listen endpoint {endpoint!r}: {e}"))
         d = ep.listen(LinkFactory(self, outgoing=False, endpoint_text=endpoint, cost=cost))
@@ -287,6 +298,7 @@ class Context:
         def listening(port: Any) -> Any:
             self.ports.append(port)
             log.info("{node} listening on {where}", node=self.name, where=_port_text(port))
+            self.guard.listening(_port_text(port))
             return port
 
         return d.addCallback(listening)
@@ -523,6 +535,7 @@ class Context:
     def _forget_paths(self) -> None:
         self._hops = 0
         self._fanout.clear()
+        self._latest_idle.clear()
         self._rep_holders.clear()
         self._hop_links.clear()
 
@@ -590,6 +603,7 @@ class Context:
     # --- channel registry (called by channels)
 
     def _register(self, table_name: str, channel: Any) -> None:
+        self._latest_idle.clear()
         table = getattr(self, table_name)
         chan = channel.channel_id
         known = self._channel_types.get(chan)
@@ -603,6 +617,7 @@ class Context:
         self._update_local(interests=self._local_interests())
 
     def _unregister(self, table_name: str, channel: Any) -> None:
+        self._latest_idle.clear()
         chans = getattr(self, table_name).get(channel.channel_id)
         if chans and channel in chans:
             chans.remove(channel)
@@ -663,6 +678,7 @@ class Context:
             links = self._targets(me, channel)
         subs = self._subs.get(channel)
         if not links and not subs:
+            self._latest_idle.add(channel)  # until routes or local channels change
             return
         seq = self._seq.get(channel, self._seq_base) + 1
         self._seq[channel] = seq
@@ -724,11 +740,13 @@ class Context:
         subscriber here has consumed them. Returns the next index.
         """
         first = frames[i]
+        if type(first) is Run:
+            return self._on_run_record(link, first, i)
         channel, source = first[3], first[4]
         j = i + 1
         while j < n:
             f = frames[j]
-            if f[0] != _DATA or f[3] != channel or f[4] != source:
+            if f[0] != _DATA or f[3] != channel or f[4] != source or type(f) is Run:
                 break
             j += 1
         decoder = link._decoder
@@ -769,6 +787,45 @@ class Context:
         else:
             hold.unref()
         return j
+
+    def _on_run_record(self, link: Link, run: Run, i: int) -> int:
+        """_on_data_run for a :class:`~yotonnet.wire.Run` the link's decoder grouped.
+
+        The run's frames share every header field but ``seq``, so one hop check
+        covers them all and the bytes go on as received, hop counts patched in
+        one step. Subscribers here read the payloads from the same buffer.
+        """
+        _, hops, _, channel, source, _, _, _, start, end, count, _, _ = run
+        size = end - start
+        hold = None
+        links = self._fanout.get((source, channel))
+        if links is None:
+            links = self._targets(source, channel)
+        if links:
+            if hops <= 1:
+                # At its hop limit: a loop while routes converge. Credited below.
+                self.counters["hop_limit"] += count
+            else:
+                blob = run.relayed()
+                self.counters["forwarded"] += count * len(links)
+                for target in links:
+                    if target.flow.take(channel, size):
+                        target.send(blob)
+                    else:
+                        if hold is None:
+                            hold = Hold(link, channel, size, self._release_hold)
+                        self._hold_back(target, channel, blob, size, hold)
+        subs = self._subs.get(channel)
+        if subs:
+            if hold is None:
+                hold = Hold(link, channel, size, self._release_hold)
+            for sub in subs:
+                sub._deliver_block(run, link, hold)
+        if hold is None:
+            self._credit(link, channel, size)
+        else:
+            hold.unref()
+        return i + 1
 
     def _forward_block(
         self,
@@ -1009,6 +1066,7 @@ class Context:
             )
             return
         rep = reps[0] if len(reps) == 1 else min(reps, key=lambda r: r.in_flight)
+        self._caller = source  # yotonnet.identity.caller() reads it inside the handler
         outcome = rep._handle(tag, method, payload)
         # A handler that returned a plain value is answered at once, without Deferreds.
         if type(outcome) is tuple:
@@ -1102,6 +1160,8 @@ class Context:
                 result = errors.RemoteError(remote_type, message, traceback)
             elif status == REPLY_NO_REPLIER:
                 result = errors.NoResponders(payload.decode("utf-8", "replace"))
+            elif status == REPLY_DENIED:
+                result = errors.PermissionDenied(payload.decode("utf-8", "replace"))
             else:
                 result = errors.DecodeError(f"reply with unknown status {status}")
         except Exception as e:  # noqa: BLE001 - a malformed reply fails only its call

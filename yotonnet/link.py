@@ -20,7 +20,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import wire
+from . import tls, wire
 from .flow import DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW, PeerFlow
 from .wire import FrameKind, ProtocolError
 
@@ -68,13 +68,24 @@ class Link(Protocol):
             self.handshake_done.addErrback(lambda _: None)
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         self.last_seen = self.last_sent = 0.0
-        self._decoder = wire.FrameDecoder(max_frame=wire.HANDSHAKE_MAX_FRAME)
+        # runs: DATA frames come grouped as wire.Run records (see Context._on_run_record)
+        self._decoder = wire.FrameDecoder(max_frame=wire.HANDSHAKE_MAX_FRAME, runs=True)
         window = context.config.flow_window
         #: credit per channel both ways (the send window is the peer's, set at the handshake)
         self.flow = PeerFlow(window, window)
         self._handlers: dict[int, Callable[[Link, wire.Frame], None]] = {}
         self._timeout_call: Any = None
         self._heartbeat_call: Any = None
+        #: who the peer authenticated as (yotonnet.auth.Identity), and the gate of a
+        #: client link (yotonnet.guard.LinkGate); both None for trusted or unauthenticated
+        self.identity: Any = None
+        self.gate: Any = None
+        # the handler of DATA runs: the context's, or a client link's gate
+        self._on_run: Any = context._on_data_run
+        self._counted = False  # counted in the guard's handshaking connections
+        self._awaiting_welcome = False
+        #: the user a listener that authenticates said we are (outgoing links)
+        self.authenticated_as: str | None = None
         self._closing = False
         self._fatal = False
         # Frames queued by send() in this reactor turn, written together by _flush().
@@ -104,7 +115,7 @@ class Link(Protocol):
                     self.context.capabilities,
                     cfg.max_frame,
                     cfg.heartbeat,
-                    {"window": cfg.flow_window},
+                    {"window": cfg.flow_window, **self.context.guard.hello_extra(self)},
                 )
             )
         )
@@ -131,10 +142,21 @@ class Link(Protocol):
             return
         if not frames:
             return
-        self.frames_in += len(frames)
+        self.frames_in += self._decoder.decoded
         if self.status is not UP:
             if handshaking:
                 self._handshake(frames)
+                # A dialler waits for the listener's verdict on its credentials.
+                while self._awaiting_welcome and not self._closing:
+                    try:
+                        frames = self._decoder.feed(b"", limit=1)
+                    except ProtocolError as e:
+                        self.fail(str(e))
+                        return
+                    if not frames:
+                        return
+                    self.frames_in += 1
+                    self._handshake(frames)
                 if self.status is not UP:
                     return
                 # Whatever followed the HELLO is checked against the negotiated limit.
@@ -145,7 +167,7 @@ class Link(Protocol):
                     return
                 if not frames:
                     return
-                self.frames_in += len(frames)
+                self.frames_in += self._decoder.decoded
             elif self.status is BUSY:
                 self._set_status(UP)
             else:
@@ -160,7 +182,7 @@ class Link(Protocol):
             ctx._turn += 1
         try:
             # Runs of DATA frames go to the context in one call (see Context._on_data_run).
-            on_run = ctx._on_data_run
+            on_run = self._on_run
             i, n = 0, len(frames)
             while i < n:
                 frame = frames[i]
@@ -186,6 +208,9 @@ class Link(Protocol):
         if first.kind == FrameKind.ERROR:
             self._peer_error(first)
             return []
+        if self._awaiting_welcome:
+            self._welcome(first)
+            return []
         try:
             hello = wire.decode_hello(first)
         except ProtocolError as e:
@@ -206,10 +231,28 @@ class Link(Protocol):
             )
             return []
         self.flow.window = window
-        refusal = self.context._admit(self)
+        credentials = hello.extra.pop("auth", None)  # kept nowhere: it may hold a secret
+        refusal = self.context._admit(self) or self.context.guard.admit(self, credentials)
         if refusal:
             self.fail(refusal)
             return []
+        if self.outgoing and self.context.guard.expects_welcome(hello):
+            self._awaiting_welcome = True  # the listener authenticates us: wait for its word
+            return []
+        self._complete()
+        return frames[1:]
+
+    def _welcome(self, frame: wire.Frame) -> None:
+        """The listener's answer to our credentials (an ERROR is handled before)."""
+        user = self.context.guard.welcome_user(frame)
+        if user is None:
+            self.fail("expected the peer's welcome after the HELLO (or an ERROR frame)")
+            return
+        self._awaiting_welcome = False
+        self.authenticated_as = user
+        self._complete()
+
+    def _complete(self) -> None:
         if self._timeout_call is not None and self._timeout_call.active():
             self._timeout_call.cancel()
         self._timeout_call = None
@@ -217,11 +260,12 @@ class Link(Protocol):
         self._handlers_kind_check()
         self.status = UP
         self._start_heartbeat()
+        self._uncount()
+        self.context.guard.link_up(self)  # gates, identities, claims: before any record
         self.context._link_up(self)
         d, self.handshake_done = self.handshake_done, None
         if d is not None:
             d.callback(self)
-        return frames[1:]
 
     def _handlers_kind_check(self) -> None:
         # Control kinds the link handles itself; the context handles the rest.
@@ -233,8 +277,18 @@ class Link(Protocol):
         handlers[FrameKind.HELLO] = Link._on_second_hello
         self._handlers = handlers
 
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.context.guard.handshaking -= 1
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
         self._stop_timers()
+        self._uncount()
+        if not self._closing and tls.is_verification_failure(reason):
+            # The peer's certificate was refused: dialling again cannot fix that.
+            self._fatal = True
+            self.reason = tls.explain_failure(reason)
         if self.reason is None:
             text = reason.getErrorMessage() if reason is not None else "connection closed"
             self.reason = f"connection lost: {text}"
@@ -396,6 +450,8 @@ class Link(Protocol):
             "address": self.peer_address,
             "endpoint": self.endpoint_text,
             "direction": "out" if self.outgoing else "in",
+            # who the peer logged in as here (in), or who the peer says we are (out)
+            "user": self.identity.user if self.identity is not None else self.authenticated_as,
             "status": self.status,
             "reason": self.reason,
             "frames_in": self.frames_in,
@@ -418,8 +474,12 @@ class LinkFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> Link | None:
         if not self.outgoing:
-            refusal = self.context._refuse_incoming()
+            refusal = self.context._refuse_incoming() or self.context.guard.refuse_connection()
             if refusal:
                 log.warn("refusing connection from {addr}: {why}", addr=addr, why=refusal)
                 return None
-        return Link(self.context, self.outgoing, self.endpoint_text, self.cost)
+        link = Link(self.context, self.outgoing, self.endpoint_text, self.cost)
+        if not self.outgoing:
+            link._counted = True
+            self.context.guard.handshaking += 1
+        return link

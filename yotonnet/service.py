@@ -28,6 +28,7 @@ from .channels import RepChannel, StateChannel
 from .config import DEFAULT_CONNECT, DEFAULT_LISTEN, Settings
 from .context import Context, ContextConfig
 from .names import channel_id, validate_channel_name
+from .security import Security
 
 __all__ = [
     "DEFAULT_CONNECT",
@@ -95,6 +96,10 @@ class NodeControl(RepChannel):
         value for clients that leave right after setting it.
         """
         validate_channel_name(channel)
+        # The node writes for the caller: the caller's own permission decides.
+        denial = self.context.guard.check_caller(self.context._caller, "set-state", channel)
+        if denial:
+            raise errors.PermissionDenied(denial)
         holder = self.held_states.get(channel)
         if holder is None:
             holder = StateChannel(self.context, channel, type_name)
@@ -129,8 +134,10 @@ class NodeService(Service):
         *,
         node_id: int | None = None,
         raise_on_listen_error: bool = False,
+        security: Security | None = None,
     ) -> None:
         self.node_name = name
+        self.security = security
         self.listen = list(listen)
         self.peers = list(peers)
         self.config = config
@@ -145,7 +152,8 @@ class NodeService(Service):
     def startService(self) -> None:
         super().startService()
         ctx = self.context = Context(
-            self.node_name, self.reactor, config=self.config, node_id=self.node_id
+            self.node_name, self.reactor, config=self.config, node_id=self.node_id,
+            security=self.security,
         )
         self.control = NodeControl(ctx)
         failures: list[Failure] = []
@@ -268,6 +276,7 @@ def make_service(
         config=settings.context,
         reactor=reactor,
         raise_on_listen_error=raise_on_listen_error,
+        security=settings.security,
     )
     web = StatusWebService(node, settings.node.status, reactor) if settings.node.status else None
     return NodeMultiService(node, web)

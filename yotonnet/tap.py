@@ -18,6 +18,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from .config import DEFAULT_LISTEN, ConfigError, resolve
+from .security import SecurityError
 from .service import ListenError, make_service
 
 
@@ -35,6 +36,19 @@ class Options(usage.Options):
         ["config", None, None, "TOML configuration file ([node], [context] tables)"],
         ["status", None, None, "serve the HTTP status page (/status, /metrics) on this "
                                "server endpoint, e.g. tcp:8080:interface=127.0.0.1"],
+        # security (the [security] table of --config; see yotonnet.security)
+        ["tls-ca", None, None, "CA certificate that signs peers (PEM)"],
+        ["tls-cert", None, None, "this node's certificate for tls: endpoints (PEM)"],
+        ["tls-key", None, None, "the certificate's private key (PEM)"],
+        ["token-file", None, None, "log in to peers with the token in this file"],
+        ["login", None, None, "log in to peers as this user (with --password-file)"],
+        ["password-file", None, None, "the password for --login"],
+        ["tokens", None, None, "accept peers presenting a token from this file"],
+        ["passwords", None, None, "accept peers with a password from this file"],
+    ]
+    optFlags = [
+        ["allow-anonymous", None, "with no authentication, accept peers from any address "
+                                  "(unsafe; default: loopback and unix sockets only)"],
     ]
 
     def __init__(self) -> None:
@@ -59,6 +73,13 @@ class Options(usage.Options):
                 listen=self["listen"] or None,
                 peers=self["peer"] or None,
                 status=self["status"],
+                security={
+                    "tls_ca": self["tls-ca"], "tls_cert": self["tls-cert"],
+                    "tls_key": self["tls-key"], "token_file": self["token-file"],
+                    "user": self["login"], "password_file": self["password-file"],
+                    "tokens": self["tokens"], "passwords": self["passwords"],
+                    "allow_anonymous": True if self["allow-anonymous"] else None,
+                },
             )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
@@ -70,7 +91,7 @@ class _ExitOnListenError(MultiService):
     def startService(self) -> None:
         try:
             super().startService()
-        except ListenError as e:
+        except (ListenError, SecurityError) as e:
             raise SystemExit(f"yotonnet: {e}") from None
 
 

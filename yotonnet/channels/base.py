@@ -23,6 +23,8 @@ class Channel:
         self.message_type = message_type(message_type_)
         self.channel_id = channel_id(self.pattern, name)
         self.closed = False
+        # Claims this channel with nodes that authorize (yotonnet.guard), before any interest.
+        context.guard.channel_opened(self)
         if self.table is not None:
             context._register(self.table, self)
 

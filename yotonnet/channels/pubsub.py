@@ -11,6 +11,7 @@ messages and counts the ones it drops.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,18 +23,34 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import errors
-from ..messages import TEXT, DecodeError, MessageType, MessageTypeError, type_name_for_tag
+from ..messages import BINARY, TEXT, DecodeError, MessageType, MessageTypeError, type_name_for_tag
 from ..names import channel_id
 from ..routing import SUB
-from ..wire import HEADER_SIZE
+from ..wire import HEADER_SIZE, SEQ_OFFSET, Frame
 from .base import Channel
 
 if TYPE_CHECKING:
     from ..context import Context
     from ..flow import Hold
-    from ..wire import Frame
+    from ..wire import Run
 
 log = Logger(namespace="yotonnet.pubsub")
+
+_SEQ = struct.Struct("<Q")
+_DECODE_BINARY = BINARY.decode
+# frame size -> the layout of one frame of that size: (seq, payload), the rest skipped
+_LAYOUTS: dict[int, struct.Struct] = {}
+
+
+def _layout(stride: int) -> struct.Struct:
+    layout = _LAYOUTS.get(stride)
+    if layout is None:
+        if len(_LAYOUTS) >= 256:
+            _LAYOUTS.clear()  # many sizes seen: start over rather than grow
+        layout = _LAYOUTS[stride] = struct.Struct(
+            f"<{SEQ_OFFSET}xQ{stride - HEADER_SIZE}s"
+        )
+    return layout
 
 LOSSLESS = "lossless"
 LATEST = "latest"
@@ -62,6 +79,7 @@ class PubChannel(Channel):
         self._tag = self.message_type.tag
         self._publish = context._publish
         self._publish_latest = context._publish_latest
+        self._latest_idle = context._latest_idle
         #: the id of this channel's flow to ``latest`` subscribers
         self.latest_id = channel_id("latest", self.name)
         self._not_ready = context._not_ready
@@ -91,7 +109,8 @@ class PubChannel(Channel):
     def _send_encoded(self, payload: bytes) -> None:
         """Publish an encoded message on both flows: lossless, and latest if anyone listens."""
         self._publish(self.channel_id, self._tag, payload)
-        self._publish_latest(self.latest_id, self._tag, payload)
+        if self.latest_id not in self._latest_idle:  # (most channels have no latest subscriber)
+            self._publish_latest(self.latest_id, self._tag, payload)
 
     #: IConsumer.write: a producer's output is published message by message
     write = send
@@ -360,6 +379,64 @@ class SubChannel(Channel):
             except (DecodeError, ValueError) as e:
                 self._fail(DecodeError(f"channel {self.name!r}: {e}"))
                 continue
+            if len(callbacks) == 1 and self._busy is None and not self._queue:
+                # _hand_over written out for the commonest subscriber: one callback.
+                self.received += 1
+                try:
+                    result = callbacks[0](value)
+                except Exception:  # noqa: BLE001 - a bad callback must not stop delivery
+                    log.failure("subscriber callback on {name} failed", name=self.name)
+                    continue
+                if result is not None and isinstance(result, defer.Deferred):
+                    self._busy = result
+                    result.addBoth(self._callback_done)
+            else:
+                hand_over(value, HEADER_SIZE + len(payload), hold)
+
+    def _deliver_block(self, run: Run, link: Any, hold: Hold | None = None) -> None:
+        """_deliver_run for a :class:`~yotonnet.wire.Run`: each payload is cut from the
+        received buffer here, the only place that needs it (a forwarder never does).
+
+        Frames of one size are split in C (``struct.iter_unpack`` gives each frame's
+        seq and payload), so the Python loop per message is the sequence check, the
+        decode and the hand-over.
+        """
+        if run[2] != self._tag or run[10] == 1:
+            self._deliver_run(run.frames(), link, hold)  # one frame, or the wrong type
+            return
+        decode = self._decode
+        same = decode is _DECODE_BINARY  # BINARY payloads are handed over as they are
+        hand_over = self._hand_over
+        callbacks = self._callbacks
+        _, hops, tag, channel, source, dest, _, buf, start, end, _, stride, offsets = run
+        if stride:
+            items: Any = _layout(stride).iter_unpack(memoryview(buf)[start:end])
+        else:
+            assert offsets is not None
+            seq_at = _SEQ.unpack_from
+            items = [
+                (seq_at(buf, a + SEQ_OFFSET)[0], buf[a + HEADER_SIZE : b])
+                for a, b in zip(offsets, [*offsets[1:], end], strict=True)
+            ]
+        last_seq = self._last_seq
+        last = last_seq.get(source, 0)
+        for seq, payload in items:
+            if self.closed or link._closing:
+                return
+            if seq != last + 1:
+                # The rare paths: a duplicate, or a gap.
+                self._deliver(Frame(run[0], hops, tag, channel, source, dest, seq, payload), hold)
+                last = last_seq.get(source, 0)
+                continue
+            last = last_seq[source] = seq
+            if same:
+                value = payload
+            else:
+                try:
+                    value = decode(payload)
+                except (DecodeError, ValueError) as e:
+                    self._fail(DecodeError(f"channel {self.name!r}: {e}"))
+                    continue
             if len(callbacks) == 1 and self._busy is None and not self._queue:
                 # _hand_over written out for the commonest subscriber: one callback.
                 self.received += 1

@@ -1,0 +1,74 @@
+"""Who sent this? Authenticated identities for applications.
+
+Every frame carries its origin node id in the header; the first node of a
+client guarantees that id (a client may only send its own frames) and binds
+it to the user the client authenticated as (see :mod:`yotonnet.guard`). So:
+
+* :func:`sender_of` (``ctx, node_id``) gives the user bound to a node;
+* :func:`caller` gives, inside a :class:`~yotonnet.RepChannel` handler, the
+  user whose request it is serving (read it before the first ``await``);
+* :class:`IdentifiedSubChannel` is a SubChannel whose messages arrive as
+  :class:`Received` ``(value, sender, node)`` tuples.
+
+``None`` means unauthenticated: a node without authentication configured, or
+a peer that linked before any node knew who it is.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .channels.pubsub import SubChannel
+
+if TYPE_CHECKING:
+    from .context import Context
+    from .wire import Frame
+
+__all__ = ["Received", "IdentifiedSubChannel", "sender_of", "caller"]
+
+
+class Received(NamedTuple):
+    value: Any
+    #: the authenticated user who published it (None: unauthenticated)
+    sender: str | None
+    #: the node id it came from
+    node: int
+
+
+def sender_of(context: Context, node_id: int) -> str | None:
+    """The user the mesh authenticated node ``node_id`` as, or None."""
+    return context.guard.identity_of(node_id)
+
+
+def caller(channel_or_context: Any) -> str | None:
+    """Inside a request handler: the user who made the call being served."""
+    ctx = getattr(channel_or_context, "context", channel_or_context)
+    return ctx.guard.identity_of(ctx._caller) if ctx._caller else None
+
+
+class IdentifiedSubChannel(SubChannel):
+    """A SubChannel that hands out :class:`Received` tuples: value, sender, node."""
+
+    def __init__(self, context: Context, name: str, *args: Any, **kwargs: Any) -> None:
+        self._source = 0
+        super().__init__(context, name, *args, **kwargs)
+        decode = self._decode
+        identity_of = context.guard.identity_of
+
+        def decode_with_sender(payload: bytes) -> Received:
+            source = self._source
+            return Received(decode(payload), identity_of(source), source)
+
+        self._decode = decode_with_sender
+
+    def _deliver(self, frame: Frame, hold: Any = None) -> None:
+        self._source = frame.source
+        super()._deliver(frame, hold)
+
+    def _deliver_run(self, frames: list[Frame], link: Any, hold: Any = None) -> None:
+        self._source = frames[0][4]  # a run has one source
+        super()._deliver_run(frames, link, hold)
+
+    def _deliver_block(self, run: Any, link: Any, hold: Any = None) -> None:
+        self._source = run[4]  # a wire.Run has one source
+        super()._deliver_block(run, link, hold)
