@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-mesh bench-flow clean sysdeps
+.PHONY: run test lint bench bench-mesh bench-flow bench-forward clean sysdeps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-mesh: $(STAMP)
 
 bench-flow: $(STAMP)
 	$(BIN)/python benchmarks/bench_flow.py
+
+bench-forward: $(STAMP)
+	$(BIN)/python benchmarks/bench_forward.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp .hypothesis

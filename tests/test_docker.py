@@ -206,7 +206,7 @@ class ComposeTests(SynchronousTestCase):
                 self.assertIsNotNone(options.subOptions["settings"], name)
             else:
                 args, _settings = parse_yotonnet(argv)
-                self.assertEqual(args.command, "node", name)
+                self.assertIn(args.command, ("node", "kernel"), name)
 
     def test_the_checker_refuses_bad_commands(self) -> None:
         # What makes the test above able to fail.
@@ -251,6 +251,8 @@ class ComposeTests(SynchronousTestCase):
                     (("node-a", "node-b"), ("node-b", "node-c"), ("node-a", "node-c"))}
         self.assertLessEqual(triangle, edges)
         self.assertTrue(any("kernel" in e for e in edges))
+        kernel = parse_yotonnet(self.host_argv("kernel"))[0]
+        self.assertEqual((kernel.command, kernel.kernel_name), ("kernel", "shared"))
         self.assertEqual(len({n.name for n in nodes.values()}), len(nodes), "names repeat")
 
     def test_only_the_status_page_is_published_on_loopback(self) -> None:

@@ -328,8 +328,10 @@ class ComposeMeshTests(TestCase):
     async def start_mesh(self) -> None:
         for name, p in self.plan.items():
             self.nodes[name] = spawn_node(self, self.in_host(name, p.argv), name, cwd=self.workdir)
-        for node in self.nodes.values():
-            await node.wait_for("ready on", timeout=40.0)
+        for name, node in self.nodes.items():
+            # A node logs "... ready on ADDRESS"; a kernel broker "yotonnet kernel K: ready (".
+            kernel = self.plan[name].argv[:2] == ["yotonnet", "kernel"]
+            await node.wait_for(": ready (" if kernel else "ready on", timeout=40.0)
 
     async def run_in(self, service: str, argv: list[str]) -> tuple[int, str, str]:
         return await run_command(self.in_host(service, argv), cwd=self.workdir)
@@ -429,6 +431,19 @@ class ComposeMeshTests(TestCase):
                             f"sub on {name} did not exit after 1 message")
             self.assertEqual(sub.exit_reason.value.exitCode, 0, sub.describe_output())
             self.assertEqual(sub.lines, [message], name)
+
+    def test_the_shared_kernel_runs_code_from_another_node(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._console())
+
+    async def _console(self) -> None:
+        await self.start_mesh()
+        # `docker compose exec node-a yotonnet console shared -c ...`: through node-a,
+        # across the mesh, to the kernel service's interpreter.
+        code, out, err = await self.run_in("node-a", [
+            "yotonnet", "console", "shared", "-c", "import os; print(6 * 7, os.getpid() > 1)",
+            "--timeout", "20"])
+        self.assertEqual(code, 0, f"console on node-a: {out}\n{err}")
+        self.assertIn("42 True", out)
 
     def test_healthcheck(self) -> defer.Deferred:
         return defer.ensureDeferred(self._healthcheck())

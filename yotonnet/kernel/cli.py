@@ -50,6 +50,8 @@ def add_kernel_parsers(
             "`yotonnet console NAME` from any node of the mesh.\n"
             f"Without --listen or --peer it links to --connect (default {DEFAULT_CONNECT}).")
     k.add_argument("kernel_name", metavar="NAME", help="kernel name (dotted words)")
+    k.add_argument("--name", dest="node_name", metavar="NODE",
+                   help="the broker's node name in the mesh (default kernel-NAME)")
     k.add_argument("--listen", action="append", metavar="ENDPOINT",
                    help="also accept peers on this server endpoint; repeatable")
     k.add_argument("--peer", action="append", metavar="ENDPOINT",
@@ -143,8 +145,14 @@ async def _kernel_main(reactor: Any, args: argparse.Namespace, settings: Any,
         role_of = table_roles(owner, roles, args.default_role or "collaborator")
     else:
         role_of = default_roles(owner)
-    ctx = Context(f"kernel-{name}", reactor, config=ContextConfig(**vars(settings.context)),
-                  **_security(settings))
+    ctx = Context(args.node_name or f"kernel-{name}", reactor,
+                  config=ContextConfig(**vars(settings.context)), **_security(settings))
+    if args.listen:
+        # A broker that accepts peers is a node of the mesh: it answers `yotonnet status`
+        # (and so health checks) like one.
+        from ..service import NodeControl
+
+        NodeControl(ctx)
     for endpoint in args.listen or []:
         try:
             port = await ctx.listen(endpoint)
