@@ -71,8 +71,16 @@ class BlockingKernelClient:
                 on_input=self._on_input, history=history, timeout=timeout,
             ),
         )
-        self.caller = self.client.caller
 
+    @property
+    def caller(self) -> Any:
+        """Who this client is (its user is the broker's view once attached)."""
+        return self.client.caller
+
+    @property
+    def public_id(self) -> str:
+        """This client's ``client`` field in the presence list."""
+        return self.client.public_id
     @staticmethod
     def _open(runner: Any, endpoint: str, security: Any, timeout: float) -> Context:
         """A context of our own in the reactor thread, linked to ``endpoint``."""

@@ -184,8 +184,12 @@ class KernelBroker:
 
     ``owner`` is the user who started it (default ``user@host`` of this
     process); ``role_of`` maps a :class:`~yotonnet.kernel.roles.Caller` to a
-    role (default: the owner is owner, everyone else collaborator): the seam
-    where authenticated identities plug in.
+    role (default: the owner is owner, everyone else collaborator). Where the
+    mesh authenticates, a caller's user is the login of the node it called
+    from, never what it claims, and a node that never logged in is refused;
+    a client's secret id (which names its input channel) stays between it
+    and the broker, and ``input()`` is asked only when the runner's node
+    alone serves that channel.
     """
 
     def __init__(
@@ -238,6 +242,7 @@ class KernelBroker:
         self._clients: dict[str, dict[str, Any]] = {}
         self._input_channels: dict[str, ReqChannel] = {}
         self._last_status: dict | None = None
+        self._authenticating = False
         #: fires once a shutdown was asked for and the kernel has ended
         self.stopped: defer.Deferred[None] = defer.Deferred()
         self._heartbeat_check = LoopingCall(self._check_heartbeat)
@@ -577,8 +582,23 @@ class KernelBroker:
         if ex is None or ex.id != message.get("id"):
             error(Failure(KernelGone("input() outside a known execution")))
             return
+        impostors = self._other_input_holders(ex.caller)
+        if impostors:
+            # The prompt (maybe a password's) goes to the runner's node or nowhere.
+            why = (f"the input channel of {ex.caller.user}'s client is also served by "
+                   f"node(s) {', '.join(f'{n:016x}' for n in impostors)}; not asking anyone")
+            log.warn("kernel {name}: {why}", name=self.name, why=why)
+            error(Failure(errors.PermissionDenied(why)))
+            return
         chan = self._input_channel(ex.caller.client)
         chan.call("input", prompt, password).addCallbacks(answer, error)
+
+    def _other_input_holders(self, caller: Caller) -> list[int]:
+        """Nodes other than the runner's that serve the runner's input channel."""
+        if not caller.node:
+            return []  # a client that did not say where it is: nothing to compare with
+        chan = channel_id("reqrep", p.client_channel_name(self.name, caller.client))
+        return [n for n in self.context.routing.holders(chan, REP) if n != caller.node]
 
     def _reply_input(self, message: dict) -> None:
         try:
@@ -598,7 +618,7 @@ class KernelBroker:
 
     def _presence(self) -> list[dict[str, Any]]:
         return [
-            {"user": c["user"], "client": cid, "role": c["role"]}
+            {"user": c["user"], "client": p.public_client_id(cid), "role": c["role"]}
             for cid, c in sorted(self._clients.items(), key=lambda kv: kv[1]["since"])
         ]
 
@@ -656,12 +676,43 @@ class KernelBroker:
             caller = Caller.from_wire(who)
         except ValueError as e:
             raise errors.PermissionDenied(str(e)) from None
+        # Read before any await (see yotonnet.identity.caller): the node the request came
+        # from, and the user the mesh authenticated it as.
+        source = getattr(self.context, "_caller", 0) or caller.node
         proven = self._authenticated_user()
         if proven is not None:
-            # The mesh's word beats the client's claim (read before any await: see
-            # yotonnet.identity.caller).
-            caller = Caller(proven, caller.client, verified=True, node=caller.node)
+            # The mesh's word beats the client's claim.
+            caller = Caller(proven, caller.client, verified=True, node=source)
+        elif source != self.context.node_id and self._mesh_authenticates():
+            # Fail closed: in a mesh that checks logins, a claim alone names nobody.
+            raise errors.PermissionDenied(
+                f"this kernel's mesh authenticates users, but the node {source:016x} that "
+                f"called (claiming to be {caller.user!r}) never logged in; link to a node "
+                "that checks your login (--token-file, --login with --password-file, or a "
+                "TLS client certificate)")
+        elif source != caller.node:
+            caller = Caller(caller.user, caller.client, node=source)
+        known = self._clients.get(caller.client)
+        if known is not None and (known["user"], known["node"]) != (caller.user, caller.node):
+            # A client id is its attachment's: nobody else detaches it or runs code as it.
+            raise errors.PermissionDenied(
+                f"client id {caller.client!r} belongs to another attachment; "
+                "use a client id of your own (KernelClient makes a random one)")
         return caller, check(self.role_of, caller, operation)
+
+    def _mesh_authenticates(self) -> bool:
+        """Whether this broker's mesh checks logins: it does itself, or a node logged it
+        in, or identities were bound anywhere. Sticky: a link going down changes nothing."""
+        if not self._authenticating:
+            guard = getattr(self.context, "guard", None)
+            security = getattr(guard, "security", None)
+            self._authenticating = bool(
+                (security is not None and security.authenticates)
+                or getattr(guard, "idents", None)
+                or any(getattr(link, "authenticated_as", None)
+                       for link in list(self.context.links.values()))
+            )
+        return self._authenticating
 
     def _authenticated_user(self) -> str | None:
         """The user the security layer authenticated the current request's node as."""
@@ -678,7 +729,8 @@ class KernelBroker:
         caller, role = self._caller(who, "attach")
         self._join(caller, role)
         return {"role": role, "status": self.status(), "presence": self._presence(),
-                "last_seq": self.history.last_seq}
+                "last_seq": self.history.last_seq, "user": caller.user,
+                "verified": caller.verified, "client": p.public_client_id(caller.client)}
 
     def _op_detach(self, who: Any) -> bool:
         caller, _ = self._caller(who, "detach")

@@ -77,7 +77,8 @@ def add_kernel_parsers(
             "Attach to kernel NAME: type Python at the prompt; see everyone's output.\n"
             "Ctrl-C interrupts the running code, Ctrl-D leaves, %help lists commands.")
     c.add_argument("kernel_name", metavar="NAME", help="kernel name")
-    c.add_argument("--user", metavar="USER", help=f"who you are (default {default_user()})")
+    c.add_argument("--user", metavar="USER", help="who you say you are (default: your login, else "
+                   f"{default_user()}); where the mesh authenticates, your login wins")
     c.add_argument("--history", type=int, default=None, metavar="N",
                    help="past output messages to show on attach (default 1000; 0 with -c)")
     c.add_argument("-c", dest="code", metavar="CODE",
@@ -296,6 +297,7 @@ class Console:
             except Exception as e:  # noqa: BLE001 - no broker, refused
                 _note(f"yotonnet console: error: {e}")
                 return EXIT_FAILURE
+            self.user = self.client.caller.user  # the broker's (authenticated) view
             self.last_state = info["status"].get("state")
             self.client.watch_status(self.on_status)
             try:  # the recent output first, then the banner and the prompt
@@ -310,7 +312,7 @@ class Console:
                     ok = self.execute(code)
                 return EXIT_OK if ok else EXIT_FAILURE
             others = [w["user"] for w in info["presence"] if w["client"] !=
-                      self.client.caller.client]
+                      self.client.public_id]
             self.write(
                 f"yotonnet console: kernel {self.args.kernel_name} as {self.user} "
                 f"({info['role']}), state {self.last_state}"
@@ -412,7 +414,7 @@ class Console:
                 client.shutdown()
             elif word == "who":
                 for w in client.presence():
-                    me = " (you)" if w["client"] == client.caller.client else ""
+                    me = " (you)" if w["client"] == client.public_id else ""
                     self.write(f"  {w['user']}  {w['role']}{me}\n")
             elif word == "status":
                 status = client.status()

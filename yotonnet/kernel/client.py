@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.internet import defer
@@ -88,6 +88,15 @@ class ExecuteResult:
         )
 
 
+def login_of(context: Context) -> str | None:
+    """The user a node we dialled says we logged in as (None: not authenticated)."""
+    for link in list(context.links.values()):
+        user = getattr(link, "authenticated_as", None)
+        if user:
+            return user
+    return None
+
+
 def _no_input(prompt: str, password: bool) -> str:
     raise EOFError("this client takes no input (give KernelClient an on_input handler)")
 
@@ -95,8 +104,10 @@ def _no_input(prompt: str, password: bool) -> str:
 class KernelClient:
     """One attachment to kernel ``name`` through ``context``.
 
-    ``user`` is who this client says it is (default ``user@host``; claimed,
-    not proven, until links are authenticated: see :mod:`yotonnet.kernel.roles`).
+    ``user`` is who this client says it is (default: the user its link
+    logged in as, else ``user@host``). Where the mesh authenticates, the
+    broker goes by the login, whatever is claimed, and :meth:`attach` sets
+    ``caller.user`` to the name the broker knows this client by.
     ``on_input(prompt, password)`` answers ``input()`` of code this client
     ran (a str, or a Deferred of one). ``history`` bounds how many past
     messages to fetch on attach (None: all the broker holds).
@@ -117,8 +128,8 @@ class KernelClient:
         self.context = context
         self.reactor = context.reactor
         self.name = p.validate_kernel_name(name)
-        self.caller = Caller(user or default_user(), secrets.token_hex(8),
-                             node=context.node_id)
+        self.caller = Caller(user or login_of(context) or default_user(),
+                             secrets.token_hex(8), node=context.node_id)
         self.on_output = on_output
         self.on_input: InputHandler = on_input or _no_input
         self.history_limit = history
@@ -171,6 +182,10 @@ class KernelClient:
             ) from None
         info = await self.control.call("attach", self.caller.to_wire())
         self.role = info["role"]
+        user = info.get("user")
+        if isinstance(user, str) and user and user != self.caller.user:
+            # Who the broker knows us as (its authenticated view beats our claim).
+            self.caller = replace(self.caller, user=user)
         self.attached = True
         self.link = "up"
         if not self.merger.started:
@@ -239,8 +254,14 @@ class KernelClient:
         return status
 
     @property
+    def public_id(self) -> str:
+        """This client's ``client`` field in the presence list."""
+        return p.public_client_id(self.caller.client)
+
+    @property
     def presence(self) -> list[dict[str, Any]]:
-        """Who is attached: ``[{"user", "client", "role"}, ...]`` in joining order."""
+        """Who is attached: ``[{"user", "client", "role"}, ...]`` in joining order
+        (``client`` is each client's :attr:`public_id`, never its secret id)."""
         return list(self.presence_channel.recv() or []) if self.output else []
 
     def watch_status(self, callback: Callable[[dict], Any]) -> None:

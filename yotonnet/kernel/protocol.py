@@ -13,6 +13,7 @@ message it has (drop it) from one it missed (fetch it from the history).
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -64,8 +65,15 @@ def channel_names(kernel: str) -> dict[str, str]:
 
 def client_channel_name(kernel: str, client_id: str) -> str:
     """The req/rep channel a client serves, so the broker can ask that client (and only
-    it) for the input() of code it ran."""
+    it) for the input() of code it ran. ``client_id`` is a secret between client and
+    broker: whoever knew it could serve this channel too (see :func:`public_client_id`)."""
     return validate_channel_name(f"kernel.{kernel}.client.c{client_id}")
+
+
+def public_client_id(client_id: str) -> str:
+    """What others see of a client (presence): a digest of its id, not the id itself,
+    which names its input channel and so must not be handed to every attached user."""
+    return hashlib.sha256(b"yotonnet-kernel-client:" + client_id.encode()).hexdigest()[:16]
 
 
 def validate_kernel_name(name: str) -> str:

@@ -1,13 +1,14 @@
 """Who may do what on a shared kernel: roles as a pluggable function of the caller.
 
-A :class:`Caller` is who a request says it comes from. Until the security
-work authenticates links, that identity is *claimed* by the client, not
-proven (``verified`` is False): roles then keep honest users from stepping
-on each other, they do not stop a hostile peer. The seam for the security
-work is the broker's ``role_of`` argument: any ``Callable[[Caller], str]``
-returning ``"owner"``, ``"collaborator"`` or ``"viewer"``. A policy built on
-authenticated identities replaces :func:`default_roles` there, and nothing
-else changes: every operation goes through :func:`check`.
+A :class:`Caller` is who a request says it comes from. Where the mesh
+authenticates (tokens, passwords, client certificates: :mod:`yotonnet.guard`),
+the broker replaces the claimed user with the login of the calling node
+(``verified`` True) and refuses callers from nodes that never logged in; in
+a mesh without authentication the name is only *claimed*: roles then keep
+honest users from stepping on each other, they do not stop a hostile peer.
+The broker's ``role_of`` argument is any ``Callable[[Caller], str]``
+returning ``"owner"``, ``"collaborator"`` or ``"viewer"`` (e.g.
+:func:`table_roles`); every operation goes through :func:`check`.
 """
 
 from __future__ import annotations
