@@ -766,15 +766,8 @@ class Context:
         if links:
             blob = self._forward_block(frames, i, j, buf, offsets, start, end)
             if blob:
-                out = len(blob)
                 self.counters["forwarded"] += (j - i) * len(links)
-                for target in links:
-                    if target.flow.take(channel, out):
-                        target.send(blob)
-                    else:
-                        if hold is None:
-                            hold = Hold(link, channel, size, self._release_hold)
-                        self._hold_back(target, channel, blob, out, hold)
+                hold = self._relay(link, channel, size, blob, links)
         subs = self._subs.get(channel)
         if subs:
             if hold is None:
@@ -787,6 +780,22 @@ class Context:
         else:
             hold.unref()
         return j
+
+    def _relay(
+        self, link: Link, channel: int, size: int, blob: bytes, targets: list[Link]
+    ) -> Hold | None:
+        """Send ``blob`` (``size`` bytes received from ``link``) on to ``targets``; the Hold
+        that keeps ``link``'s credit while some target queues it for credit, else None."""
+        hold = None
+        out = len(blob)
+        for target in targets:
+            if target.flow.take(channel, out):
+                target.send(blob)
+            else:
+                if hold is None:
+                    hold = Hold(link, channel, size, self._release_hold)
+                self._hold_back(target, channel, blob, out, hold)
+        return hold
 
     def _on_run_record(self, link: Link, run: Run, i: int) -> int:
         """_on_data_run for a :class:`~yotonnet.wire.Run` the link's decoder grouped.
@@ -806,15 +815,8 @@ class Context:
                 # At its hop limit: a loop while routes converge. Credited below.
                 self.counters["hop_limit"] += count
             else:
-                blob = run.relayed()
                 self.counters["forwarded"] += count * len(links)
-                for target in links:
-                    if target.flow.take(channel, size):
-                        target.send(blob)
-                    else:
-                        if hold is None:
-                            hold = Hold(link, channel, size, self._release_hold)
-                        self._hold_back(target, channel, blob, size, hold)
+                hold = self._relay(link, channel, size, run.relayed(), links)
         subs = self._subs.get(channel)
         if subs:
             if hold is None:
