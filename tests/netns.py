@@ -9,6 +9,7 @@ crashed runs do not collide.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -26,13 +27,18 @@ def _ip(*args: str, netns: str | None = None) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
+_SERIAL = itertools.count()
+
+
 class TestHosts:
     """N hosts on one bridge; ``address(i)``, ``exec_prefix(i)``, ``cut(i)``, ``heal(i)``."""
 
     __test__ = False  # not a test case, whatever pytest thinks of the name
 
     def __init__(self, count: int, net: int = 77) -> None:
-        tag = f"{os.getpid() % 100000}"
+        # Unique per instance, not only per process: a test's hosts may linger briefly
+        # (a process still inside a namespace keeps its interfaces) when the next one starts.
+        tag = f"{os.getpid() % 100000}{next(_SERIAL) % 100:02d}"
         self.count = count
         self.net = net
         self.bridge = f"ytb{tag}"
