@@ -13,36 +13,27 @@ deadlines are in order and finding the expired ones never scans live calls.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Call", "CallTable"]
+
+_new = tuple.__new__
 
 # Deadlines are sums of floats: a timer set for one may fire a hair before it.
 _SLACK = 1e-9
 
 
-class Call:
-    """One request waiting for its reply."""
+class Call(NamedTuple):
+    """One request waiting for its reply (a tuple: built without a Python call)."""
 
-    __slots__ = ("req_id", "waiter", "dest", "channel_name", "timeout", "deadline")
-
-    def __init__(
-        self,
-        req_id: int,
-        waiter: Any,
-        dest: int,
-        channel_name: str,
-        timeout: float | None,
-        deadline: float | None,
-    ) -> None:
-        self.req_id = req_id
-        #: whatever the caller waits on (the context keeps a Deferred here)
-        self.waiter = waiter
-        #: node id of the replier the request went to
-        self.dest = dest
-        self.channel_name = channel_name
-        self.timeout = timeout
-        self.deadline = deadline
+    req_id: int
+    #: whatever the caller waits on (the context keeps a Deferred here)
+    waiter: Any
+    #: node id of the replier the request went to
+    dest: int
+    channel_name: str
+    timeout: float | None
+    deadline: float | None
 
 
 class CallTable:
@@ -84,17 +75,18 @@ class CallTable:
         self, waiter: Any, dest: int, channel_name: str, timeout: float | None, now: float
     ) -> Call:
         """Record a new call and give it the next request id."""
-        self._last_id += 1
-        req_id = self._last_id
-        deadline = now + timeout if timeout else None
-        call = Call(req_id, waiter, dest, channel_name, timeout, deadline)
-        self._calls[req_id] = call
-        if deadline is not None:
-            group = self._groups.get(timeout)  # type: ignore[arg-type]
+        self._last_id = req_id = self._last_id + 1
+        if timeout:
+            call = _new(Call, (req_id, waiter, dest, channel_name, timeout, now + timeout))
+            group = self._groups.get(timeout)
             if group is None:
-                group = self._groups[timeout] = {}  # type: ignore[index]
+                group = self._groups[timeout] = {}
             group[req_id] = call
-        self._load[dest] = self._load.get(dest, 0) + 1
+        else:
+            call = _new(Call, (req_id, waiter, dest, channel_name, timeout, None))
+        self._calls[req_id] = call
+        load = self._load
+        load[dest] = load.get(dest, 0) + 1
         return call
 
     def pop(self, req_id: int) -> Call | None:
@@ -102,22 +94,26 @@ class CallTable:
         call = self._calls.pop(req_id, None)
         if call is None:
             return None
-        if call.deadline is not None:
-            group = self._groups[call.timeout]  # type: ignore[index]
-            del group[req_id]
-            if not group:
-                del self._groups[call.timeout]  # type: ignore[arg-type]
-        left = self._load[call.dest] - 1
+        if call[5] is not None:
+            # An emptied group stays until the next expiry scan: a caller making one
+            # call at a time would otherwise create and drop a dict per call.
+            del self._groups[call[4]][req_id]
+        load = self._load
+        dest = call[2]
+        left = load[dest] - 1
         if left:
-            self._load[call.dest] = left
+            load[dest] = left
         else:
-            del self._load[call.dest]
+            del load[dest]
         return call
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of any open call, or None if none has one."""
         earliest = None
-        for group in self._groups.values():
+        groups = self._groups
+        for timeout in [t for t, group in groups.items() if not group]:
+            del groups[timeout]  # emptied since the last scan (see pop)
+        for group in groups.values():
             deadline = next(iter(group.values())).deadline
             if earliest is None or deadline < earliest:  # type: ignore[operator]
                 earliest = deadline

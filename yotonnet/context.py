@@ -63,6 +63,7 @@ _CREDIT = int(FrameKind.CREDIT)
 HOP_MARGIN = 4
 #: the most credit one CREDIT frame may grant (a sanity bound on a peer's claim)
 MAX_CREDIT = 1 << 40
+_NEVER = float("inf")
 
 
 @dataclass
@@ -237,6 +238,7 @@ class Context:
         self._calls = CallTable()
         # one timer for every request's deadline (see yotonnet.calls)
         self._deadline_timer: Any = None
+        self._deadline_at = _NEVER  # when that timer fires
         self._lamport = 0
         self._state_values: dict[int, tuple[tuple[int, int], int, bytes]] = {}
         self._state_told: dict[int, set[int]] = {}
@@ -341,6 +343,7 @@ class Context:
         if self._deadline_timer is not None and self._deadline_timer.active():
             self._deadline_timer.cancel()
         self._deadline_timer = None
+        self._deadline_at = _NEVER
         return defer.DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
 
     def queued(self, channel: int | None = None) -> int:
@@ -974,37 +977,39 @@ class Context:
                 errors.NoResponders(f"no replier for channel {channel_name!r} is reachable")
             )
         calls = self._calls
-        dest = calls.pick(holders)
+        # One replier (the usual case) needs no comparison of loads.
+        dest = holders[0] if len(holders) == 1 else calls.pick(holders)
 
         def cancel(d: defer.Deferred) -> None:
             calls.pop(req_id)
 
         d: defer.Deferred[Any] = defer.Deferred(cancel)
-        call = calls.open(d, dest, channel_name, timeout, self.reactor.seconds())
-        req_id = call.req_id
-        deadline = call.deadline
-        if deadline is not None:
-            timer = self._deadline_timer
-            # Calls with the usual timeout expire after the one the timer waits for.
-            if timer is None or deadline < timer.getTime():
-                self._arm_deadline_timer(deadline)
+        req_id, _, _, _, _, deadline = calls.open(
+            d, dest, channel_name, timeout, self.reactor.seconds()
+        )
+        # Calls with the usual timeout expire after the one the timer waits for.
+        if deadline is not None and deadline < self._deadline_at:
+            self._arm_deadline_timer(deadline)
         me = self.node_id
         if dest == me:
             self._serve_request(channel, me, req_id, tag, method, payload)
-        else:
-            data = b"".join((
-                HEADER.pack(
-                    HEADER_TAIL + len(method) + len(payload), _REQUEST,
-                    self._hops or self._hop_limit(),
-                    len(method), tag, channel, me, dest, req_id,
-                ),
-                method,
-                payload,
-            ))
-            if not self._unicast(dest, data):
-                self._finish_request(
-                    req_id, errors.NoResponders(f"replier for {channel_name!r} unreachable")
-                )
+            return d
+        data = b"".join((
+            HEADER.pack(
+                HEADER_TAIL + len(method) + len(payload), _REQUEST,
+                self._hops or self._hop_limit(),
+                len(method), tag, channel, me, dest, req_id,
+            ),
+            method,
+            payload,
+        ))
+        link = self._hop_links.get(dest)
+        if link is not None:
+            link.send(data)  # _unicast's common case written out
+        elif not self._unicast(dest, data):
+            self._finish_request(
+                req_id, errors.NoResponders(f"replier for {channel_name!r} unreachable")
+            )
         return d
 
     def _arm_deadline_timer(self, deadline: float) -> None:
@@ -1012,11 +1017,16 @@ class Context:
         delay = max(0.0, deadline - self.reactor.seconds())
         if timer is None:
             self._deadline_timer = self.reactor.callLater(delay, self._expire_calls)
-        elif deadline < timer.getTime():
+        elif deadline < self._deadline_at:
             timer.reset(delay)
+        else:
+            return
+        # Kept beside the timer: reading it back with getTime() costs a call per request.
+        self._deadline_at = deadline
 
     def _expire_calls(self) -> None:
         self._deadline_timer = None
+        self._deadline_at = _NEVER
         for call in self._calls.expired(self.reactor.seconds()):
             self._finish_request(
                 call.req_id,
@@ -1050,17 +1060,13 @@ class Context:
                     ),
                 )
 
-    def _on_request(self, link: Link, frame: wire.Frame) -> None:
+    def _on_request(self, link: Link | None, frame: wire.Frame) -> None:
         _, hops, tag, channel, source, dest, req_id, payload, method = frame
         if dest != self.node_id:
             if hops > 1:
                 self._unicast(dest, wire.reencode(frame, hops - 1))
             return
-        self._serve_request(channel, source, req_id, tag, method, payload)
-
-    def _serve_request(
-        self, channel: int, source: int, req_id: int, tag: int, method: bytes, payload: bytes
-    ) -> None:
+        # Served here rather than through _serve_request: one call less per request.
         reps = self._reps.get(channel)
         if not reps:
             self._send_reply(
@@ -1070,16 +1076,47 @@ class Context:
         rep = reps[0] if len(reps) == 1 else min(reps, key=lambda r: r.in_flight)
         self._caller = source  # yotonnet.identity.caller() reads it inside the handler
         outcome = rep._handle(tag, method, payload)
-        # A handler that returned a plain value is answered at once, without Deferreds.
-        if type(outcome) is tuple:
-            self._reply_ok(channel, source, req_id, outcome[0])
-        elif isinstance(outcome, Failure):
-            self._reply_failure(channel, source, req_id, outcome)
-        else:
-            outcome.addCallbacks(
-                lambda value: self._reply_ok(channel, source, req_id, value),
-                lambda failure: self._reply_failure(channel, source, req_id, failure),
+        if type(outcome) is not tuple:
+            if isinstance(outcome, Failure):
+                self._reply_failure(channel, source, req_id, outcome)
+            else:
+                outcome.addCallbacks(
+                    lambda value: self._reply_ok(channel, source, req_id, value),
+                    lambda failure: self._reply_failure(channel, source, req_id, failure),
+                )
+            return
+        # A handler that returned a plain value is answered at once, without Deferreds:
+        # _reply_ok written out, since this is every successful call's path.
+        try:
+            reply = encode_object(outcome[0])
+        except errors.MessageTypeError:
+            self._reply_ok(channel, source, req_id, outcome[0])  # it reports what failed
+            return
+        me = self.node_id
+        if source == me:
+            self._accept_reply(req_id, REPLY_OK, reply)
+            return
+        data = (
+            HEADER.pack(
+                HEADER_TAIL + len(reply), _REPLY, self._hops or self._hop_limit(), 0, REPLY_OK,
+                channel, me, source, req_id,
             )
+            + reply
+        )
+        out = self._hop_links.get(source)
+        if out is not None:
+            out.send(data)
+        else:
+            self._unicast(source, data)
+
+    def _serve_request(
+        self, channel: int, source: int, req_id: int, tag: int, method: bytes, payload: bytes
+    ) -> None:
+        """Serve a request made on this node (or handed over by another layer)."""
+        me = self.node_id
+        self._on_request(
+            None, wire.Frame(_REQUEST, 1, tag, channel, source, me, req_id, payload, method)
+        )
 
     def _reply_ok(self, channel: int, dest: int, req_id: int, value: Any) -> None:
         try:
@@ -1139,7 +1176,19 @@ class Context:
             if hops > 1:
                 self._unicast(dest, wire.reencode(frame, hops - 1))
             return
-        self._accept_reply(req_id, status, payload)
+        if status != REPLY_OK:
+            self._accept_reply(req_id, status, payload)
+            return
+        # _accept_reply's first case written out: every successful call comes here.
+        call = self._calls.pop(req_id)
+        if call is None:
+            return  # cancelled or timed out: the late reply is dropped
+        try:
+            value = decode_object(payload)
+        except Exception as e:  # noqa: BLE001 - a malformed reply fails only its call
+            call[1].errback(errors.DecodeError(f"malformed reply: {e}"))
+            return
+        call[1].callback(value)  # the waiter
 
     def _accept_reply(self, req_id: int, status: int, payload: bytes) -> None:
         if status == REPLY_OK:

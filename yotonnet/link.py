@@ -28,6 +28,12 @@ if TYPE_CHECKING:
     from .context import Context
 
 _DATA = int(FrameKind.DATA)
+#: Twisted protocol wrappers whose dataReceived only forwards (the attribute
+#: holding the wrapped protocol); see Link._skip_forwarders
+_FORWARDERS = {
+    "twisted.internet.endpoints._WrappingProtocol": "_wrappedProtocol",
+    "twisted.application._client_service._ReconnectingProtocolProxy": "_protocol",
+}
 HANDSHAKING = "handshaking"
 UP = "up"
 BUSY = "busy"
@@ -120,6 +126,32 @@ class Link(Protocol):
             )
         )
         self._timeout_call = self.clock.callLater(cfg.handshake_timeout, self._handshake_timed_out)
+        self._skip_forwarders()
+
+    def _skip_forwarders(self) -> None:
+        """Have the transport hand reads straight to this link.
+
+        A dialled link gets its bytes through two pure forwarders: the endpoint's
+        wrapping protocol and ClientService's proxy, whose ``__getattr__`` raises and
+        catches an AttributeError on every read (some 7,000 CPU instructions per
+        request/reply round trip, measured with callgrind). Only those known types
+        are bypassed, and only for dataReceived: connectionLost still goes through
+        them, ClientService needs it to reconnect.
+        """
+        outer = getattr(self.transport, "protocol", None)
+        proto = outer
+        for _ in range(len(_FORWARDERS) + 1):
+            if proto is self:
+                break
+            kind = type(proto)
+            inner = _FORWARDERS.get(f"{kind.__module__}.{kind.__qualname__}")
+            if inner is None:
+                return  # something else is in between (e.g. TLS): leave it be
+            proto = getattr(proto, inner, None)
+        else:
+            return
+        if outer is not self:
+            outer.dataReceived = self.dataReceived
 
     def _handshake_timed_out(self) -> None:
         self._timeout_call = None
@@ -327,7 +359,10 @@ class Link(Protocol):
         if ctx._dispatching:
             if self._direct_turn != ctx._turn:
                 self._direct_turn = ctx._turn
-                self._write(data)
+                # _write() written out: every request and reply goes this way.
+                self.frames_out += 1
+                self.bytes_out += len(data)
+                self.transport.write(data)
                 return
             out.append(data)
             ctx._dirty.append(self)  # flushed when the current dispatch ends

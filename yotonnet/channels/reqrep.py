@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from .. import errors
-from ..codec import decode_values, encode_values
+from ..codec import decode_object, decode_values, encode_object, encode_values
 from ..messages import OBJECT, DecodeError
 from ..routing import REP
 from ..wire import REQUEST_KWARGS, REQUEST_MAX_ARGS
@@ -60,16 +60,20 @@ class ReqChannel(Channel):
         try:
             if name is None:
                 name = self._method_name(method)
-            if len(args) > REQUEST_MAX_ARGS:
+            n = len(args)
+            if n == 1 and not kwargs:  # the commonest call: one value, no sequence around it
+                payload = encode_object(args[0])
+                tag = 1
+            elif n > REQUEST_MAX_ARGS:
                 raise errors.MessageTypeError(
                     f"a call takes at most {REQUEST_MAX_ARGS} positional arguments"
                 )
-            if kwargs:
+            elif kwargs:
                 payload = encode_values((*args, kwargs))
-                tag = len(args) | REQUEST_KWARGS
+                tag = n | REQUEST_KWARGS
             else:
                 payload = encode_values(args)
-                tag = len(args)
+                tag = n
         except errors.MessageTypeError as e:
             return defer.fail(e)
         return self.context._request(self.channel_id, self.name, tag, name, payload, self.timeout)
@@ -143,7 +147,10 @@ class RepChannel(Channel):
                 fn = self._lookup(method)
                 if len(self._by_wire_name) < 1000:
                     self._by_wire_name[name] = fn
-            if tag & REQUEST_KWARGS:
+            if tag == 1:  # the commonest call: one value, no keywords
+                args = None
+                arg = decode_object(payload)
+            elif tag & REQUEST_KWARGS:
                 args = decode_values(payload, (tag & REQUEST_MAX_ARGS) + 1)
                 kwargs = args.pop()
                 if type(kwargs) is not dict:
@@ -154,7 +161,10 @@ class RepChannel(Channel):
         except Exception:  # noqa: BLE001 - reported to the caller as RemoteError
             return Failure()
         try:
-            result = fn(*args, **kwargs) if kwargs else fn(*args)
+            if args is None:
+                result = fn(arg)
+            else:
+                result = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException:  # as defer.maybeDeferred would
             self.served += 1
             return Failure()

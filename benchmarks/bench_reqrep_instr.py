@@ -1,0 +1,142 @@
+"""Req/rep CPU cost in instructions: yotonnet against raw Twisted, repeatable on a busy machine.
+
+Run ``.venv/bin/python benchmarks/bench_reqrep_instr.py`` (needs ``valgrind``).
+
+bench_core.py times two processes, so its figures move with whatever else
+the machine runs. This one counts the CPU instructions (valgrind's callgrind)
+of one process that holds both ends of the same loop as bench_peers.py:
+sequential ``await call(100 bytes)`` over loopback TCP on the real reactor,
+``ReqChannel.call`` to a ``RepChannel`` echo (the caller dials, as in
+bench_core) against ``Int32StringReceiver`` ping/echo. Each side runs twice,
+with ``--calls`` calls and with none, and the difference divided by the calls
+is the cost of one round trip, caller and replier together (kernel time is
+not counted: both sides make the same system calls). Counts repeat to a few
+parts in a thousand when the machine is quiet; under load, reads sometimes
+take an extra reactor turn, so run it again if a figure looks off.
+
+``--loop yot|raw N`` runs one loop without valgrind (what the counting runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PAYLOAD = b"x" * 100
+
+
+def loop(kind: str, count: int, path: str) -> None:
+    sys.path.insert(0, path)
+    from twisted.internet import defer, reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+    from twisted.internet.protocol import Factory
+    from twisted.protocols.basic import Int32StringReceiver
+
+    import yotonnet  # imported by both sides, so that start-up cancels out
+
+    class Echo(yotonnet.RepChannel):
+        def echo(self, data: bytes) -> bytes:
+            return data
+
+    class RawEcho(Int32StringReceiver):
+        def connectionMade(self) -> None:
+            self.transport.setTcpNoDelay(True)
+
+        def stringReceived(self, data: bytes) -> None:
+            self.sendString(data)
+
+    class RawPing(Int32StringReceiver):
+        def connectionMade(self) -> None:
+            self.transport.setTcpNoDelay(True)
+            self.waiting: defer.Deferred[bytes] | None = None
+
+        def call(self, data: bytes) -> defer.Deferred[bytes]:
+            self.waiting = d = defer.Deferred()
+            self.sendString(data)
+            return d
+
+        def stringReceived(self, data: bytes) -> None:
+            d, self.waiting = self.waiting, None
+            d.callback(data)
+
+    async def calls(call, n: int) -> None:
+        for _ in range(n):
+            reply = await call(PAYLOAD)
+            if reply != PAYLOAD:
+                raise AssertionError("echo returned something else")
+
+    async def main() -> None:
+        if kind == "yot":
+            rep_ctx, req_ctx = yotonnet.Context("rep"), yotonnet.Context("req")
+            Echo(rep_ctx, "bench")
+            port = await rep_ctx.listen("tcp:0:interface=127.0.0.1")
+            await req_ctx.connect(f"tcp:127.0.0.1:{port.getHost().port}")
+            req = yotonnet.ReqChannel(req_ctx, "bench")
+            await req.wait_for_responders()
+
+            def call(p: bytes) -> defer.Deferred:
+                return req.call("echo", p)
+        else:
+            port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+                Factory.forProtocol(RawEcho)
+            )
+            proto = await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+                Factory.forProtocol(RawPing)
+            )
+            call = proto.call
+        await calls(call, 200)  # warm-up, in every run
+        await calls(call, count)
+
+    def run() -> None:
+        d = defer.ensureDeferred(main())
+        d.addErrback(lambda f: (f.printTraceback(), os._exit(1)))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(run)
+    reactor.run()
+
+
+def instructions(kind: str, count: int, path: str) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        env = {**os.environ, "PYTHONHASHSEED": "0"}  # same dict layouts in every run
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+             __file__, "--loop", kind, str(count), "--yotonnet-path", path],
+            check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        with open(out) as f:
+            for line in f:
+                if line.startswith(("summary:", "totals:")):
+                    return int(line.split()[1])
+    raise RuntimeError("callgrind wrote no total")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=2000, help="calls per counted run")
+    parser.add_argument("--yotonnet-path", default=ROOT, help="directory holding yotonnet")
+    parser.add_argument("--loop", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    path = os.path.abspath(args.yotonnet_path)
+    if args.loop:
+        loop(args.loop[0], int(args.loop[1]), path)
+        return 0
+    per_call = {}
+    for kind in ("raw", "yot"):
+        total = instructions(kind, args.calls, path) - instructions(kind, 0, path)
+        per_call[kind] = total / args.calls
+    print(f"req/rep round trip, caller and replier in one process, yotonnet from {path}")
+    print(f"  raw Twisted  {per_call['raw']:10,.0f} instructions/call")
+    print(f"  yotonnet     {per_call['yot']:10,.0f} instructions/call")
+    print(f"  ratio        {per_call['yot'] / per_call['raw']:10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
