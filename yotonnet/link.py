@@ -204,10 +204,16 @@ class Link(Protocol):
                 self._set_status(UP)
             else:
                 return
+        self._dispatch_frames(frames)
+
+    def _dispatch_frames(self, frames: list[Any]) -> None:
+        """Hand decoded frames (and DATA runs) to their handlers.
+
+        While frames are dispatched, sends are only queued; the writes happen once
+        at the end, e.g. all replies to a read, or all frames forwarded from it.
+        """
         handlers = self._handlers
         ctx = self.context
-        # While frames are dispatched, sends are only queued; the writes happen once
-        # at the end, e.g. all replies to a read, or all frames forwarded from it.
         outer = not ctx._dispatching
         if outer:
             ctx._dispatching = True

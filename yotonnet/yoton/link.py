@@ -549,33 +549,7 @@ class YotonLink(Link):
         except ProtocolError as e:
             self.fail(f"could not carry a Yoton package: {e}")
             return
-        ctx = self.context
-        handlers = self._handlers
-        outer = not ctx._dispatching
-        if outer:
-            ctx._dispatching = True
-            ctx._turn += 1
-        try:
-            on_run = getattr(self, "_on_run", None) or ctx._on_data_run
-            i, n = 0, len(frames)
-            while i < n:
-                frame = frames[i]
-                if frame[0] == _DATA:
-                    i = on_run(self, frames, i, n)
-                else:
-                    handlers[frame[0]](self, frame)
-                    i += 1
-                if self._closing:
-                    return
-        except ProtocolError as e:
-            self.fail(str(e))
-        finally:
-            if outer:
-                ctx._dispatching = False
-                if ctx._dirty:
-                    dirty, ctx._dirty = ctx._dirty, []
-                    for link in dirty:
-                        link._flush()
+        self._dispatch_frames(frames)
 
     # --- state
 
