@@ -114,7 +114,20 @@ class Dialer:
     Inspect ``attempts``, ``last_delay`` and ``link``; ``stop()`` ends it.
     """
 
-    def __init__(self, context: Context, endpoint_text: str, cost: int = 1) -> None:
+    #: what info() calls the link's protocol
+    protocol = "yotonnet"
+
+    def __init__(
+        self,
+        context: Context,
+        endpoint_text: str,
+        cost: int = 1,
+        *,
+        factory: Any = None,
+        endpoint: Any = None,
+    ) -> None:
+        """``factory`` and ``endpoint`` default to yotonnet links through the context's
+        guard (TLS, credentials); a foreign protocol (e.g. Yoton's) passes its own."""
         self.endpoint_text = endpoint_text
         self.attempts = 0
         self.last_delay = 0.0
@@ -133,10 +146,13 @@ class Dialer:
             self.last_delay = policy(failures)
             return self.last_delay
 
-        endpoint = context.guard.client_endpoint(endpoint_text)
+        if endpoint is None:
+            endpoint = context.guard.client_endpoint(endpoint_text)
+        if factory is None:
+            factory = LinkFactory(context, outgoing=True, endpoint_text=endpoint_text, cost=cost)
         self.service = ClientService(
             endpoint,
-            LinkFactory(context, outgoing=True, endpoint_text=endpoint_text, cost=cost),
+            factory,
             retryPolicy=retry_policy,
             clock=context.reactor,
             prepareConnection=self._prepare,
@@ -179,6 +195,7 @@ class Dialer:
     def info(self) -> dict:
         return {
             "endpoint": self.endpoint_text,
+            "protocol": self.protocol,
             "connected": self.link is not None and self.link.status in (UP, BUSY),
             "attempts": self.attempts,
             "last_delay": self.last_delay,

@@ -20,16 +20,14 @@ redial with the context's backoff, as ``ctx.connect`` does, and are listed in
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
-from ..link import BUSY, UP, HandshakeError
+from ..context import Dialer
 from .link import YotonLink, YotonLinkFactory
 from .slots import SlotMap, YotonChannel
 
@@ -39,77 +37,18 @@ if TYPE_CHECKING:
 log = Logger(namespace="yotonnet.yoton")
 
 
-class YotonDialer:
-    """An outgoing Yoton link that redials with backoff (same face as ``Dialer``)."""
+class YotonDialer(Dialer):
+    """An outgoing Yoton link that redials with backoff, as ``ctx.connect``'s do."""
+
+    protocol = "yoton"
 
     def __init__(self, context: Context, slots: SlotMap, endpoint_text: str) -> None:
-        self.endpoint_text = endpoint_text
-        self.attempts = 0
-        self.last_delay = 0.0
-        self.link: YotonLink | None = None
-        self.stopped = False
-        self.last_error: str | None = None
-        self.handshake_failures = 0
-        cfg = context.config
-        policy = backoffPolicy(cfg.reconnect_initial, cfg.reconnect_max, 2.0, random.random)
-
-        def retry_policy(failures: int) -> float:
-            failures = max(failures, self.handshake_failures)
-            self.attempts = failures
-            self.last_delay = policy(failures)
-            return self.last_delay
-
-        endpoint = clientFromString(context.reactor, endpoint_text)
-        factory = YotonLinkFactory(context, slots, outgoing=True, endpoint_text=endpoint_text)
-        self.service = ClientService(
-            endpoint,
-            factory,
-            retryPolicy=retry_policy,
-            clock=context.reactor,
-            prepareConnection=self._prepare,
+        super().__init__(
+            context,
+            endpoint_text,
+            factory=YotonLinkFactory(context, slots, outgoing=True, endpoint_text=endpoint_text),
+            endpoint=clientFromString(context.reactor, endpoint_text),
         )
-        #: fires with the first link up, or fails on a refusal retrying cannot fix
-        self.first: defer.Deferred[YotonLink] = defer.Deferred()
-
-    def _prepare(self, link: YotonLink) -> None:
-        d = link.handshake_done
-        assert d is not None
-
-        def up(link: YotonLink) -> None:
-            self.link = link
-            self.last_error = None
-            self.handshake_failures = 0
-            if not self.first.called:
-                self.first.callback(link)
-
-        def failed(failure: Any) -> None:
-            self.last_error = failure.getErrorMessage()
-            self.handshake_failures += 1
-            if failure.check(HandshakeError) and failure.value.fatal and not self.first.called:
-                self.stop()
-                self.first.errback(failure)
-
-        d.addCallbacks(up, failed)
-
-    def start(self) -> None:
-        self.service.startService()
-
-    def stop(self) -> defer.Deferred[None]:
-        self.stopped = True
-        if not self.service.running:
-            return defer.succeed(None)
-        return defer.maybeDeferred(self.service.stopService)
-
-    def info(self) -> dict:
-        return {
-            "endpoint": self.endpoint_text,
-            "protocol": "yoton",
-            "connected": self.link is not None and self.link.status in (UP, BUSY),
-            "attempts": self.attempts,
-            "last_delay": self.last_delay,
-            "last_error": self.last_error,
-            "stopped": self.stopped,
-        }
 
 
 class YotonBridge:
