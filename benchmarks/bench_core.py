@@ -69,12 +69,13 @@ def log(*args: object) -> None:
 
 
 class Peer:
-    """One child process; its stdout lines are collected by a thread."""
+    """One child process (``script ROLE OPTS``, bench_peers.py by default); its stdout
+    lines are collected by a thread."""
 
-    def __init__(self, role: str, opts: dict) -> None:
+    def __init__(self, role: str, opts: dict, script: str = PEERS) -> None:
         self.role = role
         self.proc = subprocess.Popen(
-            [sys.executable, PEERS, role, json.dumps(opts)],
+            [sys.executable, script, role, json.dumps(opts)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -47,11 +47,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import random
-import subprocess
 import sys
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -80,25 +77,6 @@ BAR_CHAIN = 0.8
 BAR_SCALING = 3.0
 
 
-class ScriptPeer(Peer):
-    """bench_core's Peer (tagged stdout lines, deadlines) for a child of another script."""
-
-    def __init__(self, script: str, role: str, opts: dict) -> None:
-        self.role = role
-        self.proc = subprocess.Popen(
-            [sys.executable, script, role, json.dumps(opts)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.stderr: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(
-            target=lambda: self.stderr.extend(self.proc.stderr), daemon=True
-        ).start()
-
-
 # --- chain throughput
 
 
@@ -113,7 +91,7 @@ def run_chain(opts: dict, extra: dict | None = None) -> dict:
     peers: list[Peer] = []
 
     def start(role: str, **more: object) -> Peer:
-        peer = ScriptPeer(MESH_PEERS, role, {**opts, **extra.get(role, {}), **more})
+        peer = Peer(role, {**opts, **extra.get(role, {}), **more}, script=MESH_PEERS)
         peers.append(peer)
         return peer
 

@@ -732,9 +732,7 @@ class Context:
         their newest messages, so nothing here holds it), forwarded, delivered."""
         channel = frame[3]
         self._credit(link, channel, HEADER_SIZE + len(frame[8]) + len(frame[7]))
-        links = self._fanout.get((frame[4], channel))
-        if links is None:
-            links = self._targets(frame[4], channel)
+        links = self._targets(frame[4], channel)
         if links:
             if frame.hops <= 1:
                 self.counters["hop_limit"] += 1
@@ -780,9 +778,7 @@ class Context:
             buf, start, end = None, 0, sum(HEADER_SIZE + len(f[8]) + len(f[7]) for f in frames[i:j])
         size = end - start
         hold = None
-        links = self._fanout.get((source, channel))
-        if links is None:
-            links = self._targets(source, channel)
+        links = self._targets(source, channel)
         if links:
             blob = self._forward_block(frames, i, j, buf, offsets, start, end)
             if blob:
@@ -827,9 +823,7 @@ class Context:
         _, hops, _, channel, source, _, _, _, start, end, count, _, _ = run
         size = end - start
         hold = None
-        links = self._fanout.get((source, channel))
-        if links is None:
-            links = self._targets(source, channel)
+        links = self._targets(source, channel)
         if links:
             if hops <= 1:
                 # At its hop limit: a loop while routes converge. Credited below.
