@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from .context import Context
 
 _DATA = int(FrameKind.DATA)
+_HEADER_SIZE = wire.HEADER_SIZE
+_unpack_header = wire.HEADER.unpack_from
+_new = tuple.__new__
+_Frame = wire.Frame
 #: Twisted protocol wrappers whose dataReceived only forwards (the attribute
 #: holding the wrapped protocol); see Link._skip_forwarders
 _FORWARDERS = {
@@ -99,6 +103,9 @@ class Link(Protocol):
         self._flush_call: Any = None
         # the context's dispatch turn in which this link last wrote a frame directly
         self._direct_turn = -1
+        # True while a read may skip the decoder: the link is up and not closing, and the
+        # decoder holds no partial frame (see dataReceived); cleared by every status change
+        self._whole_reads = False
 
     # --- connection life
 
@@ -162,7 +169,28 @@ class Link(Protocol):
         )
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if self._whole_reads:
+            # The commonest read on a quiet link is one whole frame (a request, a reply):
+            # handled here without the decoder's buffers or the dispatch loop.
+            n = len(data)
+            if n >= _HEADER_SIZE:
+                length, kind, hops, ext_len, tag, channel, source, dest, seq = _unpack_header(data)
+                start = _HEADER_SIZE + ext_len
+                if length + 4 == n and kind != _DATA and start <= n <= self._decoder.max_frame:
+                    handler = self._handlers.get(kind)
+                    if handler is not None:
+                        self.bytes_in += n
+                        self.frames_in += 1
+                        self.last_seen = self.clock.seconds()
+                        self._dispatch_one(
+                            handler,
+                            _new(_Frame, (
+                                kind, hops, tag, channel, source, dest, seq, data[start:],
+                                data[_HEADER_SIZE:start] if ext_len else b"",
+                            )),
+                        )
+                        return
+        elif self._closing:
             return
         self.bytes_in += len(data)
         self.last_seen = self.clock.seconds()
@@ -172,39 +200,67 @@ class Link(Protocol):
         except ProtocolError as e:
             self.fail(str(e))
             return
-        if not frames:
-            return
-        self.frames_in += self._decoder.decoded
+        if frames:
+            self.frames_in += self._decoder.decoded
+            if self.status is not UP:
+                if handshaking:
+                    frames = self._finish_handshake(frames)
+                elif self.status is BUSY:
+                    self._set_status(UP)
+                else:
+                    frames = []
+            if frames:
+                self._dispatch_frames(frames)
+        self._whole_reads = (
+            self.status is UP and not self._closing and self._decoder.buffered == 0
+        )
+
+    def _finish_handshake(self, frames: list[Any]) -> list[Any]:
+        """Handle the HELLO (and a welcome); return the frames that followed it."""
+        self._handshake(frames)
+        # A dialler waits for the listener's verdict on its credentials.
+        while self._awaiting_welcome and not self._closing:
+            try:
+                frames = self._decoder.feed(b"", limit=1)
+            except ProtocolError as e:
+                self.fail(str(e))
+                return []
+            if not frames:
+                return []
+            self.frames_in += 1
+            self._handshake(frames)
         if self.status is not UP:
-            if handshaking:
-                self._handshake(frames)
-                # A dialler waits for the listener's verdict on its credentials.
-                while self._awaiting_welcome and not self._closing:
-                    try:
-                        frames = self._decoder.feed(b"", limit=1)
-                    except ProtocolError as e:
-                        self.fail(str(e))
-                        return
-                    if not frames:
-                        return
-                    self.frames_in += 1
-                    self._handshake(frames)
-                if self.status is not UP:
-                    return
-                # Whatever followed the HELLO is checked against the negotiated limit.
-                try:
-                    frames = self._decoder.feed(b"")
-                except ProtocolError as e:
-                    self.fail(str(e))
-                    return
-                if not frames:
-                    return
-                self.frames_in += self._decoder.decoded
-            elif self.status is BUSY:
-                self._set_status(UP)
-            else:
-                return
-        self._dispatch_frames(frames)
+            return []
+        # Whatever followed the HELLO is checked against the negotiated limit.
+        try:
+            frames = self._decoder.feed(b"")
+        except ProtocolError as e:
+            self.fail(str(e))
+            return []
+        self.frames_in += self._decoder.decoded
+        return frames
+
+    def _dispatch_one(self, handler: Callable[[Link, wire.Frame], None], frame: Any) -> None:
+        """_dispatch_frames for a single frame that is not DATA."""
+        ctx = self.context
+        if ctx._dispatching:
+            try:
+                handler(self, frame)
+            except ProtocolError as e:
+                self.fail(str(e))
+            return
+        ctx._dispatching = True
+        ctx._turn += 1
+        try:
+            handler(self, frame)
+        except ProtocolError as e:
+            self.fail(str(e))
+        finally:
+            ctx._dispatching = False
+            if ctx._dirty:
+                dirty, ctx._dirty = ctx._dirty, []
+                for link in dirty:
+                    link._flush()
 
     def _dispatch_frames(self, frames: list[Any]) -> None:
         """Hand decoded frames (and DATA runs) to their handlers.
@@ -331,6 +387,7 @@ class Link(Protocol):
             text = reason.getErrorMessage() if reason is not None else "connection closed"
             self.reason = f"connection lost: {text}"
         was = self.status
+        self._whole_reads = False
         self.status = CLOSED
         d, self.handshake_done = self.handshake_done, None
         if d is not None:
@@ -402,6 +459,7 @@ class Link(Protocol):
         """Tell the peer what went wrong (where it can read it) and disconnect."""
         if self._closing:
             return
+        self._whole_reads = False
         self._closing = True
         self._fatal = fatal
         self.reason = reason
@@ -419,6 +477,7 @@ class Link(Protocol):
     def close(self, reason: str = "closed by local node") -> None:
         if self._closing:
             return
+        self._whole_reads = False
         self._closing = True
         self.reason = reason
         self._flush()
@@ -436,12 +495,14 @@ class Link(Protocol):
 
     def _peer_error(self, frame: wire.Frame) -> None:
         text = frame.payload.decode("utf-8", "replace")
+        self._whole_reads = False
         self._closing = self._fatal = True
         self.reason = f"peer refused: {text}"
         log.warn("link {link} refused by peer: {text}", link=self.describe(), text=text)
         self.transport.loseConnection()
 
     def _on_close(self, frame: wire.Frame) -> None:
+        self._whole_reads = False
         self._closing = True
         self.reason = "peer closed: " + frame.payload.decode("utf-8", "replace")
         self.transport.loseConnection()
@@ -475,6 +536,7 @@ class Link(Protocol):
         self._timeout_call = self._heartbeat_call = self._flush_call = None
 
     def _set_status(self, status: str, reason: str | None = None) -> None:
+        self._whole_reads = False  # a BUSY link's next read goes the long way, to come back UP
         self.status = status
         self.context._link_status_changed(self, status, reason)
 
