@@ -80,9 +80,13 @@ class ConfigFileTests(SynchronousTestCase):
         lines = ["[context]"]
         for f in dataclasses.fields(ContextConfig):
             value = getattr(ContextConfig(), f.name)
-            lines.append(f"{f.name} = {value!r}")
+            toml = str(value).lower() if isinstance(value, bool) else repr(value)
+            lines.append(f"{f.name} = {toml}")
         s = config.parse("\n".join(lines), "all.toml")
         self.assertEqual(s.context, ContextConfig())
+
+    def test_eager_writes_can_be_turned_off(self) -> None:
+        self.assertIs(config.parse("[context]\neager_writes = false\n").context.eager_writes, False)
 
     def test_flags_override_the_file(self) -> None:
         path = self.write(FULL)
@@ -117,6 +121,7 @@ class ConfigFileTests(SynchronousTestCase):
             ("[client]\nconnect = 7117\n", "client.connect must be a non-empty string"),
             ("[context]\nheartbeat = true\n", "context.heartbeat must be a number"),
             ("[context]\nmax_hops = 2.5\n", "context.max_hops must be an integer"),
+            ('[context]\neager_writes = "yes"\n', "context.eager_writes must be true or false"),
             ("[context]\nbusy_timeout = -1\n", "context.busy_timeout must be a finite number"),
         ]
         for text, expected in cases:

@@ -80,8 +80,8 @@ class Settings:
 
 # --- the schema: key -> (kind, description of the expected value)
 
-_STR, _OPT_STR, _STR_LIST, _NUMBER, _INT, _LOG_FORMAT = (
-    "str", "optional str", "str list", "number", "int", "log format"
+_STR, _OPT_STR, _STR_LIST, _NUMBER, _INT, _BOOL, _LOG_FORMAT = (
+    "str", "optional str", "str list", "number", "int", "bool", "log format"
 )
 
 _NODE_KEYS = {
@@ -93,7 +93,7 @@ _NODE_KEYS = {
 }
 _CLIENT_KEYS = {"connect": _STR, "timeout": _NUMBER}
 _CONTEXT_KEYS = {
-    f.name: (_INT if f.type in ("int", int) else _NUMBER)
+    f.name: {"int": _INT, int: _INT, "bool": _BOOL, bool: _BOOL}.get(f.type, _NUMBER)
     for f in dataclasses.fields(ContextConfig)
 }
 _TABLES = {"node": _NODE_KEYS, "client": _CLIENT_KEYS, "context": _CONTEXT_KEYS}
@@ -142,6 +142,10 @@ def _check_value(kind: str, key: str, value: Any, where: str) -> Any:
     if kind == _INT:
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong("an integer")
+        return value
+    if kind == _BOOL:
+        if not isinstance(value, bool):
+            raise wrong("true or false")
         return value
     if kind == _NUMBER:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

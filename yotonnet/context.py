@@ -89,6 +89,9 @@ class ContextConfig:
     flow_window: int = DEFAULT_WINDOW
     #: bytes a publisher may queue past its window before send() raises FlowControlError
     publish_backlog: int = 4 << 20
+    #: write small frames to a TCP socket at once when Twisted has nothing buffered for
+    #: it, instead of in the next reactor turn (see Link._write_now); off: Twisted's path
+    eager_writes: bool = True
 
 
 class LinkEvent(NamedTuple):

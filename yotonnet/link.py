@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -38,6 +38,10 @@ _FORWARDERS = {
     "twisted.internet.endpoints._WrappingProtocol": "_wrappedProtocol",
     "twisted.application._client_service._ReconnectingProtocolProxy": "_protocol",
 }
+#: transports a link may write to the socket of directly (see Link._write_now)
+_EAGER_TRANSPORTS = (tcp.Server, tcp.Client)
+#: larger writes go through Twisted's buffer: a partial send would copy the rest
+EAGER_MAX = 65536
 HANDSHAKING = "handshaking"
 UP = "up"
 BUSY = "busy"
@@ -106,6 +110,9 @@ class Link(Protocol):
         # True while a read may skip the decoder: the link is up and not closing, and the
         # decoder holds no partial frame (see dataReceived); cleared by every status change
         self._whole_reads = False
+        # How bytes reach the transport: Twisted's write, or _write_now (connectionMade)
+        self._put: Callable[[bytes], None] = self._write_later
+        self._socket: Any = None
 
     # --- connection life
 
@@ -119,6 +126,7 @@ class Link(Protocol):
         except (AttributeError, OSError):
             pass  # unix sockets and memory transports have no Nagle to turn off
         cfg = self.context.config
+        self._choose_write_path(cfg.eager_writes)
         self.transport.write(wire.encode_preamble())
         self.transport.write(
             wire.encode_hello(
@@ -134,6 +142,44 @@ class Link(Protocol):
         )
         self._timeout_call = self.clock.callLater(cfg.handshake_timeout, self._handshake_timed_out)
         self._skip_forwarders()
+
+    def _choose_write_path(self, eager: bool) -> None:
+        t = self.transport
+        if (
+            eager
+            and type(t) in _EAGER_TRANSPORTS
+            and not getattr(t, "TLS", False)
+            and all(hasattr(t, a) for a in ("dataBuffer", "_tempDataLen", "connected"))
+        ):
+            self._socket = t.getHandle()
+            self._put = self._write_now
+        else:
+            self._put = t.write
+
+    def _write_later(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def _write_now(self, data: bytes) -> None:
+        """Write to the socket at once when Twisted has nothing buffered for it.
+
+        Twisted's transport.write only buffers: the bytes leave in the next
+        reactor turn, after an epoll_ctl to watch for writability, a poll, and
+        another epoll_ctl to stop watching. A request or reply that finds the
+        buffer empty (nearly always) is sent here instead, saving that turn on
+        both ends of every round trip. Anything the socket does not take (a full
+        buffer, an error) goes to transport.write, which keeps the order, the
+        producer pausing and the error handling of Twisted's own path.
+        """
+        t = self.transport
+        if t._tempDataLen or t.dataBuffer or not t.connected or len(data) > EAGER_MAX:
+            t.write(data)
+            return
+        try:
+            sent = self._socket.send(data)
+        except OSError:  # EAGAIN, or a broken socket that Twisted's write path will report
+            sent = 0
+        if sent < len(data):
+            t.write(data[sent:])
 
     def _skip_forwarders(self) -> None:
         """Have the transport hand reads straight to this link.
@@ -425,7 +471,7 @@ class Link(Protocol):
                 # _write() written out: every request and reply goes this way.
                 self.frames_out += 1
                 self.bytes_out += len(data)
-                self.transport.write(data)
+                self._put(data)
                 return
             out.append(data)
             ctx._dirty.append(self)  # flushed when the current dispatch ends
@@ -439,7 +485,7 @@ class Link(Protocol):
     def _write(self, data: bytes) -> None:
         self.frames_out += 1
         self.bytes_out += len(data)
-        self.transport.write(data)
+        self._put(data)
 
     def _flush(self) -> None:
         if self._flush_call is not None:
@@ -453,7 +499,7 @@ class Link(Protocol):
         data = out[0] if len(out) == 1 else b"".join(out)
         self.frames_out += len(out)
         self.bytes_out += len(data)
-        self.transport.write(data)
+        self._put(data)
 
     def fail(self, reason: str, fatal: bool = True) -> None:
         """Tell the peer what went wrong (where it can read it) and disconnect."""
