@@ -463,6 +463,27 @@ class ReqRepTests(MeshTestCase):
         # And with nobody left, new calls fail at once.
         self.failureResultOf(req.wait(), NoResponders)
 
+    def test_a_call_made_as_soon_as_a_link_is_back_is_answered(self) -> None:
+        # Each end drops the other from its own record when a link goes; the re-sync
+        # on the new link must not send that version before the current one, or the
+        # caller sees the replier cut off for a moment and fails the call in flight.
+        self.mesh.link(self.a, self.b)
+        Calculator(self.b, "calc")
+        self.mesh.settle()
+        req = ReqChannel(self.a, "calc")
+        self.assertEqual(req.responders, 1)
+        self.mesh.cut(self.a, self.b)
+        self.mesh.settle()
+        self.assertEqual(req.responders, 0)
+        ready = req.wait_for_responders()
+        self.mesh.link(self.a, self.b, settle=False)
+        calls = []
+        while self.mesh.pump():
+            if ready.called and not calls:
+                calls.append(req.add(len(calls), 1))  # the moment the replier is known
+        self.mesh.settle()
+        self.assertEqual([self.successResultOf(d) for d in calls], [1])
+
     def test_request_routed_through_an_intermediate_node(self) -> None:
         self.mesh.link_chain()
         Calculator(self.c, "calc")

@@ -7,7 +7,7 @@ except the forwarder bypass, which only exists on a real dialled TCP link.
 
 from __future__ import annotations
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from yotonnet import Context, RemoteError, RepChannel, ReqChannel, TimeoutError
@@ -176,8 +176,7 @@ class DialledLinkTests(TestCase):
         client.watch_links(watch)
         server.links[client.node_id].transport.loseConnection()
         yield again
-        # Let the routing records of both ends settle on the new link first.
-        yield task.deferLater(reactor, 0.5, lambda: None)
+        # Called as soon as the replier is known again: no settling time needed.
         yield req.wait_for_responders()
         self.assertEqual((yield req.echo(b"pong")), b"pong")
         self.assertEqual(len(ups), 1)

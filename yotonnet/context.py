@@ -467,11 +467,16 @@ class Context:
         self.links[link.peer_id] = link
         self._forget_paths()  # a replaced link may leave the routes unchanged
         log.info("{node}: link up to {peer}", node=self.name, peer=link.describe())
+        # Our own record first, listing the new link. Sent in the re-sync in the version
+        # written when the previous link went down, it would tell the neighbour for a
+        # moment that we are cut off from it, failing whatever it had just asked us.
+        flooded = self._update_local(links=self._link_costs())
         # Full re-sync: the new neighbour gets every record we hold.
         for state in list(self.routing.nodes.values()):
+            if flooded and state.node_id == self.node_id:
+                continue  # just sent
             link.send(_control_frame(["node", state.to_wire()]))
             self.counters["control_out"] += 1
-        self._update_local(links=self._link_costs())
         if not self._housekeeping.running:
             self._housekeeping.start(self.config.heartbeat, now=False)
         self._emit_link_event(link, UP, None)
@@ -522,11 +527,14 @@ class Context:
 
     def _update_local(
         self, links: dict[int, int] | None = None, interests: dict[int, Interest] | None = None
-    ) -> None:
+    ) -> bool:
+        """Change this node's own record; True if it changed (and went to every neighbour)."""
         state = self.routing.set_local(links=links, interests=interests)
-        if state is not None:
-            self._flood(state, exclude=None)
-            self._routing_changed()
+        if state is None:
+            return False
+        self._flood(state, exclude=None)
+        self._routing_changed()
+        return True
 
     def _flood(self, state: NodeState, exclude: Link | None) -> None:
         frame = _control_frame(["node", state.to_wire()])
