@@ -25,8 +25,10 @@ Options: ``--quick`` (short run), ``--json`` (a JSON document on stdout; the
 table goes to stderr), ``--only`` (some metrics), ``--repeats``, ``--pin``
 (CPU placement: latency on a VM depends a lot on whether the two processes
 share a CPU, since waking an idle vCPU costs tens of microseconds),
-``--yotonnet-path DIR`` (benchmark another copy of the package, e.g. a scratch
-copy with a change), ``--profile DIR`` (instead of timing, run the yotonnet
+``--eager-writes off`` (yotonnet frames go through Twisted's buffered
+``transport.write``, as the baseline's do: what ``ContextConfig.eager_writes``
+saves), ``--yotonnet-path DIR`` (benchmark another copy of the package, e.g.
+a scratch copy with a change), ``--profile DIR`` (instead of timing, run the yotonnet
 cases once under cProfile in both processes, save the .pstats files in DIR and
 print where the time goes).
 """
@@ -311,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         help="CPU placement of each pair: left to the scheduler (default), both on one CPU "
         "(latency is then pure CPU cost), or one CPU each",
     )
+    parser.add_argument(
+        "--eager-writes", choices=("on", "off"), default="on",
+        help="yotonnet's ContextConfig.eager_writes (default on, as in yotonnet): off sends "
+        "every frame through Twisted's buffered transport.write, as the baseline does",
+    )
     parser.add_argument("--profile", metavar="DIR", help="profile the yotonnet cases instead")
     parser.add_argument("--top", type=int, default=25, help="functions listed per profile")
     args = parser.parse_args(argv)
@@ -321,9 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(metrics) - set(METRICS)
     if unknown:
         parser.error(f"unknown metric(s) {sorted(unknown)}; choose from {METRICS}")
-    base_opts = {"yotonnet_path": os.path.abspath(args.yotonnet_path)}
-    log(f"yotonnet from {base_opts['yotonnet_path']}; python {sys.version.split()[0]}; "
-        f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}")
+    base_opts = {
+        "yotonnet_path": os.path.abspath(args.yotonnet_path),
+        "eager_writes": args.eager_writes == "on",
+    }
+    log(f"yotonnet from {base_opts['yotonnet_path']} (eager writes {args.eager_writes}); "
+        f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; "
+        f"load {os.getloadavg()[0]:.2f}")
 
     try:
         if args.profile:
@@ -351,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg": os.getloadavg(),
             "yotonnet_path": base_opts["yotonnet_path"],
             "pin": args.pin,
+            "eager_writes": base_opts["eager_writes"],
             "results": results,
             "bars": bars,
         }

@@ -26,7 +26,8 @@ sides of each comparison differ only in the messaging layer.
 The option ``profile`` (a file name) runs the reactor under cProfile and dumps
 the stats there; ``yotonnet_path`` puts that directory first on ``sys.path``
 (the benchmark passes the repository root, or a scratch copy to try a change);
-``cpu`` pins the process to that CPU.
+``cpu`` pins the process to that CPU; ``eager_writes`` (default true) is the
+yotonnet contexts' ``ContextConfig.eager_writes``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ CHANNEL = "bench"
 HOST = "127.0.0.1"
 #: a receiver that sees no message for this long gives up and reports what it got
 STALL_TIMEOUT = 20.0
+
+
+def context(name: str, opts: dict) -> yotonnet.Context:
+    """A context with the benchmark's settings (``eager_writes``: default on, as yotonnet's)."""
+    config = yotonnet.ContextConfig(eager_writes=opts.get("eager_writes", True))
+    return yotonnet.Context(name, config=config)
 
 
 def emit(tag: str, value: object) -> None:
@@ -117,7 +124,7 @@ class Counter:
 
 
 async def yot_sub(opts: dict) -> None:
-    ctx = yotonnet.Context("bench-sub")
+    ctx = context("bench-sub", opts)
     sub = yotonnet.SubChannel(ctx, CHANNEL, yotonnet.BINARY)
     sub.subscribe(Counter(opts["count"]))
     port = await ctx.listen(f"tcp:0:interface={HOST}")
@@ -209,7 +216,7 @@ class Pump:
 
 
 async def yot_pub(opts: dict) -> None:
-    ctx = yotonnet.Context("bench-pub")
+    ctx = context("bench-pub", opts)
     lost: defer.Deferred[None] = defer.Deferred()
     ctx.watch_links(lambda e: e.status == "closed" and not lost.called and lost.callback(None))
     await ctx.connect(f"tcp:{HOST}:{opts['port']}")
@@ -286,7 +293,7 @@ def server_cpu(cpu0: float, calls: int) -> dict:
 
 
 async def yot_rep(opts: dict) -> None:
-    ctx = yotonnet.Context("bench-rep")
+    ctx = context("bench-rep", opts)
     rep = Echo(ctx, CHANNEL)
     cpu0 = [0.0]
 
@@ -303,7 +310,7 @@ async def yot_rep(opts: dict) -> None:
 
 
 async def yot_req(opts: dict) -> None:
-    ctx = yotonnet.Context("bench-req")
+    ctx = context("bench-req", opts)
     await ctx.connect(f"tcp:{HOST}:{opts['port']}")
     req = yotonnet.ReqChannel(ctx, CHANNEL)
     await ctx.wait_for_interest(req.channel_id, "rep")

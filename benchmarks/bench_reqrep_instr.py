@@ -14,6 +14,12 @@ not counted: both sides make the same system calls). Counts repeat to a few
 parts in a thousand when the machine is quiet; under load, reads sometimes
 take an extra reactor turn, so run it again if a figure looks off.
 
+Two more rows split what yotonnet's eager writes (``ContextConfig.eager_writes``,
+see ``Link._write_now``) save from the rest: yotonnet with them off (every
+frame through Twisted's buffered ``transport.write``, as the baseline), and
+the raw baseline given the same eager write (``socket.send`` when Twisted has
+nothing buffered), so the last ratio is the messaging layer's own cost.
+
 ``--loop yot|raw N`` runs one loop without valgrind (what the counting runs).
 """
 
@@ -43,16 +49,29 @@ def loop(kind: str, count: int, path: str) -> None:
         def echo(self, data: bytes) -> bytes:
             return data
 
-    class RawEcho(Int32StringReceiver):
+    class Raw(Int32StringReceiver):
         def connectionMade(self) -> None:
             self.transport.setTcpNoDelay(True)
+            if kind == "raw-eager":
+                self.sendString = self.send_eagerly  # type: ignore[method-assign]
 
+        def send_eagerly(self, data: bytes) -> None:
+            t = self.transport
+            frame = len(data).to_bytes(4, "big") + data  # Int32StringReceiver's prefix
+            if t._tempDataLen or t.dataBuffer:
+                t.write(frame)
+                return
+            sent = t.socket.send(frame)
+            if sent < len(frame):
+                t.write(frame[sent:])
+
+    class RawEcho(Raw):
         def stringReceived(self, data: bytes) -> None:
             self.sendString(data)
 
-    class RawPing(Int32StringReceiver):
+    class RawPing(Raw):
         def connectionMade(self) -> None:
-            self.transport.setTcpNoDelay(True)
+            super().connectionMade()
             self.waiting: defer.Deferred[bytes] | None = None
 
         def call(self, data: bytes) -> defer.Deferred[bytes]:
@@ -71,8 +90,10 @@ def loop(kind: str, count: int, path: str) -> None:
                 raise AssertionError("echo returned something else")
 
     async def main() -> None:
-        if kind == "yot":
-            rep_ctx, req_ctx = yotonnet.Context("rep"), yotonnet.Context("req")
+        if kind in ("yot", "yot-buffered"):
+            config = yotonnet.ContextConfig(eager_writes=kind == "yot")
+            rep_ctx = yotonnet.Context("rep", config=config)
+            req_ctx = yotonnet.Context("req", config=config)
             Echo(rep_ctx, "bench")
             port = await rep_ctx.listen("tcp:0:interface=127.0.0.1")
             await req_ctx.connect(f"tcp:127.0.0.1:{port.getHost().port}")
@@ -128,14 +149,26 @@ def main(argv: list[str] | None = None) -> int:
         loop(args.loop[0], int(args.loop[1]), path)
         return 0
     per_call = {}
-    for kind in ("raw", "yot"):
+    for kind in LABELS:
         total = instructions(kind, args.calls, path) - instructions(kind, 0, path)
         per_call[kind] = total / args.calls
     print(f"req/rep round trip, caller and replier in one process, yotonnet from {path}")
-    print(f"  raw Twisted  {per_call['raw']:10,.0f} instructions/call")
-    print(f"  yotonnet     {per_call['yot']:10,.0f} instructions/call")
-    print(f"  ratio        {per_call['yot'] / per_call['raw']:10.2f}")
+    print(f"  {'instructions/call':>44}")
+    for kind, label in LABELS.items():
+        print(f"  {label:30} {per_call[kind]:13,.0f}")
+    for kind, base in RATIOS:
+        print(f"  ratio {LABELS[kind]} / {LABELS[base]}: {per_call[kind] / per_call[base]:.2f}")
     return 0
+
+
+LABELS = {
+    "raw": "raw Twisted (baseline)",
+    "yot": "yotonnet",
+    "yot-buffered": "yotonnet, eager_writes off",
+    "raw-eager": "raw Twisted, eager writes",
+}
+#: (kind, baseline kind): the first is the issue's bar, the last the layer's own cost
+RATIOS = (("yot", "raw"), ("yot-buffered", "raw"), ("yot", "raw-eager"))
 
 
 if __name__ == "__main__":
