@@ -381,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the in-memory meshes")
     parser.add_argument("--yotonnet-path", default=ROOT,
                         help="directory holding the yotonnet package (default: this repo)")
+    parser.add_argument(
+        "--eager-writes", choices=("on", "off"), default="on",
+        help="the processes' ContextConfig.eager_writes (default on, as in yotonnet)",
+    )
     parser.add_argument("--profile", metavar="DIR", help="profile the chain instead")
     parser.add_argument("--top", type=int, default=25, help="functions listed per profile")
     args = parser.parse_args(argv)
@@ -391,14 +395,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(metrics) - set(METRICS)
     if unknown:
         parser.error(f"unknown metric(s) {sorted(unknown)}; choose from {METRICS}")
-    base_opts = {"yotonnet_path": os.path.abspath(args.yotonnet_path)}
+    base_opts = {
+        "yotonnet_path": os.path.abspath(args.yotonnet_path),
+        "eager_writes": args.eager_writes == "on",
+    }
     # The meshes run in this process: load the same copy of yotonnet as the children.
     sys.path.insert(0, base_opts["yotonnet_path"])
     import yotonnet
 
     base_opts["yotonnet_path"] = os.path.dirname(os.path.dirname(yotonnet.__file__))
-    log(f"yotonnet from {base_opts['yotonnet_path']}; python {sys.version.split()[0]}; "
-        f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}")
+    log(f"yotonnet from {base_opts['yotonnet_path']} (eager writes {args.eager_writes}); "
+        f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; "
+        f"load {os.getloadavg()[0]:.2f}")
 
     results: dict = {}
     try:

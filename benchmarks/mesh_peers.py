@@ -17,7 +17,8 @@ between them) plus one of its own:
     ``Context.counters["forwarded"]`` every ``POLL`` seconds, so the window is
     exact to a few milliseconds and costs nothing per message).
 
-Options are those of bench_peers.py (``profile``, ``yotonnet_path``, ``cpu``);
+Options are those of bench_peers.py (``profile``, ``yotonnet_path``, ``cpu``,
+``eager_writes``);
 importing it parses them from this process's own command line.
 """
 
@@ -78,7 +79,7 @@ class ForwardWatch:
 
 
 async def mesh_fwd(opts: dict) -> None:
-    ctx = yotonnet.Context("bench-fwd")
+    ctx = bench_peers.context("bench-fwd", opts)
     watch = ForwardWatch(ctx, opts["count"])
     downstream = await ctx.connect(f"tcp:{HOST}:{opts['port']}")
 
