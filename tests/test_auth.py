@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import threading
 
 from certs_fixture import PASSWORDS, TOKENS, LogCapture, bundle, path, wait_until
 from twisted.cred.credentials import UsernamePassword
@@ -107,6 +108,87 @@ class Credentials(Base):
             self.assertIn("wrong user or password", text)
             text = await self.refused(ep, user="nobody", password=password)
             self.assertIn("wrong user or password", text)
+
+        return defer.ensureDeferred(go())
+
+    def held_password_checks(self) -> tuple[list[str], threading.Event]:
+        """Make every password check wait for the returned event; note its thread."""
+        threads: list[str] = []
+        release = threading.Event()
+        real = auth.verify_password
+
+        def slow(password: bytes, stored: str) -> bool:
+            threads.append(threading.current_thread().name)
+            release.wait(WAIT)
+            return real(password, stored)
+
+        self.patch(auth, "verify_password", slow)
+        self.addCleanup(release.set)  # never leave a pool thread waiting
+        return threads, release
+
+    def test_a_password_check_does_not_stop_the_node(self):
+        async def go():
+            threads, release = self.held_password_checks()
+            node, ep = await self.node()
+            (user, password), = PASSWORDS.items()
+            pending = self.client(ep, name="p", user=user, password=password)
+            pending = defer.ensureDeferred(pending)
+            await wait_until(lambda: threads, WAIT, "the password check to start")
+            # While it runs, the node admits a token user and answers her calls.
+            Echo(node, "svc")
+            alice, _ = await self.client(ep, name="alice", token_file=path("alice.token"))
+            req = y.ReqChannel(alice, "svc", timeout=WAIT)
+            await req.wait_for_responders().addTimeout(WAIT, reactor)
+            self.assertEqual(await req.echo("still serving"), "still serving")
+            self.assertFalse(pending.called)
+            release.set()
+            client, _ = await pending
+            self.assertEqual(node.links[client.node_id].identity.user, user)
+            self.assertNotEqual(threads, [threading.current_thread().name])
+
+        return defer.ensureDeferred(go())
+
+    def test_a_peer_that_leaves_during_its_password_check_is_forgotten(self):
+        async def go():
+            threads, release = self.held_password_checks()
+            node, ep = await self.node()
+            (user, password), = PASSWORDS.items()
+            raw = await raw_peer(ep)
+            raw.transport.write(wire.encode_preamble() + wire.encode_hello(wire.Hello(
+                random.getrandbits(63) + 1, "leaver", (), 1 << 20, 1.0,
+                {"auth": {"user": user, "password": password}},
+            )))
+            await wait_until(lambda: threads, WAIT, "the password check to start")
+            raw.transport.loseConnection()
+            await wait_until(lambda: node.guard.handshaking == 0, WAIT, "the close")
+            release.set()
+            await wait_until(lambda: node.guard.counters["auth_ok"] == 1, WAIT, "the check")
+            self.assertEqual(node.links, {})
+
+        return defer.ensureDeferred(go())
+
+    def test_frames_sent_during_a_password_check_are_read_after_it(self):
+        async def go():
+            threads, release = self.held_password_checks()
+            node, ep = await self.node()
+            (user, password), = PASSWORDS.items()
+            raw = await raw_peer(ep)
+            hello = wire.encode_hello(wire.Hello(
+                random.getrandbits(63) + 1, "eager", (), 1 << 20, 1.0,
+                {"auth": {"user": user, "password": password}},
+            ))
+            raw.transport.write(wire.encode_preamble() + hello)
+            await wait_until(lambda: threads, WAIT, "the password check to start")
+            raw.transport.write(wire.encode_frame(FrameKind.PING, seq=7))  # held meanwhile
+            release.set()
+
+            def pongs() -> list[int]:
+                decoder = wire.FrameDecoder()
+                return [f.seq for f in decoder.feed(raw.data) if f.kind == FrameKind.PONG]
+
+            await wait_until(lambda: 7 in pongs(), WAIT, "the PONG")
+            self.assertEqual(len(node.links), 1)
+            raw.transport.loseConnection()
 
         return defer.ensureDeferred(go())
 
@@ -293,6 +375,17 @@ class Identities(Base):
             raw.transport.loseConnection()
 
         return defer.ensureDeferred(go())
+
+
+def raw_peer(endpoint: str) -> defer.Deferred:
+    """A bare TCP connection to a node's ``tcp:HOST:PORT`` endpoint."""
+    port = int(endpoint.rsplit(":", 1)[1])
+    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Raw())
+
+
+class Echo(y.RepChannel):
+    def echo(self, value):
+        return value
 
 
 class Raw(Protocol):

@@ -15,6 +15,10 @@ Every comparison of a secret is constant-time (``hmac.compare_digest`` over
 digests of equal length, and an scrypt of a dummy hash for an unknown user),
 so timing tells an attacker nothing about a near miss. The avatar is an
 :class:`Identity`: the user, its roles, and whether it is a mesh node.
+
+A password check costs one scrypt (tens of milliseconds, by design): on a
+reactor with threads it runs in the reactor's thread pool, so logging in, or
+a stream of wrong passwords, never stalls the node's other links.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from twisted.cred import credentials as cred_credentials
 from twisted.cred import error as cred_error
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet import defer
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorThreads
 from zope.interface import Attribute, Interface, implementer
 
 #: scrypt cost: about 16 MiB and a few tens of milliseconds per check
@@ -162,8 +167,10 @@ class PasswordFileChecker:
 
     credentialInterfaces = (cred_credentials.IUsernamePassword,)  # noqa: N815
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, reactor: Any = None) -> None:
         self.path = path
+        #: checks run in this reactor's thread pool (at once if it has none, e.g. a test clock)
+        self.reactor = reactor
         self._hashes: dict[str, str] = {}
         for number, line in _lines(path, "passwords"):
             user, _, stored = line.partition(":")
@@ -184,11 +191,22 @@ class PasswordFileChecker:
         if isinstance(password, str):
             password = password.encode("utf-8")
         stored = self._hashes.get(user)
+        reactor = self.reactor
+        if reactor is not None and IReactorThreads.providedBy(reactor):
+            d = threads.deferToThreadPool(
+                reactor, reactor.getThreadPool(), self._check, user, password, stored
+            )
+        else:
+            d = defer.maybeDeferred(self._check, user, password, stored)
+        return d
+
+    @staticmethod
+    def _check(user: str, password: bytes, stored: str | None) -> str:
         # An unknown user costs one scrypt too, so timing does not reveal who exists.
         ok = verify_password(password, stored or _DUMMY_HASH) and stored is not None
         if not ok:
-            return defer.fail(cred_error.UnauthorizedLogin("wrong user or password"))
-        return defer.succeed(user)
+            raise cred_error.UnauthorizedLogin("wrong user or password")
+        return user
 
 
 @implementer(ICredentialsChecker)
@@ -225,22 +243,19 @@ class _Mind:
     method: str
 
 
-def login(portal: Portal, credentials: Any, method: str) -> Identity | str:
-    """Log in synchronously (every checker here answers at once): the Identity, or a
-    refusal text for the peer."""
-    result: list[Any] = []
+def login(portal: Portal, credentials: Any, method: str) -> defer.Deferred[Identity | str]:
+    """Log in: fires with the Identity, or with a refusal text for the peer (never fails).
+
+    Tokens and certificates answer at once; a password check may take a thread."""
     d = portal.login(credentials, _Mind(method), IIdentity)
-    d.addBoth(result.append)
-    if not result:
-        d.cancel()
-        return "authentication did not finish (an asynchronous checker is not supported)"
-    outcome = result[0]
-    if hasattr(outcome, "check"):  # a Failure
-        if outcome.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
-            return "authentication failed: " + {
-                "token": "unknown token",
-                "password": "wrong user or password",
-                "certificate": "certificate user not accepted",
-            }.get(method, "refused")
-        return f"authentication error: {outcome.getErrorMessage()}"
-    return outcome[1]
+    return d.addCallbacks(lambda avatar: avatar[1], lambda failure: _refusal(failure, method))
+
+
+def _refusal(failure: Any, method: str) -> str:
+    if failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
+        return "authentication failed: " + {
+            "token": "unknown token",
+            "password": "wrong user or password",
+            "certificate": "certificate user not accepted",
+        }.get(method, "refused")
+    return f"authentication error: {failure.getErrorMessage()}"

@@ -52,6 +52,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from . import auth, tls, wire
 from .authz import CALL, OPERATIONS, PUBLISH, SERVE, SET_STATE, SUBSCRIBE
@@ -354,7 +355,7 @@ class Guard:
                 if security.tokens:
                     checkers.append(auth.TokenFileChecker(security.tokens))
                 if security.passwords:
-                    checkers.append(auth.PasswordFileChecker(security.passwords))
+                    checkers.append(auth.PasswordFileChecker(security.passwords, context.reactor))
             except ValueError as e:
                 raise SecurityError(str(e)) from None
             if security.cert_auth and security.tls_ca:
@@ -425,8 +426,9 @@ class Guard:
             return f"{self.handshaking} connections are still shaking hands (max_links)"
         return None
 
-    def admit(self, link: Link, credentials: Any) -> str | None:
-        """Authenticate an incoming peer; None to admit it, else the refusal text."""
+    def admit(self, link: Link, credentials: Any) -> str | None | defer.Deferred[str | None]:
+        """Authenticate an incoming peer: None to admit it, else the refusal text, or a
+        Deferred firing with one of those while a password check runs in a thread."""
         link.identity = None
         link.gate = None
         sec = self.security
@@ -454,7 +456,20 @@ class Guard:
             log.warn("refusing {peer}: {why}", peer=link.describe(), why=creds)
             return creds
         assert self.portal is not None
-        result = auth.login(self.portal, creds, method)
+        d = auth.login(self.portal, creds, method).addCallback(
+            lambda result: self._logged_in(link, method, result)
+        )
+        if not d.called:
+            return d  # a password check, in a thread
+        # Tokens and certificates answer at once: the handshake goes on in this turn.
+        outcome: list[Any] = []
+        d.addBoth(outcome.append)
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        return outcome[0]
+
+    def _logged_in(self, link: Link, method: str, result: auth.Identity | str) -> str | None:
+        ctx = self.ctx
         if isinstance(result, str):
             self.counters["auth_failed"] += 1
             log.warn("refusing {peer}: {why}", peer=link.describe(), why=result)

@@ -110,6 +110,10 @@ class Link(Protocol):
         # True while a read may skip the decoder: the link is up and not closing, and the
         # decoder holds no partial frame (see dataReceived); cleared by every status change
         self._whole_reads = False
+        # While the guard checks the peer's credentials (a password takes a thread),
+        # what the peer sends is held here, to be read once it is admitted.
+        self._admitting = False
+        self._held: list[bytes] = []
         # How bytes reach the transport: Twisted's write, or _write_now (connectionMade)
         self._put: Callable[[bytes], None] = self._write_later
         self._socket: Any = None
@@ -240,6 +244,9 @@ class Link(Protocol):
             return
         self.bytes_in += len(data)
         self.last_seen = self.clock.seconds()
+        if self._admitting:
+            self._held.append(data)  # read once the peer is admitted
+            return
         handshaking = self.status is HANDSHAKING
         try:
             frames = self._decoder.feed(data, limit=1 if handshaking else None)
@@ -373,14 +380,39 @@ class Link(Protocol):
         self.flow.window = window
         credentials = hello.extra.pop("auth", None)  # kept nowhere: it may hold a secret
         refusal = self.context._admit(self) or self.context.guard.admit(self, credentials)
+        if isinstance(refusal, defer.Deferred):
+            self._admitting = True
+            refusal.addCallback(self._admission_decided, hello).addErrback(
+                lambda failure: self._admission_decided(
+                    f"authentication error: {failure.getErrorMessage()}", hello
+                )
+            )
+            return []
         if refusal:
             self.fail(refusal)
             return []
+        self._admitted(hello)
+        return frames[1:]
+
+    def _admitted(self, hello: wire.Hello) -> None:
         if self.outgoing and self.context.guard.expects_welcome(hello):
             self._awaiting_welcome = True  # the listener authenticates us: wait for its word
-            return []
+            return
         self._complete()
-        return frames[1:]
+
+    def _admission_decided(self, refusal: str | None, hello: wire.Hello) -> None:
+        """The guard's verdict on credentials it checked off the reactor thread."""
+        self._admitting = False
+        held, self._held = self._held, []
+        if self._closing or self.status is CLOSED:
+            return  # the peer went away meanwhile
+        if refusal:
+            self.fail(refusal)
+            return
+        self._admitted(hello)
+        # Whatever followed the HELLO: what the decoder kept, then what was held.
+        self.bytes_in -= sum(map(len, held))  # counted when held
+        self.dataReceived(b"".join(held))
 
     def _welcome(self, frame: wire.Frame) -> None:
         """The listener's answer to our credentials (an ERROR is handled before)."""
