@@ -114,11 +114,13 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="node name shown to peers (default: host-based)")
     parser.add_argument(
         "--listen", action="append", metavar="ENDPOINT",
-        help=f"Twisted server endpoint to accept peers on; repeatable (default {DEFAULT_LISTEN})",
+        help=f"Twisted server endpoint to accept peers on; repeatable (default {DEFAULT_LISTEN}); "
+        "a :cost=N option (1-255) weighs the links accepted there",
     )
     parser.add_argument(
         "--peer", action="append", metavar="ENDPOINT",
-        help="Twisted client endpoint of a peer to link to; repeatable",
+        help="Twisted client endpoint of a peer to link to; repeatable; a :cost=N option "
+        "(1-255) makes the mesh prefer cheaper paths, e.g. tcp:far:7117:cost=10",
     )
     parser.add_argument(
         "--status", metavar="ENDPOINT",

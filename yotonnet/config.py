@@ -5,7 +5,7 @@ One file holds everything the command-line flags hold, in three tables::
     [node]                      # `yotonnet node` and `twistd yotonnet`
     name = "a"
     listen = ["tcp:7117:interface=127.0.0.1"]
-    peers = ["tcp:otherhost:7117"]
+    peers = ["tcp:otherhost:7117", "tcp:far:7117:cost=10"]  # cost: see yotonnet.costs
     status = "tcp:8080:interface=127.0.0.1"   # HTTP status endpoint (optional)
     log_format = "text"                       # or "json" (`yotonnet node` only)
 
@@ -38,6 +38,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 
 from . import tls
 from .context import ContextConfig
+from .costs import split_cost
 from .security import Security, SecurityError
 from .security import merge as merge_security
 from .security import parse_table as parse_security
@@ -259,6 +260,8 @@ def validate(settings: Settings) -> None:
     for endpoint in node.peers:
         check_client_endpoint(endpoint, "node.peers", where)
     if node.status is not None:
+        if _without_cost(node.status, "node.status", where) != node.status:
+            raise ConfigError(f"{where}: node.status: cost= is an option of mesh links only")
         check_server_endpoint(node.status, "node.status", where)
     check_client_endpoint(settings.client.connect, "client.connect", where)
     if settings.client.timeout <= 0:
@@ -275,7 +278,15 @@ def validate(settings: Settings) -> None:
             )
 
 
+def _without_cost(endpoint: str, key: str, where: str) -> str:
+    try:
+        return split_cost(endpoint)[0]
+    except ValueError as e:
+        raise ConfigError(f"{where}: {key}: {endpoint!r}: {e}") from None
+
+
 def check_server_endpoint(endpoint: str, key: str, where: str) -> None:
+    endpoint = _without_cost(endpoint, key, where)
     try:
         if tls.is_tls(endpoint):
             tls.check_endpoint(endpoint, server=True)
@@ -289,6 +300,7 @@ def check_server_endpoint(endpoint: str, key: str, where: str) -> None:
 
 
 def check_client_endpoint(endpoint: str, key: str, where: str) -> None:
+    endpoint = _without_cost(endpoint, key, where)
     try:
         if tls.is_tls(endpoint):
             tls.check_endpoint(endpoint, server=False)

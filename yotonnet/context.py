@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from . import errors, wire
 from .calls import Call, CallTable
+from .costs import check_cost, split_cost
 from .flow import DEFAULT_WINDOW, Hold
 from .guard import Guard
 from .link import BUSY, CLOSED, UP, HandshakeError, Link, LinkFactory
@@ -102,13 +103,13 @@ class LinkEvent(NamedTuple):
     link: Link
 
 
-#: the range of a link's routing cost (a busy link counts BUSY_LINK_COST, above it)
-MAX_LINK_COST = 255
-
-
-def _check_cost(cost: object) -> None:
-    if type(cost) is not int or not 1 <= cost <= MAX_LINK_COST:
-        raise ValueError(f"link cost must be an integer from 1 to {MAX_LINK_COST}, not {cost!r}")
+def _endpoint_cost(endpoint: str, cost: int | None) -> tuple[str, int]:
+    """The endpoint without a ``cost=`` option, and the link cost (1 unless given)."""
+    text, written = split_cost(endpoint)
+    if cost is not None:
+        if written is not None and written != cost:
+            raise ValueError(f"endpoint {endpoint!r} says cost={written} but cost={cost} is given")
+    return text, cost if cost is not None else written if written is not None else 1
 
 
 class Dialer:
@@ -304,14 +305,16 @@ class Context:
 
     # --- public API
 
-    def listen(self, endpoint: str, *, cost: int = 1) -> defer.Deferred[Any]:
+    def listen(self, endpoint: str, *, cost: int | None = None) -> defer.Deferred[Any]:
         """Accept any number of peers on a Twisted server endpoint string.
 
         ``cost`` is the routing cost of the links accepted here (see :meth:`connect`).
         """
         self._check_open()
-        _check_cost(cost)
+        if cost is not None:
+            check_cost(cost)  # a wrong argument is the caller's bug: raised at once
         try:
+            endpoint, cost = _endpoint_cost(endpoint, cost)
             ep = self.guard.server_endpoint(endpoint)
         except (ValueError, KeyError, TypeError) as e:
             return defer.fail(ValueError(f"bad listen endpoint {endpoint!r}: {e}"))
@@ -325,7 +328,7 @@ class Context:
 
         return d.addCallback(listening)
 
-    def connect(self, endpoint: str, *, cost: int = 1) -> defer.Deferred[Link]:
+    def connect(self, endpoint: str, *, cost: int | None = None) -> defer.Deferred[Link]:
         """Dial a peer; the Deferred fires with the link once the handshake is done.
 
         The link reconnects by itself with exponential backoff until the
@@ -335,11 +338,14 @@ class Context:
         ``cost`` (1 to 255) weighs the link in path choice: traffic takes the
         path of least total cost, so a slow or metered link can be given, say,
         10 to be used only when nothing cheaper connects. Each end may set a
-        cost; the mesh uses the higher.
+        cost; the mesh uses the higher. The endpoint string may carry it
+        instead, as an option: ``tcp:host:7117:cost=10`` (default 1).
         """
         self._check_open()
-        _check_cost(cost)
+        if cost is not None:
+            check_cost(cost)  # a wrong argument is the caller's bug: raised at once
         try:
+            endpoint, cost = _endpoint_cost(endpoint, cost)
             dialer = Dialer(self, endpoint, cost)
         except (ValueError, KeyError, TypeError) as e:
             return defer.fail(ValueError(f"bad connect endpoint {endpoint!r}: {e}"))

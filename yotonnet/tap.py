@@ -62,7 +62,7 @@ class Options(usage.Options):
         self["listen"].append(endpoint)
 
     def opt_peer(self, endpoint: str) -> None:
-        """Twisted client endpoint of a peer to link to (repeatable)."""
+        """Twisted client endpoint of a peer to link to (repeatable; :cost=N weighs it)."""
         self["peer"].append(endpoint)
 
     def postOptions(self) -> None:
