@@ -253,6 +253,38 @@ class KernelTests(TestCase):
         # What waits in the broker stays within a few windows, whatever the kernel prints.
         self.assertLess(peak[0], 4 * ctx.config.flow_window)
 
+    async def test_a_stalled_lossy_viewer_neither_stops_the_kernel_nor_misses_output(
+        self,
+    ) -> None:
+        lines = 5_000
+        ctx, broker, ep = await start_broker(self, "k")
+        _, alice, rec_a = await attach(self, ep, "k", "alice")
+        stalled: defer.Deferred[None] = defer.Deferred()
+        seen: list[dict] = []
+
+        def stuck(message: dict) -> defer.Deferred[None] | None:
+            seen.append(message)
+            # The viewer's program stops reading after its first output message.
+            return stalled if len(seen) == 1 else None
+
+        _, bob, _ = await attach(self, ep, "k", "bob", on_output=stuck, lossless=False,
+                                 keep=10)
+        code = f"for i in range({lines}): print(i, 'x' * 200)"
+        # Over a megabyte, well past the window: a lossless bob would pause the kernel here.
+        r = await bounded(alice.execute(code), "alice's loop while bob is stalled", 60)
+        self.assertTrue(r.ok, r)
+        expected = "".join(f"{i} {'x' * 200}\n" for i in range(lines))
+        self.assertEqual(rec_a.stdout(), expected)
+        self.assertEqual(ctx.counters["producer_pauses"], 0)
+        self.assertEqual(len(seen), 1)
+        stalled.callback(None)  # bob reads again: the gap comes from the history
+        await bounded(bob.wait_for_seq(r.last_seq), "bob to catch up", 60)
+        text = "".join(m["text"] for m in seen if m["kind"] == p.STDOUT)
+        self.assertEqual(text, expected)
+        seqs = [m["seq"] for m in seen if m["seq"] is not None]
+        self.assertEqual(seqs, list(range(seqs[0], seqs[-1] + 1)))
+        self.assertGreater(bob.output.dropped, 0)  # it did fall behind live
+
     async def test_reconnect_mid_stream_misses_nothing(self) -> None:
         lines = 100_000
         _, broker, ep = await start_broker(self, "k")

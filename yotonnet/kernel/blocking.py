@@ -5,8 +5,10 @@ lives in the reactor thread and every method here waits for it. Output
 either goes to ``on_output`` (called in the reactor thread: keep it short)
 or, by default, into a buffer read with :meth:`recv_output`; once the buffer
 holds ``max_pending`` messages, the client stops taking more, which slows the
-kernel down (lossless flow control), until the program reads. ``on_input``
-runs in a thread of its own, so it may block (e.g. on the terminal).
+kernel down (lossless flow control), until the program reads; with
+``lossless=False`` it never slows the kernel and catches up from the broker's
+history instead (see :mod:`yotonnet.kernel.client`). ``on_input`` runs in a
+thread of its own, so it may block (e.g. on the terminal).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class BlockingKernelClient:
         history: int | None = None,
         timeout: float = 30.0,
         max_pending: int = 10_000,
+        lossless: bool = True,
     ) -> None:
         if (connect is None) == (context is None):
             raise ValueError("give exactly one of connect= (an endpoint) or context=")
@@ -69,6 +72,7 @@ class BlockingKernelClient:
             lambda: KernelClient(
                 tctx, name, user=user, on_output=self._on_output,
                 on_input=self._on_input, history=history, timeout=timeout,
+                lossless=lossless,
             ),
         )
 

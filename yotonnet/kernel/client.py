@@ -16,6 +16,13 @@ sequence number is skipped (a reconnect, a late subscription). When
 If ``on_output`` returns a Deferred, the next message waits for it, which
 slows the kernel down to this client's pace (lossless flow control).
 
+A client made with ``lossless=False`` never slows the kernel (or the other
+consoles) down, however far behind it falls, e.g. a viewer on a slow link or
+one whose program stopped reading: while it lags, only the newest ``keep``
+live messages wait for it, and once it catches up the messages in between
+come from the broker's history, still each once and in order (those the
+bounded history no longer holds are reported as lost).
+
 ``status()`` combines the three signals: the kernel ``state`` and its
 ``process`` and ``interpreter`` parts from the broker, and ``link``: whether
 the broker is reachable from here right now ("up"/"down"; while it is down,
@@ -25,6 +32,7 @@ the rest is the last thing the broker said).
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -36,6 +44,7 @@ from twisted.python.failure import Failure
 
 from .. import errors
 from ..channels import RepChannel, ReqChannel, StateChannel, SubChannel
+from ..channels.pubsub import LATEST, LOSSLESS
 from ..context import Context
 from ..messages import OBJECT
 from ..routing import REP
@@ -110,7 +119,10 @@ class KernelClient:
     ``caller.user`` to the name the broker knows this client by.
     ``on_input(prompt, password)`` answers ``input()`` of code this client
     ran (a str, or a Deferred of one). ``history`` bounds how many past
-    messages to fetch on attach (None: all the broker holds).
+    messages to fetch on attach (None: all the broker holds). ``lossless``
+    (default True) lets this client's pace slow the kernel down; False makes
+    it catch up from the history instead (see the module docstring), keeping
+    at most ``keep`` live messages while it lags.
     """
 
     def __init__(
@@ -124,6 +136,8 @@ class KernelClient:
         history: int | None = None,
         timeout: float = 30.0,
         link_check: float = 0.25,
+        lossless: bool = True,
+        keep: int = 1000,
     ) -> None:
         self.context = context
         self.reactor = context.reactor
@@ -133,6 +147,8 @@ class KernelClient:
         self.on_output = on_output
         self.on_input: InputHandler = on_input or _no_input
         self.history_limit = history
+        self.lossless = lossless
+        self.keep = keep
         self.timeout = timeout
         self.names = p.channel_names(name)
         self.role: str | None = None
@@ -141,7 +157,11 @@ class KernelClient:
         self._status_watchers: list[Callable[[dict], Any]] = []
         self._presence_watchers: list[Callable[[list], Any]] = []
         self._seq_waiters: list[tuple[int, defer.Deferred]] = []
+        # the Deferred of the message on_output is busy with, and what waits behind it
         self._pace: defer.Deferred | None = None
+        self._backlog: deque[dict] = deque()
+        #: the seq of the last output message given to on_output
+        self.shown = 0
         self.merger = p.OutputMerger(self._deliver, self._fetch, self._lost)
         self._link_check = link_check
         self._link_loop: LoopingCall | None = None
@@ -155,7 +175,10 @@ class KernelClient:
         answer (``role``, ``status``, ``presence``)."""
         ctx = self.context
         if self.output is None:
-            self.output = SubChannel(ctx, self.names["output"], OBJECT)
+            self.output = SubChannel(
+                ctx, self.names["output"], OBJECT,
+                policy=LOSSLESS if self.lossless else LATEST, keep=self.keep,
+            )
             self.output.subscribe(self._on_live)
             self.status_channel = StateChannel(ctx, self.names["status"])
             self.status_channel.subscribe(self._on_status)
@@ -273,7 +296,7 @@ class KernelClient:
 
     def wait_for_seq(self, seq: int) -> defer.Deferred[None]:
         """Fires once every output message up to ``seq`` was delivered."""
-        if self.merger.last >= seq:
+        if self.shown >= seq:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         self._seq_waiters.append((seq, d))
@@ -288,22 +311,32 @@ class KernelClient:
                                "await attach() first")
 
     def _on_live(self, message: Any) -> Any:
-        self._pace = None
         self.merger.on_live(message)
-        pace, self._pace = self._pace, None
-        return pace
+        # While the program is busy with a message, the live channel holds the next ones
+        # (lossless: that slows the kernel; latest: only the newest `keep` wait).
+        return self._pace
 
     def _deliver(self, message: dict) -> None:
+        """The merger's next message (live or from the history), in order."""
+        if self._pace is not None:
+            self._backlog.append(message)  # after the one the program is still busy with
+        else:
+            self._show(message)
+
+    def _show(self, message: dict) -> None:
         if self.on_output is not None:
             try:
                 result = self.on_output(message)
             except Exception:  # noqa: BLE001 - a bad callback must not stop the stream
                 log.failure("on_output callback failed")
                 result = None
-            if isinstance(result, defer.Deferred):
+            if isinstance(result, defer.Deferred) and not result.called:
                 self._pace = result
-        if self._seq_waiters:
-            seq = message["seq"]
+                result.addBoth(self._paced)
+        seq = message["seq"]
+        if seq is not None:
+            self.shown = seq
+        if self._seq_waiters and seq is not None:
             still = []
             for want, d in self._seq_waiters:
                 if want <= seq:
@@ -311,6 +344,13 @@ class KernelClient:
                 else:
                     still.append((want, d))
             self._seq_waiters = still
+
+    def _paced(self, result: Any) -> Any:
+        """The program is done with a message: show what waited meanwhile."""
+        self._pace = None
+        while self._backlog and self._pace is None:
+            self._show(self._backlog.popleft())
+        return result
 
     def _fetch(self, since: int | None) -> None:
         last = self.history_limit if since is None else None
@@ -329,11 +369,12 @@ class KernelClient:
         d.addCallbacks(got, failed)
 
     def _release_waiters(self) -> None:
-        # With an empty history and nothing live, waiters for seq <= last fire here.
-        last = self.merger.last
+        # With an empty history and nothing live, waiters for seq <= last fire here
+        # (those for messages still waiting behind a busy on_output fire as they show).
+        shown = self.shown if self._backlog or self._pace is not None else self.merger.last
         still = []
         for want, d in self._seq_waiters:
-            if want <= last:
+            if want <= shown:
                 d.callback(None)
             else:
                 still.append((want, d))
@@ -343,7 +384,7 @@ class KernelClient:
 
     def _lost(self, count: int) -> None:
         if self.on_output is not None:
-            self.on_output({
+            self._deliver({
                 "seq": None, "kind": p.SYSTEM, "exec": None, "user": None,
                 "text": f"[{count} output messages were lost: older than the kernel's "
                         "history buffer]\n",
