@@ -275,7 +275,7 @@ def table(results: dict) -> tuple[list[str], dict]:
     return [head, "-" * len(head), *rows], bars
 
 
-def profile(directory: str, plan: dict, base_opts: dict, top: int) -> None:
+def profile(directory: str, plan: dict, base_opts: dict, top: int, metrics: list[str]) -> None:
     """Run the yotonnet cases once under cProfile in both processes and print the top."""
     import pstats
 
@@ -283,10 +283,15 @@ def profile(directory: str, plan: dict, base_opts: dict, top: int) -> None:
     cases = [
         ("pubsub-100", "yot-sub", "yot-pub", "server",
          {"size": SMALL, "count": plan["pubsub-100"], "batch": 1000}),
+        ("pubsub-64k", "yot-sub", "yot-pub", "server",
+         {"size": LARGE, "count": plan["pubsub-64k"],
+          "batch": max(1, min(1000, BATCH_BYTES // LARGE))}),
         ("reqrep", "yot-rep", "yot-req", "client",
          {"size": SMALL, "count": plan["calls"], "warmup": plan["warmup"]}),
     ]
     for name, server, client, measured, opts in cases:
+        if name not in metrics:
+            continue
         files = {r: os.path.join(directory, f"{name}-{r}.pstats") for r in (server, client)}
         res = run_pair(
             server, client, {**base_opts, **opts}, measured,
@@ -338,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.profile:
-            profile(args.profile, plan, base_opts, args.top)
+            profile(args.profile, plan, base_opts, args.top, metrics)
             return 0
         results = measure(metrics, plan, repeats, base_opts, args.pin)
     except RunError as e:
