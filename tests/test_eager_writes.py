@@ -26,6 +26,7 @@ class StubTransport:
         self.dataBuffer = b""
         self._tempDataLen = 0
         self.connected = 1
+        self._aborting = False
         self.written: list[bytes] = []
 
     def write(self, data: bytes) -> None:
@@ -86,16 +87,21 @@ class WriteNowTests(SynchronousTestCase):
             self.assertEqual(sock.sent, [], attribute)
             self.assertEqual(transport.written, [b"frame"], attribute)
 
-    def test_a_disconnected_transport_or_a_large_frame_is_not_sent_directly(self) -> None:
+    def test_a_disconnected_or_aborted_transport_or_a_large_frame_is_not_sent_directly(
+        self,
+    ) -> None:
         sock = StubSocket()
         link, transport = eager_link(sock)
         transport.connected = 0
         link._write_now(b"frame")
         transport.connected = 1
+        transport._aborting = True  # abortConnection: Twisted's write sends nothing more
+        link._write_now(b"after abort")
+        transport._aborting = False
         big = b"x" * (EAGER_MAX + 1)
         link._write_now(big)
         self.assertEqual(sock.sent, [])
-        self.assertEqual(transport.written, [b"frame", big])
+        self.assertEqual(transport.written, [b"frame", b"after abort", big])
 
     def test_only_plain_tcp_transports_are_written_to_directly(self) -> None:
         link, transport = eager_link(StubSocket())

@@ -153,7 +153,9 @@ class Link(Protocol):
             eager
             and type(t) in _EAGER_TRANSPORTS
             and not getattr(t, "TLS", False)
-            and all(hasattr(t, a) for a in ("dataBuffer", "_tempDataLen", "connected"))
+            and all(
+                hasattr(t, a) for a in ("dataBuffer", "_tempDataLen", "connected", "_aborting")
+            )
         ):
             self._socket = t.getHandle()
             self._put = self._write_now
@@ -172,10 +174,14 @@ class Link(Protocol):
         buffer empty (nearly always) is sent here instead, saving that turn on
         both ends of every round trip. Anything the socket does not take (a full
         buffer, an error) goes to transport.write, which keeps the order, the
-        producer pausing and the error handling of Twisted's own path.
+        producer pausing and the error handling of Twisted's own path; after
+        abortConnection nothing more is sent, as with Twisted's write.
         """
         t = self.transport
-        if t._tempDataLen or t.dataBuffer or not t.connected or len(data) > EAGER_MAX:
+        if (
+            t._tempDataLen or t.dataBuffer or not t.connected or t._aborting
+            or len(data) > EAGER_MAX
+        ):
             t.write(data)
             return
         try:
