@@ -85,6 +85,11 @@ class KernelCommandTests(TestCase):
         out, err, code = await self.cli("console", "shared", "--connect", ep, "--user", "bob",
                                         "-c", "print(6 * 7)")
         self.assertEqual((out, code), ("42\n", 0), err)
+        # A console that never pauses the kernel still shows all of its own run.
+        out, err, code = await self.cli("console", "shared", "--connect", ep,
+                                        "--never-pause-kernel", "-c",
+                                        "for i in range(3000): print(i)")
+        self.assertEqual((out, code), ("".join(f"{i}\n" for i in range(3000)), 0), err)
         out, err, code = await self.cli("console", "shared", "--connect", ep, "-c",
                                         "def f():\n    raise KeyError('nope')\nf()")
         self.assertEqual(code, 1)

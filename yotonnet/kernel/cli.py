@@ -83,6 +83,9 @@ def add_kernel_parsers(
                    help="past output messages to show on attach (default 1000; 0 with -c)")
     c.add_argument("-c", dest="code", metavar="CODE",
                    help="run CODE, print its output and exit (1 if it raised)")
+    c.add_argument("--never-pause-kernel", action="store_true",
+                   help="never slow the kernel down, e.g. on a slow link: while this console "
+                   "lags, it catches up from the broker's history instead")
     client_options(c)
     security_options(c)
     c.set_defaults(run=run_console)
@@ -287,6 +290,7 @@ class Console:
                 security=_security(self.settings).get("security"),
                 on_output=self.on_output, on_input=self.ask, history=self.history(),
                 timeout=self.settings.client.timeout,
+                lossless=not self.args.never_pause_kernel,
             )
         except Exception as e:  # noqa: BLE001 - unreachable node
             _note(f"yotonnet console: error: cannot reach {self.settings.client.connect}: {e}")
