@@ -612,6 +612,12 @@ class Context:
             self._fanout[key] = links
         return links
 
+    def _flush_dirty(self) -> None:
+        """A dispatch ended: write what links queued during it, a batch per link."""
+        dirty, self._dirty = self._dirty, []
+        for link in dirty:
+            link._flush()
+
     def _unicast(self, dest: int, data: bytes) -> bool:
         link = self._hop_links.get(dest)
         if link is None:

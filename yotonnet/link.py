@@ -302,24 +302,19 @@ class Link(Protocol):
     def _dispatch_one(self, handler: Callable[[Link, wire.Frame], None], frame: Any) -> None:
         """_dispatch_frames for a single frame that is not DATA."""
         ctx = self.context
-        if ctx._dispatching:
-            try:
-                handler(self, frame)
-            except ProtocolError as e:
-                self.fail(str(e))
-            return
-        ctx._dispatching = True
-        ctx._turn += 1
+        outer = not ctx._dispatching
+        if outer:
+            ctx._dispatching = True
+            ctx._turn += 1
         try:
             handler(self, frame)
         except ProtocolError as e:
             self.fail(str(e))
         finally:
-            ctx._dispatching = False
-            if ctx._dirty:
-                dirty, ctx._dirty = ctx._dirty, []
-                for link in dirty:
-                    link._flush()
+            if outer:
+                ctx._dispatching = False
+                if ctx._dirty:
+                    ctx._flush_dirty()
 
     def _dispatch_frames(self, frames: list[Any]) -> None:
         """Hand decoded frames (and DATA runs) to their handlers.
@@ -352,9 +347,7 @@ class Link(Protocol):
             if outer:
                 ctx._dispatching = False
                 if ctx._dirty:
-                    dirty, ctx._dirty = ctx._dirty, []
-                    for link in dirty:
-                        link._flush()
+                    ctx._flush_dirty()
 
     def _handshake(self, frames: list[wire.Frame]) -> list[wire.Frame]:
         first = frames[0]
