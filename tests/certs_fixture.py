@@ -68,16 +68,10 @@ def _write(d: str, name: str, issued: certs.Issued) -> None:
 
 def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
     """A Deferred that fires once ``predicate()`` is true, or fails after ``timeout`` s."""
-    from twisted.internet import defer, reactor, task
+    from twisted.internet import defer
+    from waits import until
 
-    async def poll():
-        deadline = reactor.seconds() + timeout
-        while not predicate():
-            if reactor.seconds() > deadline:
-                raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-            await task.deferLater(reactor, 0.01, lambda: None)
-
-    return defer.ensureDeferred(poll())
+    return defer.ensureDeferred(until(predicate, what, timeout))
 
 
 class LogCapture:

@@ -1,44 +1,21 @@
 """Helpers for the kernel tests: a broker with a real kernel process, clients that record.
 
-Every wait is bounded (``WAIT``) so a hang fails the test instead of blocking
-the run; nothing here measures time.
+Every wait is bounded (see ``waits.py``) so a hang fails the test instead of
+blocking the run; nothing here measures time.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
+from waits import WAIT, bounded
 
 from yotonnet import Context, ContextConfig
 from yotonnet.kernel import BrokerConfig, KernelBroker, KernelClient
 
-WAIT = 30.0
 FAST = ContextConfig(heartbeat=0.2, busy_timeout=2.0, reconnect_initial=0.05,
                      reconnect_max=0.5, request_timeout=WAIT)
-
-
-def bounded(d: Any, what: str, seconds: float = WAIT) -> defer.Deferred:
-    """Fail with a readable error if ``d`` (a Deferred or coroutine) has not fired in time."""
-    d = defer.ensureDeferred(d) if not isinstance(d, defer.Deferred) else d
-
-    def on_timeout(result: Any, timeout: float) -> Any:
-        raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
-
-    return d.addTimeout(seconds, reactor, onTimeoutCancel=on_timeout)
-
-
-async def until(predicate: Any, what: str, seconds: float = WAIT) -> None:
-    """Poll ``predicate`` every 10 ms; fail if it is still false after ``seconds``."""
-    for _ in range(int(seconds / 0.01)):
-        if predicate():
-            return
-        await task.deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError(f"gave up after {seconds:g} s waiting for {what}")
-
-
-def sleep(seconds: float) -> defer.Deferred:
-    return task.deferLater(reactor, seconds, lambda: None)
 
 
 class Recorder:

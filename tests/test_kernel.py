@@ -25,9 +25,10 @@ from __future__ import annotations
 import os
 import signal
 
-from kernel_support import FAST, WAIT, attach, bounded, sleep, start_broker, until
+from kernel_support import FAST, attach, start_broker
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
+from waits import WAIT, bounded, sleep, until
 
 from yotonnet import Context
 from yotonnet.errors import RemoteError

@@ -34,10 +34,11 @@ import sys
 import tempfile
 
 import procs
-from kernel_support import FAST, Recorder, bounded, until
+from kernel_support import FAST, Recorder
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
+from waits import bounded, until
 
 from yotonnet import Context, RepChannel
 from yotonnet.errors import RemoteError

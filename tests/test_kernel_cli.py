@@ -24,9 +24,10 @@ import subprocess
 import sys
 
 import procs
-from kernel_support import FAST, WAIT, attach, bounded, until
+from kernel_support import FAST, attach
 from twisted.internet import reactor, utils
 from twisted.trial.unittest import SkipTest, TestCase
+from waits import WAIT, bounded, until
 
 from yotonnet import Context
 from yotonnet.kernel import protocol as p

@@ -35,8 +35,9 @@ import zlib
 from typing import Any
 
 import procs
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
+from waits import bounded, until
 
 import yotonnet
 from yotonnet import OBJECT, Context, ContextConfig
@@ -63,22 +64,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bounded(d: defer.Deferred, what: str, seconds: float = WAIT) -> defer.Deferred:
-    """Fail ``d`` with a readable error if it has not fired within ``seconds``."""
-
-    def on_timeout(result: Any, timeout: float) -> Any:
-        raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
-
-    return d.addTimeout(seconds, reactor, onTimeoutCancel=on_timeout)
 
 
-async def until(predicate: Any, what: str, seconds: float = WAIT) -> None:
-    """Poll ``predicate`` every 10 ms; fail if it is still false after ``seconds``."""
-    for _ in range(int(seconds / 0.01)):
-        if predicate():
-            return
-        await task.deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError(f"gave up after {seconds:g} s waiting for {what}")
 
 
 class LinkLog:

@@ -19,6 +19,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
+from waits import until
 
 import yotonnet
 from yotonnet import Context, ContextConfig
@@ -30,12 +31,6 @@ HELLO = slot_hash("hello.txt.pub-sub")
 THINGS = slot_hash("things.obj.pub-sub")
 
 
-async def until(predicate: Any, what: str, seconds: float = WAIT) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if predicate():
-            return
-        await task.deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError(f"gave up after {seconds:g} s waiting for {what}")
 
 
 class RawYoton(Protocol):

@@ -33,6 +33,7 @@ from typing import Any
 import procs
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SkipTest, TestCase
+from waits import bounded, until
 
 import yotonnet
 from yotonnet import OBJECT, Context, ContextConfig
@@ -53,19 +54,8 @@ def _pyzo_installed() -> bool:
 PYZO = _pyzo_installed()
 
 
-def bounded(d: defer.Deferred, what: str, seconds: float = WAIT) -> defer.Deferred:
-    def on_timeout(result: Any, timeout: float) -> Any:
-        raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
-
-    return d.addTimeout(seconds, reactor, onTimeoutCancel=on_timeout)
 
 
-async def until(predicate: Any, what: str, seconds: float = WAIT) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if predicate():
-            return
-        await task.deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError(f"gave up after {seconds:g} s waiting for {what}")
 
 
 class YotonPeer:
