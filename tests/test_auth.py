@@ -152,12 +152,7 @@ class Credentials(Base):
         async def go():
             threads, release = self.held_password_checks()
             node, ep = await self.node()
-            (user, password), = PASSWORDS.items()
-            raw = await raw_peer(ep)
-            raw.transport.write(wire.encode_preamble() + wire.encode_hello(wire.Hello(
-                random.getrandbits(63) + 1, "leaver", (), 1 << 20, 1.0,
-                {"auth": {"user": user, "password": password}},
-            )))
+            raw = await raw_password_login(ep, "leaver")
             await wait_until(lambda: threads, WAIT, "the password check to start")
             raw.transport.loseConnection()
             await wait_until(lambda: node.guard.handshaking == 0, WAIT, "the close")
@@ -171,13 +166,7 @@ class Credentials(Base):
         async def go():
             threads, release = self.held_password_checks()
             node, ep = await self.node()
-            (user, password), = PASSWORDS.items()
-            raw = await raw_peer(ep)
-            hello = wire.encode_hello(wire.Hello(
-                random.getrandbits(63) + 1, "eager", (), 1 << 20, 1.0,
-                {"auth": {"user": user, "password": password}},
-            ))
-            raw.transport.write(wire.encode_preamble() + hello)
+            raw = await raw_password_login(ep, "eager")
             await wait_until(lambda: threads, WAIT, "the password check to start")
             raw.transport.write(wire.encode_frame(FrameKind.PING, seq=7))  # held meanwhile
             release.set()
@@ -381,6 +370,17 @@ def raw_peer(endpoint: str) -> defer.Deferred:
     """A bare TCP connection to a node's ``tcp:HOST:PORT`` endpoint."""
     port = int(endpoint.rsplit(":", 1)[1])
     return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Raw())
+
+
+async def raw_password_login(endpoint: str, name: str) -> Raw:
+    """A bare connection that sends the preamble and a HELLO with a good password."""
+    (user, password), = PASSWORDS.items()
+    raw = await raw_peer(endpoint)
+    raw.transport.write(wire.encode_preamble() + wire.encode_hello(wire.Hello(
+        random.getrandbits(63) + 1, name, (), 1 << 20, 1.0,
+        {"auth": {"user": user, "password": password}},
+    )))
+    return raw
 
 
 class Echo(y.RepChannel):
