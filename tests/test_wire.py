@@ -202,6 +202,25 @@ class LargeFrameTests(SynchronousTestCase):
         self.assertEqual(decoder.buffered, 0)
 
     @LARGE
+    @given(st.lists(st.one_of(frames(), large_frames()), min_size=1, max_size=5), st.data())
+    def test_large_frames_between_runs_survive_any_chunking(self, sent, data):
+        # As a link decodes: DATA frames grouped into runs, a large frame's payload
+        # joined from its pieces; every frame once, in order, and counted.
+        stream = wire.encode_preamble() + b"".join(encode(f) for f in sent)
+        chunker = data.draw(st.sampled_from([draw_chunks, draw_even_chunks]))
+        decoder = FrameDecoder(wire.DEFAULT_MAX_FRAME, runs=True)
+        got: list[Frame] = []
+        counted = 0
+        for chunk in chunker(data.draw, stream):
+            out = decoder.feed(chunk)
+            counted += decoder.decoded if out else 0
+            for item in out:
+                got.extend(item.frames() if type(item) is wire.Run else [item])
+        self.assertEqual(got, sent)
+        self.assertEqual(counted, len(sent))
+        self.assertEqual(decoder.buffered, 0)
+
+    @LARGE
     @given(large_frames(), frames(), st.data())
     def test_oversize_after_large_frame_refused_at_once(self, big, small, data):
         head = wire.encode_preamble() + encode(big) + encode(small)

@@ -346,6 +346,45 @@ class FrameDecoder:
         if length < HEADER_TAIL:
             raise ProtocolError(f"frame length {length} is shorter than a frame header")
 
+    def _finish_parked(self, data: bytes, limit: int | None) -> list[Frame | Run]:
+        """The last piece of a large frame arrived (``data``, maybe with more after it).
+
+        The payload is joined straight from the pieces, one copy, rather than
+        joining the whole frame and then slicing the payload out of it. The
+        frame is not in :attr:`buffer` (it is empty after such a read), so a
+        forwarding node encodes it again.
+        """
+        parts = self._parts
+        extra = self._have - self._missing  # bytes of `data` after this frame
+        self._parts, self._have, self._missing = [], 0, 0
+        first = parts[0]  # from the frame's start: its header was complete when parked
+        length, kind, hops, ext_len, tag, channel, source, dest, seq = HEADER.unpack_from(first)
+        if kind not in _KINDS:
+            raise ProtocolError(f"unknown frame kind {kind}")
+        start = HEADER_SIZE + ext_len
+        if start > length + 4:
+            raise ProtocolError("frame extension is longer than the frame")
+        need = len(data) - extra
+        if start > len(first):  # an extension cut across pieces: join it whole first
+            whole = b"".join([*parts[:-1], memoryview(data)[:need]])
+            ext, payload = whole[HEADER_SIZE:start], whole[start:]
+        else:
+            ext = bytes(first[HEADER_SIZE:start]) if ext_len else b""
+            payload = b"".join([first[start:], *parts[1:-1], memoryview(data)[:need]])
+        frame = tuple.__new__(Frame, (kind, hops, tag, channel, source, dest, seq, payload, ext))
+        frames: list[Frame | Run] = [frame]
+        self.decoded = 1
+        if extra:
+            rest = data[need:]
+            if limit is not None:
+                self._buf = rest  # decoded by a later feed(), as the general path would
+            else:
+                frames += self.feed(rest)
+                self.decoded += 1
+        self.buffer = b""
+        self.offsets = []
+        return frames
+
     def feed(self, data: bytes, limit: int | None = None) -> list[Frame | Run]:
         if not self._buf and not self._missing and not self._need_preamble and type(data) is bytes:
             # The commonest read on a quiet link: exactly one whole frame.
@@ -378,8 +417,7 @@ class FrameDecoder:
             self._have += len(data)
             if self._have < self._missing:
                 return []
-            data = b"".join(self._parts)
-            self._parts, self._have, self._missing = [], 0, 0
+            return self._finish_parked(data, limit)
         # Kept as bytes, not bytearray: slicing bytes gives each payload in one copy.
         buf = self._buf + data if self._buf else bytes(data)
         pos = 0
