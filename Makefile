@@ -26,6 +26,7 @@ run: $(STAMP)
 sysdeps:
 	@missing=""; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "sysdeps: installing$$missing"; \

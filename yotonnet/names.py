@@ -37,3 +37,33 @@ def channel_id(pattern: str, name: str) -> int:
         raise ValueError(f"unknown channel pattern {pattern!r}")
     digest = hashlib.blake2b(f"{pattern}:{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") or 1
+
+
+#: the longest node name a peer may announce (HELLO, routing records)
+MAX_NODE_NAME = 100
+
+
+def check_peer_name(name: object, what: str = "node name") -> str:
+    """Return ``name`` if a peer may announce it (a str of printable characters, at most
+    :data:`MAX_NODE_NAME` long), else raise ValueError saying what is wrong.
+
+    Names travel to terminals, logs and web pages, so control characters (terminal
+    escapes, newlines that fake log lines) are refused at the door."""
+    if not isinstance(name, str):
+        raise ValueError(f"{what} must be a str, not {type(name).__name__}")
+    if len(name) > MAX_NODE_NAME:
+        raise ValueError(f"{what} is {len(name)} characters long; at most {MAX_NODE_NAME}")
+    if not name.isprintable():
+        raise ValueError(f"{what} {printable(name)} has non-printable characters")
+    return name
+
+
+def printable(text: object, limit: int = 200) -> str:
+    """``text`` made safe for a terminal or a log line: non-printable characters as
+    escapes (``\\x1b``), cut to ``limit`` characters with an ellipsis."""
+    text = str(text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    return text
