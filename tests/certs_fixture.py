@@ -1,11 +1,21 @@
 """Certificates and credential files for the security tests, made once per test run.
 
 :func:`bundle` returns a directory (removed at exit) holding a development CA
-(``ca.pem``), node certificates with subjectAltNames (``a``, ``b``, ``alice``:
-``NAME.pem`` and ``NAME.key``), a certificate WITHOUT subjectAltName signed by
-the same CA (``nosan.pem``/``nosan.key``), a certificate from another CA
-(``stranger``), and token and password files for users ``alice``, ``bob`` and
-the node user ``b``.
+(``ca.pem``) and, each as ``NAME.pem`` and ``NAME.key`` signed by that CA:
+
+- node certificates ``a`` and ``b`` (serverAuth and clientAuth), valid for
+  their names and for ``localhost``, ``127.0.0.1`` and ``::1``, which the
+  tests dial;
+- node certificate ``hub`` for ``hub.example`` only;
+- user certificate ``alice`` (clientAuth only, no subjectAltName);
+- ``mallory``: a user certificate crafted to carry subjectAltName
+  ``DNS:hub.example``, which ``yotonnet certs`` never makes, so that only the
+  serverAuth check can stop it posing as the hub;
+- ``noeku``: a certificate for ``hub.example`` without extendedKeyUsage;
+- ``nosan``: a node certificate WITHOUT subjectAltName;
+
+and ``stranger``, a node certificate from another CA, plus token and password
+files for users ``alice``, ``bob`` and the node user ``b``.
 """
 
 from __future__ import annotations
@@ -21,6 +31,10 @@ from yotonnet.auth import hash_password
 TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-0123456789abcdef",
           "b": "node-b-token-0123456789abcdef"}
 PASSWORDS = {"carol": "correct horse battery staple"}
+#: the names the loopback tests dial nodes a and b by
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+#: the name the hub is dialled by in the impersonation tests
+HUB = "hub.example"
 
 _dir: str | None = None
 
@@ -31,13 +45,13 @@ def bundle() -> str:
         return _dir
     d = tempfile.mkdtemp(prefix="yotonnet-certs-")
     atexit.register(shutil.rmtree, d, True)
-    certs.write_bundle(d, ["a", "b", "alice"])
-    with open(os.path.join(d, "ca.pem"), "rb") as f, open(os.path.join(d, "ca.key"), "rb") as g:
-        ca = certs.Issued(f.read(), g.read())
-    nosan = certs.make_cert(ca, "nosan", with_sans=False)
-    _write(d, "nosan", nosan)
+    certs.write_bundle(d, {"a": LOOPBACK, "b": LOOPBACK, "hub": [HUB]}, ["alice"])
+    ca, _ = certs.load_or_make_ca(d)
+    certs.write_pair(d, "mallory", certs.issue(ca, "mallory", certs.USER_USAGES, [HUB]))
+    certs.write_pair(d, "noeku", certs.issue(ca, "noeku", None, [HUB]))
+    certs.write_pair(d, "nosan", certs.issue(ca, "nosan", certs.NODE_USAGES, ()))
     stranger_ca = certs.make_ca("another CA")
-    _write(d, "stranger", certs.make_cert(stranger_ca, "stranger"))
+    certs.write_pair(d, "stranger", certs.make_node_cert(stranger_ca, "stranger", LOOPBACK))
     with open(os.path.join(d, "tokens.txt"), "w") as f:
         f.write("# user token\n")
         for user, token in TOKENS.items():
@@ -54,13 +68,6 @@ def bundle() -> str:
 
 def path(name: str) -> str:
     return os.path.join(bundle(), name)
-
-
-def _write(d: str, name: str, issued: certs.Issued) -> None:
-    with open(os.path.join(d, f"{name}.pem"), "wb") as f:
-        f.write(issued.cert_pem)
-    with open(os.path.join(d, f"{name}.key"), "wb") as f:
-        f.write(issued.key_pem)
 
 
 # --- helpers shared by the security tests

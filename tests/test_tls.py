@@ -1,5 +1,7 @@
 """TLS links on real loopback sockets: mutual TLS, hostname checks, refused certificates.
 
+Certificate generation (node and user certificates) is in tests/test_certs.py.
+
 Includes the regression test for Twisted 26's hole: a server certificate
 WITHOUT subjectAltName passes ``optionsForClientTLS``'s hostname check for any
 name (service_identity raises CertificateError, which Twisted's callback does
@@ -15,7 +17,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import yotonnet as y
-from yotonnet import certs, tls
+from yotonnet import tls
 from yotonnet.link import HandshakeError
 from yotonnet.security import Security
 
@@ -148,46 +150,6 @@ class Endpoints(SynchronousTestCase):
         self.assertEqual(
             tls.split_endpoint(r"tls:h:1:cert=C\:\\x.pem"), (["h", "1"], {"cert": "C:\\x.pem"})
         )
-
-    def test_generated_certificates_name_their_hosts(self):
-        from cryptography import x509
-
-        ca = certs.make_ca()
-        cert = x509.load_pem_x509_certificate(certs.make_cert(ca, "node-1").cert_pem)
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        self.assertIn("node-1", sans.get_values_for_type(x509.DNSName))
-        self.assertIn("localhost", sans.get_values_for_type(x509.DNSName))
-        self.assertEqual(
-            [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)], ["127.0.0.1", "::1"]
-        )
-
-    def test_certs_command_writes_a_ca_and_node_certificates(self):
-        import os
-        import tempfile
-
-        from cryptography import x509
-
-        from yotonnet.cli import main
-
-        d = tempfile.mkdtemp()
-        with self.assertRaises(SystemExit) as caught:
-            main(["certs", d, "--name", "n1", "--name", "n2", "--san", "10.1.2.3"])
-        self.assertEqual(caught.exception.code, 0)
-        self.assertEqual(
-            sorted(os.listdir(d)), ["ca.key", "ca.pem", "n1.key", "n1.pem", "n2.key", "n2.pem"]
-        )
-        self.assertEqual(os.stat(os.path.join(d, "n1.key")).st_mode & 0o777, 0o600)
-        with open(os.path.join(d, "n2.pem"), "rb") as f:
-            cert = x509.load_pem_x509_certificate(f.read())
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        self.assertIn("10.1.2.3", [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)])
-        # Running it again keeps the CA, so earlier certificates stay valid.
-        with open(os.path.join(d, "ca.pem"), "rb") as f:
-            ca_before = f.read()
-        with self.assertRaises(SystemExit):
-            main(["certs", d, "--name", "n3"])
-        with open(os.path.join(d, "ca.pem"), "rb") as f:
-            self.assertEqual(f.read(), ca_before)
 
 
 class TokenOverTLS(TestCase):

@@ -66,18 +66,29 @@ def flags(args: argparse.Namespace) -> dict[str, Any]:
 def add_commands(sub: Any) -> None:
     """``yotonnet certs`` and ``yotonnet passwd`` (they need no node)."""
     p = sub(
-        "certs", "make a development CA and node certificates",
-        "Write ca.pem and ca.key into DIR (kept if they exist) and NAME.pem and NAME.key\n"
-        "for each --name, signed by that CA. Each certificate names its node in its common\n"
-        "name (the user a TLS listener knows it as) and lists subjectAltNames: the name,\n"
-        "localhost, 127.0.0.1, ::1 and every --san. Keys are written mode 0600.\n\n"
-        "example:\n  yotonnet certs ./certs --name a --name b --san a.example.org",
+        "certs", "make a development CA, node certificates and user certificates",
+        "Write ca.pem and ca.key into DIR (kept if they exist), then NAME.pem and NAME.key,\n"
+        "signed by that CA, for each --name (a node) and each --user. Keys are written\n"
+        "mode 0600.\n\n"
+        "A node certificate (--name) is for serving and dialling: extendedKeyUsage\n"
+        "serverAuth and clientAuth, common name NODE, subjectAltNames NODE (when it is a\n"
+        "DNS name) and each --san, the names other nodes dial it by, and no others (not\n"
+        "localhost or 127.0.0.1 unless given). --san needs exactly one --name: run the\n"
+        "command once per node (the CA is kept), so no node gets another's names.\n\n"
+        "A user certificate (--user) only logs a client in: extendedKeyUsage clientAuth,\n"
+        "no subjectAltName, common name USER. A node dialling a peer refuses it.\n\n"
+        "examples:\n"
+        "  yotonnet certs ./certs --name hub --san hub.example.org --san 10.0.0.1\n"
+        "  yotonnet certs ./certs --name b --user alice --user bob",
     )
     p.add_argument("directory", metavar="DIR")
-    p.add_argument("--name", action="append", required=True, metavar="NAME",
-                   help="a node or user to make a certificate for; repeatable")
+    p.add_argument("--name", action="append", default=[], metavar="NODE",
+                   help="make a node certificate for NODE; repeatable")
     p.add_argument("--san", action="append", default=[], metavar="HOST_OR_IP",
-                   help="another DNS name or IP address for every certificate; repeatable")
+                   help="another DNS name or IP address the --name node is dialled by; "
+                        "repeatable")
+    p.add_argument("--user", action="append", default=[], metavar="USER",
+                   help="make a user (client-only) certificate for USER; repeatable")
     p.set_defaults(run=_run_certs, config=None, connect=None, timeout=None)
 
     p = sub(
@@ -90,15 +101,31 @@ def add_commands(sub: Any) -> None:
 
 
 def _run_certs(args: argparse.Namespace, _settings: Any) -> NoReturn:
-    from .certs import DEFAULT_SANS, write_bundle
+    from .certs import write_bundle
 
+    def usage(text: str) -> NoReturn:
+        print(f"yotonnet certs: error: {text}", file=sys.stderr)
+        raise SystemExit(2)
+
+    if not args.name and not args.user:
+        usage("say what to make: --name NODE (a node certificate) or --user USER")
+    if args.san and len(args.name) != 1:
+        usage("--san gives one node's names: use it with exactly one --name, and run "
+              "`yotonnet certs` once per node that needs its own names (the CA is kept)")
+    nodes = {name: (args.san if args.san else ()) for name in args.name}
     try:
-        written = write_bundle(args.directory, args.name, (*DEFAULT_SANS, *args.san))
+        written = write_bundle(args.directory, nodes, args.user)
     except (OSError, ValueError) as e:
         print(f"yotonnet certs: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
-    for what, where in written.items():
-        print(f"{what}: {where}")
+    for item in written:
+        if item.kind == "ca":
+            print(f"CA: {item.path} (new; its key {item.name}.key signs every certificate)")
+        elif item.kind == "node":
+            print(f"node {item.name}: {item.path} (serverAuth, clientAuth; "
+                  f"subjectAltName {', '.join(item.sans)})")
+        else:
+            print(f"user {item.name}: {item.path} (clientAuth only)")
     raise SystemExit(0)
 
 
