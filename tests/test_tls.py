@@ -1,6 +1,7 @@
 """TLS links on real loopback sockets: mutual TLS, hostname checks, refused certificates.
 
-Certificate generation (node and user certificates) is in tests/test_certs.py.
+Node certificates against user certificates (the serverAuth check) are in
+tests/test_tls_roles.py, certificate generation in tests/test_certs.py.
 
 Includes the regression test for Twisted 26's hole: a server certificate
 WITHOUT subjectAltName passes ``optionsForClientTLS``'s hostname check for any

@@ -18,6 +18,25 @@ service_identity raise ``CertificateError`` instead, which escapes Twisted's
 callback, and the connection then proceeds as if the name had matched (any
 hostname is accepted). Here every failure of the identity check, that one
 included, aborts the handshake with :class:`PeerVerificationError`.
+
+A node trusts the peer it dials as a node, so the peer must also show a
+certificate meant for a TLS server: its leaf certificate's extendedKeyUsage
+must list serverAuth (:func:`server_auth_problem`). A user certificate
+(clientAuth only, see :mod:`yotonnet.certs`) is refused even when it names the
+dialled host. OpenSSL's own purpose check (the ``ssl_server`` purpose a client
+verifies with) already refuses an extendedKeyUsage without serverAuth, but
+calls it "certificate verify failed"; the connection's verify callback keeps
+that verdict and only words the reason (:class:`PeerVerificationError`).
+
+A certificate with NO extendedKeyUsage extension is refused too, unlike
+OpenSSL and browsers, which read an absent extension as "any purpose". The
+reason: a CA that leaves the extension out makes every certificate it issues,
+its users' included, usable as a server certificate, which is the hole this
+check closes. ``yotonnet certs`` always sets the extension; public CAs must
+put serverAuth in TLS server certificates (CA/Browser Forum Baseline
+Requirements), and private-PKI tools do so for server profiles. A
+certificate from a PKI that omits it is refused with a message saying to
+issue it with serverAuth.
 """
 
 from __future__ import annotations
@@ -30,12 +49,21 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 TLS_PREFIX = "tls:"
+#: X509_V_ERR_INVALID_PURPOSE (OpenSSL's x509_vfy.h): a certificate's purpose does not fit
+_INVALID_PURPOSE = 26
+#: what to do about a peer certificate that is not a node certificate
+_NODE_CERT_HINT = (
+    "a node's certificate must have extendedKeyUsage serverAuth (and clientAuth); "
+    "`yotonnet certs DIR --name NODE [--san HOST]` makes node certificates, "
+    "`--user NAME` makes user certificates, which only log a client in"
+)
 _SERVER_KEYS = ("interface", "backlog", "ca", "cert", "key", "client_cert")
 _CLIENT_KEYS = ("timeout", "ca", "cert", "key", "hostname", "bindAddress")
 
 
 class PeerVerificationError(Exception):
-    """The TLS peer's certificate does not prove the identity we dialled."""
+    """The TLS peer's certificate does not prove the identity we dialled, or is not a
+    server (node) certificate."""
 
 
 @dataclass(frozen=True)
@@ -259,8 +287,30 @@ class VerifyingCreator:
         connection.set_app_data(tls_protocol)
         if self._ip is None:
             connection.set_tlsext_host_name(self.hostname.encode("idna"))
+        # A dialler always verifies the server's chain; the callback only words refusals.
+        connection.set_verify(
+            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify_callback
+        )
         connection.set_info_callback(self._info)
         return connection
+
+    def _verify_callback(
+        self, connection: Any, cert: Any, errno: int, depth: int, ok: int
+    ) -> bool:
+        # OpenSSL's verdict stands (``ok`` is returned unchanged). When it refuses a
+        # certificate's purpose, say so: the TLS transport would otherwise report
+        # "certificate verify failed", which reads like a CA problem.
+        if not ok and errno == _INVALID_PURPOSE:
+            try:
+                text = _purpose_refusal(cert.to_cryptography(), depth)
+            except Exception:  # noqa: BLE001 - a reason we cannot word is still a refusal
+                text = "OpenSSL refused the certificate's purpose; " + _NODE_CERT_HINT
+            connection.get_app_data().failVerification(
+                Failure(PeerVerificationError(
+                    f"TLS peer certificate rejected for {self.hostname!r}: {text}"
+                ))
+            )
+        return bool(ok)
 
     def _info(self, connection: Any, where: int, ret: int) -> None:
         from OpenSSL import SSL
@@ -270,21 +320,96 @@ class VerifyingCreator:
         try:
             self.verify(connection)
         except Exception as e:  # noqa: BLE001 - whatever it is, the peer is not verified
-            transport = connection.get_app_data()
-            transport.failVerification(Failure(PeerVerificationError(_explain(e, self.hostname))))
+            text = _explain(e, self.hostname)
+            connection.get_app_data().failVerification(Failure(PeerVerificationError(text)))
 
     def verify(self, connection: Any) -> None:
+        """Raise unless the peer's certificate is a server certificate for our hostname."""
         from service_identity import pyopenssl
 
+        # Here as well as in OpenSSL's purpose check: that one passes a certificate
+        # without extendedKeyUsage, and runs only when a handshake carries certificates.
+        cert = connection.get_peer_certificate(as_cryptography=True)
+        if cert is None:
+            raise PeerVerificationError("the peer presented no certificate")
+        problem = server_auth_problem(cert)
+        if problem is not None:
+            raise PeerVerificationError(problem)
         if self._ip is not None:
             pyopenssl.verify_ip_address(connection, str(self._ip))
         else:
             pyopenssl.verify_hostname(connection, self.hostname)
 
 
+def server_auth_problem(cert: Any) -> str | None:
+    """Why ``cert`` (a ``cryptography`` certificate) cannot be a dialled node's certificate,
+    or None when its extendedKeyUsage lists serverAuth."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    who = _common_name(cert)
+    try:
+        usages = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return (
+            f"the peer's certificate ({who}) has no extendedKeyUsage, so it does not say "
+            f"it is a server certificate (yotonnet refuses such certificates); "
+            + _NODE_CERT_HINT
+        )
+    if ExtendedKeyUsageOID.SERVER_AUTH in usages:
+        return None
+    if usages == [ExtendedKeyUsageOID.CLIENT_AUTH]:
+        return (
+            f"the peer's certificate ({who}) is a user certificate (clientAuth only), "
+            f"not a node certificate; " + _NODE_CERT_HINT
+        )
+    names = ", ".join(_usage_name(oid) for oid in usages)
+    return (
+        f"the peer's certificate ({who}) has extendedKeyUsage {names}, without serverAuth, "
+        f"so it is not a node certificate; " + _NODE_CERT_HINT
+    )
+
+
+def _usage_name(oid: Any) -> str:
+    from cryptography.x509.oid import ExtendedKeyUsageOID as EKU
+
+    known = {
+        EKU.SERVER_AUTH: "serverAuth", EKU.CLIENT_AUTH: "clientAuth",
+        EKU.CODE_SIGNING: "codeSigning", EKU.EMAIL_PROTECTION: "emailProtection",
+        EKU.TIME_STAMPING: "timeStamping", EKU.OCSP_SIGNING: "OCSPSigning",
+        EKU.ANY_EXTENDED_KEY_USAGE: "anyExtendedKeyUsage",
+    }
+    return known.get(oid, oid.dotted_string)
+
+
+def _purpose_refusal(cert: Any, depth: int) -> str:
+    if depth > 0:
+        return (
+            f"the CA certificate {_common_name(cert)} in the peer's chain does not allow "
+            "TLS servers (its extendedKeyUsage or keyUsage); the peer needs a certificate "
+            "from a CA that may sign server certificates"
+        )
+    problem = server_auth_problem(cert)
+    if problem is not None:
+        return problem
+    return (
+        f"OpenSSL refused the peer's certificate ({_common_name(cert)}) as a TLS server "
+        "certificate: its keyUsage or nsCertType does not allow one; " + _NODE_CERT_HINT
+    )
+
+
+def _common_name(cert: Any) -> str:
+    from cryptography.x509.oid import NameOID
+
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return f"common name {str(names[0].value)!r}" if names else "no common name"
+
+
 def _explain(error: Exception, hostname: str) -> str:
     from service_identity.exceptions import CertificateError
 
+    if isinstance(error, PeerVerificationError):
+        return f"TLS peer certificate rejected for {hostname!r}: {error}"
     if isinstance(error, CertificateError):
         return (
             f"TLS peer certificate rejected for {hostname!r}: {error} A certificate must "
