@@ -87,6 +87,9 @@ class TLSLinks(TestCase):
             client = self.make("b", node_security("b"))
             text = await self.refused(client, f"tls:127.0.0.1:{port}:hostname=other.example")
             self.assertIn("does not match 'other.example'", text)
+            # It says which names the certificate is for, and how to dial by one.
+            self.assertIn("it is for DNS:a, DNS:localhost, IP:127.0.0.1, IP:::1;", text)
+            self.assertIn("hostname=NAME", text)
             self.assertTrue(client.dialers[0].stopped)
 
         return defer.ensureDeferred(go())

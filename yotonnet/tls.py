@@ -320,7 +320,7 @@ class VerifyingCreator:
         try:
             self.verify(connection)
         except Exception as e:  # noqa: BLE001 - whatever it is, the peer is not verified
-            text = _explain(e, self.hostname)
+            text = _explain(e, self.hostname, connection)
             connection.get_app_data().failVerification(Failure(PeerVerificationError(text)))
 
     def verify(self, connection: Any) -> None:
@@ -405,8 +405,8 @@ def _common_name(cert: Any) -> str:
     return f"common name {str(names[0].value)!r}" if names else "no common name"
 
 
-def _explain(error: Exception, hostname: str) -> str:
-    from service_identity.exceptions import CertificateError
+def _explain(error: Exception, hostname: str, connection: Any) -> str:
+    from service_identity.exceptions import CertificateError, VerificationError
 
     if isinstance(error, PeerVerificationError):
         return f"TLS peer certificate rejected for {hostname!r}: {error}"
@@ -415,7 +415,28 @@ def _explain(error: Exception, hostname: str) -> str:
             f"TLS peer certificate rejected for {hostname!r}: {error} A certificate must "
             "name its hosts in subjectAltName (`yotonnet certs` makes such certificates)"
         )
-    return f"TLS peer certificate does not match {hostname!r}: {error}"
+    if isinstance(error, VerificationError):
+        names = _peer_sans(connection)
+        return (
+            f"TLS peer certificate does not match {hostname!r}: it is for "
+            f"{', '.join(names) or 'no names'}; dial tls:HOST:PORT:hostname=NAME with one "
+            "of those, or give the peer a node certificate that lists this name "
+            f"(`yotonnet certs DIR --name NODE --san HOST`) ({error})"
+        )
+    return f"TLS peer certificate rejected for {hostname!r}: {error!r}"
+
+
+def _peer_sans(connection: Any) -> list[str]:
+    from cryptography import x509
+
+    from .certs import describe_san
+
+    try:
+        cert = connection.get_peer_certificate(as_cryptography=True)
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except Exception:  # noqa: BLE001 - only wording: no names to show
+        return []
+    return [describe_san(name) for name in ext.value]
 
 
 def is_verification_failure(failure: Failure | None) -> bool:
