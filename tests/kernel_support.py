@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from certs_fixture import path
 from twisted.internet import defer, reactor
 from waits import WAIT, bounded
 
 from yotonnet import Context, ContextConfig
-from yotonnet.kernel import BrokerConfig, KernelBroker, KernelClient
+from yotonnet.kernel import COLLABORATOR, BrokerConfig, KernelBroker, KernelClient, table_roles
+from yotonnet.security import Security
 
 FAST = ContextConfig(heartbeat=0.2, busy_timeout=2.0, reconnect_initial=0.05,
                      reconnect_max=0.5, request_timeout=WAIT)
@@ -40,12 +42,19 @@ class Recorder:
 
 async def start_broker(testcase: Any, name: str, **config: Any) -> tuple[Context, KernelBroker,
                                                                           str]:
-    """A broker context listening on a loopback port, its kernel started and idle."""
-    ctx = Context(f"broker-{name}", reactor, config=FAST)
+    """A broker context listening on a loopback port, its kernel started and idle.
+
+    Its node checks tokens, so that each client of :func:`attach` is the user it logs
+    in as (roles go by login, never by claim)."""
+    ctx = Context(f"broker-{name}", reactor, config=FAST,
+                  security=Security(tokens=path("tokens.txt")))
     port = await ctx.listen("tcp:0:interface=127.0.0.1")
     testcase.addCleanup(ctx.close)
-    broker = KernelBroker(ctx, name, owner=config.pop("owner", "alice"),
-                          role_of=config.pop("role_of", None),
+    owner = config.pop("owner", "alice")
+    # Unless a test says otherwise, every logged-in user may run code (as with
+    # `yotonnet kernel --default-role collaborator`); the default is owner only.
+    role_of = config.pop("role_of", None) or table_roles(owner, {}, COLLABORATOR)
+    broker = KernelBroker(ctx, name, owner=owner, role_of=role_of,
                           config=BrokerConfig(**{"unresponsive_after": 0.5,
                                                  "presence_check": 0.2, **config}))
     testcase.addCleanup(broker.close)
@@ -55,8 +64,10 @@ async def start_broker(testcase: Any, name: str, **config: Any) -> tuple[Context
 
 async def attach(testcase: Any, endpoint: str, name: str, user: str,
                  **kwargs: Any) -> tuple[Context, KernelClient, Recorder]:
-    """A client context linked to ``endpoint`` and attached to kernel ``name``."""
-    ctx = Context(f"client-{user}", reactor, config=FAST)
+    """A client context linked to ``endpoint`` as ``user`` (with that user's token) and
+    attached to kernel ``name``."""
+    ctx = Context(f"client-{user}", reactor, config=FAST,
+                  security=Security(token_file=path(f"{user}.token")))
     testcase.addCleanup(ctx.close)
     await bounded(ctx.connect(endpoint), f"{user} to link to {endpoint}")
     rec = Recorder()

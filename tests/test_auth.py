@@ -1,21 +1,24 @@
 """Authentication and identities on real loopback sockets.
 
-Tokens and hashed passwords from files, TLS client certificates; a wrong or
-missing credential gets a readable ERROR frame and a disconnect (and the
-dialler stops); a node without authentication admits only local peers and
-says so in its log. The first node stamps its clients' messages with their
+Tokens and hashed passwords from files, TLS client certificates, and the
+local secret of the node's OS user (its own processes, with no
+configuration); a wrong or missing credential gets a readable ERROR frame
+and a disconnect (and the dialler stops); a peer that proves nothing is
+refused from loopback as from afar unless anonymous peers are allowed; a
+password login costs the node no scrypt. The first node stamps its clients' messages with their
 user, subscribers and request handlers read it, and a client cannot forge it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+import stat
 import tempfile
-import threading
 
+import rawwire
 from certs_fixture import PASSWORDS, TOKENS, LogCapture, bundle, path, wait_until
-from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -25,9 +28,10 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import yotonnet as y
-from yotonnet import auth, wire
+from yotonnet import auth, handshake, wire
 from yotonnet.identity import IdentifiedSubChannel, Received, caller, sender_of
 from yotonnet.link import HandshakeError, Link
+from yotonnet.localsecret import ensure_secret
 from yotonnet.messages import encode_object
 from yotonnet.security import Security
 from yotonnet.wire import FrameKind
@@ -92,8 +96,21 @@ class Credentials(Base):
     def test_no_credentials_is_refused_naming_the_ways_in(self):
         async def go():
             _node, ep = await self.node()
-            text = await self.refused(ep)
+            # A process of another OS user: it cannot read this user's local secret.
+            text = await self.refused(ep, secret_file=os.path.join(tempfile.mkdtemp(), "none"))
             self.assertIn("authentication required", text)
+            self.assertIn("--token-file", text)
+            self.assertIn(f"the local secret of OS user {auth.os_user()}", text)
+
+        return defer.ensureDeferred(go())
+
+    def test_another_users_secret_is_refused(self):
+        async def go():
+            _node, ep = await self.node()
+            other = os.path.join(tempfile.mkdtemp(), "secret")
+            ensure_secret(other)
+            text = await self.refused(ep, secret_file=other)
+            self.assertIn("the local secret does not match", text)
             self.assertIn("--token-file", text)
 
         return defer.ensureDeferred(go())
@@ -111,73 +128,23 @@ class Credentials(Base):
 
         return defer.ensureDeferred(go())
 
-    def held_password_checks(self) -> tuple[list[str], threading.Event]:
-        """Make every password check wait for the returned event; note its thread."""
-        threads: list[str] = []
-        release = threading.Event()
-        real = auth.verify_password
-
-        def slow(password: bytes, stored: str) -> bool:
-            threads.append(threading.current_thread().name)
-            release.wait(WAIT)
-            return real(password, stored)
-
-        self.patch(auth, "verify_password", slow)
-        self.addCleanup(release.set)  # never leave a pool thread waiting
-        return threads, release
-
-    def test_a_password_check_does_not_stop_the_node(self):
+    def test_a_password_login_costs_the_node_no_scrypt(self):
+        # The salted hash is the dialler's work: a node checks a password proof with two
+        # HMACs, so a storm of password logins cannot queue slow work on it.
         async def go():
-            threads, release = self.held_password_checks()
             node, ep = await self.node()
             (user, password), = PASSWORDS.items()
-            pending = self.client(ep, name="p", user=user, password=password)
-            pending = defer.ensureDeferred(pending)
-            await wait_until(lambda: threads, WAIT, "the password check to start")
-            # While it runs, the node admits a token user and answers her calls.
-            Echo(node, "svc")
-            alice, _ = await self.client(ep, name="alice", token_file=path("alice.token"))
-            req = y.ReqChannel(alice, "svc", timeout=WAIT)
-            await req.wait_for_responders().addTimeout(WAIT, reactor)
-            self.assertEqual(await req.echo("still serving"), "still serving")
-            self.assertFalse(pending.called)
-            release.set()
-            client, _ = await pending
+            real_scrypt = hashlib.scrypt
+            used: list[str] = []
+
+            def counting(*args, **kwargs):
+                used.append("scrypt")
+                return real_scrypt(*args, **kwargs)
+
+            self.patch(hashlib, "scrypt", counting)
+            client, _ = await self.client(ep, name="p", user=user, password=password)
             self.assertEqual(node.links[client.node_id].identity.user, user)
-            self.assertNotEqual(threads, [threading.current_thread().name])
-
-        return defer.ensureDeferred(go())
-
-    def test_a_peer_that_leaves_during_its_password_check_is_forgotten(self):
-        async def go():
-            threads, release = self.held_password_checks()
-            node, ep = await self.node()
-            raw = await raw_password_login(ep, "leaver")
-            await wait_until(lambda: threads, WAIT, "the password check to start")
-            raw.transport.loseConnection()
-            await wait_until(lambda: node.guard.handshaking == 0, WAIT, "the close")
-            release.set()
-            await wait_until(lambda: node.guard.counters["auth_ok"] == 1, WAIT, "the check")
-            self.assertEqual(node.links, {})
-
-        return defer.ensureDeferred(go())
-
-    def test_frames_sent_during_a_password_check_are_read_after_it(self):
-        async def go():
-            threads, release = self.held_password_checks()
-            node, ep = await self.node()
-            raw = await raw_password_login(ep, "eager")
-            await wait_until(lambda: threads, WAIT, "the password check to start")
-            raw.transport.write(wire.encode_frame(FrameKind.PING, seq=7))  # held meanwhile
-            release.set()
-
-            def pongs() -> list[int]:
-                decoder = wire.FrameDecoder()
-                return [f.seq for f in decoder.feed(raw.data) if f.kind == FrameKind.PONG]
-
-            await wait_until(lambda: 7 in pongs(), WAIT, "the PONG")
-            self.assertEqual(len(node.links), 1)
-            raw.transport.loseConnection()
+            self.assertEqual(used, ["scrypt"], "one scrypt in all: the dialler's")
 
         return defer.ensureDeferred(go())
 
@@ -221,61 +188,86 @@ class Credentials(Base):
         return defer.ensureDeferred(go())
 
 
-class Unauthenticated(Base):
-    def test_loopback_is_admitted_and_the_log_says_only_local_peers(self):
+class LocalSecret(Base):
+    def test_own_processes_are_admitted_and_the_log_says_how(self):
         async def go():
             log = LogCapture(self)
             node = self.make("open")
             port = await node.listen("tcp:0:interface=127.0.0.1")
-            self.assertTrue(log.matching("only loopback and unix-socket peers are accepted"))
+            self.assertTrue(log.matching("peers prove the local secret in"))
+            self.assertTrue(log.matching(f"processes of OS user {auth.os_user()}"))
             client, link = await self.client(f"tcp:127.0.0.1:{port.getHost().port}")
-            self.assertIsNone(node.links[client.node_id].gate)
+            theirs = node.links[client.node_id]
+            self.assertIsNone(theirs.gate)
+            self.assertTrue(theirs.trusted and link.trusted)
+            self.assertEqual((theirs.identity.user, theirs.identity.method),
+                             (auth.os_user(), "secret"))
+            self.assertEqual(link.authenticated_as, auth.os_user())
 
         return defer.ensureDeferred(go())
 
-    def test_unix_socket_is_admitted(self):
+    def test_unix_socket_is_admitted_and_private(self):
         async def go():
             node = self.make("open")
             sock = tempfile.mktemp(prefix="ytn-", suffix=".sock")
             await node.listen(f"unix:{sock}")
+            self.assertEqual(stat.S_IMODE(os.stat(sock).st_mode), 0o600)
             client, _ = await self.client(f"unix:{sock}")
             self.assertIn(client.node_id, node.links)
 
         return defer.ensureDeferred(go())
 
 
-class RemotePeerWithoutAuthentication(SynchronousTestCase):
-    """A peer from a network address (StringTransport, no I/O) against an open node."""
+class PeerWithoutProof(SynchronousTestCase):
+    """A peer that proves nothing (StringTransport, no I/O), from loopback or afar."""
 
-    def handshake(self, security: Security | None) -> tuple[Link, StringTransport]:
+    def handshake(self, security: Security | None, host: str = "192.0.2.7"
+                  ) -> tuple[Link, StringTransport]:
         ctx = y.Context("open", Clock(), security=security)
         link = Link(ctx, outgoing=False)
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
         link.makeConnection(transport)
-        hello = wire.encode_preamble() + wire.encode_hello(
-            wire.Hello(random.getrandbits(63) + 1, "remote", (), 1 << 20, 1.0, {})
-        )
-        link.dataReceived(hello)
+        dialler = rawwire.Dialler(random.getrandbits(63) + 1, "remote", "none")
+        link.dataReceived(dialler.greeting() + dialler.feed(transport.value()))
         return link, transport
 
-    def test_network_peer_is_refused(self):
-        link, transport = self.handshake(None)
-        self.assertTrue(transport.disconnecting)
-        self.assertIn(b"accepts links only from loopback and unix-socket peers", transport.value())
-        self.assertIn(b"192.0.2.7", transport.value())
+    def test_refused_from_loopback_as_from_afar(self):
+        for host in ("127.0.0.1", "192.0.2.7"):
+            link, transport = self.handshake(None, host)
+            self.assertTrue(transport.disconnecting)
+            self.assertIn(b"authentication required: this node accepts the local secret",
+                          transport.value())
+            self.assertNotEqual(link.status, "up")
 
-    def test_allow_anonymous_opens_it(self):
+    def test_allow_anonymous_opens_it_to_a_client(self):
         link, transport = self.handshake(Security(allow_anonymous=True))
         self.assertFalse(transport.disconnecting)
         self.assertEqual(link.status, "up")
+        # An anonymous mesh's peers are its nodes; a node that checks logins gates them.
+        self.assertTrue(link.trusted)
+        link, transport = self.handshake(
+            Security(allow_anonymous=True, tokens=node_security().tokens))
+        self.assertEqual(link.status, "up")
+        self.assertFalse(link.trusted)
+        self.assertIsNotNone(link.gate)
 
 
 class Checkers(SynchronousTestCase):
     def test_password_hashes_verify_and_differ_by_salt(self):
         a, b = auth.hash_password("secret-1"), auth.hash_password("secret-1")
         self.assertNotEqual(a, b)
-        self.assertTrue(auth.verify_password(b"secret-1", a))
-        self.assertFalse(auth.verify_password(b"secret-2", a))
+        self.assertTrue(auth.check_password("secret-1", a))
+        self.assertFalse(auth.check_password("secret-2", a))
+
+    def test_the_older_salted_hash_lines_still_verify(self):
+        import base64
+
+        salt = b"s" * 16
+        salted = hashlib.scrypt(b"pw", salt=salt, n=2**14, r=8, p=1, maxmem=1 << 26, dklen=32)
+        line = "$".join(("scrypt", "16384", "8", "1", base64.b64encode(salt).decode(),
+                         base64.b64encode(salted).decode()))
+        self.assertTrue(auth.check_password("pw", line))
+        self.assertFalse(auth.check_password("pW", line))
 
     def test_bad_files_name_the_line(self):
         bad = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
@@ -336,14 +328,14 @@ class Identities(Base):
             await pub.wait_for_subscribers().addTimeout(WAIT, reactor)
             port = int(a.ports[0].getHost().port)
             # bob logs in by hand, then claims to be alice's node and rebinds her to "admin"
-            raw = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Raw())
             bob_id = random.getrandbits(63) + 1
+            raw = await connectProtocol(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+                Raw(rawwire.Dialler(bob_id, "bob", "token", token=TOKENS["bob"])),
+            )
+            await wait_until(lambda: raw.dialler.state == "up", WAIT, "bob's login")
             raw.transport.write(
-                wire.encode_preamble()
-                + wire.encode_hello(wire.Hello(
-                    bob_id, "bob", (), 1 << 20, 1.0, {"auth": {"token": TOKENS["bob"]}}
-                ))
-                + wire.encode_frame(FrameKind.CONTROL, encode_object(
+                wire.encode_frame(FrameKind.CONTROL, encode_object(
                     ["ident", [[alice.node_id, "admin", 2**62, 1]]]
                 ))
                 + wire.encode_frame(FrameKind.CONTROL, encode_object(
@@ -366,34 +358,26 @@ class Identities(Base):
         return defer.ensureDeferred(go())
 
 
-def raw_peer(endpoint: str) -> defer.Deferred:
-    """A bare TCP connection to a node's ``tcp:HOST:PORT`` endpoint."""
-    port = int(endpoint.rsplit(":", 1)[1])
-    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Raw())
-
-
-async def raw_password_login(endpoint: str, name: str) -> Raw:
-    """A bare connection that sends the preamble and a HELLO with a good password."""
-    (user, password), = PASSWORDS.items()
-    raw = await raw_peer(endpoint)
-    raw.transport.write(wire.encode_preamble() + wire.encode_hello(wire.Hello(
-        random.getrandbits(63) + 1, name, (), 1 << 20, 1.0,
-        {"auth": {"user": user, "password": password}},
-    )))
-    return raw
-
-
 class Echo(y.RepChannel):
     def echo(self, value):
         return value
 
 
 class Raw(Protocol):
-    def __init__(self) -> None:
+    """A hand-written peer that logs in with its Dialler (tests/rawwire.py)."""
+
+    def __init__(self, dialler: rawwire.Dialler) -> None:
         self.data = b""
+        self.dialler = dialler
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.write(self.dialler.greeting())
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.data += data
+        answer = self.dialler.feed(data)
+        if answer:
+            self.transport.write(answer)
 
 
 class PasswdCommand(SynchronousTestCase):
@@ -410,14 +394,20 @@ class PasswdCommand(SynchronousTestCase):
             main(["passwd", "dora"])
         self.assertEqual(caught.exception.code, 0)
         line = out.getvalue().strip()
-        self.assertTrue(line.startswith("dora:scrypt$"))
+        self.assertTrue(line.startswith("dora:scram-scrypt$"))
+        self.assertNotIn("a long enough password", line)
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
             f.write(line + "\n")
         self.addCleanup(os.unlink, f.name)
         checker = auth.PasswordFileChecker(f.name)
+        # A proof made by the hand-written dialler (tests/rawwire.py) is accepted.
+        t = handshake.Transcript("password", "d" * 32, "l" * 32, 7, 9)
+        challenge = handshake.challenge_message(checker.challenge("dora"))
+        proof = rawwire.password_proof("a long enough password", "dora", challenge,
+                                       "d" * 32, "l" * 32, 7, 9)
         self.assertEqual(
-            self.successResultOf(checker.requestAvatarId(
-                UsernamePassword(b"dora", b"a long enough password")
-            )),
+            self.successResultOf(checker.requestAvatarId(auth.PasswordProof("dora", t, proof))),
             "dora",
         )
+        wrong = rawwire.password_proof("not it", "dora", challenge, "d" * 32, "l" * 32, 7, 9)
+        self.failureResultOf(checker.requestAvatarId(auth.PasswordProof("dora", t, wrong)))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import struct
 
+import rawwire
 from automat import NoTransition
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
@@ -49,7 +50,7 @@ def hello_bytes(node_id: int | None = None, max_frame: int = wire.DEFAULT_MAX_FR
     """A well-formed preamble + HELLO, as a raw client would send it."""
     node_id = node_id or random.getrandbits(63) + 1
     return wire.encode_preamble() + wire.encode_hello(
-        wire.Hello(node_id, "raw-attacker", (), max_frame, 1.0, {})
+        wire.Hello(node_id, "raw-attacker", (), max_frame, 1.0, {"nonce": "00" * 16})
     )
 
 
@@ -66,8 +67,11 @@ def decode_stream(data: bytes) -> list[wire.Frame]:
 class RawPeer(Protocol):
     """A raw TCP peer: records every byte, lets a test wait for a frame kind or the close."""
 
-    def __init__(self, greeting: bytes = b"", hang_up: bool = False) -> None:
-        self.greeting = greeting
+    def __init__(self, greeting: bytes = b"", hang_up: bool = False,
+                 dialler: rawwire.Dialler | None = None) -> None:
+        #: answers the authentication exchange (proving the local secret) when given
+        self.dialler = dialler
+        self.greeting = dialler.greeting() if dialler is not None else greeting
         self.hang_up = hang_up
         self.received = b""
         self.lost: defer.Deferred[None] = defer.Deferred()
@@ -82,6 +86,10 @@ class RawPeer(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
+        if self.dialler is not None and self.dialler.state == "handshaking":
+            answer = self.dialler.feed(data)
+            if answer:
+                self.transport.write(answer)
         self._check_waiters()
 
     def connectionLost(self, reason: object = None) -> None:
@@ -258,17 +266,16 @@ class UnderAttack(TestCase):
         self.server.watch_links(watch)
         return d
 
-    async def raw_connect(self) -> RawPeer:
+    async def raw_connect(self, dialler: rawwire.Dialler | None = None) -> RawPeer:
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port_number)
-        peer = await connectProtocol(endpoint, RawPeer())
+        peer = await connectProtocol(endpoint, RawPeer(dialler=dialler))
         self.raw_peers.append(peer)
         return peer
 
     async def raw_handshake(self) -> RawPeer:
         """A raw client that completes a valid handshake (the server's link is up)."""
-        peer = await self.raw_connect()
-        peer.send(hello_bytes())
-        # The server floods its node record only once our link is up on its side.
+        peer = await self.raw_connect(rawwire.Dialler(random.getrandbits(63) + 1, "raw-attacker"))
+        # The server's welcome: its link is up on its side once it has sent it.
         await peer.wait_for_kind(FrameKind.CONTROL)
         return peer
 
@@ -623,8 +630,7 @@ class UnderAttack(TestCase):
 
         async def run(during):
             raw_id = 987654321
-            peer = await self.raw_connect()
-            peer.send(hello_bytes(node_id=raw_id))
+            peer = await self.raw_connect(rawwire.Dialler(raw_id, "raw"))
             await peer.wait_for_kind(FrameKind.CONTROL)
             holder = Interest("state", "OBJECT", 1)
             records = [
@@ -749,9 +755,9 @@ class DialingABadServer(TestCase):
 
     def test_server_of_another_protocol_version(self):
         async def go():
-            hello = wire.encode_hello(wire.Hello(4242, "v2-node", (), MAX_FRAME, 1.0, {}))
-            err = await self.refused_dial(wire.encode_preamble(version=2) + hello)
-            self.assertIn("version 2", str(err))
+            hello = wire.encode_hello(wire.Hello(4242, "v7-node", (), MAX_FRAME, 1.0, {}))
+            err = await self.refused_dial(wire.encode_preamble(version=7) + hello)
+            self.assertIn("version 7", str(err))
             self.assertIn(f"version {wire.PROTOCOL_VERSION}", str(err))
 
         return defer.ensureDeferred(go())
@@ -845,10 +851,18 @@ class HelloAndFrameInOneRead(SynchronousTestCase):
         link.makeConnection(transport)
         return link, transport
 
+    @staticmethod
+    def greeting(transport: StringTransport) -> bytes:
+        """A dialler's HELLO and its proof of the local secret, written as one would that
+        has already read the listener's HELLO (so all of it may come in one read)."""
+        dialler = rawwire.Dialler(random.getrandbits(63) + 1, "raw")
+        greeting = dialler.greeting()
+        return greeting + dialler.feed(transport.value())
+
     def test_frame_over_negotiated_limit_is_refused(self):
         link, transport = self.link(MAX_FRAME)
         big = wire.encode_frame(FrameKind.DATA, b"x" * (MAX_FRAME + 100))
-        link.dataReceived(hello_bytes() + big)
+        link.dataReceived(self.greeting(transport) + big)
         self.assertTrue(
             transport.disconnecting,
             f"a {len(big)}-byte frame passed a link whose negotiated limit is {MAX_FRAME}",
@@ -859,7 +873,7 @@ class HelloAndFrameInOneRead(SynchronousTestCase):
         # Negotiated limit 16 MiB: a 100 KiB frame right behind the HELLO is legal.
         link, transport = self.link(wire.DEFAULT_MAX_FRAME)
         big = wire.encode_frame(FrameKind.DATA, b"x" * (100 * 1024))
-        link.dataReceived(hello_bytes() + big)
+        link.dataReceived(self.greeting(transport) + big)
         self.assertFalse(
             transport.disconnecting,
             f"legal frame refused: {transport.value()[-200:]!r}",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import signal
 
+from certs_fixture import path
 from kernel_support import FAST, attach, start_broker
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
@@ -34,6 +35,7 @@ from yotonnet import Context
 from yotonnet.errors import RemoteError
 from yotonnet.kernel import VIEWER, KernelBroker, KernelGone, table_roles
 from yotonnet.kernel import protocol as p
+from yotonnet.security import Security
 
 
 def _kill_quietly(pid: int) -> None:
@@ -309,7 +311,7 @@ class KernelTests(TestCase):
 
     async def test_three_signals_link_is_the_clients_own(self) -> None:
         _, broker, ep = await start_broker(self, "k")
-        relay = Context("relay", reactor, config=FAST)
+        relay = Context("relay", reactor, config=FAST, security=Security(tokens=path("tokens.txt")))
         self.addCleanup(relay.close)
         port = await relay.listen("tcp:0:interface=127.0.0.1")
         await bounded(relay.connect(ep), "the relay to link")

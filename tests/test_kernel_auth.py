@@ -16,8 +16,8 @@ files over TCP on loopback, as users would:
   channel named by what presence shows of bob (a digest), and asks nobody
   (bob's ``input()`` fails saying why) when she serves his real one; nor can
   she detach or attach in the name of his client id;
-* a client behind a trusted node that lets it in without a login, claiming
-  to be alice, is refused;
+* a client behind a trusted node, claiming to be alice, is who that node
+  says it is (its OS user, for a process that proved the local secret);
 * ``yotonnet console`` with ``--token-file``: ``-c`` code of bob runs (exit
   0), eve's is refused (exit 1, the reason on stderr) even with ``--user
   alice``; the interactive console greets bob by his login and knows his own
@@ -41,6 +41,7 @@ from twisted.trial.unittest import TestCase
 from waits import bounded, until
 
 from yotonnet import Context, RepChannel
+from yotonnet.auth import os_user
 from yotonnet.errors import RemoteError
 from yotonnet.kernel import KernelClient
 from yotonnet.kernel import protocol as p
@@ -181,24 +182,26 @@ class AuthenticatedKernelTests(TestCase):
         # Nobody's claim reached the presence list or the output tags.
         self.assertNotIn("alice", {m["user"] for m in bob_rec.messages})
 
-    async def test_a_claim_from_an_unauthenticated_node_names_nobody(self) -> None:
-        # A trusted mesh node that itself lets loopback peers in without a login relays
-        # a client that claims to be alice (the owner): the broker refuses it, saying why.
+    async def test_a_claim_behind_a_relay_names_nobody(self) -> None:
+        # A mesh node (it logs in as a `nodes` user) relays a client of its own listener
+        # that claims to be alice, the owner. The relay vouches for who that client is
+        # (here its OS user: it proved the local secret), and the broker goes by that.
         ep = await self.start_mesh()
         relay = Context("relay", reactor, config=FAST,
                         security=Security(token_file=self.file("relay.token")))
         self.addCleanup(relay.close)
         port = await relay.listen("tcp:0:interface=127.0.0.1")
         await bounded(relay.connect(ep), "the relay to log in to the hub")
-        anon = Context("anonymous", reactor, config=FAST)
-        self.addCleanup(anon.close)
-        await bounded(anon.connect(f"tcp:127.0.0.1:{port.getHost().port}"), "anon's link")
-        client = KernelClient(anon, "shared", user="alice")
+        local = Context("local", reactor, config=FAST)
+        self.addCleanup(local.close)
+        await bounded(local.connect(f"tcp:127.0.0.1:{port.getHost().port}"), "local's link")
+        client = KernelClient(local, "shared", user="alice")
         self.addCleanup(lambda: defer.ensureDeferred(client.detach()))
+        await bounded(client.attach(), "the attach")
+        self.assertEqual((client.caller.user, client.role), (os_user(), "viewer"))
         with self.assertRaises(RemoteError) as caught:
-            await bounded(client.attach(), "the refusal")
-        self.assertEqual(caught.exception.remote_type, "PermissionDenied")
-        self.assertIn("claiming to be 'alice') never logged in", str(caught.exception))
+            await bounded(client.execute("print('as alice?')"), "the refusal")
+        self.assertIn(f"{os_user()!r} is a viewer", str(caught.exception))
         # alice, logged in at the hub, is the owner.
         _, alice, _ = await self.login(ep, "alice")
         self.assertEqual((alice.role, alice.caller.user), ("owner", "alice"))

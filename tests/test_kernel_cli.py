@@ -24,6 +24,7 @@ import subprocess
 import sys
 
 import procs
+from certs_fixture import path
 from kernel_support import FAST, attach
 from twisted.internet import reactor, utils
 from twisted.trial.unittest import SkipTest, TestCase
@@ -31,8 +32,12 @@ from waits import WAIT, bounded, until
 
 from yotonnet import Context
 from yotonnet.kernel import protocol as p
+from yotonnet.security import Security
 
 LINES = 100_000
+#: the broker's node checks tokens, so each console is the user it logs in as; alice
+#: owns the kernel and every other logged-in user may run code
+LOGINS = ("--owner", "alice", "--tokens", path("tokens.txt"), "--default-role", "collaborator")
 
 
 class KernelCommandTests(TestCase):
@@ -40,7 +45,7 @@ class KernelCommandTests(TestCase):
 
     async def start_kernel(self, name: str = "shared") -> str:
         proc = procs.spawn_peer(self, "yotonnet.cli", "kernel", name, "--listen",
-                                "tcp:0:interface=127.0.0.1", "--owner", "alice",
+                                "tcp:0:interface=127.0.0.1", *LOGINS,
                                 label="yotonnet kernel", script="-m")
         line = await proc.wait_for(f"yotonnet kernel {name}: listening on ")
         await proc.wait_for(f"yotonnet kernel {name}: ready")
@@ -57,7 +62,8 @@ class KernelCommandTests(TestCase):
 
     async def test_two_consoles_through_two_hops(self) -> None:
         ep = await self.start_kernel()
-        relay = Context("relay", reactor, config=FAST)
+        relay = Context("relay", reactor, config=FAST,
+                        security=Security(tokens=path("tokens.txt")))
         self.addCleanup(relay.close)
         port = await relay.listen("tcp:0:interface=127.0.0.1")
         await bounded(relay.connect(ep), "the relay to link to the kernel")
@@ -83,8 +89,8 @@ class KernelCommandTests(TestCase):
 
     async def test_console_c_and_exit_status(self) -> None:
         ep = await self.start_kernel()
-        out, err, code = await self.cli("console", "shared", "--connect", ep, "--user", "bob",
-                                        "-c", "print(6 * 7)")
+        out, err, code = await self.cli("console", "shared", "--connect", ep,
+                                        "--token-file", path("bob.token"), "-c", "print(6 * 7)")
         self.assertEqual((out, code), ("42\n", 0), err)
         # A console that never pauses the kernel still shows all of its own run.
         out, err, code = await self.cli("console", "shared", "--connect", ep,
@@ -104,12 +110,12 @@ class KernelCommandTests(TestCase):
         self.assertEqual(code, 2)
         self.assertIn("bad kernel name", err)
         # Only the owner may shut it down; the broker then exits by itself.
-        out, err, code = await self.cli("console", "shared", "--connect", ep, "--user", "bob",
-                                        "-c", "%shutdown")
+        out, err, code = await self.cli("console", "shared", "--connect", ep,
+                                        "--token-file", path("bob.token"), "-c", "%shutdown")
         self.assertEqual(code, 1)
         self.assertIn("may not shutdown", err)
-        out, err, code = await self.cli("console", "shared", "--connect", ep, "--user", "alice",
-                                        "-c", "%shutdown")
+        out, err, code = await self.cli("console", "shared", "--connect", ep,
+                                        "--token-file", path("alice.token"), "-c", "%shutdown")
         self.assertEqual(code, 0, err)
         await bounded(self.kernel_proc.ended, "the kernel command to exit")
         self.assertIn("yotonnet kernel shared: shut down", self.kernel_proc.lines)
@@ -180,14 +186,14 @@ class TmuxConsoleTests(TestCase):
         self.sock = f"yotonnet-test-{os.getpid()}"
         self.addCleanup(lambda: self.tmux("kill-server"))
         proc = procs.spawn_peer(self, "yotonnet.cli", "kernel", "tm", "--listen",
-                                "tcp:0:interface=127.0.0.1", "--owner", "alice",
+                                "tcp:0:interface=127.0.0.1", *LOGINS,
                                 label="yotonnet kernel", script="-m")
         line = await proc.wait_for("yotonnet kernel tm: listening on ")
         await proc.wait_for("yotonnet kernel tm: ready")
         ep = "tcp:" + line.rsplit(" ", 1)[1]
         _, watcher, rec = await attach(self, ep, "tm", "alice")
         command = (f"env PYTHONPATH={procs.REPO_ROOT} {sys.executable} -m yotonnet.cli console "
-                   f"tm --connect {ep} --user tmuxer")
+                   f"tm --connect {ep} --token-file {path('tmuxer.token')}")
         self.tmux("new-session", "-d", "-s", "console", "-x", "150", "-y", "50", command)
         await self.shows(">>> ", "the prompt")
         self.assertIn("as tmuxer (collaborator)", self.screen())

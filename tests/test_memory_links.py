@@ -8,6 +8,7 @@ the same seed gives the same run, and a hundred contexts fit in a test.
 
 from __future__ import annotations
 
+import rawwire
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -45,6 +46,24 @@ class ForeignPeer(Protocol):
 
     def frames(self) -> list[wire.Frame]:
         return wire.FrameDecoder().feed(self.received)
+
+
+class AuthenticatingPeer(ForeignPeer):
+    """A scripted peer that proves the local secret by hand (tests/rawwire.py), then
+    writes what the test tells it."""
+
+    def __init__(self, node_id: int) -> None:
+        super().__init__()
+        self.dialler = rawwire.Dialler(node_id, "foreign")
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.dialler.greeting())
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        answer = self.dialler.feed(data)
+        if answer:
+            self.transport.write(answer)
 
 
 def hello(node_id: int, name: str = "foreign") -> bytes:
@@ -291,19 +310,21 @@ class LinkStatusTests(MeshTestCase):
         mesh = self.make_mesh(1)
         a = mesh[0]
         ra = Recorder(a)
-        peer = ForeignPeer()
-        conn = mesh.attach(a, peer)
-        first = wire.encode_preamble() + hello(0xF00D)
         if together:
-            peer.transport.write(first + hello(0xF00D))
+            peer = ForeignPeer()
+            conn = mesh.attach(a, peer)
+            first = rawwire.hello(0xF00D, "foreign", {"nonce": "00" * 16})
+            peer.transport.write(rawwire.preamble() + first + first)
         else:
-            peer.transport.write(first)
+            peer = AuthenticatingPeer(0xF00D)
+            conn = mesh.attach(a, peer)
             mesh.settle()
             self.assertEqual(ra.statuses(), [("foreign", "up")])
             peer.transport.write(hello(0xF00D))
         mesh.settle()
         self.assertTrue(conn.closed)
-        self.assertEqual(ra.statuses(), [("foreign", "up"), ("foreign", "closed")])
+        expected = [("foreign", "up")] * (not together) + [("foreign", "closed")]
+        self.assertEqual(ra.statuses(), expected)
         self.assertIn("second HELLO", ra.events[-1].reason)
         errors = [f for f in peer.frames() if f.kind == FrameKind.ERROR]
         self.assertEqual(len(errors), 1)

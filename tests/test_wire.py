@@ -128,7 +128,7 @@ class RoundTripTests(SynchronousTestCase):
             HEADER.unpack_from(data), (HEADER_TAIL + 3, FrameKind.REQUEST, 3, 1, 5, 6, 7, 8, 9)
         )
         self.assertEqual(data[HEADER_SIZE:], b"EPP")
-        self.assertEqual(wire.encode_preamble(), b"YOTONNET\x01\x00\x00\x00")
+        self.assertEqual(wire.encode_preamble(), b"YOTONNET\x02\x00\x00\x00")
 
     @PROPS
     @given(frames(), u8)

@@ -1,24 +1,23 @@
 """Authentication with twisted.cred: who is the peer of a link?
 
-A dialling peer puts its credentials in its HELLO (``"auth": {"token": ...}``
-or ``{"user": ..., "password": ...}``); a peer on a TLS link may instead be
-known by its client certificate (its common name, the chain already checked
-against the CA by OpenSSL). The listener asks a ``Portal`` with these
-checkers:
+The dialler proves a credential during the handshake (:mod:`yotonnet.handshake`
+has the proofs); the listener asks a ``Portal`` with these checkers:
 
+* :class:`LocalSecretChecker`: this OS user's local secret
+  (:mod:`yotonnet.localsecret`); the peer is the node's own user;
 * :class:`TokenFileChecker`: a file of ``USER TOKEN`` lines (shared tokens);
-* :class:`PasswordFileChecker`: a file of ``USER:scrypt$...`` lines
+* :class:`PasswordFileChecker`: a file of ``USER:scram-scrypt$...`` lines
   (:func:`hash_password` makes them; ``yotonnet passwd`` prints one);
-* :class:`CertificateChecker`: the verified certificate's common name.
+* :class:`CertificateChecker`: a TLS client certificate's common name (the
+  chain already checked against the CA by OpenSSL).
 
-Every comparison of a secret is constant-time (``hmac.compare_digest`` over
-digests of equal length, and an scrypt of a dummy hash for an unknown user),
-so timing tells an attacker nothing about a near miss. The avatar is an
+Secrets never cross the wire, so every check is a few HMACs on the reactor
+thread: a listener spends no more on a wrong password than on any other bad
+proof (the scrypt of a password is the dialler's work), which bounds what
+unauthenticated peers can make a node do. Every comparison is
+constant-time, an unknown token costs as much as a known one, and an
+unknown user gets a challenge as plausible as a real one. The avatar is an
 :class:`Identity`: the user, its roles, and whether it is a mesh node.
-
-A password check costs one scrypt (tens of milliseconds, by design): on a
-reactor with threads it runs in the reactor's thread pool, so logging in, or
-a stream of wrong passwords, never stalls the node's other links.
 """
 
 from __future__ import annotations
@@ -27,21 +26,24 @@ import base64
 import hashlib
 import hmac
 import os
+import pwd
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.cred import credentials as cred_credentials
 from twisted.cred import error as cred_error
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet import defer
 from zope.interface import Attribute, Interface, implementer
 
-#: scrypt cost: about 16 MiB and a few tens of milliseconds per check
+from . import handshake
+from .handshake import Challenge, PasswordVerifier, Transcript
+
+#: scrypt cost a dialler pays per password login: about 16 MiB and tens of milliseconds
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
-_SCRYPT_MAXMEM = 64 * 1024 * 1024
+_PREFIX = "scram-scrypt"
+_LEGACY_PREFIX = "scrypt"
 
 
 class IIdentity(Interface):
@@ -60,18 +62,75 @@ class Identity:
     method: str = "token"
 
 
-class ITokenCredentials(Interface):
-    token = Attribute("the shared token, bytes")
+def os_user() -> str:
+    """The name of the OS user this process runs as (a local-secret peer's identity)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid{os.getuid()}"
 
 
-@implementer(ITokenCredentials)
-@dataclass(frozen=True)
-class TokenCredentials:
-    token: bytes
+# --- credentials: what the dialler proved, with the transcript it proved it over
+
+
+class ISecretProof(Interface):
+    """A proof of this OS user's local secret."""
+
+
+class ITokenProof(Interface):
+    """A proof of a shared token."""
+
+
+class IPasswordProof(Interface):
+    """A proof of a user's password."""
 
 
 class ICertificateCredentials(Interface):
     name = Attribute("the common name of a TLS peer certificate the CA has signed")
+
+
+class KeyProof:
+    """The dialler's proof of a key (local secret or token digest); once a checker found
+    the key it matches, :meth:`listener_proof` answers it."""
+
+    def __init__(self, transcript: Transcript, proof: str) -> None:
+        self.transcript = transcript
+        self.proof = proof
+        self._key: bytes | None = None
+
+    def matches(self, key: bytes) -> bool:
+        expected = handshake.key_proof(key, self.transcript, "dialler")
+        if handshake.same(expected, self.proof):
+            self._key = key
+            return True
+        return False
+
+    def listener_proof(self) -> str:
+        if self._key is None:
+            raise ValueError("no key matched this proof")
+        return handshake.key_proof(self._key, self.transcript, "listener")
+
+
+@implementer(ISecretProof)
+class SecretProof(KeyProof):
+    pass
+
+
+@implementer(ITokenProof)
+class TokenProof(KeyProof):
+    pass
+
+
+@implementer(IPasswordProof)
+class PasswordProof:
+    def __init__(self, user: str, transcript: Transcript, proof: str) -> None:
+        self.user = user
+        self.transcript = transcript
+        self.proof = proof
+        self.answer = ""  # the listener's proof, set by the checker on success
+
+    def listener_proof(self) -> str:
+        return self.answer
 
 
 @implementer(ICertificateCredentials)
@@ -79,9 +138,11 @@ class ICertificateCredentials(Interface):
 class CertificateCredentials:
     name: str
 
+    def listener_proof(self) -> str:
+        return ""  # the TLS handshake proved the listener's certificate
 
-def _digest(secret: bytes) -> bytes:
-    return hashlib.sha256(secret).digest()
+
+# --- checkers
 
 
 def _lines(path: str, what: str) -> list[tuple[int, str]]:
@@ -98,11 +159,36 @@ def _lines(path: str, what: str) -> list[tuple[int, str]]:
     return out
 
 
+def _refused(why: str) -> defer.Deferred[Any]:
+    return defer.fail(cred_error.UnauthorizedLogin(why))
+
+
+@implementer(ICredentialsChecker)
+class LocalSecretChecker:
+    """Peers that prove this OS user's local secret are this user's own processes."""
+
+    credentialInterfaces = (ISecretProof,)  # noqa: N815 - twisted.cred's name
+
+    def __init__(self, secret: bytes, user: str) -> None:
+        self._secret = secret
+        self.user = user
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[str]:  # noqa: N802
+        if credentials.matches(self._secret):
+            return defer.succeed(self.user)
+        return _refused("local secret does not match")
+
+
+def token_key(token: str) -> bytes:
+    """The key a token's proofs are made with (what a tokens file's checker keeps)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
 @implementer(ICredentialsChecker)
 class TokenFileChecker:
     """Shared tokens: a file of ``USER TOKEN`` lines (``#`` starts a comment)."""
 
-    credentialInterfaces = (ITokenCredentials,)  # noqa: N815 - twisted.cred's name
+    credentialInterfaces = (ITokenProof,)  # noqa: N815 - twisted.cred's name
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -116,97 +202,112 @@ class TokenFileChecker:
                     "16 characters (e.g. from `python -c 'import secrets; "
                     "print(secrets.token_urlsafe())'`)"
                 )
-            self._entries.append((user, _digest(token.encode("utf-8"))))
+            self._entries.append((user, token_key(token)))
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[str]:  # noqa: N802
-        given = _digest(credentials.token)
         found = None
-        for user, digest in self._entries:  # no early exit: every entry costs the same
-            if hmac.compare_digest(given, digest) and found is None:
+        for user, key in self._entries:  # no early exit: every entry costs the same
+            if credentials.matches(key) and found is None:
                 found = user
         if found is None:
-            return defer.fail(cred_error.UnauthorizedLogin("unknown token"))
+            return _refused("unknown token")
         return defer.succeed(found)
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
-    """The ``scrypt$N$r$p$SALT$HASH`` form a passwords file stores."""
+    """The ``scram-scrypt$N$r$p$SALT$STOREDKEY$SERVERKEY`` line a passwords file keeps.
+
+    It lets a node check a login and prove itself to the user, but not log in as
+    the user (the password's salted hash is not in it)."""
     salt = salt if salt is not None else os.urandom(16)
-    digest = hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
-        maxmem=_SCRYPT_MAXMEM, dklen=32,
+    salted = handshake.salted_password(
+        password.encode("utf-8"), salt, SCRYPT_N, SCRYPT_R, SCRYPT_P
     )
+    v = PasswordVerifier.from_salted(salted, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
     b64 = base64.b64encode
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+    return "$".join((
+        _PREFIX, str(v.n), str(v.r), str(v.p), b64(v.salt).decode(),
+        b64(v.stored_key).decode(), b64(v.server_key).decode(),
+    ))
 
 
-def _parse_hash(text: str) -> tuple[int, int, int, bytes, bytes]:
-    scheme, n, r, p, salt, digest = text.split("$")
-    if scheme != "scrypt":
-        raise ValueError(f"unknown password hash scheme {scheme!r}")
-    n_, r_, p_ = int(n), int(r), int(p)
-    if not (2 <= n_ <= 2**20 and 1 <= r_ <= 32 and 1 <= p_ <= 16):
-        raise ValueError("scrypt parameters out of range")
-    return n_, r_, p_, base64.b64decode(salt), base64.b64decode(digest)
+def parse_password_line(text: str) -> PasswordVerifier:
+    """A passwords file's hash (this format, or the older ``scrypt$`` salted hash)."""
+    parts = text.split("$")
+    if parts[0] == _PREFIX and len(parts) == 7:
+        _, n, r, p, salt, stored, server = parts
+        keys = (base64.b64decode(stored), base64.b64decode(server))
+        if any(len(k) != 32 for k in keys):
+            raise ValueError("stored and server keys must be 32 bytes")
+    elif parts[0] == _LEGACY_PREFIX and len(parts) == 6:
+        _, n, r, p, salt, salted = parts
+        keys = None
+    else:
+        raise ValueError(f"unknown password hash scheme {parts[0]!r}")
+    params = {"n": int(n), "r": int(r), "p": int(p)}
+    for name, value in params.items():
+        low, high = handshake.SCRYPT_LIMITS[name]
+        if not low <= value <= high:
+            raise ValueError(f"scrypt {name}={value} out of range")
+    salt_bytes = base64.b64decode(salt)
+    if keys is None:
+        return PasswordVerifier.from_salted(base64.b64decode(salted), salt_bytes, **params)
+    return PasswordVerifier(params["n"], params["r"], params["p"], salt_bytes, *keys)
 
 
-def verify_password(password: bytes, stored: str) -> bool:
-    n, r, p, salt, digest = _parse_hash(stored)
-    computed = hashlib.scrypt(
-        password, salt=salt, n=n, r=r, p=p, maxmem=_SCRYPT_MAXMEM, dklen=len(digest)
+def check_password(password: str, line: str) -> bool:
+    """Whether ``password`` is the one a passwords-file line was made from (slow: scrypt)."""
+    v = parse_password_line(line)
+    salted = handshake.salted_password(password.encode("utf-8"), v.salt, v.n, v.r, v.p)
+    return hmac.compare_digest(
+        PasswordVerifier.from_salted(salted, v.salt, v.n, v.r, v.p).stored_key, v.stored_key
     )
-    return hmac.compare_digest(computed, digest)
-
-
-_DUMMY_HASH = hash_password("not a password", salt=b"\0" * 16)
 
 
 @implementer(ICredentialsChecker)
 class PasswordFileChecker:
-    """Hashed passwords: a file of ``USER:scrypt$N$r$p$SALT$HASH`` lines."""
+    """Passwords: a file of ``USER:scram-scrypt$...`` lines (see :func:`hash_password`)."""
 
-    credentialInterfaces = (cred_credentials.IUsernamePassword,)  # noqa: N815
+    credentialInterfaces = (IPasswordProof,)  # noqa: N815
 
-    def __init__(self, path: str, reactor: Any = None) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
-        #: checks run in this reactor's thread pool (at once if it has none, e.g. a test clock)
-        self.reactor = reactor
-        self._hashes: dict[str, str] = {}
+        self._verifiers: dict[str, PasswordVerifier] = {}
         for number, line in _lines(path, "passwords"):
             user, _, stored = line.partition(":")
             try:
-                _parse_hash(stored)
+                self._verifiers[user] = parse_password_line(stored)
             except (ValueError, TypeError) as e:
                 raise ValueError(
-                    f"{path}:{number}: a passwords line is 'USER:scrypt$...' as printed by "
-                    f"`yotonnet passwd USER` ({e})"
+                    f"{path}:{number}: a passwords line is 'USER:scram-scrypt$...' as printed "
+                    f"by `yotonnet passwd USER` ({e})"
                 ) from None
-            self._hashes[user] = stored
+        # Unknown users get a challenge as plausible as a real one (salt fixed per user,
+        # so asking twice tells nothing) and a proof that can never match.
+        self._decoy_key = os.urandom(32)
+
+    def _verifier(self, user: str) -> PasswordVerifier:
+        found = self._verifiers.get(user)
+        if found is not None:
+            return found
+        salt = hmac.new(self._decoy_key, user.encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).digest()[:16]
+        return PasswordVerifier(SCRYPT_N, SCRYPT_R, SCRYPT_P, salt, os.urandom(32),
+                                os.urandom(32))
+
+    def challenge(self, user: str) -> Challenge:
+        v = self._verifier(user)
+        return Challenge(v.salt, v.n, v.r, v.p)
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[str]:  # noqa: N802
-        user = credentials.username
-        if isinstance(user, bytes):
-            user = user.decode("utf-8", "replace")
-        password = credentials.password
-        if isinstance(password, str):
-            password = password.encode("utf-8")
-        stored = self._hashes.get(user)
-        reactor = self.reactor
-        if reactor is not None and IReactorThreads.providedBy(reactor):
-            d = threads.deferToThreadPool(
-                reactor, reactor.getThreadPool(), self._check, user, password, stored
-            )
-        else:
-            d = defer.maybeDeferred(self._check, user, password, stored)
-        return d
-
-    @staticmethod
-    def _check(user: str, password: bytes, stored: str | None) -> str:
-        # An unknown user costs one scrypt too, so timing does not reveal who exists.
-        ok = verify_password(password, stored or _DUMMY_HASH) and stored is not None
-        if not ok:
-            raise cred_error.UnauthorizedLogin("wrong user or password")
-        return user
+        user = credentials.user
+        verifier = self._verifier(user)
+        if user in self._verifiers and verifier.check(
+            credentials.transcript, user, credentials.proof
+        ):
+            credentials.answer = verifier.server_proof(credentials.transcript, user)
+            return defer.succeed(user)
+        return _refused("wrong user or password")
 
 
 @implementer(ICredentialsChecker)
@@ -232,9 +333,9 @@ class Realm:
             raise NotImplementedError("yotonnet's realm only gives IIdentity avatars")
         user = avatar_id.decode("utf-8") if isinstance(avatar_id, bytes) else str(avatar_id)
         method = getattr(mind, "method", "token") if mind is not None else "token"
-        identity = Identity(
-            user, self.roles.get(user, frozenset()), user in self.nodes, method
-        )
+        # A local-secret peer is this node's own OS user: trusted like a mesh node.
+        node = method == handshake.SECRET or user in self.nodes
+        identity = Identity(user, self.roles.get(user, frozenset()), node, method)
         return IIdentity, identity, lambda: None
 
 
@@ -243,19 +344,32 @@ class _Mind:
     method: str
 
 
-def login(portal: Portal, credentials: Any, method: str) -> defer.Deferred[Identity | str]:
-    """Log in: fires with the Identity, or with a refusal text for the peer (never fails).
+def login(portal: Portal, credentials: Any, method: str) -> Identity | str:
+    """Log in: the Identity, or a refusal text for the peer.
 
-    Tokens and certificates answer at once; a password check may take a thread."""
-    d = portal.login(credentials, _Mind(method), IIdentity)
-    return d.addCallbacks(lambda avatar: avatar[1], lambda failure: _refusal(failure, method))
+    Every checker here answers at once (no secret needs slow work on this side),
+    so the result is returned rather than a Deferred."""
+    outcome: list[Any] = []
+    portal.login(credentials, _Mind(method), IIdentity).addCallbacks(
+        lambda avatar: outcome.append(avatar[1]),
+        lambda failure: outcome.append(_refusal(failure, method)),
+    )
+    if not outcome:  # a checker that does answer later: not one of ours
+        raise RuntimeError("a yotonnet checker must answer at once")
+    return outcome[0]
+
+
+_REFUSALS = {
+    handshake.SECRET: "the local secret does not match (this node runs as another OS user, "
+    "whose secret you cannot read); ask the node's operator for a token (--token-file) or a "
+    "password (--login, --password-file)",
+    handshake.TOKEN: "unknown token",
+    handshake.PASSWORD: "wrong user or password",
+    handshake.CERTIFICATE: "certificate user not accepted",
+}
 
 
 def _refusal(failure: Any, method: str) -> str:
     if failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
-        return "authentication failed: " + {
-            "token": "unknown token",
-            "password": "wrong user or password",
-            "certificate": "certificate user not accepted",
-        }.get(method, "refused")
+        return "authentication failed: " + _REFUSALS.get(method, "refused")
     return f"authentication error: {failure.getErrorMessage()}"

@@ -32,7 +32,7 @@ from .guard import Guard
 from .link import BUSY, CLOSED, UP, HandshakeError, Link, LinkFactory
 from .messages import decode_object, encode_object
 from .routing import REP, STATE, SUB, Interest, NodeState, RoutingTable
-from .security import Security
+from .security import Security, SecurityError
 from .wire import (
     HEADER,
     HEADER_SIZE,
@@ -295,7 +295,7 @@ class Context:
             FrameKind.LATEST: self._on_latest,
         }
         #: node id of the caller whose request a RepChannel handler is running for
-        self._caller = 0
+        self.current_caller = 0
         #: TLS, authentication, authorization, identities and limits (yotonnet.guard)
         self.security = security if security is not None else Security()
         self.guard = Guard(self, self.security)
@@ -318,6 +318,10 @@ class Context:
             ep = self.guard.server_endpoint(endpoint)
         except (ValueError, KeyError, TypeError) as e:
             return defer.fail(ValueError(f"bad listen endpoint {endpoint!r}: {e}"))
+        try:
+            self.guard.prepare_listener()
+        except SecurityError as e:
+            return defer.fail(e)
         d = ep.listen(LinkFactory(self, outgoing=False, endpoint_text=endpoint, cost=cost))
 
         def listening(port: Any) -> Any:
@@ -1108,7 +1112,7 @@ class Context:
             )
             return
         rep = reps[0] if len(reps) == 1 else min(reps, key=lambda r: r.in_flight)
-        self._caller = source  # yotonnet.identity.caller() reads it inside the handler
+        self.current_caller = source  # read by handlers (yotonnet.identity.caller)
         outcome = rep._handle(tag, method, payload)
         if type(outcome) is not tuple:
             if isinstance(outcome, Failure):

@@ -39,26 +39,25 @@ operation, and the channel's ``denied`` attribute holds the error.
 
 from __future__ import annotations
 
-import ipaddress
+import os
 import struct
 import time
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from . import auth, tls, wire
+from . import auth, handshake, linkauth, tls, wire
 from .authz import CALL, OPERATIONS, PUBLISH, SERVE, SET_STATE, SUBSCRIBE
 from .errors import PermissionDenied, ProtocolError
+from .localsecret import LocalSecretError, ensure_secret
 from .messages import decode_object, encode_object
 from .names import channel_id, validate_channel_name
+from .peercred import peer_uid
 from .routing import REP, STATE, SUB, NodeState
 from .security import Security, SecurityError
 from .wire import HEADER, HEADER_SIZE, HEADER_TAIL, REPLY_DENIED, REPLY_ERROR, FrameKind
@@ -85,19 +84,6 @@ _PATTERNS = {
 #: denials one client link is told about (a hostile one could ask for endless ones)
 _MAX_DENIALS_TOLD = 256
 _MAX_SECRET = 4096
-
-
-def is_local(address: Any) -> bool:
-    """Loopback IP, unix socket or in-process transport: a peer on this machine."""
-    if isinstance(address, IPv4Address | IPv6Address):
-        try:
-            ip = ipaddress.ip_address(address.host.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return ip.is_loopback
-    return True  # UNIXAddress, memory transports: nothing reaches them over a network
 
 
 class LinkGate:
@@ -348,21 +334,27 @@ class Guard:
         self.ctx = context
         self.security = security
         self.policy = security.policy()
-        self.portal: Portal | None = None
-        if security.authenticates:
-            checkers: list[Any] = []
-            try:
-                if security.tokens:
-                    checkers.append(auth.TokenFileChecker(security.tokens))
-                if security.passwords:
-                    checkers.append(auth.PasswordFileChecker(security.passwords, context.reactor))
-            except ValueError as e:
-                raise SecurityError(str(e)) from None
-            if security.cert_auth and security.tls_ca:
-                checkers.append(auth.CertificateChecker())
-            self.portal = Portal(auth.Realm(security.roles, security.nodes), checkers)
-            context.capabilities = (*context.capabilities, CAPABILITY)
-        security.hello_credentials()  # a missing or empty secret file fails here, not later
+        self.password_checker: auth.PasswordFileChecker | None = None
+        checkers: list[Any] = []
+        try:
+            if security.tokens:
+                checkers.append(auth.TokenFileChecker(security.tokens))
+            if security.passwords:
+                self.password_checker = auth.PasswordFileChecker(security.passwords)
+                checkers.append(self.password_checker)
+        except ValueError as e:
+            raise SecurityError(str(e)) from None
+        if security.cert_auth and security.tls_ca:
+            checkers.append(auth.CertificateChecker())
+        self._checkers = checkers
+        self.portal = Portal(auth.Realm(security.roles, security.nodes), checkers)
+        self._secret_ready = False
+        #: why the local secret cannot be had (listeners then take only logins)
+        self.secret_problem: str | None = None
+        #: set once this context accepts peers (it then has others to protect)
+        self.serving = False
+        context.capabilities = (*context.capabilities, CAPABILITY)
+        security.dial_credentials()  # a missing or empty secret file fails here, not later
         #: node id -> (user, version, origin node)
         self.idents: dict[int, tuple[str, int, int]] = {}
         #: (operation, channel name) -> the denial a node sent us
@@ -381,6 +373,9 @@ class Guard:
     def server_endpoint(self, endpoint: str) -> Any:
         if tls.is_tls(endpoint):
             return tls.server_endpoint(self.ctx.reactor, endpoint, self.security.tls_files())
+        if endpoint.startswith("unix:") and ":mode=" not in endpoint:
+            # Twisted makes unix sockets 0666; only this user's processes belong here.
+            endpoint += ":mode=600"
         return serverFromString(self.ctx.reactor, endpoint)
 
     def client_endpoint(self, endpoint: str) -> Any:
@@ -388,36 +383,91 @@ class Guard:
             return tls.client_endpoint(self.ctx.reactor, endpoint, self.security.tls_files())
         return clientFromString(self.ctx.reactor, endpoint)
 
+    def prepare_listener(self) -> None:
+        """Before a listener opens: have the local secret ready, or know why not.
+
+        Raises SecurityError when the listener would admit nobody at all."""
+        self.serving = True
+        self._ensure_secret()
+        sec = self.security
+        if self.secret_problem and not (sec.checks_logins or sec.allow_anonymous):
+            raise SecurityError(
+                f"this node could admit no peer: {self.secret_problem}; fix that, or configure "
+                "tokens, passwords or TLS client certificates ([security] table), or allow "
+                "anonymous peers (--allow-anonymous) on a network you trust"
+            )
+
+    def _ensure_secret(self) -> bytes | None:
+        if self.secret_problem is not None:
+            return None
+        try:
+            secret, path, created = ensure_secret(self.security.secret_file)
+        except (LocalSecretError, OSError) as e:
+            self.secret_problem = str(e)
+            log.error("{node}: no local secret: {why}", node=self.ctx.name, why=str(e))
+            return None
+        if not self._secret_ready:
+            self._secret_ready = True
+            self.portal.registerChecker(auth.LocalSecretChecker(secret, auth.os_user()))
+            log.info(
+                "{node}: peers prove the local secret in {path} ({made}; only OS user {user} "
+                "can read it)", node=self.ctx.name, path=path,
+                made="made now" if created else "found", user=auth.os_user(),
+            )
+        return secret
+
     def listening(self, where: str) -> None:
         """Log who may link on a new listener (the operator should know)."""
         sec = self.security
-        if sec.authenticates:
-            ways = [w for w, on in (
-                ("tokens", sec.tokens), ("passwords", sec.passwords),
-                ("TLS client certificates", sec.cert_auth and sec.tls_ca),
-            ) if on]
-            log.info(
-                "{node} on {where}: peers must authenticate ({ways})",
-                node=self.ctx.name, where=where, ways=", ".join(ways),
-            )
-        elif sec.allow_anonymous:
+        ways = [w for w, on in (
+            (f"processes of OS user {auth.os_user()} (local secret)", self._secret_ready),
+            ("tokens", sec.tokens), ("passwords", sec.passwords),
+            ("TLS client certificates", sec.cert_auth and sec.tls_ca),
+        ) if on]
+        if sec.allow_anonymous:
             log.warn(
-                "{node} on {where}: NO authentication and allow_anonymous is set: any peer "
-                "that reaches this address joins the mesh", node=self.ctx.name, where=where,
+                "{node} on {where}: allow_anonymous is set: ANY peer that reaches this address "
+                "joins the mesh{how}, without proving who it is", node=self.ctx.name,
+                where=where,
+                how=" as a node" if sec.anonymous_mesh else " as a client",
             )
-        else:
-            log.info(
-                "{node} on {where}: no authentication configured, so only loopback and "
-                "unix-socket peers are accepted", node=self.ctx.name, where=where,
-            )
+        log.info(
+            "{node} on {where}: peers must authenticate ({ways})",
+            node=self.ctx.name, where=where, ways=", ".join(ways) or "nobody can",
+        )
 
-    # --- admission
+    # --- admission (the exchanges themselves: yotonnet.linkauth)
 
-    def hello_extra(self, link: Link) -> dict[str, Any]:
-        if not link.outgoing:
-            return {}
-        creds = self.security.hello_credentials()
-        return {"auth": creds} if creds else {}
+    def authenticator(self, link: Link) -> linkauth.ListenerAuth | linkauth.DiallerAuth:
+        """The handshake partner of a new link."""
+        if link.outgoing:
+            return linkauth.DiallerAuth(self, link)
+        self.serving = True
+        self._ensure_secret()
+        return linkauth.ListenerAuth(self, link)
+
+    def accepted_methods(self) -> tuple[str, ...]:
+        sec = self.security
+        return tuple(m for m, on in (
+            (handshake.SECRET, self._secret_ready),
+            (handshake.TOKEN, sec.tokens),
+            (handshake.PASSWORD, self.password_checker is not None),
+            (handshake.CERTIFICATE, sec.cert_auth and sec.tls_ca),
+            (handshake.ANONYMOUS, sec.allow_anonymous),
+        ) if on)
+
+    def ways_in(self, why: str) -> str:
+        """A refusal that names what this node does accept."""
+        sec = self.security
+        ways = [w for w, on in (
+            (f"the local secret of OS user {auth.os_user()} (processes of that user find it "
+             "by themselves)", self._secret_ready),
+            ("a token (--token-file)", sec.tokens),
+            ("a user and password (--login, --password-file)", self.password_checker),
+            ("a TLS client certificate (tls: endpoint, --tls-cert)",
+             sec.cert_auth and sec.tls_ca),
+        ) if on]
+        return f"{why}: this node accepts " + (" or ".join(ways) or "nobody")
 
     def refuse_connection(self) -> str | None:
         """Before any byte: too many connections still shaking hands?"""
@@ -426,99 +476,85 @@ class Guard:
             return f"{self.handshaking} connections are still shaking hands (max_links)"
         return None
 
-    def admit(self, link: Link, credentials: Any) -> str | None | defer.Deferred[str | None]:
-        """Authenticate an incoming peer: None to admit it, else the refusal text, or a
-        Deferred firing with one of those while a password check runs in a thread."""
-        link.identity = None
-        link.gate = None
-        sec = self.security
+    def check_capacity(self, link: Link) -> str | None:
         ctx = self.ctx
-        if len(ctx.links) >= sec.max_links and link.peer_id not in ctx.links:
+        limit = self.security.max_links
+        if len(ctx.links) >= limit and link.peer_id not in ctx.links:
             return self.breach(
                 link, "max_links",
                 f"this node has {len(ctx.links)} links, its max_links; link to another node",
             )
-        if link.outgoing:
-            return None
-        if not sec.authenticates:
-            if sec.allow_anonymous or is_local(link.transport.getPeer()):
-                return None
-            self.counters["refused_links"] += 1
-            return (
-                f"this node has no authentication configured, so it accepts links only from "
-                f"loopback and unix-socket peers, and {link.peer_address} is neither; configure "
-                "tokens, passwords or TLS client certificates on the node ([security] table) "
-                "and credentials on the peer"
-            )
-        creds, method = self._credentials(link, credentials)
-        if isinstance(creds, str):
-            self.counters["auth_failed"] += 1
-            log.warn("refusing {peer}: {why}", peer=link.describe(), why=creds)
-            return creds
-        assert self.portal is not None
-        d = auth.login(self.portal, creds, method).addCallback(
-            lambda result: self._logged_in(link, method, result)
-        )
-        if not d.called:
-            return d  # a password check, in a thread
-        # Tokens and certificates answer at once: the handshake goes on in this turn.
-        outcome: list[Any] = []
-        d.addBoth(outcome.append)
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        return outcome[0]
+        return None
 
-    def _logged_in(self, link: Link, method: str, result: auth.Identity | str) -> str | None:
-        ctx = self.ctx
-        if isinstance(result, str):
-            self.counters["auth_failed"] += 1
-            log.warn("refusing {peer}: {why}", peer=link.describe(), why=result)
-            return result
-        if not result.node and link.peer_id in ctx.routing.reachable():
+    def count_failure(self, link: Link, why: str) -> None:
+        self.counters["auth_failed"] += 1
+        log.warn("refusing {peer}: {why}", peer=link.describe(), why=why)
+
+    def admit_unauthenticated(self, link: Link) -> str | None:
+        """May a peer whose protocol proves nothing (a Yoton context) link here?
+
+        One we dialled, yes (we chose the endpoint). An incoming one only when its
+        socket belongs to this node's own OS user on this host, or when anonymous
+        peers are allowed: another user on the same host is a stranger."""
+        if link.outgoing or self.security.allow_anonymous:
+            return None
+        uid = peer_uid(link.transport)
+        if uid == os.getuid():
+            return None
+        self.counters["refused_links"] += 1
+        who = "not on this host" if uid is None else f"runs as uid {uid}"
+        why = (
+            f"authentication required: a Yoton peer cannot prove who it is, so this node admits "
+            f"only Yoton contexts of its own OS user {auth.os_user()} on this host, and this one "
+            f"{who}; allow anonymous peers (--allow-anonymous) to admit any that reach it"
+        )
+        log.warn("refusing {peer}: {why}", peer=link.describe(), why=why)
+        return why
+
+    def check_new_peer(self, link: Link, identity: auth.Identity) -> str | None:
+        """A peer just logged in: may it join as it is?"""
+        if not identity.node and link.peer_id in self.ctx.routing.reachable():
             return (
                 f"node id {link.peer_id:016x} is already in use in this mesh; "
                 "restart the peer (it picks a new random id)"
             )
-        self.counters["auth_ok"] += 1
-        link.identity = result
-        log.info(
-            "{peer} authenticated as {user} by {method}{node}",
-            peer=link.describe(), user=result.user, method=method,
-            node=" (mesh node)" if result.node else "",
-        )
-        if not result.node:
-            link.gate = LinkGate(self, link, result)
         return None
 
-    def _credentials(self, link: Link, given: Any) -> tuple[Any, str]:
-        if given is not None:
-            if not isinstance(given, dict):
-                return "malformed credentials in HELLO (expected an object)", ""
-            token, user, password = given.get("token"), given.get("user"), given.get("password")
-            if isinstance(token, str) and 0 < len(token) <= _MAX_SECRET:
-                return auth.TokenCredentials(token.encode("utf-8", "surrogatepass")), "token"
-            if (
-                isinstance(user, str) and isinstance(password, str)
-                and 0 < len(user) <= 256 and len(password) <= _MAX_SECRET
-            ):
-                return UsernamePassword(
-                    user.encode("utf-8", "surrogatepass"),
-                    password.encode("utf-8", "surrogatepass"),
-                ), "password"
-            return "malformed credentials in HELLO (token, or user and password)", ""
-        if self.security.cert_auth and self.security.tls_ca:
-            name = tls.peer_certificate_name(link.transport)
-            if name:
-                return auth.CertificateCredentials(name), "certificate"
+    def refuse_unproven(self, link: Link) -> str | None:
+        """A listener proved nothing (it takes anonymous peers): may we trust it anyway?"""
+        sec = self.security
+        if sec.has_credentials:
+            return (
+                "the peer admits anonymous peers and proved nothing, and this node logs in "
+                "with credentials: it will not trust a peer that cannot prove who it is"
+            )
+        if sec.allow_anonymous or not self.serving:
+            return None
         return (
-            "authentication required: this node accepts "
-            + " or ".join(w for w, on in (
-                ("a token (--token-file)", self.security.tokens),
-                ("a user and password (--login, --password-file)", self.security.passwords),
-                ("a TLS client certificate (tls: endpoint, --tls-cert)",
-                 self.security.cert_auth and self.security.tls_ca),
-            ) if on)
-        ), ""
+            "the peer admits anonymous peers and proved nothing, and this node serves "
+            "authenticated peers: it will not relay for a node nobody vouches for; allow "
+            "anonymous peers here too (--allow-anonymous) or give the peer authentication"
+        )
+
+    def admitted(self, link: Link, admission: linkauth.Admission) -> None:
+        """A link authenticated: note who it is and what it may do."""
+        link.identity = admission.identity
+        link.trusted = admission.trusted
+        link.authenticated_as = admission.user
+        link.gate = None
+        identity = admission.identity
+        if link.outgoing:
+            return
+        self.counters["auth_ok"] += 1
+        if identity is not None:
+            log.info(
+                "{peer} authenticated as {user} by {method}{node}",
+                peer=link.describe(), user=identity.user, method=identity.method,
+                node=" (mesh node)" if admission.trusted else "",
+            )
+        if not admission.trusted:
+            assert identity is not None
+            link.gate = LinkGate(self, link, identity)
 
     def check_caller(self, node_id: int, operation: str, channel: str) -> str | None:
         """May the node whose request a handler serves do ``operation`` on ``channel``
@@ -544,30 +580,14 @@ class Guard:
         log.warn("{peer}: limit {limit}: {text}", peer=link.describe(), limit=limit, text=text)
         return text
 
-    def expects_welcome(self, hello: wire.Hello) -> bool:
-        """Does a listener that sent ``hello`` authenticate us (then its verdict follows)?"""
-        return CAPABILITY in hello.capabilities
-
-    def welcome_user(self, frame: wire.Frame) -> str | None:
-        if frame.kind != _CONTROL:
-            return None
-        try:
-            kind, user = decode_object(frame.payload)
-        except Exception:  # noqa: BLE001 - anything else is not a welcome
-            return None
-        return user if kind == "welcome" and isinstance(user, str) else None
-
     def link_up(self, link: Link) -> None:
         """Link just admitted, before the context sends its records on it."""
         link._on_run = self.ctx._on_data_run
-        identity = getattr(link, "identity", None)
-        if not link.outgoing and self.security.authenticates:
-            # First frame after our HELLO: the dialler waits for it (see Link._welcome).
-            link.send(_control(["welcome", identity.user if identity else ""]))
-        gate: LinkGate | None = getattr(link, "gate", None)
+        identity = link.identity
+        gate: LinkGate | None = link.gate
         if gate is not None:
             gate.install()
-        if identity is not None:
+        if identity is not None and identity.method != handshake.ANONYMOUS:
             self._bind(link.peer_id, identity.user, exclude=None)
         if self.idents:
             link.send(_control(["ident", [[n, *v] for n, v in self.idents.items()]]))
@@ -625,12 +645,8 @@ class Guard:
             self._ctx_control(link, frame)
             return
         self.ctx.counters["control_in"] += 1
-        # Only links we trust speak for others: ours we dialled, and authenticated nodes.
-        trusted = link.outgoing or (
-            getattr(link, "gate", None) is None
-            and (getattr(link, "identity", None) is not None or not self.security.authenticates)
-        )
-        if not trusted:
+        # Only links that proved they are nodes speak for others (see yotonnet.linkauth).
+        if not link.trusted:
             return
         if kind == "ident":
             self._take_idents(link, message)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .context import Context
     from .wire import Frame
 
-__all__ = ["Received", "IdentifiedSubChannel", "sender_of", "caller"]
+__all__ = ["Received", "IdentifiedSubChannel", "sender_of", "caller", "caller_node"]
 
 
 class Received(NamedTuple):
@@ -43,7 +43,13 @@ def sender_of(context: Context, node_id: int) -> str | None:
 def caller(channel_or_context: Any) -> str | None:
     """Inside a request handler: the user who made the call being served."""
     ctx = getattr(channel_or_context, "context", channel_or_context)
-    return ctx.guard.identity_of(ctx._caller) if ctx._caller else None
+    node = ctx.current_caller
+    return ctx.guard.identity_of(node) if node else None
+
+
+def caller_node(channel_or_context: Any) -> int:
+    """Inside a request handler: the node id the call being served came from (0: none)."""
+    return getattr(channel_or_context, "context", channel_or_context).current_caller
 
 
 class IdentifiedSubChannel(SubChannel):

@@ -94,10 +94,14 @@ class Link(Protocol):
         #: client link (yotonnet.guard.LinkGate); both None for trusted or unauthenticated
         self.identity: Any = None
         self.gate: Any = None
+        #: the peer proved it is a node: it may speak for others (see yotonnet.linkauth)
+        self.trusted = False
+        # this side's part in authenticating the link (set in connectionMade)
+        self._auth: Any = None
+        self._hello_seen = False
         # the handler of DATA runs: the context's, or a client link's gate
         self._on_run: Any = context._on_data_run
         self._counted = False  # counted in the guard's handshaking connections
-        self._awaiting_welcome = False
         #: the user a listener that authenticates said we are (outgoing links)
         self.authenticated_as: str | None = None
         self._closing = False
@@ -110,10 +114,6 @@ class Link(Protocol):
         # True while a read may skip the decoder: the link is up and not closing, and the
         # decoder holds no partial frame (see dataReceived); cleared by every status change
         self._whole_reads = False
-        # While the guard checks the peer's credentials (a password takes a thread),
-        # what the peer sends is held here, to be read once it is admitted.
-        self._admitting = False
-        self._held: list[bytes] = []
         # How bytes reach the transport: Twisted's write, or _write_now (connectionMade)
         self._put: Callable[[bytes], None] = self._write_later
         self._socket: Any = None
@@ -131,6 +131,7 @@ class Link(Protocol):
             pass  # unix sockets and memory transports have no Nagle to turn off
         cfg = self.context.config
         self._choose_write_path(cfg.eager_writes)
+        self._auth = self.context.guard.authenticator(self)
         self.transport.write(wire.encode_preamble())
         self.transport.write(
             wire.encode_hello(
@@ -140,7 +141,7 @@ class Link(Protocol):
                     self.context.capabilities,
                     cfg.max_frame,
                     cfg.heartbeat,
-                    {"window": cfg.flow_window, **self.context.guard.hello_extra(self)},
+                    {"window": cfg.flow_window, **self._auth.hello_extra()},
                 )
             )
         )
@@ -250,9 +251,6 @@ class Link(Protocol):
             return
         self.bytes_in += len(data)
         self.last_seen = self.clock.seconds()
-        if self._admitting:
-            self._held.append(data)  # read once the peer is admitted
-            return
         handshaking = self.status is HANDSHAKING
         try:
             frames = self._decoder.feed(data, limit=1 if handshaking else None)
@@ -275,10 +273,12 @@ class Link(Protocol):
         )
 
     def _finish_handshake(self, frames: list[Any]) -> list[Any]:
-        """Handle the HELLO (and a welcome); return the frames that followed it."""
-        self._handshake(frames)
-        # A dialler waits for the listener's verdict on its credentials.
-        while self._awaiting_welcome and not self._closing:
+        """Handle handshake frames (HELLO, then the authentication exchange) one at a
+        time; once the link is up, return the frames that followed them."""
+        while True:
+            self._handshake(frames[0])
+            if self._closing or self.status is not HANDSHAKING:
+                break
             try:
                 frames = self._decoder.feed(b"", limit=1)
             except ProtocolError as e:
@@ -287,10 +287,9 @@ class Link(Protocol):
             if not frames:
                 return []
             self.frames_in += 1
-            self._handshake(frames)
         if self.status is not UP:
             return []
-        # Whatever followed the HELLO is checked against the negotiated limit.
+        # Whatever followed is checked against the negotiated limit.
         try:
             frames = self._decoder.feed(b"")
         except ProtocolError as e:
@@ -349,22 +348,25 @@ class Link(Protocol):
                 if ctx._dirty:
                     ctx._flush_dirty()
 
-    def _handshake(self, frames: list[wire.Frame]) -> list[wire.Frame]:
-        first = frames[0]
-        if first.kind == FrameKind.ERROR:
-            self._peer_error(first)
-            return []
-        if self._awaiting_welcome:
-            self._welcome(first)
-            return []
+    def _handshake(self, frame: wire.Frame) -> None:
+        if frame.kind == FrameKind.ERROR:
+            self._peer_error(frame)
+            return
+        if self._hello_seen:
+            if frame.kind == FrameKind.HELLO:
+                self.fail("second HELLO on a link (the handshake had begun)")
+            else:
+                self._outcome(self._auth.on_frame(frame))
+            return
         try:
-            hello = wire.decode_hello(first)
+            hello = wire.decode_hello(frame)
         except ProtocolError as e:
             self.fail(str(e))
-            return []
+            return
+        self._hello_seen = True
         if hello.node_id == self.context.node_id:
             self.fail("connected to itself (same node id); check the endpoint")
-            return []
+            return
         self.peer_id = hello.node_id
         self.peer_name = hello.name
         self.peer_capabilities = hello.capabilities
@@ -375,53 +377,30 @@ class Link(Protocol):
                 f"HELLO window must be an integer from {MIN_WINDOW} to {MAX_WINDOW} bytes, "
                 f"not {window!r}"
             )
-            return []
-        self.flow.window = window
-        credentials = hello.extra.pop("auth", None)  # kept nowhere: it may hold a secret
-        refusal = self.context._admit(self) or self.context.guard.admit(self, credentials)
-        if isinstance(refusal, defer.Deferred):
-            self._admitting = True
-            refusal.addCallback(self._admission_decided, hello).addErrback(
-                lambda failure: self._admission_decided(
-                    f"authentication error: {failure.getErrorMessage()}", hello
-                )
-            )
-            return []
-        if refusal:
-            self.fail(refusal)
-            return []
-        self._admitted(hello)
-        return frames[1:]
-
-    def _admitted(self, hello: wire.Hello) -> None:
-        if self.outgoing and self.context.guard.expects_welcome(hello):
-            self._awaiting_welcome = True  # the listener authenticates us: wait for its word
             return
+        # What we may send before credit: the peer's window, but never more than ours.
+        self.flow.window = min(window, self.context.config.flow_window)
+        refusal = self.context._admit(self)
+        if not refusal and not self.outgoing:
+            refusal = self.context.guard.check_capacity(self)
+        self._outcome(refusal or self._auth.on_hello(hello))
+
+    def _outcome(self, outcome: Any) -> None:
+        """What the authentication exchange said about the last handshake frame."""
+        if outcome is None:
+            return  # wait for the peer's next word
+        if isinstance(outcome, str):
+            self.fail(outcome)
+            return
+        self.context.guard.admitted(self, outcome)
         self._complete()
 
-    def _admission_decided(self, refusal: str | None, hello: wire.Hello) -> None:
-        """The guard's verdict on credentials it checked off the reactor thread."""
-        self._admitting = False
-        held, self._held = self._held, []
-        if self._closing or self.status is CLOSED:
-            return  # the peer went away meanwhile
-        if refusal:
-            self.fail(refusal)
-            return
-        self._admitted(hello)
-        # Whatever followed the HELLO: what the decoder kept, then what was held.
-        self.bytes_in -= sum(map(len, held))  # counted when held
-        self.dataReceived(b"".join(held))
-
-    def _welcome(self, frame: wire.Frame) -> None:
-        """The listener's answer to our credentials (an ERROR is handled before)."""
-        user = self.context.guard.welcome_user(frame)
-        if user is None:
-            self.fail("expected the peer's welcome after the HELLO (or an ERROR frame)")
-            return
-        self._awaiting_welcome = False
-        self.authenticated_as = user
-        self._complete()
+    def write_handshake(self, data: bytes) -> None:
+        """Send a frame of the authentication exchange (before the link is up)."""
+        if not self._closing:
+            self.frames_out += 1
+            self.bytes_out += len(data)
+            self.transport.write(data)
 
     def _complete(self) -> None:
         if self._timeout_call is not None and self._timeout_call.active():

@@ -6,17 +6,19 @@ What it means at run time is :mod:`yotonnet.guard`'s job; TLS endpoints are
 :mod:`yotonnet.tls`'s, checkers :mod:`yotonnet.auth`'s, rules
 :mod:`yotonnet.authz`'s.
 
-Closed by default: a context whose Security configures no authentication
-accepts incoming links only from loopback addresses, unix sockets and
-in-process transports, and logs that when it listens. ``allow_anonymous``
-opens it to any address (for a private network you trust; it is logged as a
-warning).
+Closed by default, loopback included: every listener admits peers that
+prove this OS user's local secret (:mod:`yotonnet.localsecret`: the user's
+own processes, found with no configuration) and those that log in with a
+configured token, password or TLS client certificate; nobody else.
+``allow_anonymous`` is the explicit, loudly logged opt-out: peers that prove
+nothing are admitted too (as clients, or as nodes in an anonymous mesh, one
+whose nodes configure no logins at all).
 
 The ``[security]`` table::
 
     [security]
     tokens = "tokens.txt"        # USER TOKEN lines: peers may log in with a token
-    passwords = "passwords.txt"  # USER:scrypt$... lines (`yotonnet passwd USER`)
+    passwords = "passwords.txt"  # USER:scram-scrypt$... lines (`yotonnet passwd USER`)
     cert_auth = true             # a TLS client certificate's common name is its user
     tls_ca = "certs/ca.pem"      # tls: endpoints: CA, certificate and key
     tls_cert = "certs/a.pem"
@@ -26,6 +28,7 @@ The ``[security]`` table::
     token_file = "my.token"      # credentials this node dials with
     user = "a"                   # with password_file, or alone on a TLS link
     password_file = "my.password"
+    secret_file = "/run/yotonnet/secret"  # the local secret's file, if not the default
     max_links = 1024
     max_channels_per_link = 1000
     max_pending_per_link = 1000
@@ -42,7 +45,7 @@ The ``[security]`` table::
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from .authz import OPERATIONS, Policy, Rule
 from .tls import TLSFiles
@@ -52,6 +55,14 @@ __all__ = ["Security", "SecurityError", "parse_table", "OPERATIONS"]
 
 class SecurityError(ValueError):
     """A security setting is wrong; the message names it."""
+
+
+class DialCredentials(NamedTuple):
+    """What a context proves when it dials: a token, or a user and password (or neither)."""
+
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
 
 
 @dataclass
@@ -75,6 +86,8 @@ class Security:
     user: str | None = None
     password: str | None = None
     password_file: str | None = None
+    #: the local secret's file (default: see yotonnet.localsecret.secret_path)
+    secret_file: str | None = None
     # --- limits
     max_links: int = 1024
     max_channels_per_link: int = 1000
@@ -86,25 +99,40 @@ class Security:
         )
 
     @property
-    def authenticates(self) -> bool:
-        """Whether incoming peers must prove who they are."""
+    def checks_logins(self) -> bool:
+        """Whether listeners take configured logins (tokens, passwords, certificates)."""
         return bool(self.tokens or self.passwords or (self.cert_auth and self.tls_ca))
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether every peer must prove who it is (no anonymous peers)."""
+        return not self.allow_anonymous
+
+    @property
+    def anonymous_mesh(self) -> bool:
+        """Anonymous peers are nodes here: anonymous peers are allowed and this node
+        neither checks logins nor logs in anywhere itself."""
+        return self.allow_anonymous and not self.checks_logins and not self.has_credentials
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.token or self.token_file or self.user)
 
     def policy(self) -> Policy:
         return Policy(self.permissions)
 
-    def hello_credentials(self) -> dict[str, str] | None:
-        """What this context sends in its HELLO when it dials (None: nothing)."""
+    def dial_credentials(self) -> DialCredentials:
+        """The credentials this context proves when it dials (read from their files)."""
         token = self.token or (_read_secret(self.token_file, "token") if self.token_file else None)
         if token:
-            return {"token": token}
+            return DialCredentials(token=token)
         if self.user:
             password = self.password or (
                 _read_secret(self.password_file, "password") if self.password_file else None
             )
             if password is not None:
-                return {"user": self.user, "password": password}
-        return None
+                return DialCredentials(user=self.user, password=password)
+        return DialCredentials()
 
 
 def _read_secret(path: str, what: str) -> str:
@@ -120,7 +148,7 @@ def _read_secret(path: str, what: str) -> str:
 
 _STRINGS = {
     "tokens", "passwords", "tls_ca", "tls_cert", "tls_key", "token_file", "user",
-    "password_file",
+    "password_file", "secret_file",
 }
 _BOOLS = {"cert_auth", "allow_anonymous"}
 _INTS = {"max_links", "max_channels_per_link", "max_pending_per_link"}

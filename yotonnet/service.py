@@ -97,7 +97,7 @@ class NodeControl(RepChannel):
         """
         validate_channel_name(channel)
         # The node writes for the caller: the caller's own permission decides.
-        denial = self.context.guard.check_caller(self.context._caller, "set-state", channel)
+        denial = self.context.guard.check_caller(self.context.current_caller, "set-state", channel)
         if denial:
             raise errors.PermissionDenied(denial)
         holder = self.held_states.get(channel)

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 from .errors import ProtocolError
 
 PROTOCOL_NAME = "yotonnet"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"YOTONNET"
 PREAMBLE = struct.Struct("<8sHH")
 PREAMBLE_SIZE = PREAMBLE.size

@@ -44,11 +44,13 @@ from zope.interface import implementer
 from .. import errors
 from ..channels import PubChannel, RepChannel, ReqChannel, StateChannel
 from ..context import Context
+from ..identity import caller as authenticated_caller
+from ..identity import caller_node as current_caller_node
 from ..messages import OBJECT
 from ..names import channel_id
 from ..routing import REP
 from . import protocol as p
-from .roles import Caller, RolePolicy, check, default_roles, default_user
+from .roles import Caller, RolePolicy, check, default_roles, default_user, unverified
 
 log = Logger(namespace="yotonnet.kernel")
 
@@ -242,7 +244,6 @@ class KernelBroker:
         self._clients: dict[str, dict[str, Any]] = {}
         self._input_channels: dict[str, ReqChannel] = {}
         self._last_status: dict | None = None
-        self._authenticating = False
         #: fires once a shutdown was asked for and the kernel has ended
         self.stopped: defer.Deferred[None] = defer.Deferred()
         self._heartbeat_check = LoopingCall(self._check_heartbeat)
@@ -678,20 +679,17 @@ class KernelBroker:
             raise errors.PermissionDenied(str(e)) from None
         # Read before any await (see yotonnet.identity.caller): the node the request came
         # from, and the user the mesh authenticated it as.
-        source = getattr(self.context, "_caller", 0) or caller.node
+        source = current_caller_node(self.control) or caller.node
         proven = self._authenticated_user()
-        if proven is not None:
-            # The mesh's word beats the client's claim.
+        if source == self.context.node_id:
+            # This process itself (the owner's): its claim is its own business.
+            caller = Caller(caller.user, caller.client, verified=True, node=source)
+        elif proven is not None:
+            # The mesh's word, whatever the client claims.
             caller = Caller(proven, caller.client, verified=True, node=source)
-        elif source != self.context.node_id and self._mesh_authenticates():
-            # Fail closed: in a mesh that checks logins, a claim alone names nobody.
-            raise errors.PermissionDenied(
-                f"this kernel's mesh authenticates users, but the node {source:016x} that "
-                f"called (claiming to be {caller.user!r}) never logged in; link to a node "
-                "that checks your login (--token-file, --login with --password-file, or a "
-                "TLS client certificate)")
-        elif source != caller.node:
-            caller = Caller(caller.user, caller.client, node=source)
+        else:
+            # Nobody vouches for that node (an anonymous peer): a claim names nobody.
+            caller = Caller(unverified(caller.user), caller.client, node=source)
         known = self._clients.get(caller.client)
         if known is not None and (known["user"], known["node"]) != (caller.user, caller.node):
             # A client id is its attachment's: nobody else detaches it or runs code as it.
@@ -700,30 +698,9 @@ class KernelBroker:
                 "use a client id of your own (KernelClient makes a random one)")
         return caller, check(self.role_of, caller, operation)
 
-    def _mesh_authenticates(self) -> bool:
-        """Whether this broker's mesh checks logins: it does itself, or a node logged it
-        in, or identities were bound anywhere. Sticky: a link going down changes nothing."""
-        if not self._authenticating:
-            guard = getattr(self.context, "guard", None)
-            security = getattr(guard, "security", None)
-            self._authenticating = bool(
-                (security is not None and security.authenticates)
-                or getattr(guard, "idents", None)
-                or any(getattr(link, "authenticated_as", None)
-                       for link in list(self.context.links.values()))
-            )
-        return self._authenticating
-
     def _authenticated_user(self) -> str | None:
         """The user the security layer authenticated the current request's node as."""
-        try:
-            from ..identity import caller as authenticated_caller
-        except ImportError:  # a yotonnet without the security work
-            return None
-        try:
-            return authenticated_caller(self.control)
-        except AttributeError:
-            return None
+        return authenticated_caller(self.control)
 
     def _op_attach(self, who: Any) -> dict[str, Any]:
         caller, role = self._caller(who, "attach")

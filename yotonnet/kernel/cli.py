@@ -32,7 +32,7 @@ from twisted.internet import defer, task
 
 from ..config import DEFAULT_CONNECT
 from . import protocol as p
-from .roles import ROLES, default_roles, default_user, table_roles
+from .roles import ROLES, VIEWER, default_roles, default_user, table_roles
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -61,7 +61,8 @@ def add_kernel_parsers(
     k.add_argument("--role", action="append", metavar="USER=ROLE", default=[],
                    help=f"give USER a role ({', '.join(ROLES)}); repeatable")
     k.add_argument("--default-role", choices=ROLES, default=None,
-                   help="role of users not named by --role (default collaborator)")
+                   help="role of users not named by --role (default viewer: only the "
+                   "owner and users given a role may run code)")
     k.add_argument("--python", metavar="EXE", default=sys.executable,
                    help="interpreter of the kernel (default: this one)")
     k.add_argument("--cwd", metavar="DIR", help="working directory of the kernel")
@@ -77,8 +78,9 @@ def add_kernel_parsers(
             "Attach to kernel NAME: type Python at the prompt; see everyone's output.\n"
             "Ctrl-C interrupts the running code, Ctrl-D leaves, %help lists commands.")
     c.add_argument("kernel_name", metavar="NAME", help="kernel name")
-    c.add_argument("--user", metavar="USER", help="who you say you are (default: your login, else "
-                   f"{default_user()}); where the mesh authenticates, your login wins")
+    c.add_argument("--user", metavar="USER", help="a name to show when the mesh cannot vouch "
+                   "for you (then it is marked unverified and grants nothing); otherwise your "
+                   f"login is your name (your OS user, {default_user()}, on this host)")
     c.add_argument("--history", type=int, default=None, metavar="N",
                    help="past output messages to show on attach (default 1000; 0 with -c)")
     c.add_argument("-c", dest="code", metavar="CODE",
@@ -146,7 +148,7 @@ async def _kernel_main(reactor: Any, args: argparse.Namespace, settings: Any,
     name = args.kernel_name
     owner = args.owner or default_user()
     if roles or args.default_role:
-        role_of = table_roles(owner, roles, args.default_role or "collaborator")
+        role_of = table_roles(owner, roles, args.default_role or VIEWER)
     else:
         role_of = default_roles(owner)
     ctx = Context(args.node_name or f"kernel-{name}", reactor,

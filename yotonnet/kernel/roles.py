@@ -1,20 +1,18 @@
 """Who may do what on a shared kernel: roles as a pluggable function of the caller.
 
-A :class:`Caller` is who a request says it comes from. Where the mesh
-authenticates (tokens, passwords, client certificates: :mod:`yotonnet.guard`),
-the broker replaces the claimed user with the login of the calling node
-(``verified`` True) and refuses callers from nodes that never logged in; in
-a mesh without authentication the name is only *claimed*: roles then keep
-honest users from stepping on each other, they do not stop a hostile peer.
-The broker's ``role_of`` argument is any ``Callable[[Caller], str]``
-returning ``"owner"``, ``"collaborator"`` or ``"viewer"`` (e.g.
-:func:`table_roles`); every operation goes through :func:`check`.
+A :class:`Caller` is who a request comes from. The broker takes the user
+from the mesh's authentication of the calling node (the local secret of an
+OS user, a token, a password or a client certificate: :mod:`yotonnet.guard`),
+never from what the client claims: a claim from a node nobody vouches for
+(an anonymous peer) becomes ``NAME (unverified)``, which no rule names, so
+it gets the default role. The broker's ``role_of`` argument is any
+``Callable[[Caller], str]`` returning ``"owner"``, ``"collaborator"`` or
+``"viewer"`` (e.g. :func:`table_roles`); every operation goes through
+:func:`check`. With no rules only the owner may run code.
 """
 
 from __future__ import annotations
 
-import getpass
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -71,21 +69,28 @@ class Caller:
 RolePolicy = Callable[[Caller], str]
 
 
+UNVERIFIED = " (unverified)"
+
+
 def default_user() -> str:
-    """``user@host`` of this process (what a console calls itself unless told)."""
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name in this environment
-        user = "user"
-    return f"{user}@{socket.gethostname()}"
+    """This process's OS user: who the mesh knows this user's own processes as (they
+    prove the user's local secret), so the default owner of a kernel."""
+    from ..auth import os_user
+
+    return os_user()
+
+
+def unverified(claim: str) -> str:
+    """The name a claim nobody vouched for is shown by (no rule can name it)."""
+    return claim if claim.endswith(UNVERIFIED) else claim + UNVERIFIED
 
 
 def default_roles(owner: str) -> RolePolicy:
     """The default policy: ``owner`` (the kernel's starter) is owner, anyone else a
-    collaborator."""
+    viewer: with no rules, only the owner runs code."""
 
     def role_of(caller: Caller) -> str:
-        return OWNER if caller.user == owner else COLLABORATOR
+        return OWNER if caller.user == owner and caller.verified else VIEWER
 
     return role_of
 
@@ -99,9 +104,9 @@ def table_roles(owner: str, roles: dict[str, str], default: str = VIEWER) -> Rol
         raise ValueError(f"default role must be one of {ROLES}, not {default!r}")
 
     def role_of(caller: Caller) -> str:
-        if caller.user == owner:
+        if caller.user == owner and caller.verified:
             return OWNER
-        return roles.get(caller.user, default)
+        return roles.get(caller.user, default) if caller.verified else default
 
     return role_of
 

@@ -229,9 +229,10 @@ class YotonLink(Link):
         self.peer_name = f"yoton-{pid}-{yoton_id & 0xFFFF:04x}"
         ctx = self.context
         guard = getattr(ctx, "guard", None)
-        # Yoton has no credentials: where this node requires them, only links it dialled
-        # (trusted: we chose the endpoint) or, without authentication, local ones pass.
-        refusal = ctx._admit(self) or (guard.admit(self, None) if guard is not None else None)
+        # Yoton has no credentials: only links we dialled, or peers of our own OS user.
+        refusal = ctx._admit(self) or (
+            guard.admit_unauthenticated(self) if guard is not None else None
+        )
         if refusal:
             if not self.outgoing:
                 # Instead of our line: the Yoton client reports a failed handshake.
