@@ -156,6 +156,18 @@ class ConfigFileTests(SynchronousTestCase):
             config.resolve(None, timeout=0)
         self.assertIn("--timeout must be > 0", str(caught.exception))
 
+    def test_node_names_peers_would_refuse(self) -> None:
+        # A HELLO with such a name is refused, so the node would start and link to nobody.
+        message = self.error('[node]\nname = "a\\u001b[2J"\n')
+        self.assertIn("node.name: node name a\\x1b[2J has non-printable characters", message)
+        self.assertIn("at most 100 printable characters", message)
+        self.assertIn("node.name: node name is 101 characters long",
+                      self.error(f'[node]\nname = "{"n" * 101}"\n'))
+        with self.assertRaises(ConfigError) as caught:
+            config.resolve(None, name="b\nfake line")
+        self.assertIn("--name: node name b\\nfake line has non-printable", str(caught.exception))
+        self.assertEqual(config.resolve(None, name="node b (é)").node.name, "node b (é)")
+
     def test_not_toml(self) -> None:
         self.assertIn("not valid TOML", self.error("[node\nname = 'a'\n"))
 

@@ -39,6 +39,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from . import tls
 from .context import ContextConfig
 from .costs import split_cost
+from .names import check_peer_name
 from .security import Security, SecurityError
 from .security import merge as merge_security
 from .security import parse_table as parse_security
@@ -228,7 +229,9 @@ def resolve(
             value = _check_value(_NODE_KEYS[key], flag, value, cli)
             setattr(settings.node, key, value)
             # Checked here too, so the error names the flag rather than the table key.
-            if key in ("listen", "status"):
+            if key == "name":
+                check_node_name(value, flag, cli)
+            elif key in ("listen", "status"):
                 for endpoint in [value] if isinstance(value, str) else value:
                     check_server_endpoint(endpoint, flag, cli)
             elif key == "peers":
@@ -253,6 +256,8 @@ def validate(settings: Settings) -> None:
     """Check values a type check cannot: endpoint syntax, ranges, a listen endpoint."""
     where = settings.source
     node = settings.node
+    if node.name is not None:
+        check_node_name(node.name, "node.name", where)
     if not node.listen:
         raise ConfigError(f"{where}: node.listen is empty; a node needs at least one endpoint")
     for endpoint in node.listen:
@@ -276,6 +281,17 @@ def validate(settings: Settings) -> None:
                 f"{where}: context.{key} = {value!r} is out of range ({bound} {low:g}"
                 + (f", <= {high:g})" if high != math.inf else ")")
             )
+
+
+def check_node_name(name: str, key: str, where: str) -> None:
+    """A node name its peers accept (they refuse the HELLO of any other), else ConfigError."""
+    try:
+        check_peer_name(name)
+    except ValueError as e:
+        raise ConfigError(
+            f"{where}: {key}: {e}; peers refuse such a name, so use at most 100 printable "
+            "characters"
+        ) from None
 
 
 def _without_cost(endpoint: str, key: str, where: str) -> str:
