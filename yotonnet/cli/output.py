@@ -2,6 +2,15 @@
 
 Data goes to stdout; progress (only when stderr is a terminal) and remarks go
 to stderr.
+
+Values and texts come from other nodes, so what is printed is made safe for a
+terminal without losing anything a program reading the output needs:
+
+* JSON output escapes every non-printable character as ``\\uXXXX`` (JSON already
+  does so for C0 controls; this covers C1 controls, bidi overrides, line
+  separators), which a JSON reader decodes back to the same value;
+* notes on stderr escape control characters (:func:`note`), and peer text
+  inside them goes through :func:`peer_text`, so that it cannot start a line.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import time
 from typing import Any
 
 from ..messages import OBJECT, MessageType
+from ..names import printable
 
 
 def to_json(value: Any) -> Any:
@@ -30,8 +40,41 @@ def to_json(value: Any) -> Any:
     return value
 
 
+class _JSONEscapes(dict):
+    """A ``str.translate`` table, filled as characters are met: printable ones (and the
+    newlines of indented output) stay, others become JSON ``\\u`` escapes."""
+
+    def __missing__(self, code: int) -> str | int:
+        char = chr(code)
+        if char.isprintable() or char == "\n":
+            out: str | int = code
+        elif code > 0xFFFF:  # a surrogate pair, as JSON spells characters beyond the BMP
+            code -= 0x10000
+            out = f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+        else:
+            out = f"\\u{code:04x}"
+        self[code] = out
+        return out
+
+
+_JSON_ESCAPES = _JSONEscapes()
+
+
+def terminal_safe_json(text: str) -> str:
+    """JSON text with every non-printable character (they can only be inside strings)
+    escaped: the same JSON value, and nothing a terminal would act on."""
+    return text if text.isprintable() else text.translate(_JSON_ESCAPES)
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(to_json(value), ensure_ascii=False)
+    """One line of JSON for an OBJECT value (see :func:`to_json`), safe for a terminal."""
+    return terminal_safe_json(json.dumps(to_json(value), ensure_ascii=False))
+
+
+def peer_text(value: Any, limit: int = 2000) -> str:
+    """Text from another node (a name, a reason, an error message) for a note on a
+    terminal: control characters escaped, so it cannot fake or clear lines."""
+    return printable(value, limit)
 
 
 def _render(value: Any, mtype: MessageType, as_json: bool) -> bytes:
@@ -77,7 +120,12 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
-def _note(text: str) -> None:
-    """A remark on stderr (never on stdout, which carries the data)."""
+def note(text: str) -> None:
+    """A remark on stderr (never on stdout, which carries the data).
+
+    Its own line breaks stay; any other control character is escaped, in case peer
+    text got into ``text`` without :func:`peer_text`."""
+    if not text.isprintable():
+        text = "\n".join(printable(line, len(line) * 10 + 1) for line in text.split("\n"))
     sys.stderr.write(text + "\n")
     sys.stderr.flush()

@@ -18,7 +18,7 @@ from twisted.internet import defer
 from ..channels import PubChannel, SubChannel
 from ..config import Settings
 from .exits import EXIT_OK, EXIT_USAGE, CliError
-from .output import Progress, _isatty, _note, _render
+from .output import Progress, _isatty, _render, note, peer_text
 from .parser import TYPES
 from .session import Session, _drained, _wait
 
@@ -79,11 +79,11 @@ async def cmd_pub(reactor: Any, args: argparse.Namespace, settings: Settings) ->
     subscribers = max(reached, pub.subscribers)
     await session.close()
     if sent and not subscribers:
-        _note(f"yotonnet pub: warning: nobody subscribes to {args.channel!r}; "
-              f"{sent} message(s) reached nobody (--wait N waits for subscribers)")
+        note(f"yotonnet pub: warning: nobody subscribes to {args.channel!r}; "
+             f"{sent} message(s) reached nobody (--wait N waits for subscribers)")
     elif progress.enabled:
-        _note(f"published {sent:,} message(s) to {args.channel} "
-              f"({subscribers} subscriber(s))")
+        note(f"published {sent:,} message(s) to {args.channel} "
+             f"({subscribers} subscriber(s))")
     return EXIT_OK
 
 
@@ -163,12 +163,12 @@ async def cmd_sub(reactor: Any, args: argparse.Namespace, settings: Settings) ->
             return  # our own leaving
         if event.peer_id == session.link.peer_id and event.status in ("closed", "up"):
             what = "lost" if event.status == "closed" else "back"
-            _note(f"yotonnet sub: link to {session.endpoint} {what}"
-                  + (f" ({event.reason}); reconnecting" if event.reason else ""))
+            note(f"yotonnet sub: link to {session.endpoint} {what}"
+                 + (f" ({peer_text(event.reason)}); reconnecting" if event.reason else ""))
 
     session.ctx.watch_links(link_event)
     if _isatty(sys.stderr):
-        _note(f"subscribed to {args.channel} via {session.endpoint}; Ctrl-C to stop")
+        note(f"subscribed to {args.channel} via {session.endpoint}; Ctrl-C to stop")
     sub.subscribe(got)
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: defer.ensureDeferred(session.close())
