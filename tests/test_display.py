@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -57,7 +58,7 @@ def hostile_report() -> dict:
             "name": EVIL_NAME, "id": "00000000000000bb\x1b[2J", "uptime": 3.25,
             "listening": ["tcp:127.0.0.1:7117\x07"],
             "links": [{"peer_name": EVIL_NAME, "peer": "00000000000000cc", "status": "up\x1b[K",
-                       "direction": "in\r", "frames_in": 12, "frames_out": "x\x9b2J",
+                       "direction": "in\r", "frames_in": 10**5000, "frames_out": "x\x9b2J",
                        "bytes_in": 2048, "bytes_out": "\x1b[31mred"}],
             "routes": [{"dest": "00000000000000cc", "dest_name": EVIL_NAME,
                         "next_hop": "00000000000000cc", "next_hop_name": "hop\u202eevil",
@@ -83,6 +84,8 @@ class StatusTextTests(SynchronousTestCase):
         self.assertIn("evil\\x1b]52;c;aGk=\\x07\\x1b[2J\\nall links healthy", lines[0])
         self.assertIn("hop\\u202eevil", text)
         self.assertIn("this command", lines[-1])
+        # An int too long for decimal shows in hex instead of failing.
+        self.assertIn("frames 0x", text)
 
     def test_wrong_types_show_as_text(self) -> None:
         report = hostile_report()
@@ -112,6 +115,41 @@ class NoteTests(SynchronousTestCase):
 
 
 class JSONOutputTests(SynchronousTestCase):
+    def test_ints_beyond_4300_digits_print_in_hex(self) -> None:
+        self.assertEqual(output.MAX_DECIMAL_DIGITS, 4300)
+        widest = 10**4300 - 1
+        for value in (0, -1, 2**64, widest, -widest):
+            self.assertEqual(output.dumps(value), str(value))
+        for value in (10**4300, -(10**4300), 10**5000 + 1):
+            self.assertEqual(json.loads(output.dumps(value)), {"$bigint": hex(value)})
+            self.assertEqual(output.loads(output.dumps(value)), value)
+
+    def test_a_16_mib_int_prints_in_hex(self) -> None:
+        # The largest int a frame can carry: its decimal form would be 40 million digits.
+        value = -(1 << (8 * 16 * 2**20 - 1)) + 12345
+        line = output.dumps([value, {"k": value}])
+        self.assertEqual(output.loads(line), [value, {"k": value}])
+
+    def test_nested_ints_and_keys(self) -> None:
+        big = 10**5000
+        value = {big: [1, (big,)], 3: "x", None: b"\x00", (1, 2): True, "s": 1.5}
+        shown = json.loads(output.dumps(value))
+        self.assertEqual(shown, {
+            json.dumps({"$bigint": hex(big)}): [1, [{"$bigint": hex(big)}]], "3": "x",
+            "null": {"$base64": "AA=="}, "[1, 2]": True, "s": 1.5,
+        })
+        self.assertIs(output.to_json(True), True)  # a bool is not an int here
+
+    def test_the_interpreters_own_lower_limit_is_kept(self) -> None:
+        # PYTHONINTMAXSTRDIGITS may lower the limit; decimal must stay convertible.
+        before = sys.get_int_max_str_digits()
+        self.addCleanup(sys.set_int_max_str_digits, before)
+        sys.set_int_max_str_digits(640)
+        self.assertEqual(output.dumps(10**639), str(10**639))
+        self.assertEqual(json.loads(output.dumps(10**640)), {"$bigint": hex(10**640)})
+        sys.set_int_max_str_digits(0)  # no limit: still at most 4300 digits in decimal
+        self.assertEqual(json.loads(output.dumps(10**4300)), {"$bigint": hex(10**4300)})
+
     def test_non_printable_characters_are_json_escapes(self) -> None:
         value = ["\x1b[2J", "\x9b2J", "a\u202eb", "\u2028", "\U000e0041", "é ü", "tab\there"]
         line = output.dumps(value)
@@ -119,3 +157,15 @@ class JSONOutputTests(SynchronousTestCase):
         self.assertEqual(json.loads(line), value)  # the same value for a JSON reader
         self.assertIn("é ü", line)  # printable text stays readable
         self.assertIn("\\udb40\\udc41", line)  # beyond the BMP: a surrogate pair
+
+    def test_loads_reads_bigint_objects_and_refuses_bad_ones(self) -> None:
+        self.assertEqual(output.loads('{"$bigint": "-0x1F"}'), -31)
+        self.assertEqual(output.loads('{"$bigint": "0x1f", "other": 1}'),
+                         {"$bigint": "0x1f", "other": 1})  # not the marker: a plain dict
+        for bad in ('{"$bigint": 31}', '{"$bigint": "31"}', '{"$bigint": "0x"}',
+                    '{"$bigint": "0xZZ"}', '{"$bigint": "--0x1"}'):
+            e = self.assertRaises(ValueError, output.loads, bad)
+            self.assertIn('must hold a hex string such as "0x1f"', str(e))
+        e = self.assertRaises(ValueError, output.loads, "1" * 4301)
+        self.assertIn("an int of 4301 decimal digits", str(e))
+        self.assertEqual(output.loads("-" + "9" * 4300), -(10**4300 - 1))

@@ -16,7 +16,7 @@ from ..channels import ReqChannel
 from ..config import Settings
 from ..service import control_channel_name
 from .exits import EXIT_OK, CliError
-from .output import peer_text
+from .output import peer_text, to_json
 from .session import Session
 from .status_text import format_status
 
@@ -58,8 +58,9 @@ async def cmd_status(reactor: Any, args: argparse.Namespace, settings: Settings)
         "mesh": mesh,
     }
     if args.json:
-        # ensure_ascii (the default) escapes every character a terminal could act on.
-        sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        # to_json: the reply is another node's data (its keys sortable, its ints printable);
+        # ensure_ascii escapes every character a terminal could act on.
+        sys.stdout.write(json.dumps(to_json(report), indent=2, sort_keys=True) + "\n")
         return EXIT_OK
     try:
         text = format_status(report)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..names import printable
+from .output import int_to_json
 
 #: longest value shown (a channel name is at most 200 characters, escapes make it longer)
 _LIMIT = 400
@@ -25,6 +26,8 @@ def _n(value: Any, spec: str = "") -> str:
     """A number formatted with ``spec``; anything else (a bad reply) shown as escaped text."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return _t(value)
+    if isinstance(value, int) and isinstance(int_to_json(value), dict):
+        return _t(hex(value))  # too long for decimal (see yotonnet.cli.output)
     return format(value, spec)
 
 
