@@ -15,12 +15,15 @@ import io
 import json
 import sys
 
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from yotonnet import ContextConfig, LinkEvent
 from yotonnet.cli import output
+from yotonnet.cli.client_logs import client_log_line
 from yotonnet.cli.output import note, peer_text
 from yotonnet.cli.status_text import format_status
+from yotonnet.logs import make_observer, visible
 from yotonnet.testing import MemoryMesh
 
 FAST = ContextConfig(heartbeat=1.0, busy_timeout=3.0, handshake_timeout=5.0)
@@ -169,3 +172,42 @@ class JSONOutputTests(SynchronousTestCase):
         e = self.assertRaises(ValueError, output.loads, "1" * 4301)
         self.assertIn("an int of 4301 decimal digits", str(e))
         self.assertEqual(output.loads("-" + "9" * 4300), -(10**4300 - 1))
+
+
+class LogLineTests(SynchronousTestCase):
+    """Whatever reaches a log field, the lines written hold no control character."""
+
+    def log_to(self, observer: object) -> Logger:
+        return Logger(namespace="yotonnet.test", observer=observer)
+
+    def test_text_lines(self) -> None:
+        out = io.StringIO()
+        self.log_to(make_observer("text", out)).warn(
+            "link to {peer} closed: {why}", peer=EVIL_NAME, why="bye\r2026-01-01 [-] fine")
+        text = out.getvalue()
+        self.assertEqual(text.count("\n"), 2, text)  # the name's newline: an indented line
+        for line in text.splitlines():
+            self.assertTrue(line.replace("\t", " ").isprintable(), repr(line))
+        self.assertIn("evil\\x1b]52;c;aGk=\\x07\\x1b[2J\n\tall links healthy", text)
+        self.assertIn("bye\\r2026-01-01", text)
+
+    def test_json_lines_keep_the_field_and_escape_log_text(self) -> None:
+        out = io.StringIO()
+        self.log_to(make_observer("json", out)).info("hello from {peer}", peer=EVIL_NAME)
+        event = json.loads(out.getvalue())
+        self.assertEqual(event["peer"], EVIL_NAME)  # the data, JSON-escaped on the line
+        self.assertTrue(event["log_text"].replace("\n", " ").isprintable(), event["log_text"])
+        self.assertTrue(out.getvalue().rstrip("\n").isprintable())
+
+    def test_client_lines(self) -> None:
+        lines: list[str | None] = []
+        self.log_to(lambda event: lines.append(client_log_line(event))).warn(
+            "link to {peer} lost", peer=EVIL_NAME)
+        (line,) = lines
+        self.assertTrue(line.startswith("yotonnet: link to evil\\x1b]52"), line)
+        self.assertEqual(line.count("\n"), 2)
+        self.assertIn("\n\tall links healthy lost\n", line)
+
+    def test_printable_text_is_unchanged(self) -> None:
+        self.assertEqual(visible("plain é text\n\tnext"), "plain é text\n\tnext")
+        self.assertEqual(visible("\x1b[2J\x9b\u202e"), "\\x1b[2J\\x9b\\u202e")

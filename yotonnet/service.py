@@ -27,7 +27,7 @@ from . import errors
 from .channels import RepChannel, StateChannel
 from .config import DEFAULT_CONNECT, DEFAULT_LISTEN, Settings
 from .context import Context, ContextConfig
-from .names import channel_id, validate_channel_name
+from .names import channel_id, printable, validate_channel_name
 from .security import Security
 
 __all__ = [
@@ -172,7 +172,8 @@ class NodeService(Service):
         for endpoint in self.peers:
             ctx.connect(endpoint).addErrback(
                 lambda f, ep=endpoint: log.error(
-                    "peer {peer} refused the link: {why}", peer=ep, why=f.getErrorMessage()
+                    "peer {peer} refused the link: {why}", peer=ep,
+                    why=printable(f.getErrorMessage(), 1000),  # the peer's words
                 )
             )
         gathered = defer.gatherResults(listening, consumeErrors=True)

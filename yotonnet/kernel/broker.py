@@ -45,7 +45,7 @@ from .. import errors
 from ..channels import PubChannel, RepChannel, ReqChannel, StateChannel
 from ..context import Context
 from ..messages import OBJECT
-from ..names import channel_id
+from ..names import channel_id, printable
 from ..routing import REP
 from . import protocol as p
 from .roles import Caller, RolePolicy, check, default_roles, default_user
@@ -585,7 +585,7 @@ class KernelBroker:
         impostors = self._other_input_holders(ex.caller)
         if impostors:
             # The prompt (maybe a password's) goes to the runner's node or nowhere.
-            why = (f"the input channel of {ex.caller.user}'s client is also served by "
+            why = (f"the input channel of {printable(ex.caller.user)}'s client is also served by "
                    f"node(s) {', '.join(f'{n:016x}' for n in impostors)}; not asking anyone")
             log.warn("kernel {name}: {why}", name=self.name, why=why)
             error(Failure(errors.PermissionDenied(why)))
