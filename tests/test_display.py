@@ -5,7 +5,10 @@ in ERROR frames and replies; all of it reaches terminals (``yotonnet status``,
 the notes of every client command), log lines and the status page. These
 tests check that a HELLO with a terminal escape never makes a link, and that
 the text forms escape control characters in whatever they are given: a
-clipboard write (OSC 52), a screen clear, a newline that fakes a line.
+clipboard write (OSC 52), a screen clear, a newline that fakes a line. The
+JSON the client commands print is terminal-safe and reads back as the same
+value, ints of any size included (in hex beyond 4300 digits); log lines in
+every format hold no control character.
 """
 
 from __future__ import annotations
