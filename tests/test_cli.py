@@ -589,11 +589,16 @@ class ParserTests(SynchronousTestCase):
         from yotonnet.tap import Options
 
         argv = ["--name", "n", "--listen", "tcp:1", "--listen", "unix:/tmp/n.sock",
-                "--peer", "tcp:h:1", "--status", "tcp:8080"]
+                "--peer", "tcp:h:1", "--status", "tcp:8080", "--status-host", "A.example",
+                "--status-host", "10.0.0.5", "--status-token"]
         _, from_cli = cli.parse(["node", *argv])
         options = Options()
         options.parseOptions(argv)
         self.assertEqual(from_cli.node, options["settings"].node)
+        self.assertEqual(from_cli.node.status_hosts, ["a.example", "10.0.0.5"])
+        self.assertIs(from_cli.node.status_token, True)
+        _, plain = cli.parse(["node"])  # absent flags leave the defaults (or the file's)
+        self.assertEqual((plain.node.status_hosts, plain.node.status_token), ([], False))
 
     def test_to_json(self) -> None:
         value = {"b": b"\x00\xff", "t": (1, [2, (3,)]), 4: None}

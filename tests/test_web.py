@@ -14,7 +14,8 @@ refused while the site's own names are served, in one test over HTTP and
 for every kind of listening address in :class:`AccessTests`; with a secret,
 a missing or wrong token is refused, the right one served (query or Bearer
 header), the access log never shows it, and the live page opened with
-``?token=`` works in Chromium.
+``?token=`` works in Chromium. The node service builds all this from its
+settings and this user's local secret file.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from test_status import parse_prometheus, sample
 from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.protocol import ProcessProtocol, Protocol
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
@@ -38,7 +39,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from yotonnet import ContextConfig, PubChannel, SubChannel
+from yotonnet import ContextConfig, PubChannel, SubChannel, config
+from yotonnet.service import ListenError, make_service
 from yotonnet.testing import MemoryMesh
 from yotonnet.web import PAGE_JS, StatusAccess, status_site
 
@@ -364,6 +366,74 @@ class TokenTests(WebTestCase):
         self.assertGreaterEqual(len(requests), 15, logged)
         self.assertIn("/status?token=<hidden>", "\n".join(requests))
         self.assertFalse([line for line in logged if secret in line])
+
+
+class ServiceTests(WebTestCase):
+    """The node service wires the settings: names, the token from this user's secret file."""
+
+    def use_secret_file(self, mode: int) -> str:
+        directory = tempfile.mkdtemp(prefix="yotonnet-web-")  # not trial's mktemp: under
+        self.addCleanup(shutil.rmtree, directory, True)      # pytest it litters the cwd
+        os.chmod(directory, mode)
+        before = os.environ.get("YOTONNET_SECRET_FILE")
+        os.environ["YOTONNET_SECRET_FILE"] = path = os.path.join(directory, "secret")
+
+        def restore() -> None:
+            if before is None:
+                del os.environ["YOTONNET_SECRET_FILE"]
+            else:
+                os.environ["YOTONNET_SECRET_FILE"] = before
+
+        self.addCleanup(restore)
+        return path
+
+    async def start_node(self, **status: Any) -> Any:
+        settings = config.resolve(None, name="webnode", listen=["tcp:0:interface=127.0.0.1"],
+                                  status="tcp:0:interface=127.0.0.1", **status)
+        top = make_service(settings, reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        await top.when_ready()
+        return top
+
+    def test_the_status_page_needs_the_secret_of_this_user(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._secret())
+
+    async def _secret(self) -> None:
+        path = self.use_secret_file(0o700)
+        logged: list[str] = []
+        observer = lambda event: logged.append(formatEvent(event) or "")  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        top = await self.start_node(status_hosts=["node.example"], status_token=True)
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+        port = top.web.port.getHost().port
+        base = f"http://127.0.0.1:{port}"
+        self.assertIn(f"made a new local secret in {path}", logged)
+        url = [line for line in logged if line.startswith("status page on ")]
+        self.assertEqual(url, [f"status page on http://127.0.0.1:{port}/?token=SECRET where "
+                               f"SECRET is the content of {path} (every request needs it, as "
+                               "?token= or as a Bearer token in an Authorization header)"])
+        response, body = await self.get(base + "/status")
+        self.assertEqual(response.code, 401)
+        self.assertIn(f"cat {path}".encode(), body)
+        response, body = await self.get(base + "/status?token=" + secret.decode(),
+                                        headers={b"host": b"node.example:8080"})
+        self.assertEqual((response.code, json.loads(body)["name"]), (200, "webnode"))
+        response, _ = await self.get(base + "/status?token=" + secret.decode(),
+                                     headers={b"host": b"other.example"})
+        self.assertEqual(response.code, 403)
+
+    def test_a_secret_file_others_could_read_stops_the_node(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._unsafe_secret())
+
+    async def _unsafe_secret(self) -> None:
+        self.use_secret_file(0o755)
+        with self.assertRaises(ListenError) as caught:
+            await self.start_node(status_token=True)
+        self.assertIn("cannot serve the status page with --status-token", str(caught.exception))
+        self.assertIn("chmod 700", str(caught.exception))
 
 
 class _Body(Protocol):

@@ -75,7 +75,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         if args.command == "node":
             return resolve(
                 args.config, name=args.name, listen=args.listen, peers=args.peer,
-                status=args.status, log_format=args.log_format, security=security_flags(args),
+                status=args.status, status_hosts=args.status_host,
+                status_token=args.status_token, log_format=args.log_format,
+                security=security_flags(args),
             )
         if args.command == "kernel":  # a client, and a node too when it listens or dials
             return resolve(
