@@ -43,7 +43,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from . import tls
 from .context import ContextConfig
 from .costs import split_cost
-from .names import check_peer_name
+from .names import MAX_NODE_NAME, check_peer_name
 from .security import Security, SecurityError
 from .security import merge as merge_security
 from .security import parse_table as parse_security
@@ -310,8 +310,8 @@ def check_node_name(name: str, key: str, where: str) -> None:
         check_peer_name(name)
     except ValueError as e:
         raise ConfigError(
-            f"{where}: {key}: {e}; peers refuse such a name, so use at most 100 printable "
-            "characters"
+            f"{where}: {key}: {e}; peers refuse such a name, so use at most {MAX_NODE_NAME} "
+            "printable characters"
         ) from None
 
 

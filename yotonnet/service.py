@@ -15,7 +15,7 @@ use it to keep a state value alive after the short-lived client has left.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
@@ -29,6 +29,9 @@ from .config import DEFAULT_CONNECT, DEFAULT_LISTEN, Settings
 from .context import Context, ContextConfig
 from .names import channel_id, printable, validate_channel_name
 from .security import Security
+
+if TYPE_CHECKING:
+    from .web import StatusAccess
 
 __all__ = [
     "DEFAULT_CONNECT",
@@ -219,7 +222,7 @@ class StatusWebService(Service):
         self.port: Any = None
         self.ready: defer.Deferred[None] = defer.Deferred()
 
-    def _access(self) -> Any:
+    def _access(self) -> StatusAccess:
         from .localsecret import LocalSecretError, ensure_secret
         from .web import StatusAccess
 

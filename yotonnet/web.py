@@ -125,7 +125,7 @@ class StatusAccess:
         if found:
             host = found.group(1) or found.group(2)
             ip = _ip(host)
-            if ip is not None and (any_ip or ip in ips) or ip is None and host in names:
+            if (ip is not None and (any_ip or ip in ips)) or (ip is None and host in names):
                 return None
         accepted = ["any IP address"] if any_ip else sorted(str(ip) for ip in ips)
         accepted = list(dict.fromkeys(accepted + names))
