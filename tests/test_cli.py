@@ -288,6 +288,45 @@ class NodeTests(CliTestCase):
 
         return defer.ensureDeferred(run())
 
+    def test_sub_prints_ints_of_any_size_and_reaches_count(self) -> defer.Deferred:
+        # 5,000 digits: more than Python converts to decimal by default (4,300); 1 MiB:
+        # 2.5 million digits, whose decimal conversion is quadratic. Hex is linear.
+        five_thousand = 10**4999 + 12345
+        widest_decimal = -(10**4300 - 1)
+        mebibyte = (1 << (8 * 2**20)) - 3
+
+        async def run() -> None:
+            sub = run_cli("sub", "bigints", "--type", "object", "--count", "4",
+                          "--connect", self.node["unix"])
+            lines = [json.dumps({"$bigint": hex(five_thousand)}), str(widest_decimal),
+                     json.dumps({"$bigint": hex(mebibyte)}), "[7, {\"k\": -1}]"]
+            pub = await run_cli("pub", "bigints", "--type", "object", "--wait", "1",
+                                "--connect", self.node["tcp"],
+                                stdin="\n".join(lines).encode() + b"\n")
+            self.assertExit(pub, 0)
+            out, err = self.assertExit(await sub, 0)
+            self.assertNotIn("Traceback", err)
+            printed = out.splitlines()
+            self.assertEqual(printed[0], f'{{"$bigint": "{hex(five_thousand)}"}}')
+            self.assertEqual(printed[1], str(widest_decimal))  # still decimal: 4,300 digits
+            self.assertEqual(json.loads(printed[2]), {"$bigint": hex(mebibyte)})
+            self.assertEqual(json.loads(printed[3]), [7, {"k": -1}])
+            self.assertEqual(len(printed), 4)
+
+        return defer.ensureDeferred(run())
+
+    def test_pub_explains_a_decimal_int_too_long_to_read(self) -> defer.Deferred:
+        async def run() -> None:
+            _, err = self.assertExit(await run_cli(
+                "pub", "bigints", "--type", "object", "--connect", self.node["unix"],
+                stdin=b"1\n" + b"9" * 5000 + b"\n"), 2)
+            self.assertIn("stdin line 2 is not valid JSON (an int of 5000 decimal digits; "
+                          'write ints of more than 4300 digits in hex, as {"$bigint": "0x..."})',
+                          err)
+            self.assertNotIn("Traceback", err)
+
+        return defer.ensureDeferred(run())
+
     def test_call(self) -> defer.Deferred:
         async def run() -> None:
             ctx = await self.linked_context("rep", self.node["tcp"])
@@ -550,11 +589,16 @@ class ParserTests(SynchronousTestCase):
         from yotonnet.tap import Options
 
         argv = ["--name", "n", "--listen", "tcp:1", "--listen", "unix:/tmp/n.sock",
-                "--peer", "tcp:h:1", "--status", "tcp:8080"]
+                "--peer", "tcp:h:1", "--status", "tcp:8080", "--status-host", "A.example",
+                "--status-host", "10.0.0.5", "--status-token"]
         _, from_cli = cli.parse(["node", *argv])
         options = Options()
         options.parseOptions(argv)
         self.assertEqual(from_cli.node, options["settings"].node)
+        self.assertEqual(from_cli.node.status_hosts, ["a.example", "10.0.0.5"])
+        self.assertIs(from_cli.node.status_token, True)
+        _, plain = cli.parse(["node"])  # absent flags leave the defaults (or the file's)
+        self.assertEqual((plain.node.status_hosts, plain.node.status_token), ([], False))
 
     def test_to_json(self) -> None:
         value = {"b": b"\x00\xff", "t": (1, [2, (3,)]), 4: None}

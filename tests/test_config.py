@@ -156,6 +156,40 @@ class ConfigFileTests(SynchronousTestCase):
             config.resolve(None, timeout=0)
         self.assertIn("--timeout must be > 0", str(caught.exception))
 
+    def test_node_names_peers_would_refuse(self) -> None:
+        # A HELLO with such a name is refused, so the node would start and link to nobody.
+        message = self.error('[node]\nname = "a\\u001b[2J"\n')
+        self.assertIn("node.name: node name a\\x1b[2J has non-printable characters", message)
+        self.assertIn("at most 100 printable characters", message)
+        self.assertIn("node.name: node name is 101 characters long",
+                      self.error(f'[node]\nname = "{"n" * 101}"\n'))
+        with self.assertRaises(ConfigError) as caught:
+            config.resolve(None, name="b\nfake line")
+        self.assertIn("--name: node name b\\nfake line has non-printable", str(caught.exception))
+        self.assertEqual(config.resolve(None, name="node b (é)").node.name, "node b (é)")
+
+    def test_status_hosts_and_token(self) -> None:
+        path = self.write('[node]\nstatus = "tcp:8080"\nstatus_hosts = ["Node-A.Example", '
+                          '"[::1]", "10.0.0.5"]\nstatus_token = true\n')
+        s = config.load(path)
+        self.assertEqual(s.node.status_hosts, ["node-a.example", "::1", "10.0.0.5"])
+        self.assertIs(s.node.status_token, True)
+        defaults = config.resolve(None)
+        self.assertEqual((defaults.node.status_hosts, defaults.node.status_token), ([], False))
+        # Flags replace the file's list, as every list flag does.
+        s = config.resolve(path, status_hosts=["B.example"], status_token=None)
+        self.assertEqual((s.node.status_hosts, s.node.status_token), (["b.example"], True))
+        for bad in ("http://x.example/", "x.example:8080", "*", "two words"):
+            message = self.error(f'[node]\nstatus_hosts = ["{bad}"]\n')
+            self.assertIn(f"node.status_hosts: {bad!r} is not a host name or an IP address",
+                          message)
+            self.assertIn("without scheme, port or path", message)
+            with self.assertRaises(ConfigError) as caught:
+                config.resolve(None, status_hosts=[bad])
+            self.assertIn(f"--status-host: {bad!r}", str(caught.exception))
+        self.assertIn("node.status_token must be true or false",
+                      self.error('[node]\nstatus_token = "yes"\n'))
+
     def test_not_toml(self) -> None:
         self.assertIn("not valid TOML", self.error("[node\nname = 'a'\n"))
 

@@ -14,13 +14,14 @@ import json
 import math
 import re
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.logger import LogBeginner, Logger, LogPublisher, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from yotonnet import ContextConfig, PubChannel, RepChannel, ReqChannel, StateChannel, SubChannel
 from yotonnet.logs import make_observer, start_logging
+from yotonnet.names import printable
 from yotonnet.status import node_status, prometheus_text
 from yotonnet.testing import MemoryMesh
 
@@ -404,20 +405,30 @@ class StatusTests(SynchronousTestCase):
 
     @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(name=st.text(min_size=1, max_size=40), channel=_CHANNEL_NAMES)
+    @example(name='a\x1b[2J\n"b"\\', channel="news")
+    @example(name='<b>"q"</b>\\', channel="news")
     def test_hostile_names_stay_valid(self, name: str, channel: str) -> None:
-        """Peer names come from other nodes: quotes, backslashes, newlines are escaped."""
+        """Peer names come from other nodes: quotes and backslashes are escaped; a name
+        with control characters never gets in (its HELLO is refused)."""
         mesh = MemoryMesh(names=["a", name], config=FAST)
         try:
             mesh.link("a", 1)
             SubChannel(mesh["a"], channel)
             mesh.settle()
             prom = parse_prometheus(prometheus_text(mesh["a"]))
-            self.assertEqual(sample(prom, "yotonnet_link_up", peer_name=name), 1)
+            if name.isprintable():
+                self.assertEqual(sample(prom, "yotonnet_link_up", peer_name=name), 1)
+            else:
+                self.assertEqual(prom["yotonnet_link_up"]["samples"], {})
             self.assertEqual(
                 sample(prom, "yotonnet_channel_local_ends", channel=channel, role="sub"), 1
             )
-            peer_side = parse_prometheus(prometheus_text(mesh[1]))
-            self.assertEqual(sample(peer_side, "yotonnet_node_info", name=name), 1)
+            # The node's own name is not checked by a HELLO: its label is escaped instead.
+            text = prometheus_text(mesh[1])
+            self.assertTrue(all(line.isprintable() for line in text.splitlines()), text)
+            peer_side = parse_prometheus(text)
+            shown = name if name.isprintable() else printable(name, 1000)
+            self.assertEqual(sample(peer_side, "yotonnet_node_info", name=shown), 1)
             status = node_status(mesh["a"])
             self.assertEqual(json.loads(json.dumps(status)), status)
         finally:

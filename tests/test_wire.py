@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from yotonnet import wire
+from yotonnet.names import MAX_NODE_NAME
 from yotonnet.wire import (
     HEADER,
     HEADER_SIZE,
@@ -402,10 +403,16 @@ json_values = st.recursive(
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
     max_leaves=8,
 )
+# What str.isprintable() accepts: no control, format, surrogate, private, unassigned or
+# separator characters, apart from the plain space.
+printable_chars = st.characters(
+    exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs")
+) | st.just(" ")
+node_names = st.text(printable_chars, max_size=MAX_NODE_NAME)
 hellos = st.builds(
     Hello,
     node_id=st.integers(1, MAX_U64),
-    name=st.text(),
+    name=node_names,
     capabilities=st.lists(st.text(max_size=10), max_size=4).map(tuple),
     max_frame=st.integers(HEADER_SIZE, 2**40),
     heartbeat=st.floats(min_value=1e-3, max_value=86399.0),
@@ -490,6 +497,28 @@ class HelloTests(SynchronousTestCase):
         ]:
             body = {**GOOD, field: value}
             self.assertHelloError(body)
+
+    def test_names_a_terminal_or_a_log_would_misread_are_refused(self):
+        # A clipboard write, a screen clear, a fake log line, a bidi override, too long.
+        for name, fragment in [
+            ("evil\x1b]52;c;aGk=\x07", "non-printable"),
+            ("\x1b[2J\x1b[H", "non-printable"),
+            ("n\n2026-01-01 [-] all links healthy", "non-printable"),
+            ("abc\u202edcba", "non-printable"),
+            ("x" * (MAX_NODE_NAME + 1), f"at most {MAX_NODE_NAME}"),
+        ]:
+            e = self.assertRaises(ProtocolError, wire.decode_hello,
+                                  hello_frame({**GOOD, "name": name}))
+            self.assertIn("HELLO refused: node name", str(e))
+            self.assertIn(fragment, str(e))
+            self.assertIn("--name", str(e))  # what the peer's operator can do about it
+            # The refusal travels back in an ERROR frame and into logs: it is escaped itself.
+            self.assertTrue(str(e).isprintable(), repr(str(e)))
+
+    @PROPS
+    @given(node_names)
+    def test_printable_names_up_to_the_limit_are_accepted(self, name):
+        self.assertEqual(wire.decode_hello(hello_frame({**GOOD, "name": name})).name, name)
 
     def test_wrong_protocol(self):
         self.assertHelloError({**GOOD, "protocol": "http"}, "another protocol")

@@ -7,6 +7,8 @@ One file holds everything the command-line flags hold, in three tables::
     listen = ["tcp:7117:interface=127.0.0.1"]
     peers = ["tcp:otherhost:7117", "tcp:far:7117:cost=10"]  # cost: see yotonnet.costs
     status = "tcp:8080:interface=127.0.0.1"   # HTTP status endpoint (optional)
+    status_hosts = ["node-a.example"]         # Host names it answers to besides its address
+    status_token = false                      # true: every request needs the local secret
     log_format = "text"                       # or "json" (`yotonnet node` only)
 
     [client]                    # pub, sub, call, state, status, bench
@@ -29,7 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +43,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from . import tls
 from .context import ContextConfig
 from .costs import split_cost
+from .names import MAX_NODE_NAME, check_peer_name
 from .security import Security, SecurityError
 from .security import merge as merge_security
 from .security import parse_table as parse_security
@@ -59,6 +64,10 @@ class NodeSettings:
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     peers: list[str] = field(default_factory=list)
     status: str | None = None
+    #: names (or IP literals) the status page's Host header may carry besides its address
+    status_hosts: list[str] = field(default_factory=list)
+    #: every status request must carry this OS user's local secret (yotonnet.localsecret)
+    status_token: bool = False
     log_format: str = "text"
 
 
@@ -90,6 +99,8 @@ _NODE_KEYS = {
     "listen": _STR_LIST,
     "peers": _STR_LIST,
     "status": _OPT_STR,
+    "status_hosts": _STR_LIST,
+    "status_token": _BOOL,
     "log_format": _LOG_FORMAT,
 }
 _CLIENT_KEYS = {"connect": _STR, "timeout": _NUMBER}
@@ -202,6 +213,10 @@ def load(path: str) -> Settings:
     return parse(text, path)
 
 
+#: the flags whose names are not their keys' (list flags are singular: --peer E --peer F)
+_FLAG_OF = {"peers": "peer", "status_hosts": "status-host"}
+
+
 def resolve(
     path: str | None = None,
     *,
@@ -209,6 +224,8 @@ def resolve(
     listen: list[str] | None = None,
     peers: list[str] | None = None,
     status: str | None = None,
+    status_hosts: list[str] | None = None,
+    status_token: bool | None = None,
     log_format: str | None = None,
     connect: str | None = None,
     timeout: float | None = None,
@@ -220,20 +237,25 @@ def resolve(
     if security:
         settings.security = merge_security(settings.security, **security)
     flags = {"name": name, "listen": listen, "peers": peers, "status": status,
+             "status_hosts": status_hosts, "status_token": status_token,
              "log_format": log_format}
     cli = "command line"
     for key, value in flags.items():
         if value is not None:
-            flag = "--" + {"peers": "peer"}.get(key, key).replace("_", "-")
+            flag = "--" + _FLAG_OF.get(key, key).replace("_", "-")
             value = _check_value(_NODE_KEYS[key], flag, value, cli)
             setattr(settings.node, key, value)
             # Checked here too, so the error names the flag rather than the table key.
-            if key in ("listen", "status"):
+            if key == "name":
+                check_node_name(value, flag, cli)
+            elif key in ("listen", "status"):
                 for endpoint in [value] if isinstance(value, str) else value:
                     check_server_endpoint(endpoint, flag, cli)
             elif key == "peers":
                 for endpoint in value:
                     check_client_endpoint(endpoint, flag, cli)
+            elif key == "status_hosts":
+                settings.node.status_hosts = _status_hosts(value, flag, cli)
     if connect is not None:
         settings.client.connect = _check_value(_STR, "--connect", connect, cli)
         check_client_endpoint(connect, "--connect", cli)
@@ -250,9 +272,12 @@ def resolve(
 
 
 def validate(settings: Settings) -> None:
-    """Check values a type check cannot: endpoint syntax, ranges, a listen endpoint."""
+    """Check values a type check cannot: endpoint syntax, ranges, a listen endpoint,
+    names (status host names come out lowercased)."""
     where = settings.source
     node = settings.node
+    if node.name is not None:
+        check_node_name(node.name, "node.name", where)
     if not node.listen:
         raise ConfigError(f"{where}: node.listen is empty; a node needs at least one endpoint")
     for endpoint in node.listen:
@@ -263,6 +288,7 @@ def validate(settings: Settings) -> None:
         if _without_cost(node.status, "node.status", where) != node.status:
             raise ConfigError(f"{where}: node.status: cost= is an option of mesh links only")
         check_server_endpoint(node.status, "node.status", where)
+    node.status_hosts = _status_hosts(node.status_hosts, "node.status_hosts", where)
     check_client_endpoint(settings.client.connect, "client.connect", where)
     if settings.client.timeout <= 0:
         raise ConfigError(f"{where}: client.timeout must be > 0 seconds")
@@ -276,6 +302,49 @@ def validate(settings: Settings) -> None:
                 f"{where}: context.{key} = {value!r} is out of range ({bound} {low:g}"
                 + (f", <= {high:g})" if high != math.inf else ")")
             )
+
+
+def check_node_name(name: str, key: str, where: str) -> None:
+    """A node name its peers accept (they refuse the HELLO of any other), else ConfigError."""
+    try:
+        check_peer_name(name)
+    except ValueError as e:
+        raise ConfigError(
+            f"{where}: {key}: {e}; peers refuse such a name, so use at most {MAX_NODE_NAME} "
+            "printable characters"
+        ) from None
+
+
+# A DNS name as a browser sends it in Host (lowercase, no port), or an IP literal.
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?\Z")
+
+
+def check_status_host(name: str) -> str:
+    """``name`` as a Host the status page may answer to: lowercased, an IP literal in its
+    usual form (an IPv6 one without brackets); ValueError if it is neither."""
+    text = name.strip().lower()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        mapped = getattr(ip, "ipv4_mapped", None)
+        return str(mapped or ip)
+    if not _HOST_NAME.match(text) or len(text) > 253:
+        raise ValueError(
+            f"{name!r} is not a host name or an IP address; give the name a browser shows "
+            "in its address bar, without scheme, port or path (status.example.org, 10.0.0.5)"
+        )
+    return text
+
+
+def _status_hosts(names: list[str], key: str, where: str) -> list[str]:
+    try:
+        return [check_status_host(n) for n in names]
+    except ValueError as e:
+        raise ConfigError(f"{where}: {key}: {e}") from None
 
 
 def _without_cost(endpoint: str, key: str, where: str) -> str:

@@ -10,6 +10,13 @@ failure, which the JSON of the failure object itself does not carry), so
 
 Under ``twistd``, ``--logger yotonnet.logs.json_observer`` gives the same
 JSON lines on stdout.
+
+Log fields often hold text from other nodes (names, reasons, error messages).
+Call sites escape it (:func:`yotonnet.names.printable`); as a safety net, the
+text lines and ``log_text`` go through :func:`visible`, so that nothing in a
+log line can move the cursor, clear the screen or write the clipboard of
+whoever reads it. (Twisted already indents the continuation lines of a
+multi-line message with a tab, so a newline cannot fake a line of its own.)
 """
 
 from __future__ import annotations
@@ -22,15 +29,33 @@ from twisted.logger import (
     ILogObserver,
     LogBeginner,
     formatEvent,
+    formatEventAsClassicLogText,
     globalLogBeginner,
     jsonFileLogObserver,
-    textFileLogObserver,
 )
 from zope.interface import implementer
 
-__all__ = ["FORMATS", "start_logging", "make_observer", "json_observer", "text_observer"]
+__all__ = [
+    "FORMATS", "start_logging", "make_observer", "json_observer", "text_observer", "visible",
+]
 
 FORMATS = ("text", "json")
+
+
+def visible(text: str) -> str:
+    """``text`` with every control character but line breaks and tabs as an escape
+    (``\\x1b``, ``\\r``): what a log line may hold, whatever got into its fields."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
+def _text_line(event: dict[str, Any]) -> str | None:
+    """What ``textFileLogObserver`` writes for ``event``, made :func:`visible`."""
+    text = formatEventAsClassicLogText(event)
+    if text is None:
+        return None
+    return text if text[:-1].isprintable() else visible(text)
 
 
 @implementer(ILogObserver)
@@ -50,14 +75,14 @@ class _WithText:
                     text = f"{text}\n{failure.getTraceback()}"
                 except Exception:  # noqa: BLE001 - a broken failure still gets its line
                     pass
-            event["log_text"] = text
+            event["log_text"] = visible(text)  # `jq -r .log_text` prints it raw
         self.observer(event)
 
 
 def make_observer(fmt: str, stream: IO[Any]) -> Any:
     """An observer writing events to ``stream`` as ``"text"`` or ``"json"`` lines."""
     if fmt == "text":
-        return textFileLogObserver(stream)
+        return FileLogObserver(stream, _text_line)
     if fmt == "json":
         # An empty record separator: plain JSON lines rather than RFC 7464 sequences.
         return _WithText(jsonFileLogObserver(stream, recordSeparator=""))

@@ -15,7 +15,7 @@ use it to keep a state value alive after the short-lived client has left.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
@@ -27,8 +27,11 @@ from . import errors
 from .channels import RepChannel, StateChannel
 from .config import DEFAULT_CONNECT, DEFAULT_LISTEN, Settings
 from .context import Context, ContextConfig
-from .names import channel_id, validate_channel_name
+from .names import channel_id, printable, validate_channel_name
 from .security import Security
+
+if TYPE_CHECKING:
+    from .web import StatusAccess
 
 __all__ = [
     "DEFAULT_CONNECT",
@@ -172,7 +175,8 @@ class NodeService(Service):
         for endpoint in self.peers:
             ctx.connect(endpoint).addErrback(
                 lambda f, ep=endpoint: log.error(
-                    "peer {peer} refused the link: {why}", peer=ep, why=f.getErrorMessage()
+                    "peer {peer} refused the link: {why}", peer=ep,
+                    why=printable(f.getErrorMessage(), 1000),  # the peer's words
                 )
             )
         gathered = defer.gatherResults(listening, consumeErrors=True)
@@ -202,14 +206,35 @@ class StatusWebService(Service):
 
     It must start after its :class:`NodeService` (a child added after it in
     the same MultiService does), since the site needs the running context.
+    ``hosts`` are the extra names its Host header may carry; with ``token``
+    every request must carry this OS user's local secret (see :mod:`yotonnet.web`).
     """
 
-    def __init__(self, node: NodeService, endpoint: str, reactor: Any = None) -> None:
+    def __init__(
+        self, node: NodeService, endpoint: str, reactor: Any = None, *,
+        hosts: Sequence[str] = (), token: bool = False,
+    ) -> None:
         self.node = node
         self.endpoint = endpoint
         self.reactor = reactor
+        self.hosts = tuple(hosts)
+        self.token = token
         self.port: Any = None
         self.ready: defer.Deferred[None] = defer.Deferred()
+
+    def _access(self) -> StatusAccess:
+        from .localsecret import LocalSecretError, ensure_secret
+        from .web import StatusAccess
+
+        if not self.token:
+            return StatusAccess(hosts=self.hosts)
+        try:
+            secret, path, created = ensure_secret()
+        except LocalSecretError as e:
+            raise ListenError(f"cannot serve the status page with --status-token: {e}") from None
+        if created:
+            log.info("made a new local secret in {path}", path=path)
+        return StatusAccess(hosts=self.hosts, secret=secret, secret_path=path)
 
     def startService(self) -> None:
         super().startService()
@@ -218,11 +243,31 @@ class StatusWebService(Service):
         if self.node.context is None:
             raise RuntimeError("StatusWebService started before its NodeService")
         reactor = self.reactor or self.node.context.reactor
-        d = serverFromString(reactor, self.endpoint).listen(status_site(self.node.context))
+        try:
+            access = self._access()
+        except ListenError as e:
+            self.ready.errback(e)
+            if self.node.raise_on_listen_error:
+                self.ready.addErrback(lambda _: None)
+                raise
+            return
+        site = status_site(self.node.context, access)
+        d = serverFromString(reactor, self.endpoint).listen(site)
 
         def listening(port: Any) -> None:
             self.port = port
-            log.info("status page on http://{where}/status", where=port_text(port))
+            # The Host check needs the address listened on (a wildcard admits any IP).
+            access.bound = port.getHost()
+            where = _url_host(port)
+            if access.secret is None:
+                log.info("status page on http://{where}/ (JSON at /status, Prometheus text "
+                         "at /metrics)", where=where)
+            else:
+                # No colon after the URL: scripts take the port from the last one.
+                log.info("status page on http://{where}/?token=SECRET where SECRET is the "
+                         "content of {path} (every request needs it, as ?token= or as a "
+                         "Bearer token in an Authorization header)",
+                         where=where, path=access.secret_path)
             self.ready.callback(None)
 
         def failed(failure: Failure) -> None:
@@ -278,8 +323,20 @@ def make_service(
         raise_on_listen_error=raise_on_listen_error,
         security=settings.security,
     )
-    web = StatusWebService(node, settings.node.status, reactor) if settings.node.status else None
+    web = None
+    if settings.node.status:
+        web = StatusWebService(node, settings.node.status, reactor,
+                               hosts=settings.node.status_hosts,
+                               token=settings.node.status_token)
     return NodeMultiService(node, web)
+
+
+def _url_host(port: Any) -> str:
+    """``host:port`` for a URL (an IPv6 literal in brackets), or a unix socket's path."""
+    host = getattr(port.getHost(), "host", None)
+    if host is not None and ":" in host:
+        return f"[{host}]:{port.getHost().port}"
+    return port_text(port)
 
 
 def port_text(port: Any) -> str:

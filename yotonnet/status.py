@@ -23,7 +23,7 @@ from typing import Any
 
 from .context import BUSY_LINK_COST, Context
 from .link import BUSY, UP
-from .names import channel_id
+from .names import channel_id, printable
 
 __all__ = ["node_status", "prometheus_text", "mark_started", "PROMETHEUS_CONTENT_TYPE"]
 
@@ -297,6 +297,9 @@ def _metric_name(text: str) -> str:
 
 def _label_value(value: Any) -> str:
     text = "" if value is None else str(value)
+    # Control characters (a terminal escape in a name) become visible escapes first: the
+    # format itself only escapes newlines, and people read /metrics with curl too.
+    text = printable(text, len(text) * 10 + 1)
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 

@@ -1,7 +1,8 @@
 """twistd support: the ``yotonnet`` plugin's options and service maker.
 
 ``twistd -n yotonnet --name NAME --listen ENDPOINT [--listen ...] --peer
-ENDPOINT [--peer ...] [--config FILE] [--status ENDPOINT]`` runs the
+ENDPOINT [--peer ...] [--config FILE] [--status ENDPOINT [--status-host NAME ...]
+[--status-token]]`` runs the
 :class:`~yotonnet.service.NodeMultiService` that :func:`yotonnet.service.make_service`
 builds: the same node as ``yotonnet node`` with the same options and TOML file
 (flags override the file). twistd does its own logging (``--logfile``,
@@ -47,6 +48,8 @@ class Options(usage.Options):
         ["passwords", None, None, "accept peers with a password from this file"],
     ]
     optFlags = [
+        ["status-token", None, "every status request must carry this OS user's local secret "
+                               "(?token=SECRET or Authorization: Bearer SECRET)"],
         ["allow-anonymous", None, "with no authentication, accept peers from any address "
                                   "(unsafe; default: loopback and unix sockets only)"],
     ]
@@ -55,6 +58,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["peer"] = []
+        self["status-host"] = []
         self["settings"] = None
 
     def opt_listen(self, endpoint: str) -> None:
@@ -65,6 +69,10 @@ class Options(usage.Options):
         """Twisted client endpoint of a peer to link to (repeatable; :cost=N weighs it)."""
         self["peer"].append(endpoint)
 
+    def opt_status_host(self, name: str) -> None:
+        """A host name the status page answers to besides its address (repeatable)."""
+        self["status-host"].append(name)
+
     def postOptions(self) -> None:
         try:
             self["settings"] = resolve(
@@ -73,6 +81,8 @@ class Options(usage.Options):
                 listen=self["listen"] or None,
                 peers=self["peer"] or None,
                 status=self["status"],
+                status_hosts=self["status-host"] or None,
+                status_token=True if self["status-token"] else None,
                 security={
                     "tls_ca": self["tls-ca"], "tls_cert": self["tls-cert"],
                     "tls_key": self["tls-key"], "token_file": self["token-file"],

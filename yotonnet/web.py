@@ -13,20 +13,46 @@
 Every endpoint only reads the context. Peer and channel names come from
 other nodes and are untrusted: the page puts them in the DOM as text only,
 and a strict Content-Security-Policy allows no inline script.
+
+Who may read it is :class:`StatusAccess`'s decision, made before any
+endpoint is reached:
+
+- the ``Host`` header must name the address the site listens on: an IP
+  literal equal to its interface (any IP literal for a wildcard bind),
+  ``localhost`` when it listens on loopback or a wildcard, or one of the
+  extra names configured (``[node] status_hosts``, ``--status-host``). This
+  defeats DNS rebinding: a web page on another site cannot read the status by
+  pointing its own name at this address, since its requests carry its name.
+  A request without a ``Host`` header (HTTP/1.0) is not one a browser makes,
+  and is served.
+- with ``[node] status_token`` (``--status-token``) every request must carry
+  this OS user's local secret (:mod:`yotonnet.localsecret`), as ``?token=``
+  or ``Authorization: Bearer``; the page opened with ``?token=`` passes it on
+  to its assets and its polls. The access log shows ``token=<hidden>``.
 """
 
 from __future__ import annotations
 
+import hmac
+import html
+import ipaddress
 import json
+import re
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from .config import check_status_host
 from .context import Context
+from .names import printable
 from .status import PROMETHEUS_CONTENT_TYPE, mark_started, node_status, prometheus_text
 
-__all__ = ["status_site"]
+__all__ = ["StatusAccess", "StatusSite", "status_site"]
 
 _PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -39,17 +65,135 @@ _ENDPOINTS = (
     "/metrics  Prometheus text format\n"
 )
 
+# A Host header: a bracketed IPv6 literal or a name/IPv4 literal, then maybe a port.
+_HOST_HEADER = re.compile(r"(?:\[([0-9a-f:.%]+)\]|([^\[\]:]+))(?::[0-9]*)?\Z")
+_TOKEN_IN_URL = re.compile(rb"([?&]token=)[^&#]*", re.IGNORECASE)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address (an IPv4-mapped IPv6 one as its IPv4), or None."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+@dataclass
+class StatusAccess:
+    """Who may read a status site (see the module docstring)."""
+
+    #: extra names (or IP literals) the Host header may carry, as check_status_host gives them
+    hosts: tuple[str, ...] = ()
+    #: the local secret every request must carry; None: no token needed
+    secret: bytes | None = None
+    #: where the secret is, for the refusal text
+    secret_path: str | None = None
+    #: the address the site listens on (set once it does); None: each connection's own
+    bound: Any = None
+    _extra_ips: set[Any] = field(default_factory=set, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.hosts = tuple(check_status_host(h) for h in self.hosts)
+        self._extra_ips = {_ip(h) for h in self.hosts} - {None}
+
+    def _accepted(self, request: Any) -> tuple[bool, set[Any], list[str]]:
+        """(whether any IP literal goes, the IP literals that go, the names that go)."""
+        bound = self.bound if self.bound is not None else request.getHost()
+        ips, names = set(self._extra_ips), list(self.hosts)
+        if not isinstance(bound, (IPv4Address, IPv6Address)):
+            return False, ips, ["localhost", *names]  # a unix socket: curl sends localhost
+        ip = _ip(bound.host)
+        if ip is not None and ip.is_unspecified:
+            return True, ips, ["localhost", *names]
+        if ip is not None:
+            ips.add(ip)
+            if ip.is_loopback:
+                names.insert(0, "localhost")
+        return False, ips, names
+
+    def host_refusal(self, request: Any) -> str | None:
+        """Why the request's Host header is refused, or None."""
+        raw = request.getHeader(b"host")
+        if raw is None:
+            return None  # HTTP/1.0: not a browser's request, so no rebinding to fear
+        text = raw.decode("latin-1")
+        any_ip, ips, names = self._accepted(request)
+        found = _HOST_HEADER.match(text.strip().lower())
+        if found:
+            host = found.group(1) or found.group(2)
+            ip = _ip(host)
+            if (ip is not None and (any_ip or ip in ips)) or (ip is None and host in names):
+                return None
+        accepted = ["any IP address"] if any_ip else sorted(str(ip) for ip in ips)
+        accepted = list(dict.fromkeys(accepted + names))
+        return (
+            f"403 forbidden: this yotonnet status page does not answer to Host "
+            f"'{printable(text, 200)}'.\n\n"
+            f"It answers to the address it listens on and to the names it is given "
+            f"({', '.join(accepted) or 'none'}), so that a web page of another site cannot "
+            "read it by pointing its own name at this address (DNS rebinding).\n"
+            "To use another name, give it to the node: --status-host NAME, or "
+            'status_hosts = ["NAME"] in the [node] table of its config file.\n'
+        )
+
+    def token_refusal(self, request: Any) -> tuple[int, str] | None:
+        """(status code, text) when the request lacks the right secret, or None."""
+        if self.secret is None:
+            return None
+        given = _given_token(request)
+        if given is not None and hmac.compare_digest(given, self.secret):
+            return None
+        where = self.secret_path or "the node's local secret file"
+        host = request.getHeader(b"host")  # the Host check has passed: a name of this site
+        scheme = "https" if request.isSecure() else "http"
+        page = f"{scheme}://{printable(host.decode('latin-1'), 200)}/" if host else "/"
+        how = (
+            f"Open {page}?token=SECRET, or send the header 'Authorization: Bearer SECRET', where "
+            f"SECRET is the content of {where} (readable only by the OS user who runs the "
+            f"node: `cat {where}`).\n"
+        )
+        if given is None:
+            return 401, (
+                "401 unauthorized: this yotonnet status page needs the node's local secret "
+                "(the node runs with --status-token, or status_token = true).\n" + how
+            )
+        return 403, "403 forbidden: that token is not the node's local secret.\n" + how
+
+    def page_token(self, request: Any) -> str | None:
+        """The ``?token=`` the page was opened with, if it is the secret (passed on)."""
+        if self.secret is None:
+            return None
+        given = request.args.get(b"token", [None])[0]
+        if given is not None and hmac.compare_digest(given, self.secret):
+            return given.decode("ascii", "replace")
+        return None
+
+
+def _given_token(request: Any) -> bytes | None:
+    """The token of an ``Authorization: Bearer`` header, else of ``?token=``, else None."""
+    header = request.getHeader(b"authorization")
+    if header is not None:
+        scheme, _, value = header.strip().partition(b" ")
+        if scheme.lower() == b"bearer":
+            return value.strip()
+    return request.args.get(b"token", [None])[0]
+
 
 def _common_headers(request: Any, content_type: str) -> None:
     request.setHeader(b"content-type", content_type.encode("ascii"))
     request.setHeader(b"cache-control", b"no-store")
     request.setHeader(b"x-content-type-options", b"nosniff")
+    # A page opened with ?token= must not hand its URL to anyone in a Referer.
+    request.setHeader(b"referrer-policy", b"no-referrer")
 
 
 def _not_found(request: Any) -> bytes:
     request.setResponseCode(404)
     _common_headers(request, "text/plain; charset=utf-8")
-    path = request.path.decode("utf-8", "replace")
+    path = printable(request.path.decode("utf-8", "replace"), 300)  # read with curl too
     return f"404 not found: {path}\n\nThis yotonnet node serves:\n{_ENDPOINTS}".encode()
 
 
@@ -96,6 +240,106 @@ class _Static(_Leaf):
         return self.content
 
 
+class _Page(_Static):
+    """The live page; opened with the right ``?token=``, it passes the token on to its
+    script and style sheet (its script sends it with each poll, see PAGE_JS)."""
+
+    def __init__(self, access: StatusAccess) -> None:
+        super().__init__(PAGE_HTML, "text/html; charset=utf-8", _PAGE_CSP)
+        self.access = access
+
+    def body(self, request: Any) -> bytes:
+        content = super().body(request)
+        token = self.access.page_token(request)
+        if token is None:
+            return content
+        query = html.escape("?token=" + quote(token, safe=""), quote=True).encode("ascii")
+        return (content.replace(b'href="app.css"', b'href="app.css' + query + b'"')
+                .replace(b'src="app.js"', b'src="app.js' + query + b'"'))
+
+
+class _Refused(Resource):
+    """A refusal of any request (any method, any path below): a code and a text."""
+
+    isLeaf = True
+
+    def __init__(self, code: int, text: str, bearer: bool = False) -> None:
+        super().__init__()
+        self.code = code
+        self.text = text
+        self.bearer = bearer
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(self.code)
+        _common_headers(request, "text/plain; charset=utf-8")
+        if self.bearer:
+            request.setHeader(b"www-authenticate", b'Bearer realm="yotonnet status"')
+        return self.text.encode("utf-8")
+
+
+class _Guard(Resource):
+    """Checks every request against a :class:`StatusAccess` before the site sees it."""
+
+    def __init__(self, inner: Resource, access: StatusAccess) -> None:
+        super().__init__()
+        self.inner = inner
+        self.access = access
+
+    def refusal(self, request: Any) -> Resource | None:
+        host = self.access.host_refusal(request)
+        if host is not None:
+            return _Refused(403, host)
+        token = self.access.token_refusal(request)
+        if token is not None:
+            code, text = token
+            return _Refused(code, text, bearer=code == 401)
+        return None
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
+        refused = self.refusal(request)
+        if refused is not None:
+            return refused
+        return self.inner.getChildWithDefault(path, request)
+
+    def render(self, request: Any) -> bytes:
+        refused = self.refusal(request)
+        return (refused or self.inner).render(request)
+
+
+class _Redacted:
+    """A request as the access log sees it: a token in its URL or Referer is hidden."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+    @property
+    def uri(self) -> bytes:
+        return _TOKEN_IN_URL.sub(rb"\1<hidden>", self._request.uri)
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        value = self._request.getHeader(name)
+        if value is not None and name.lower() == b"referer":
+            value = _TOKEN_IN_URL.sub(rb"\1<hidden>", value)
+        return value
+
+
+def _access_log_line(timestamp: str, request: Any) -> str:
+    return combinedLogFormatter(timestamp, _Redacted(request))
+
+
+class StatusSite(Site):
+    """The status site of :func:`status_site`; ``access`` decides who may read it (set
+    ``access.bound`` to the listening address once the site listens)."""
+
+    def __init__(self, resource: Resource, access: StatusAccess) -> None:
+        super().__init__(_Guard(resource, access), logFormatter=_access_log_line)
+        self.access = access
+        self.noisy = False  # the page polls every second; no "starting factory" chatter
+
+
 class _StatusJSON(_Leaf):
     def __init__(self, context: Context) -> None:
         super().__init__()
@@ -124,9 +368,9 @@ class _Missing(_Leaf):
 
 
 class _Root(Resource):
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, access: StatusAccess) -> None:
         super().__init__()
-        self.putChild(b"", _Static(PAGE_HTML, "text/html; charset=utf-8", _PAGE_CSP))
+        self.putChild(b"", _Page(access))
         self.putChild(b"app.js", _Static(PAGE_JS, "text/javascript; charset=utf-8"))
         self.putChild(b"app.css", _Static(PAGE_CSS, "text/css; charset=utf-8"))
         self.putChild(b"status", _StatusJSON(context))
@@ -144,12 +388,13 @@ class _Root(Resource):
         return _not_found(request)  # reached only for odd paths such as "//"
 
 
-def status_site(context: Context) -> Site:
-    """A twisted.web Site serving ``/``, ``/status`` and ``/metrics`` for ``context``."""
+def status_site(context: Context, access: StatusAccess | None = None) -> StatusSite:
+    """A twisted.web Site serving ``/``, ``/status`` and ``/metrics`` for ``context``, to
+    the requests ``access`` admits (by default: a Host naming the address listened on,
+    no token)."""
     mark_started(context)
-    site = Site(_Root(context))
-    site.noisy = False  # the page polls every second; no "starting factory" chatter
-    return site
+    access = access if access is not None else StatusAccess()
+    return StatusSite(_Root(context, access), access)
 
 
 PAGE_HTML = """<!DOCTYPE html>
@@ -254,6 +499,9 @@ PAGE_JS = r"""
 // Polls ./status and redraws. Names come from other nodes: text nodes only, never HTML.
 const SVG_NS = "http://www.w3.org/2000/svg";
 const POLL_MS = 1000;
+// A node that requires its local secret was opened as /?token=SECRET: each poll sends it
+// in a header (not in the URL, which servers log).
+const TOKEN = new URLSearchParams(location.search).get("token");
 let last = null;  // previous status, for rates
 let polls = 0;
 
@@ -536,8 +784,13 @@ function setConn(state, text) {
 
 async function poll() {
   try {
-    const resp = await fetch("status", {cache: "no-store"});
-    if (!resp.ok) throw new Error("HTTP " + resp.status);
+    const headers = TOKEN ? {Authorization: "Bearer " + TOKEN} : {};
+    const resp = await fetch("status", {cache: "no-store", headers: headers});
+    if (!resp.ok) {
+      // The node's refusal says what to do (a token, a host name): show its first line.
+      const why = (await resp.text()).split("\n")[0];
+      throw new Error("HTTP " + resp.status + (why ? ": " + why : ""));
+    }
     const st = await resp.json();
     render(st);
     last = st;

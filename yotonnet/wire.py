@@ -40,6 +40,7 @@ from enum import IntEnum
 from typing import Any, NamedTuple
 
 from .errors import ProtocolError
+from .names import MAX_NODE_NAME, check_peer_name
 
 PROTOCOL_NAME = "yotonnet"
 PROTOCOL_VERSION = 2
@@ -290,6 +291,15 @@ def decode_hello(frame: Frame) -> Hello:
     body.pop("version", None)
     if not isinstance(name, str) or not isinstance(caps, list):
         raise ProtocolError("HELLO name must be a string and capabilities a list")
+    try:
+        # The name goes to terminals, logs and web pages: control characters (terminal
+        # escapes, fake log lines) are refused here rather than escaped everywhere later.
+        check_peer_name(name)
+    except ValueError as e:
+        raise ProtocolError(
+            f"HELLO refused: {e}; a node name must be at most {MAX_NODE_NAME} printable "
+            "characters (set it with --name or [node] name)"
+        ) from None
     if not 0 < node_id <= MAX_U64:
         raise ProtocolError("HELLO node id out of range")
     if not isinstance(max_frame, int) or max_frame < HEADER_SIZE:

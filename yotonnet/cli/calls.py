@@ -10,7 +10,7 @@ from .. import errors
 from ..channels import ReqChannel
 from ..config import Settings
 from .exits import EXIT_OK, EXIT_USAGE, CliError
-from .output import dumps
+from .output import dumps, peer_text
 from .session import Session
 
 
@@ -27,9 +27,13 @@ async def cmd_call(reactor: Any, args: argparse.Namespace, settings: Settings) -
         raise CliError(f"{args.channel} {args.method}: no reply within {session.timeout:g} s "
                        "(--timeout)") from None
     except errors.RemoteError as e:
-        detail = f"\n{e.remote_traceback.rstrip()}" if args.verbose and e.remote_traceback else ""
-        raise CliError(f"{args.channel} {args.method} raised {e.remote_type}: "
-                       f"{e.remote_message}{detail}") from None
+        detail = ""
+        if args.verbose and e.remote_traceback:
+            # The replier's traceback keeps its lines, each escaped.
+            detail = "".join(f"\n{peer_text(line)}"
+                             for line in e.remote_traceback.rstrip().split("\n"))
+        raise CliError(f"{args.channel} {args.method} raised {peer_text(e.remote_type)}: "
+                       f"{peer_text(e.remote_message)}{detail}") from None
     except errors.MessageTypeError as e:
         raise CliError(f"cannot send these arguments: {e}", EXIT_USAGE) from None
     finally:

@@ -8,12 +8,12 @@ usage errors print the usage and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any, NoReturn
 
 from ..config import ConfigError, Settings, resolve
 from ..names import validate_channel_name
 from ..security_cli import flags as security_flags
+from .output import loads
 from .parser import build_parser
 
 
@@ -24,7 +24,7 @@ def _usage(args: argparse.Namespace, message: str) -> NoReturn:
 
 def _parse_json(args: argparse.Namespace, text: str, what: str) -> Any:
     try:
-        return json.loads(text)
+        return loads(text)
     except ValueError as e:
         _usage(args, f"{what} is not valid JSON ({e}): {text!r}")
 
@@ -75,7 +75,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         if args.command == "node":
             return resolve(
                 args.config, name=args.name, listen=args.listen, peers=args.peer,
-                status=args.status, log_format=args.log_format, security=security_flags(args),
+                status=args.status, status_hosts=args.status_host,
+                status_token=args.status_token, log_format=args.log_format,
+                security=security_flags(args),
             )
         if args.command == "kernel":  # a client, and a node too when it listens or dials
             return resolve(

@@ -16,16 +16,25 @@ from twisted.logger import (
     globalLogBeginner,
 )
 
+from ..logs import visible
+
+
+def client_log_line(event: dict) -> str | None:
+    """One event as the client commands print it: ``yotonnet: MESSAGE``, no timestamp.
+
+    Fields may hold peer text: control characters are escaped, and a line break in a
+    message (or its traceback) starts an indented line, never one of its own."""
+    text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+    if not text:
+        return None
+    return "yotonnet: " + "\n\t".join(visible(text).split("\n")) + "\n"
+
 
 def _begin_client_logging(verbose: bool) -> None:
     """Warnings (and with -v, info) of the client context on stderr, without timestamps."""
-
-    def fmt(event: dict) -> str | None:
-        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
-        return f"yotonnet: {text}\n" if text else None
-
     level = LogLevel.info if verbose else LogLevel.warn
     observer = FilteringLogObserver(
-        FileLogObserver(sys.stderr, fmt), [LogLevelFilterPredicate(defaultLogLevel=level)]
+        FileLogObserver(sys.stderr, client_log_line),
+        [LogLevelFilterPredicate(defaultLogLevel=level)],
     )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)

@@ -13,7 +13,7 @@ from ..config import Settings
 from ..security import SecurityError
 from ..service import ListenError, make_service
 from .exits import EXIT_FAILURE
-from .output import _note
+from .output import note
 
 
 async def _node_main(reactor: Any, settings: Settings) -> None:
@@ -23,7 +23,7 @@ async def _node_main(reactor: Any, settings: Settings) -> None:
         await top.when_ready()
     except (ListenError, ImportError, OSError, SecurityError) as e:
         await defer.maybeDeferred(top.stopService)
-        _note(f"yotonnet node: error: {e}")
+        note(f"yotonnet node: error: {e}")
         raise SystemExit(EXIT_FAILURE) from None
     # Stopping is part of shutting down: the reactor waits for the links to close.
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)

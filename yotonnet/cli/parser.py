@@ -63,6 +63,16 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
              "e.g. tcp:8080:interface=127.0.0.1",
     )
     parser.add_argument(
+        "--status-host", action="append", metavar="NAME",
+        help="a host name the status page answers to besides the address it listens on "
+             "(its Host header is checked against DNS rebinding); repeatable",
+    )
+    parser.add_argument(
+        "--status-token", action="store_true", default=None,
+        help="every status request must carry this OS user's local secret "
+             "(?token=SECRET or Authorization: Bearer SECRET)",
+    )
+    parser.add_argument(
         "--log-format", choices=LOG_FORMATS,
         help="log lines on stdout as text (default) or JSON objects",
     )

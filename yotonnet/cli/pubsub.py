@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import threading
@@ -17,8 +16,8 @@ from twisted.internet import defer
 
 from ..channels import PubChannel, SubChannel
 from ..config import Settings
-from .exits import EXIT_OK, EXIT_USAGE, CliError
-from .output import Progress, _isatty, _note, _render
+from .exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError
+from .output import Progress, _isatty, _render, loads, note, peer_text
 from .parser import TYPES
 from .session import Session, _drained, _wait
 
@@ -54,7 +53,7 @@ async def cmd_pub(reactor: Any, args: argparse.Namespace, settings: Settings) ->
                     if not raw.strip():
                         continue
                     try:
-                        value = json.loads(raw)
+                        value = loads(raw)
                     except ValueError as e:
                         progress.clear()
                         raise CliError(f"stdin line {line_no} is not valid JSON ({e}); "
@@ -79,11 +78,11 @@ async def cmd_pub(reactor: Any, args: argparse.Namespace, settings: Settings) ->
     subscribers = max(reached, pub.subscribers)
     await session.close()
     if sent and not subscribers:
-        _note(f"yotonnet pub: warning: nobody subscribes to {args.channel!r}; "
-              f"{sent} message(s) reached nobody (--wait N waits for subscribers)")
+        note(f"yotonnet pub: warning: nobody subscribes to {args.channel!r}; "
+             f"{sent} message(s) reached nobody (--wait N waits for subscribers)")
     elif progress.enabled:
-        _note(f"published {sent:,} message(s) to {args.channel} "
-              f"({subscribers} subscriber(s))")
+        note(f"published {sent:,} message(s) to {args.channel} "
+             f"({subscribers} subscriber(s))")
     return EXIT_OK
 
 
@@ -143,17 +142,27 @@ async def cmd_sub(reactor: Any, args: argparse.Namespace, settings: Settings) ->
     out = sys.stdout.buffer
     done: defer.Deferred = defer.Deferred()
     received = 0
+    unprintable = 0
 
     def got(value: Any) -> None:
-        nonlocal received
+        nonlocal received, unprintable
         if done.called:
             return
         try:
-            out.write(_render(value, mtype, args.json))
-            out.flush()
-        except BrokenPipeError:  # e.g. `| head -1`: the reader has all it wants
-            done.callback(None)
-            return
+            line = _render(value, mtype, args.json)
+        except Exception as e:  # noqa: BLE001 - one odd message must not end the stream
+            # Every valid value prints (see yotonnet.cli.output); should one not, say so,
+            # count it, and go on, so that --count is still reached.
+            unprintable += 1
+            note(f"yotonnet sub: cannot print message {received + 1} of {args.channel}: "
+                 f"{type(e).__name__}: {peer_text(e, 200)}")
+        else:
+            try:
+                out.write(line)
+                out.flush()
+            except BrokenPipeError:  # e.g. `| head -1`: the reader has all it wants
+                done.callback(None)
+                return
         received += 1
         if args.count is not None and received >= args.count:
             done.callback(None)
@@ -163,16 +172,19 @@ async def cmd_sub(reactor: Any, args: argparse.Namespace, settings: Settings) ->
             return  # our own leaving
         if event.peer_id == session.link.peer_id and event.status in ("closed", "up"):
             what = "lost" if event.status == "closed" else "back"
-            _note(f"yotonnet sub: link to {session.endpoint} {what}"
-                  + (f" ({event.reason}); reconnecting" if event.reason else ""))
+            note(f"yotonnet sub: link to {session.endpoint} {what}"
+                 + (f" ({peer_text(event.reason)}); reconnecting" if event.reason else ""))
 
     session.ctx.watch_links(link_event)
     if _isatty(sys.stderr):
-        _note(f"subscribed to {args.channel} via {session.endpoint}; Ctrl-C to stop")
+        note(f"subscribed to {args.channel} via {session.endpoint}; Ctrl-C to stop")
     sub.subscribe(got)
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: defer.ensureDeferred(session.close())
     )
     await done
     await session.close()
+    if unprintable:
+        note(f"yotonnet sub: {unprintable} of {received} message(s) could not be printed")
+        return EXIT_FAILURE
     return EXIT_OK

@@ -22,7 +22,7 @@ from .checks import parse
 from .client_logs import _begin_client_logging
 from .exits import EXIT_FAILURE, CliError
 from .node import _node_main
-from .output import _note
+from .output import note, peer_text
 from .pubsub import cmd_pub, cmd_sub
 from .state import cmd_state
 from .status import cmd_status
@@ -42,10 +42,11 @@ async def _client_main(reactor: Any, args: argparse.Namespace, settings: Setting
     try:
         code = await COMMANDS[args.command](reactor, args, settings)
     except CliError as e:
-        _note(f"yotonnet {name}: error: {e.message}")
+        note(f"yotonnet {name}: error: {e.message}")
         raise SystemExit(e.code) from None
     except errors.ConnectionLost as e:
-        _note(f"yotonnet {name}: error: the link to {settings.client.connect} was lost: {e}")
+        note(f"yotonnet {name}: error: the link to {settings.client.connect} was lost: "
+             f"{peer_text(e)}")
         raise SystemExit(EXIT_FAILURE) from None
     raise SystemExit(code)
 

@@ -23,6 +23,7 @@ from ..link import HandshakeError
 from ..security import SecurityError
 from ..service import control_channel_name
 from .exits import EXIT_USAGE, CliError
+from .output import peer_text
 
 
 def _wait(reactor: Any, d: defer.Deferred, seconds: float, on_timeout: Callable[[], str]) -> Any:
@@ -114,14 +115,14 @@ class Session:
                         f"{self.timeout:g} s (--timeout); is the address right and reachable?",
             )
         except _Unreachable as e:
-            reason = e.reason or await self._probe()
+            reason = peer_text(e.reason) if e.reason else await self._probe()
             raise CliError(
                 f"cannot reach a yotonnet node at {self.endpoint}: {reason}\n"
                 f"  Is a node running there? Start one with `yotonnet node` (it listens on "
                 f"{DEFAULT_LISTEN}),\n  or pass --connect ENDPOINT to use another node."
             ) from None
         except HandshakeError as e:
-            raise CliError(f"{self.endpoint} refused the link: {e}") from None
+            raise CliError(f"{self.endpoint} refused the link: {peer_text(e)}") from None
         finally:
             poll.stop()
 
@@ -175,7 +176,9 @@ class Session:
             try:
                 await self.control.call("ping")
             except errors.YotonnetError as e:
-                raise CliError(f"the node at {self.endpoint} did not answer: {e}") from None
+                raise CliError(
+                    f"the node at {self.endpoint} did not answer: {peer_text(e)}"
+                ) from None
 
     async def node_call(self, method: str, *args: Any) -> Any:
         """Call the node's control channel (see yotonnet.service.NodeControl)."""

@@ -13,7 +13,7 @@ from ..channels import StateChannel
 from ..config import Settings
 from ..routing import STATE
 from .exits import EXIT_OK, CliError
-from .output import _render
+from .output import _render, peer_text
 from .parser import TYPES
 from .session import Session, _wait
 
@@ -26,7 +26,8 @@ async def cmd_state(reactor: Any, args: argparse.Namespace, settings: Settings) 
         try:
             await session.node_call("state_set", args.channel, args.state_value, mtype.name)
         except errors.RemoteError as e:
-            raise CliError(f"the node refused: {e.remote_type}: {e.remote_message}") from None
+            raise CliError(f"the node refused: {peer_text(e.remote_type)}: "
+                           f"{peer_text(e.remote_message)}") from None
         finally:
             await session.close()
         return EXIT_OK

@@ -16,6 +16,7 @@ from ..channels import ReqChannel
 from ..config import Settings
 from ..service import control_channel_name
 from .exits import EXIT_OK, CliError
+from .output import peer_text, to_json
 from .session import Session
 from .status_text import format_status
 
@@ -36,9 +37,10 @@ async def cmd_status(reactor: Any, args: argparse.Namespace, settings: Settings)
         else:
             status = await session.node_call("status")
     except errors.RemoteError as e:
-        raise CliError(f"the node failed to report: {e.remote_type}: {e.remote_message}") from None
+        raise CliError(f"the node failed to report: {peer_text(e.remote_type)}: "
+                       f"{peer_text(e.remote_message)}") from None
     except (errors.TimeoutError, errors.NoResponders, errors.ConnectionLost) as e:
-        raise CliError(f"no status from the node: {type(e).__name__}: {e}") from None
+        raise CliError(f"no status from the node: {type(e).__name__}: {peer_text(e)}") from None
     finally:
         await session.close()
     me = f"{session.ctx.node_id:016x}"
@@ -56,16 +58,25 @@ async def cmd_status(reactor: Any, args: argparse.Namespace, settings: Settings)
         "mesh": mesh,
     }
     if args.json:
-        sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    else:
-        sys.stdout.write(format_status(report))
+        # to_json: the reply is another node's data (its keys sortable, its ints printable);
+        # ensure_ascii escapes every character a terminal could act on.
+        sys.stdout.write(json.dumps(to_json(report), indent=2, sort_keys=True) + "\n")
+        return EXIT_OK
+    try:
+        text = format_status(report)
+    except (TypeError, AttributeError, KeyError, ValueError) as e:
+        raise CliError(
+            f"the status reply of the node is not in the form this version of yotonnet shows "
+            f"({type(e).__name__}: {peer_text(e)}); `yotonnet status --json` prints it as is"
+        ) from None
+    sys.stdout.write(text)
     return EXIT_OK
 
 
 def _find_node(topology: dict, name: str, session: Session) -> dict:
     found = [n for n in topology["nodes"] if n["name"] == name and n["reachable"]]
     if not found:
-        names = sorted({n["name"] for n in topology["nodes"] if n["reachable"]})
+        names = sorted({peer_text(n["name"]) for n in topology["nodes"] if n["reachable"]})
         raise CliError(f"no reachable node named {name!r} through {session.endpoint}; "
                        f"known: {', '.join(names) or 'none'}")
     if len(found) > 1:

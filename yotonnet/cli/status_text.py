@@ -1,9 +1,39 @@
-"""The human-readable form of ``yotonnet status``: :func:`format_status` and its helpers."""
+"""The human-readable form of ``yotonnet status``: :func:`format_status` and its helpers.
+
+Everything in the report came from other nodes (the node asked, and the
+records of the mesh), so every value is shown through :func:`_t`, which
+escapes control characters: a name cannot clear the screen, write the
+clipboard or start a line of its own.
+"""
 
 from __future__ import annotations
 
+from typing import Any
 
-def _size(n: float) -> str:
+from ..names import printable
+from .output import int_to_json
+
+#: longest value shown (a channel name is at most 200 characters, escapes make it longer)
+_LIMIT = 400
+
+
+def _t(value: Any) -> str:
+    """``value`` as text that is safe on a terminal."""
+    return printable(value, _LIMIT)
+
+
+def _n(value: Any, spec: str = "") -> str:
+    """A number formatted with ``spec``; anything else (a bad reply) shown as escaped text."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _t(value)
+    if isinstance(value, int) and isinstance(int_to_json(value), dict):
+        return _t(hex(value))  # too long for decimal (see yotonnet.cli.output)
+    return format(value, spec)
+
+
+def _size(n: Any) -> str:
+    if not isinstance(n, (int, float)) or isinstance(n, bool):
+        return _t(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -12,49 +42,57 @@ def _size(n: float) -> str:
 
 
 def format_status(report: dict) -> str:
-    """The human-readable form of ``yotonnet status``."""
+    """The human-readable form of ``yotonnet status``.
+
+    Raises ``TypeError``, ``AttributeError``, ``KeyError`` or ``ValueError`` when the
+    report is not shaped like :func:`yotonnet.status.node_status` output (a node of
+    another version, or a hostile one); ``yotonnet status`` then says so.
+    """
     st = report["node"]
     client = report["client"]["id"]
     lines = [
-        f"node {st.get('name')}  id {st.get('id')}  up {st.get('uptime', 0):.1f} s  "
-        f"(via {report['endpoint']})",
-        f"listening: {', '.join(st.get('listening', [])) or '-'}",
+        f"node {_t(st.get('name'))}  id {_t(st.get('id'))}  up {_n(st.get('uptime', 0), '.1f')} s"
+        f"  (via {_t(report['endpoint'])})",
+        f"listening: {', '.join(_t(x) for x in st.get('listening', [])) or '-'}",
     ]
     links = st.get("links", [])
     lines.append(f"links ({len(links)}):")
     for link in links:
-        who = link.get("peer_name") or "?"
+        who = _t(link.get("peer_name") or "?")
         if link.get("peer") == client:
             who += " (this command)"
         lines.append(
-            f"  {who:<32} {link.get('status', '?'):<6} {link.get('direction', ''):<3}  "
-            f"frames {link.get('frames_in', 0)}/{link.get('frames_out', 0)} in/out  "
+            f"  {who:<32} {_t(link.get('status', '?')):<6} {_t(link.get('direction', '')):<3}  "
+            f"frames {_n(link.get('frames_in', 0))}/{_n(link.get('frames_out', 0))} in/out  "
             f"bytes {_size(link.get('bytes_in', 0))}/{_size(link.get('bytes_out', 0))}"
         )
     routes = st.get("routes", [])
     lines.append(f"routes ({len(routes)}):")
     for r in routes:
-        lines.append(f"  {r.get('dest_name') or r.get('dest')} via "
-                     f"{r.get('next_hop_name') or r.get('next_hop')}  distance {r.get('distance')}")
+        lines.append(f"  {_t(r.get('dest_name') or r.get('dest'))} via "
+                     f"{_t(r.get('next_hop_name') or r.get('next_hop'))}  "
+                     f"distance {_t(r.get('distance'))}")
     chans = st.get("channels", [])
     lines.append(f"channels ({len(chans)}):")
     for c in chans:
-        roles = ",".join(c.get("roles", [])) or "pub"
+        roles = ",".join(_t(x) for x in c.get("roles", [])) or "pub"
         lines.append(
-            f"  {c.get('name') or c.get('id'):<32} {c.get('pattern') or '?':<7} {roles:<9} "
-            f"published {c.get('published', 0)}  received {c.get('received', 0)}  "
-            f"served {c.get('served', 0)}  remote holders {c.get('remote_holders', 0)}"
+            f"  {_t(c.get('name') or c.get('id')):<32} {_t(c.get('pattern') or '?'):<7} "
+            f"{roles:<9} published {_n(c.get('published', 0))}  "
+            f"received {_n(c.get('received', 0))}  served {_n(c.get('served', 0))}  "
+            f"remote holders {_n(c.get('remote_holders', 0))}"
         )
     counters = st.get("counters", {})
-    lines.append("counters: " + ("  ".join(f"{k} {v}" for k, v in sorted(counters.items()))
-                                 or "-"))
+    lines.append("counters: " + ("  ".join(
+        f"{_t(k)} {_n(v)}" for k, v in sorted(counters.items(), key=lambda kv: str(kv[0]))
+    ) or "-"))
     nodes = report["mesh"]["nodes"]
     lines.append(f"mesh, as this command sees it ({len(nodes)} other nodes):")
     names = {n["id"]: n["name"] for n in nodes}
-    for n in sorted(nodes, key=lambda n: (not n["reachable"], n["name"])):
+    for n in sorted(nodes, key=lambda n: (not n["reachable"], str(n["name"]))):
         peers = ", ".join(
-            names.get(p, "this command" if p == client else p) for p in sorted(n["links"])
+            _t(names.get(p, "this command" if p == client else p)) for p in sorted(n["links"])
         )
-        where = f"distance {n['distance']}" if n["reachable"] else "unreachable"
-        lines.append(f"  {n['name']:<32} {where:<12} links: {peers or '-'}")
+        where = f"distance {_t(n['distance'])}" if n["reachable"] else "unreachable"
+        lines.append(f"  {_t(n['name']):<32} {where:<12} links: {peers or '-'}")
     return "\n".join(lines) + "\n"

@@ -47,7 +47,7 @@ from ..context import Context
 from ..identity import caller as authenticated_caller
 from ..identity import caller_node as current_caller_node
 from ..messages import OBJECT
-from ..names import channel_id
+from ..names import channel_id, printable
 from ..routing import REP
 from . import protocol as p
 from .roles import Caller, RolePolicy, check, default_roles, default_user, unverified
@@ -586,7 +586,7 @@ class KernelBroker:
         impostors = self._other_input_holders(ex.caller)
         if impostors:
             # The prompt (maybe a password's) goes to the runner's node or nowhere.
-            why = (f"the input channel of {ex.caller.user}'s client is also served by "
+            why = (f"the input channel of {printable(ex.caller.user)}'s client is also served by "
                    f"node(s) {', '.join(f'{n:016x}' for n in impostors)}; not asking anyone")
             log.warn("kernel {name}: {why}", name=self.name, why=why)
             error(Failure(errors.PermissionDenied(why)))

@@ -47,6 +47,7 @@ from ..channels import RepChannel, ReqChannel, StateChannel, SubChannel
 from ..channels.pubsub import LATEST, LOSSLESS
 from ..context import Context
 from ..messages import OBJECT
+from ..names import printable
 from ..routing import REP
 from . import protocol as p
 from .roles import Caller, default_user
@@ -363,7 +364,7 @@ class KernelClient:
 
         def failed(failure: Failure) -> None:
             log.warn("kernel {name}: history fetch failed: {why}", name=self.name,
-                     why=failure.getErrorMessage())
+                     why=printable(failure.getErrorMessage(), 1000))  # the broker's words
             self.merger.on_fetch_failed()
 
         d.addCallbacks(got, failed)
@@ -422,6 +423,7 @@ class KernelClient:
             # Back after a cut: the broker may have seen us leave; announce us again and
             # fill whatever we missed meanwhile.
             self.control.call("attach", self.caller.to_wire()).addErrback(
-                lambda f: log.warn("re-attach failed: {why}", why=f.getErrorMessage())
+                lambda f: log.warn("re-attach failed: {why}",
+                                   why=printable(f.getErrorMessage(), 1000))
             )
             self.merger.want(self.merger.last + 1)

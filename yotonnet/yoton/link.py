@@ -54,6 +54,7 @@ from .. import wire
 from ..codec import decode_object, decode_values, encode_object, encode_values
 from ..errors import DecodeError, MessageTypeError, ProtocolError
 from ..link import BUSY, CLOSED, HANDSHAKING, UP, HandshakeError, Link
+from ..names import printable
 from ..routing import REP, STATE, NodeState
 from ..wire import HEADER, HEADER_SIZE, HEADER_TAIL, FrameKind
 from . import objects
@@ -296,7 +297,9 @@ class YotonLink(Link):
         self._closing = True
         self._fatal = fatal
         self.reason = reason
-        log.warn("closing Yoton link {link}: {reason}", link=self.describe(), reason=reason)
+        # The reason may quote the peer (a refused handshake line, a bad package).
+        log.warn("closing Yoton link {link}: {reason}", link=self.describe(),
+                 reason=printable(reason, 1000))
         if self.status is not HANDSHAKING:
             try:
                 self.transport.write(ywire.CLOSE)
@@ -511,7 +514,7 @@ class YotonLink(Link):
                 self.counters["untranslatable"] += 1
                 log.info(
                     "Yoton link {link}: dropped a package on {name}: {e}",
-                    link=self.describe(), name=carried.name, e=e,
+                    link=self.describe(), name=printable(carried.name), e=printable(e, 1000),
                 )
         if frames:
             self._dispatch(b"".join(frames))
