@@ -29,6 +29,7 @@ from yotonnet.kernel.roles import (
     check,
     default_roles,
     table_roles,
+    unverified,
 )
 
 TOKEN = "0123456789abcdef"
@@ -230,19 +231,28 @@ class OutputMergerTests(SynchronousTestCase):
 
 
 class RolesTests(SynchronousTestCase):
-    def test_default_policy(self) -> None:
-        role_of = default_roles("alice@a")
-        alice, bob = Caller("alice@a", "c1"), Caller("bob@b", "c2")
+    def test_default_policy_lets_only_the_verified_owner_run_code(self) -> None:
+        role_of = default_roles("alice")
+        alice, bob = Caller("alice", "c1", verified=True), Caller("bob", "c2", verified=True)
         self.assertEqual(check(role_of, alice, "restart"), OWNER)
-        self.assertEqual(check(role_of, bob, "execute"), COLLABORATOR)
-        with self.assertRaises(PermissionDenied) as e:
-            check(role_of, bob, "shutdown")
-        self.assertIn("collaborator", str(e.exception))
+        self.assertEqual(check(role_of, bob, "attach"), VIEWER)
+        for op in ("execute", "interrupt", "shutdown"):
+            with self.assertRaises(PermissionDenied) as e:
+                check(role_of, bob, op)
+            self.assertIn("viewer", str(e.exception))
+        # A claim of the owner's name that nobody vouched for grants nothing.
+        with self.assertRaises(PermissionDenied):
+            check(role_of, Caller("alice", "c3"), "execute")
+        claimed = Caller(unverified("alice"), "c3")
+        self.assertEqual(claimed.user, "alice (unverified)")
+        self.assertEqual(role_of(claimed), VIEWER)
 
     def test_table_policy_and_viewers(self) -> None:
         role_of = table_roles("alice", {"bob": COLLABORATOR})
-        carol = Caller("carol", "c3")
+        carol = Caller("carol", "c3", verified=True)
         self.assertEqual(role_of(carol), VIEWER)
+        self.assertEqual(role_of(Caller("bob", "c2", verified=True)), COLLABORATOR)
+        self.assertEqual(role_of(Caller("bob", "c2")), VIEWER, "an unverified claim")
         for op, allowed in PERMISSIONS.items():
             if VIEWER in allowed:
                 check(role_of, carol, op)
