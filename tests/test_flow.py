@@ -23,7 +23,7 @@ from yotonnet import (
     PubChannel,
     SubChannel,
 )
-from yotonnet.flow import Hold, PeerFlow
+from yotonnet.flow import CreditError, Hold, PeerFlow
 from yotonnet.testing import MemoryMesh
 from yotonnet.wire import HEADER, HEADER_TAIL, FrameKind
 
@@ -59,12 +59,35 @@ class PeerFlowTests(SynchronousTestCase):
         self.assertTrue(flow.take(1, 10))
         for name in (b"a", b"b", b"c"):
             flow.enqueue(1, name, 10, None)
-        self.assertEqual(flow.grant(1, 15), [b"a", b"b"])  # 15 -> 5 -> -5
+        self.assertEqual(flow.grant(1, 5), [b"a"])  # 0 -> 5 -> -5
         self.assertEqual(flow.grant(1, 5), [])
-        self.assertEqual(flow.grant(1, 1), [b"c"])
+        self.assertEqual(flow.grant(1, 1), [b"b"])  # 1 -> -9
+        self.assertEqual(flow.grant(1, 10), [b"c"])
         self.assertFalse(flow.can_send(1))  # credit -9
         self.assertEqual(flow.grant(1, 10), [])
         self.assertTrue(flow.can_send(1))
+
+    def test_credit_for_bytes_never_sent_is_refused(self) -> None:
+        flow = PeerFlow(window=100, receive_window=100)
+        with self.assertRaises(CreditError) as caught:
+            flow.grant(1, 1)  # nothing was ever sent on channel 1
+        self.assertIn("only 0 sent bytes", str(caught.exception))
+        self.assertTrue(flow.take(1, 30))
+        self.assertEqual(flow.grant(1, 20), [])
+        with self.assertRaises(CreditError):
+            flow.grant(1, 11)  # 10 bytes still outstanding
+        self.assertEqual(flow.grant(1, 10), [])
+        self.assertTrue(flow.take(1, 100))
+
+    def test_a_paused_transport_queues_whatever_the_credit(self) -> None:
+        flow = PeerFlow(window=100, receive_window=100)
+        flow.paused = True
+        self.assertFalse(flow.take(1, 10))
+        self.assertFalse(flow.can_send(1))
+        flow.enqueue(1, b"a", 10, None)
+        self.assertEqual(flow.ready(1), [])
+        flow.paused = False
+        self.assertEqual(flow.ready(1), [b"a"])
 
     def test_holds_release_once_every_holder_let_go(self) -> None:
         released = Released()
@@ -77,7 +100,7 @@ class PeerFlowTests(SynchronousTestCase):
         flow_b.enqueue(1, b"x", 12, hold)
         hold.unref()  # the receiver is done handing it out
         self.assertEqual(released.holds, [])
-        flow_a.grant(1, 20)
+        flow_a.grant(1, 10)  # all it was sent: x (12) goes and frees its hold
         self.assertEqual(released.holds, [])
         self.assertEqual(flow_b.drop(), 1)  # e.g. the link died
         self.assertEqual(released.holds, [hold])

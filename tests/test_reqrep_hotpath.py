@@ -21,7 +21,8 @@ class CallTableTests(SynchronousTestCase):
         first = table.open("w1", 7, "svc", 5.0, now=100.0)
         second = table.open("w2", 7, "svc", None, now=100.0)
         self.assertIsInstance(first, Call)
-        self.assertEqual((first.req_id, first.waiter, first.dest), (1, "w1", 7))
+        self.assertEqual((first.waiter, first.dest), ("w1", 7))
+        self.assertEqual(second.req_id, first.req_id + 1)
         self.assertEqual(first.deadline, 105.0)
         self.assertIsNone(second.deadline)
         self.assertEqual(table.load(7), 2)
@@ -32,6 +33,22 @@ class CallTableTests(SynchronousTestCase):
         table.pop(second.req_id)
         self.assertEqual(table.load(7), 0)
         self.assertEqual(len(table), 0)
+
+    def test_request_ids_cannot_be_guessed(self) -> None:
+        # Counted up from a random point: a table's first id is not 1, nor another's.
+        firsts = {CallTable().open("w", 7, "svc", None, now=0.0).req_id for _ in range(8)}
+        self.assertEqual(len(firsts), 8)
+        self.assertNotIn(1, firsts)
+
+    def test_a_reply_completes_a_call_only_from_the_node_and_channel_asked(self) -> None:
+        table = CallTable()
+        call = table.open("w", 7, "svc", 5.0, now=0.0, channel=0xC0FFEE)
+        self.assertIsNone(table.answer(call.req_id, 8, 0xC0FFEE), "another node")
+        self.assertIsNone(table.answer(call.req_id, 7, 0xBAD), "another channel")
+        self.assertIsNone(table.answer(call.req_id + 1, 7, 0xC0FFEE), "another id")
+        self.assertEqual(len(table), 1, "a refused reply leaves the call open")
+        self.assertIs(table.answer(call.req_id, 7, 0xC0FFEE), call)
+        self.assertEqual((len(table), table.load(7)), (0, 0))
 
     def test_pick_prefers_the_least_loaded_then_the_nearest(self) -> None:
         table = CallTable()

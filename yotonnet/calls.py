@@ -1,10 +1,15 @@
 """Outstanding requests: correlation ids, deadlines and the load on each replier.
 
-Sans-IO: no Twisted import. The context keeps one timer for all requests and
-asks this table when it must next fire (:meth:`CallTable.next_deadline`) and
-which calls have run out of time (:meth:`CallTable.expired`). One timer
-instead of one ``callLater`` per request keeps the request/reply hot path
-free of timer-heap work.
+Sans-IO: no Twisted import. A reply is matched on its request id AND on the
+node and channel the request went to (:meth:`CallTable.answer`): anyone may
+address a REPLY frame to us, but only the replier we asked can complete the
+call. Ids start at a random point, so they cannot be guessed either.
+
+The context keeps one timer for all requests and asks this table when it
+must next fire (:meth:`CallTable.next_deadline`) and which calls have run
+out of time (:meth:`CallTable.expired`). One timer instead of one
+``callLater`` per request keeps the request/reply hot path free of
+timer-heap work.
 
 Calls that share a timeout are kept in one insertion-ordered group, so their
 deadlines are in order and finding the expired ones never scans live calls.
@@ -12,6 +17,7 @@ deadlines are in order and finding the expired ones never scans live calls.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -34,6 +40,8 @@ class Call(NamedTuple):
     channel_name: str
     timeout: float | None
     deadline: float | None
+    #: id of the channel the request went out on
+    channel: int = 0
 
 
 class CallTable:
@@ -44,7 +52,7 @@ class CallTable:
         # timeout value -> {req_id: call} in the order the calls were opened
         self._groups: dict[float, dict[int, Call]] = {}
         self._load: dict[int, int] = {}
-        self._last_id = 0
+        self._last_id = secrets.randbits(62)
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -72,22 +80,33 @@ class CallTable:
         return best
 
     def open(
-        self, waiter: Any, dest: int, channel_name: str, timeout: float | None, now: float
+        self, waiter: Any, dest: int, channel_name: str, timeout: float | None, now: float,
+        channel: int = 0,
     ) -> Call:
         """Record a new call and give it the next request id."""
-        self._last_id = req_id = self._last_id + 1
+        self._last_id = req_id = (self._last_id + 1) & 0xFFFF_FFFF_FFFF_FFFF or 1
         if timeout:
-            call = _new(Call, (req_id, waiter, dest, channel_name, timeout, now + timeout))
+            call = _new(
+                Call, (req_id, waiter, dest, channel_name, timeout, now + timeout, channel)
+            )
             group = self._groups.get(timeout)
             if group is None:
                 group = self._groups[timeout] = {}
             group[req_id] = call
         else:
-            call = _new(Call, (req_id, waiter, dest, channel_name, timeout, None))
+            call = _new(Call, (req_id, waiter, dest, channel_name, timeout, None, channel))
         self._calls[req_id] = call
         load = self._load
         load[dest] = load.get(dest, 0) + 1
         return call
+
+    def answer(self, req_id: int, source: int, channel: int) -> Call | None:
+        """The call a reply from node ``source`` on ``channel`` completes (now closed), or
+        None when it matches none: unknown id (late, or guessed), or another sender."""
+        call = self._calls.get(req_id)
+        if call is None or call[2] != source or call[6] != channel:
+            return None
+        return self.pop(req_id)
 
     def pop(self, req_id: int) -> Call | None:
         """Forget a call (answered, failed or cancelled); None if it is not open."""

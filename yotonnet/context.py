@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import socket
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,10 +23,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import errors, wire
+from . import errors, stateclock, wire
 from .calls import Call, CallTable
 from .costs import check_cost, split_cost
-from .flow import DEFAULT_WINDOW, Hold
+from .flow import DEFAULT_WINDOW, CreditError, Hold
 from .guard import Guard
 from .link import BUSY, CLOSED, UP, HandshakeError, Link, LinkFactory
 from .messages import decode_object, encode_object
@@ -52,7 +51,7 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="yotonnet.context")
 
-_STATE_VERSION = struct.Struct("<QQ")
+_STATE_VERSION = stateclock.VERSION
 BUSY_LINK_COST = 1000
 _DATA = int(FrameKind.DATA)
 _LATEST = int(FrameKind.LATEST)
@@ -93,6 +92,9 @@ class ContextConfig:
     #: write small frames to a TCP socket at once when Twisted has nothing buffered for
     #: it, instead of in the next reactor turn (see Link._write_now); off: Twisted's path
     eager_writes: bool = True
+    #: bytes a link may still write (replies, control frames) while its peer reads nothing
+    #: before it is cut as a slow consumer (flow-controlled data waits instead)
+    max_link_buffer: int = 32 << 20
 
 
 class LinkEvent(NamedTuple):
@@ -260,7 +262,9 @@ class Context:
         # one timer for every request's deadline (see yotonnet.calls)
         self._deadline_timer: Any = None
         self._deadline_at = _NEVER  # when that timer fires
-        self._lamport = 0
+        # per state channel: the highest clock of any version seen here (each channel
+        # has its own Lamport clock: a write on one cannot disturb the others)
+        self._state_clocks: dict[int, int] = {}
         self._state_values: dict[int, tuple[tuple[int, int], int, bytes]] = {}
         self._state_told: dict[int, set[int]] = {}
         self._watchers: list[Callable[[LinkEvent], None]] = []
@@ -277,6 +281,8 @@ class Context:
             "flow_dropped": 0,
             "producer_pauses": 0,
             "latest_dropped": 0,
+            "replies_dropped": 0,
+            "slow_consumers": 0,
         }
         # Set while a link dispatches frames; links that queued sends meanwhile.
         self._dispatching = False
@@ -977,11 +983,23 @@ class Context:
         if not 0 < amount <= MAX_CREDIT:
             raise wire.ProtocolError(f"CREDIT frame grants {amount} bytes")
         self.counters["credit_in"] += 1
-        if channel not in link.flow.outboxes:
-            return  # credit for a channel never sent on: nothing to do
-        for data in link.flow.grant(channel, amount):
+        try:
+            ready = link.flow.grant(channel, amount)
+        except CreditError as e:
+            raise wire.ProtocolError(str(e)) from None
+        for data in ready:
             link.send(data)
         if channel in self._not_ready:
+            self._check_ready(channel)
+
+    def link_writable(self, link: Link) -> None:
+        """``link``'s transport drained what it held: send what waited for that."""
+        flow = link.flow
+        for channel, box in list(flow.outboxes.items()):
+            if box.queue:
+                for data in flow.ready(channel):
+                    link.send(data)
+        for channel in list(self._not_ready):
             self._check_ready(channel)
 
     def _drop_flow(self, link: Link) -> None:
@@ -1022,8 +1040,8 @@ class Context:
             calls.pop(req_id)
 
         d: defer.Deferred[Any] = defer.Deferred(cancel)
-        req_id, _, _, _, _, deadline = calls.open(
-            d, dest, channel_name, timeout, self.reactor.seconds()
+        req_id, _, _, _, _, deadline, _ = calls.open(
+            d, dest, channel_name, timeout, self.reactor.seconds(), channel
         )
         # Calls with the usual timeout expire after the one the timer waits for.
         if deadline is not None and deadline < self._deadline_at:
@@ -1209,18 +1227,20 @@ class Context:
         )
 
     def _on_reply(self, link: Link, frame: wire.Frame) -> None:
-        _, hops, status, _, _, dest, req_id, payload, _ = frame
+        _, hops, status, channel, source, dest, req_id, payload, _ = frame
         if dest != self.node_id:
             if hops > 1:
                 self._unicast(dest, wire.reencode(frame, hops - 1))
             return
-        if status != REPLY_OK:
-            self._accept_reply(req_id, status, payload)
-            return
-        # _accept_reply's first case written out: every successful call comes here.
-        call = self._calls.pop(req_id)
+        # Only the node the request went to, on the channel it went out on, answers it.
+        call = self._calls.answer(req_id, source, channel)
         if call is None:
-            return  # cancelled or timed out: the late reply is dropped
+            # Late (cancelled or timed out), or not from the replier we asked: dropped.
+            self.counters["replies_dropped"] += 1
+            return
+        if status != REPLY_OK:
+            self._fail_call(call, status, payload)
+            return
         try:
             value = decode_object(payload)
         except Exception as e:  # noqa: BLE001 - a malformed reply fails only its call
@@ -1229,20 +1249,23 @@ class Context:
         call[1].callback(value)  # the waiter
 
     def _accept_reply(self, req_id: int, status: int, payload: bytes) -> None:
-        if status == REPLY_OK:
-            call = self._calls.pop(req_id)
-            if call is None:
-                return  # cancelled or timed out: the late reply is dropped
-            try:
-                value = decode_object(payload)
-            except Exception as e:  # noqa: BLE001 - a malformed reply fails only its call
-                call.waiter.errback(errors.DecodeError(f"malformed reply: {e}"))
-                return
-            call.waiter.callback(value)
+        """A reply made on this node to a request made on this node."""
+        call = self._calls.pop(req_id)
+        if call is None:
+            return  # cancelled or timed out: the late reply is dropped
+        if status != REPLY_OK:
+            self._fail_call(call, status, payload)
             return
-        if req_id not in self._calls:
+        try:
+            value = decode_object(payload)
+        except Exception as e:  # noqa: BLE001 - a malformed reply fails only its call
+            call.waiter.errback(errors.DecodeError(f"malformed reply: {e}"))
             return
-        result: Any
+        call.waiter.callback(value)
+
+    def _fail_call(self, call: Call, status: int, payload: bytes) -> None:
+        """Fail a call (already closed) with the error a non-OK reply carries."""
+        result: Exception
         try:
             if status == REPLY_ERROR:
                 remote_type, message, traceback = decode_object(payload)
@@ -1255,13 +1278,23 @@ class Context:
                 result = errors.DecodeError(f"reply with unknown status {status}")
         except Exception as e:  # noqa: BLE001 - a malformed reply fails only its call
             result = errors.DecodeError(f"malformed reply: {e}")
-        self._finish_request(req_id, result)
+        call.waiter.errback(result)
 
     # --- state
 
+    def state_clock(self, channel: int) -> int:
+        """The highest clock of any version of state channel ``channel`` seen here."""
+        return self._state_clocks.get(channel, 0)
+
     def _state_set(self, channel: int, tag: int, payload: bytes) -> None:
-        self._lamport += 1
-        version = (self._lamport, self.node_id)
+        clock = self._state_clocks.get(channel, 0) + 1
+        if clock >= stateclock.MAX_STATE_CLOCK:
+            raise errors.YotonnetError(
+                f"state channel {channel:016x} has run out of versions (its clock is at "
+                f"{clock - 1}); use another channel"
+            )
+        self._state_clocks[channel] = clock
+        version = (clock, self.node_id)
         self._state_apply(channel, version, tag, payload)
         data = self._state_frame(channel, version, tag, payload, dest=0)
         for link in self._targets(self.node_id, channel, STATE):
@@ -1281,23 +1314,29 @@ class Context:
         )
 
     def _on_state(self, link: Link, frame: wire.Frame) -> None:
+        channel = frame.channel
+        version = stateclock.state_version(frame.payload, channel)
         if frame.dest not in (0, self.node_id):
             if frame.hops > 1:
                 self._unicast(frame.dest, wire.reencode(frame, frame.hops - 1))
+            self._note_state_clock(channel, version[0])
             return
         if frame.dest == 0:
-            links = self._targets(frame.source, frame.channel, STATE)
+            links = self._targets(frame.source, channel, STATE)
             if links:
                 self._forward(frame, links)
-        if len(frame.payload) < _STATE_VERSION.size:
-            raise wire.ProtocolError("STATE frame too short for its version")
-        version = _STATE_VERSION.unpack_from(frame.payload)
-        self._state_apply(frame.channel, version, frame.tag, frame.payload[_STATE_VERSION.size :])
+        self._note_state_clock(channel, version[0])
+        self._state_apply(channel, version, frame.tag, frame.payload[_STATE_VERSION.size :])
+
+    def _note_state_clock(self, channel: int, clock: int) -> None:
+        # Even for frames only passing through: a client's first node bounds its writes
+        # by what it has seen of the channel (see LinkGate.on_state).
+        if clock > self._state_clocks.get(channel, 0):
+            self._state_clocks[channel] = clock
 
     def _state_apply(
         self, channel: int, version: tuple[int, int], tag: int, payload: bytes
     ) -> None:
-        self._lamport = max(self._lamport, version[0])
         holders = self._states.get(channel)
         if not holders:
             return  # only passing through this node

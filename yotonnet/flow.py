@@ -15,6 +15,13 @@ channel and upstream link, and other channels on the same links go on.
   frames waiting for more credit, in order.
 * :class:`PeerFlow` is the flow state of one link: its outboxes (sending
   side) and the credit owed to it (receiving side).
+
+Credit is the receiver's promise, not a licence: a peer may return only
+bytes it was sent (:meth:`PeerFlow.grant` refuses more, as HTTP/2 and QUIC
+treat over-granted credit as a protocol error), and a sender whose
+transport cannot take more (``paused``) queues instead of writing, however
+much credit it holds, so a receiver that never reads costs a bounded
+amount of memory.
 """
 
 from __future__ import annotations
@@ -23,12 +30,18 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DEFAULT_WINDOW", "MIN_WINDOW", "MAX_WINDOW", "Hold", "Outbox", "PeerFlow"]
+__all__ = [
+    "DEFAULT_WINDOW", "MIN_WINDOW", "MAX_WINDOW", "Hold", "Outbox", "PeerFlow", "CreditError",
+]
 
 #: bytes per (link, channel) a sender may have unreleased at its neighbour
 DEFAULT_WINDOW = 1 << 20
 #: the range a node may announce in its HELLO
 MIN_WINDOW, MAX_WINDOW = 4096, 1 << 30
+
+
+class CreditError(ValueError):
+    """A peer returned credit for more bytes than it was sent."""
 
 
 class Hold:
@@ -87,6 +100,8 @@ class PeerFlow:
         self.threshold = max(1, receive_window // 4)
         self.outboxes: dict[int, Outbox] = {}
         self.owed: dict[int, int] = {}
+        #: the transport holds more than it can send now: queue rather than write
+        self.paused = False
 
     # --- sending side
 
@@ -101,14 +116,14 @@ class PeerFlow:
         box = self.outboxes.get(channel)
         if box is None:
             box = self.outboxes[channel] = Outbox(self.window)
-        if box.credit <= 0 or box.queue:
+        if box.credit <= 0 or box.queue or self.paused:
             return False
         box.credit -= size
         return True
 
     def can_send(self, channel: int) -> bool:
         box = self.outboxes.get(channel)
-        return box is None or (box.credit > 0 and not box.queue)
+        return not self.paused and (box is None or (box.credit > 0 and not box.queue))
 
     def enqueue(self, channel: int, data: bytes, size: int, hold: Hold | None) -> None:
         """Keep ``data`` until credit allows it; ``hold`` (if any) gains a reference."""
@@ -132,12 +147,28 @@ class PeerFlow:
         return dropped
 
     def grant(self, channel: int, amount: int) -> list[bytes]:
-        """Credit arrived: the queued data that may now go, in order."""
-        box = self.outbox(channel)
+        """Credit arrived: the queued data that may now go, in order.
+
+        Raises :class:`CreditError` when the peer returns more than it was sent
+        (nothing on the channel, or more than the window's worth outstanding)."""
+        box = self.outboxes.get(channel)
+        if box is None or box.credit + amount > self.window:
+            outstanding = 0 if box is None else self.window - box.credit
+            raise CreditError(
+                f"CREDIT of {amount} bytes on channel {channel:016x}, but only {outstanding} "
+                "sent bytes wait for it: credit may only return bytes that were sent"
+            )
         box.credit += amount
+        return self.ready(channel)
+
+    def ready(self, channel: int) -> list[bytes]:
+        """The queued data of ``channel`` that credit and the transport allow now."""
+        box = self.outboxes.get(channel)
+        if box is None:
+            return []
         ready: list[bytes] = []
         queue = box.queue
-        while queue and box.credit > 0:
+        while queue and box.credit > 0 and not self.paused:
             data, size, hold = queue.popleft()
             box.queued -= size
             box.credit -= size

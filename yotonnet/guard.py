@@ -60,6 +60,7 @@ from .names import channel_id, validate_channel_name
 from .peercred import peer_uid
 from .routing import REP, STATE, SUB, NodeState
 from .security import Security, SecurityError
+from .stateclock import STATE_CLOCK_JUMP, state_version
 from .wire import HEADER, HEADER_SIZE, HEADER_TAIL, REPLY_DENIED, REPLY_ERROR, FrameKind
 
 if TYPE_CHECKING:
@@ -209,7 +210,26 @@ class LinkGate:
         if frame.source != link.peer_id or frame.channel not in self.grants[SET_STATE]:
             self._refuse(SET_STATE, frame.channel, frame.source, 1)
             return
-        self.guard.ctx._on_state(link, frame)
+        ctx = self.guard.ctx
+        clock, writer = state_version(frame.payload, frame.channel)
+        if writer != link.peer_id:
+            # A client writes as itself; values of other writers reach holders from
+            # those writers and from nodes, not relayed by a client.
+            self.guard.counters["state_refused"] += 1
+            return
+        known = ctx.state_clock(frame.channel)
+        if clock > known + STATE_CLOCK_JUMP:
+            self.guard.counters["state_refused"] += 1
+            raise ProtocolError(
+                f"STATE version clock {clock} on channel {self._name(frame.channel)} is more "
+                f"than {STATE_CLOCK_JUMP} past the channel's clock here ({known}); a write "
+                "advances a channel's clock by one"
+            )
+        ctx._on_state(link, frame)
+
+    def _name(self, channel: int) -> str:
+        name = self.names.get(channel)
+        return repr(name) if name is not None else f"{channel:016x}"
 
     def on_control(self, link: Link, frame: wire.Frame) -> None:
         ctx = self.guard.ctx
@@ -317,11 +337,12 @@ class LinkGate:
         self.link.send(_control(["denied", op, name, text]))
 
     def _reply(self, frame: wire.Frame, status: int, payload: bytes) -> None:
-        ctx = self.guard.ctx
+        # In the name of the replier the client asked: it matches replies on that node
+        # (its own first node speaks for the mesh to it, as it does for everything).
         self.link.send(
             HEADER.pack(
                 HEADER_TAIL + len(payload), _REPLY, 1, 0, status,
-                frame.channel, ctx.node_id, frame.source, frame.seq,
+                frame.channel, frame.dest, frame.source, frame.seq,
             )
             + payload
         )
@@ -363,7 +384,7 @@ class Guard:
         self.handshaking = 0
         self.counters = {
             "auth_ok": 0, "auth_failed": 0, "refused_links": 0, "denied": 0,
-            "denied_frames": 0, "limit_breaches": 0, "idents": 0,
+            "denied_frames": 0, "limit_breaches": 0, "idents": 0, "state_refused": 0,
         }
         self._ctx_control = context._frame_handlers[FrameKind.CONTROL]
         context._frame_handlers[FrameKind.CONTROL] = self._on_control

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, tcp
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from . import tls, wire
 from .flow import DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW, PeerFlow
@@ -42,6 +44,8 @@ _FORWARDERS = {
 _EAGER_TRANSPORTS = (tcp.Server, tcp.Client)
 #: larger writes go through Twisted's buffer: a partial send would copy the rest
 EAGER_MAX = 65536
+#: seconds a link failed for not reading gets to take its ERROR frame before the abort
+ABORT_GRACE = 2.0
 HANDSHAKING = "handshaking"
 UP = "up"
 BUSY = "busy"
@@ -58,8 +62,16 @@ class HandshakeError(ProtocolError):
         self.fatal = fatal
 
 
+@implementer(IPushProducer)
 class Link(Protocol):
-    """The connection to one peer node."""
+    """The connection to one peer node.
+
+    It is the producer of its own transport: when the transport holds more
+    than it can send (the peer reads slowly, or not at all), Twisted pauses
+    the link, which then queues flow-controlled data instead of writing it
+    (see :class:`~yotonnet.flow.PeerFlow`) and cuts the peer as a slow
+    consumer if what it must still write meanwhile passes ``max_link_buffer``.
+    """
 
     def __init__(
         self, context: Context, outgoing: bool, endpoint_text: str = "", cost: int = 1
@@ -90,6 +102,7 @@ class Link(Protocol):
         self._handlers: dict[int, Callable[[Link, wire.Frame], None]] = {}
         self._timeout_call: Any = None
         self._heartbeat_call: Any = None
+        self._abort_call: Any = None
         #: who the peer authenticated as (yotonnet.auth.Identity), and the gate of a
         #: client link (yotonnet.guard.LinkGate); both None for trusted or unauthenticated
         self.identity: Any = None
@@ -117,6 +130,9 @@ class Link(Protocol):
         # How bytes reach the transport: Twisted's write, or _write_now (connectionMade)
         self._put: Callable[[bytes], None] = self._write_later
         self._socket: Any = None
+        # while the transport is paused: the write path to restore, and what was written
+        self._unpaused_put: Callable[[bytes], None] | None = None
+        self._written_while_paused = 0
 
     # --- connection life
 
@@ -131,6 +147,10 @@ class Link(Protocol):
             pass  # unix sockets and memory transports have no Nagle to turn off
         cfg = self.context.config
         self._choose_write_path(cfg.eager_writes)
+        try:
+            self.transport.registerProducer(self, True)
+        except (AttributeError, RuntimeError):
+            pass  # a transport without producers (or with one already): never paused
         self._auth = self.context.guard.authenticator(self)
         self.transport.write(wire.encode_preamble())
         self.transport.write(
@@ -191,6 +211,42 @@ class Link(Protocol):
             sent = 0
         if sent < len(data):
             t.write(data[sent:])
+
+    # --- IPushProducer: the transport tells us when it holds too much
+
+    def pauseProducing(self) -> None:  # noqa: N802 - Twisted's interface
+        if self._unpaused_put is not None or self._closing:
+            return
+        self.flow.paused = True
+        self._written_while_paused = 0
+        self._unpaused_put, self._put = self._put, self._write_while_paused
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        if self._unpaused_put is None:
+            return
+        self.flow.paused = False
+        self._put, self._unpaused_put = self._unpaused_put, None
+        if self.status is UP or self.status is BUSY:
+            self.context.link_writable(self)
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass  # the connection is going; connectionLost does the rest
+
+    def _write_while_paused(self, data: bytes) -> None:
+        """Only what flow control does not hold back (control frames, replies, pings)
+        gets here; a peer that leaves too much of it unread is cut."""
+        self._written_while_paused += len(data)
+        limit = self.context.config.max_link_buffer
+        if self._written_while_paused > limit:
+            self.context.counters["slow_consumers"] += 1
+            self.fail(
+                f"slow consumer: the peer read nothing while {self._written_while_paused} "
+                f"bytes waited for it (max_link_buffer is {limit}); cut so that its backlog "
+                "cannot fill this node's memory",
+                abort=True,
+            )
+            return
+        self.transport.write(data)
 
     def _skip_forwarders(self) -> None:
         """Have the transport hand reads straight to this link.
@@ -511,8 +567,11 @@ class Link(Protocol):
         self.bytes_out += len(data)
         self._put(data)
 
-    def fail(self, reason: str, fatal: bool = True) -> None:
-        """Tell the peer what went wrong (where it can read it) and disconnect."""
+    def fail(self, reason: str, fatal: bool = True, abort: bool = False) -> None:
+        """Tell the peer what went wrong (where it can read it) and disconnect.
+
+        ``abort``: the peer is not reading, so the connection is aborted (whatever the
+        transport still holds is dropped) if it has not closed within a short grace."""
         if self._closing:
             return
         self._whole_reads = False
@@ -524,9 +583,21 @@ class Link(Protocol):
         else:
             log.info("closing link {link}: {reason}", link=self.describe(), reason=reason)
         try:
-            self._flush()
+            if not abort:
+                self._flush()
             self.transport.write(wire.encode_frame(FrameKind.ERROR, reason.encode("utf-8")))
         except Exception:  # noqa: BLE001 - a broken transport must not stop the close
+            pass
+        self._lose_connection()
+        if abort:
+            self._out = []
+            self._abort_call = self.clock.callLater(ABORT_GRACE, self.transport.abortConnection)
+
+    def _lose_connection(self) -> None:
+        # A TLS transport does not shut down while a producer is registered.
+        try:
+            self.transport.unregisterProducer()
+        except (AttributeError, RuntimeError):
             pass
         self.transport.loseConnection()
 
@@ -539,7 +610,7 @@ class Link(Protocol):
         self._flush()
         if self.status is not HANDSHAKING:
             self.transport.write(wire.encode_frame(FrameKind.CLOSE, reason.encode("utf-8")))
-        self.transport.loseConnection()
+        self._lose_connection()
 
     # --- control frames
 
@@ -555,13 +626,13 @@ class Link(Protocol):
         self._closing = self._fatal = True
         self.reason = f"peer refused: {text}"
         log.warn("link {link} refused by peer: {text}", link=self.describe(), text=text)
-        self.transport.loseConnection()
+        self._lose_connection()
 
     def _on_close(self, frame: wire.Frame) -> None:
         self._whole_reads = False
         self._closing = True
         self.reason = "peer closed: " + frame.payload.decode("utf-8", "replace")
-        self.transport.loseConnection()
+        self._lose_connection()
 
     def _on_second_hello(self, frame: wire.Frame) -> None:
         raise ProtocolError("second HELLO on an established link")
@@ -586,10 +657,11 @@ class Link(Protocol):
 
     def _stop_timers(self) -> None:
         self._out = []  # the connection is gone: nothing queued can be written any more
-        for call in (self._timeout_call, self._heartbeat_call, self._flush_call):
+        for call in (self._timeout_call, self._heartbeat_call, self._flush_call,
+                     self._abort_call):
             if call is not None and call.active():
                 call.cancel()
-        self._timeout_call = self._heartbeat_call = self._flush_call = None
+        self._timeout_call = self._heartbeat_call = self._flush_call = self._abort_call = None
 
     def _set_status(self, status: str, reason: str | None = None) -> None:
         self._whole_reads = False  # a BUSY link's next read goes the long way, to come back UP

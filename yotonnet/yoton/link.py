@@ -562,7 +562,7 @@ class YotonLink(Link):
         channel = carried.channel
         ctx = self.context
         held = self._state.get(channel)
-        clock = max(ctx._lamport, held[0][0] if held else 0) + 1
+        clock = max(ctx.state_clock(channel), held[0][0] if held else 0) + 1
         version = (clock, self.peer_id)
         self._state[channel] = (version, carried.tag, payload)
         frames.append(self._state_frame(channel, version, carried.tag, payload, 0))
