@@ -18,6 +18,8 @@ import shutil
 import stat
 import tempfile
 
+from typing import Any
+
 from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
@@ -52,10 +54,11 @@ def _staged(script: str) -> str:
     return os.path.join(folder, script)
 
 
-def run_as_stranger(script: str, *args: str, user: str = STRANGER) -> defer.Deferred:
+def run_as_stranger(script: str, *args: str, user: str = STRANGER,
+                    env: dict[str, str] | None = None) -> defer.Deferred:
     """``(exit code, stdout, stderr)`` of ``python3 tests/attacks/SCRIPT ARGS`` as ``user``."""
     path = _staged(script)
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8", **(env or {})}
     d = getProcessOutputAndValue(
         shutil.which("runuser") or "runuser",
         ["-u", user, "--", SYSTEM_PYTHON, "-I", path, *args],
@@ -68,3 +71,20 @@ def run_as_stranger(script: str, *args: str, user: str = STRANGER) -> defer.Defe
         return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
     return d.addCallback(done)
+
+
+def spawn_as_stranger(testcase: Any, script: str, *args: str) -> Any:
+    """Start the attacker as ``nobody`` and stream its output (a procs.PeerProcess whose
+    ``wait_for`` gives lines as they come); the test's cleanup kills it."""
+    from procs import PeerProcess
+
+    path = _staged(script)
+    testcase.addCleanup(shutil.rmtree, os.path.dirname(path), True)
+    proto = PeerProcess(reactor, f"attacker {script} {' '.join(args[:1])}")
+    runuser = shutil.which("runuser") or "runuser"
+    reactor.spawnProcess(
+        proto, runuser, [runuser, "-u", STRANGER, "--", SYSTEM_PYTHON, "-I", "-u", path, *args],
+        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}, path="/",
+    )
+    testcase.addCleanup(proto.kill)
+    return proto
