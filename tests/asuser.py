@@ -17,7 +17,6 @@ import pwd
 import shutil
 import stat
 import tempfile
-
 from typing import Any
 
 from twisted.internet import defer, reactor

@@ -30,7 +30,7 @@ from yotonnet.auth import hash_password
 
 TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-0123456789abcdef",
           "carol": "carol-token-0123456789abcdef", "eve": "eve-token-0123456789abcdef",
-          "tmuxer": "tmuxer-token-0123456789abcdef",
+          "tmuxer": "tmuxer-token-0123456789abcdef", "kernel": "kernel-token-0123456789abcdef",
           "b": "node-b-token-0123456789abcdef"}
 PASSWORDS = {"carol": "correct horse battery staple"}
 #: the names the loopback tests dial nodes a and b by

@@ -49,7 +49,7 @@ from certs_fixture import PASSWORDS, TOKENS, path
 from kernel_support import FAST, Recorder
 from twisted.internet import defer, reactor, utils
 from twisted.trial.unittest import SkipTest, TestCase
-from waits import WAIT, bounded, sleep, until
+from waits import bounded, sleep, until
 
 from yotonnet import Context, PubChannel, SubChannel
 from yotonnet.auth import os_user
@@ -383,3 +383,91 @@ class Impostor(AttackTestCase):
             out, err, code = await self.cli("pub", "news", "hello", "--connect", endpoint,
                                             *flags)
             self.assertEqual(code, 0, f"{how}: {err}")
+
+
+class DeniedClaims(AttackTestCase):
+    RULES = """[security]
+[[security.permissions]]
+who = ["alice", "bob"]
+channels = ["*"]
+operations = ["publish", "subscribe", "call", "serve", "set-state"]
+"""
+
+    async def test_a_flood_of_denied_claims_is_cut_and_barely_logged(self) -> None:
+        hub, hub_ep = await self.node("hub", config=self.RULES)
+        pub_ctx = await self.client(hub_ep, "alice")
+        sub_ctx = await self.client(hub_ep, "bob")
+        sub = SubChannel(sub_ctx, "news")
+        pub = PubChannel(pub_ctx, "news")
+        await bounded(pub.wait_for_subscribers(), "bob's subscription")
+        before = rss(hub.transport.pid)
+        found = await self.attack("claims", hub_ep[len("tcp:"):], f"token:{TOKENS['eve']}",
+                                  "150000", stranger=not stranger_unavailable())
+        # Cut: the attacker read the reason, or the node reset it while it still wrote.
+        self.assertLess(int(found["claims"][0]), 150000, found)
+        self.assertTrue(any("max_denied_per_link" in line for line in hub.lines))
+        growth = rss(hub.transport.pid) - before
+        denials = [line for line in hub.lines if "forbidden.c" in line]
+        print(f"hub: {len(denials)} log lines for the flood, RSS growth {growth / MiB:.1f} MiB")
+        self.assertLess(len(denials), 200)
+        self.assertLess(growth, 32 * MiB)
+        pub.send("still news")
+        self.assertEqual(await bounded(sub.recv(), "bob's message"), "still news")
+
+
+class UntrustedNames(AttackTestCase):
+    async def test_a_name_with_terminal_escapes_is_refused_and_status_stays_clean(self) -> None:
+        hub, hub_ep = await self.node("hub")
+        await self.client(hub_ep, "bob")
+        hostile = json.dumps("\x1b]52;c;aGVsbG8=\x07\x1b[2J all links healthy\n")
+        found = await self.attack("link", hub_ep[len("tcp:"):], f"token:{TOKENS['eve']}",
+                                  hostile, stranger=not stranger_unavailable())
+        self.assertNotIn("up", found)
+        self.assertIn("non-printable", found["refused"][0])
+        self.assertNotIn("\x1b", found["refused"][0])
+        out, err, code = await self.cli("status", "--connect", hub_ep, "--token-file",
+                                        path("alice.token"))
+        self.assertEqual(code, 0, err)
+        self.assertIn("client-bob", out)
+        self.assertFalse([c for c in out if not (c.isprintable() or c == "\n")], out)
+        self.assertFalse([line for line in hub.lines if "\x1b" in line])
+
+
+class ReadmeKernelRules(AttackTestCase):
+    @staticmethod
+    def rules() -> str:
+        with open(README, encoding="utf-8") as f:
+            text = f.read()
+        block = text.split("<!-- kernel-rules: begin -->", 1)[1]
+        block = block.split("<!-- kernel-rules: end -->", 1)[0]
+        return block.split("```toml", 1)[1].split("```", 1)[0]
+
+    async def test_the_readme_rules_work_input_included(self) -> None:
+        _hub, hub_ep = await self.node("hub", config=self.rules())
+        await self.kernel("--connect", hub_ep, "--token-file", path("kernel.token"),
+                          "--owner", "alice", "--role", "bob=collaborator")
+        clients = {}
+        for user in ("alice", "bob", "eve"):
+            ctx = await self.client(hub_ep, user)
+            rec = Recorder()
+            client = KernelClient(ctx, "shared", on_output=rec,
+                                  on_input=lambda prompt, password, who=user: f"{who} typed")
+            self.addCleanup(lambda c=client: defer.ensureDeferred(c.detach()))
+            await bounded(client.attach(), f"{user}'s attach")
+            clients[user] = (ctx, client, rec)
+        _, bob, bob_rec = clients["bob"]
+        r = await bounded(bob.execute("print('answer:', input('? '))"), "bob's input()")
+        self.assertTrue(r.ok, r)
+        self.assertIn("answer: bob typed\n", bob_rec.stdout())
+        eve_ctx, eve, eve_rec = clients["eve"]
+        await bounded(eve.wait_for_seq(r.last_seq), "eve watching")
+        self.assertIn("answer: bob typed\n", eve_rec.stdout())
+        with self.assertRaises(RemoteError) as caught:
+            await bounded(eve.execute("1"), "eve's refusal")
+        self.assertIn("'eve' is a viewer", str(caught.exception))
+        # eve cannot pose as the broker: the hub refuses her claim to serve its channel.
+        from yotonnet import RepChannel
+
+        fake = RepChannel(eve_ctx, "kernel.shared.control")
+        await until(lambda: getattr(fake, "denied", None) is not None, "eve's claim denied")
+        self.assertIn("serve", str(fake.denied))

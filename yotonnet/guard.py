@@ -57,7 +57,8 @@ from .errors import PermissionDenied, ProtocolError
 from .localsecret import LocalSecretError, ensure_secret
 from .messages import decode_object, encode_object
 from .names import channel_id, validate_channel_name
-from .peercred import peer_uid
+from .peercred import is_loopback, peer_uid
+from .ratelog import LogBudget
 from .routing import REP, STATE, SUB, NodeState
 from .security import Security, SecurityError
 from .stateclock import STATE_CLOCK_JUMP, state_version
@@ -101,6 +102,7 @@ class LinkGate:
         #: request id -> when we stop counting it as pending
         self.pending: dict[int, float] = {}
         self.dropped = 0
+        self.denied_claims = 0
 
     # --- installed on the link
 
@@ -293,7 +295,16 @@ class LinkGate:
         else:
             text = policy.denial(self.identity, op, name)
             self.guard.counters["denied"] += 1
-            log.info("{peer}: {text}", peer=self.link.describe(), text=text)
+            self.denied_claims += 1
+            limit = self.guard.security.max_denied_per_link
+            if self.denied_claims > limit:
+                raise ProtocolError(self.guard.breach(
+                    self.link, "max_denied_per_link",
+                    f"more than {limit} denied claims on this link (max_denied_per_link); "
+                    "a client asks only for channels it may use",
+                ))
+            self.guard.log_limited("denied", "info", "{peer}: {text}", peer=self.link.describe(),
+                                   text=text)
             self._tell(op, name, text)
 
     def _may_hold(self, channel: int, role: str) -> bool:
@@ -329,7 +340,8 @@ class LinkGate:
         if key in self.told or len(self.told) >= _MAX_DENIALS_TOLD:
             return
         self.told.add(key)
-        log.warn("{peer}: {text}", peer=self.link.describe(), text=text)
+        self.guard.log_limited("denied", "warn", "{peer}: {text}", peer=self.link.describe(),
+                               text=text)
         if key[0] != "source":
             self._tell(op, self.names.get(channel, f"{channel:016x}"), text)
 
@@ -385,7 +397,11 @@ class Guard:
         self.counters = {
             "auth_ok": 0, "auth_failed": 0, "refused_links": 0, "denied": 0,
             "denied_frames": 0, "limit_breaches": 0, "idents": 0, "state_refused": 0,
+            "log_lines_held": 0,
         }
+        #: peers can cause log lines by the thousand: they get a budget
+        self.log_budgets: dict[str, LogBudget] = {}
+        self._warned_plain: set[str] = set()
         self._ctx_control = context._frame_handlers[FrameKind.CONTROL]
         context._frame_handlers[FrameKind.CONTROL] = self._on_control
 
@@ -488,7 +504,14 @@ class Guard:
             ("a TLS client certificate (tls: endpoint, --tls-cert)",
              sec.cert_auth and sec.tls_ca),
         ) if on]
-        return f"{why}: this node accepts " + (" or ".join(ways) or "nobody")
+        text = f"{why}: this node accepts " + (" or ".join(ways) or "nobody")
+        if not (sec.tokens or self.password_checker or (sec.cert_auth and sec.tls_ca)):
+            text += (
+                "; a process of another OS user cannot read that secret: ask the node's "
+                "operator for a login (the node's --tokens or --passwords, then your "
+                "--token-file, or --login with --password-file)"
+            )
+        return text
 
     def refuse_connection(self) -> str | None:
         """Before any byte: too many connections still shaking hands?"""
@@ -507,9 +530,37 @@ class Guard:
             )
         return None
 
+    def warn_plain_credentials(self, link: Link, method: str) -> None:
+        """Logging in over plain TCP to another host: say loudly that it is readable."""
+        where = link.endpoint_text
+        if where in self._warned_plain or is_loopback(link.transport):
+            return
+        self._warned_plain.add(where)
+        log.warn(
+            "{node}: logging in with a {method} over PLAIN TCP to {where}: the {method} itself "
+            "is never sent, but everything after the login can be read and changed on the "
+            "way; use a tls: endpoint beyond this host",
+            node=self.ctx.name, method=method, where=where,
+        )
+
     def count_failure(self, link: Link, why: str) -> None:
-        self.counters["auth_failed"] += 1
-        log.warn("refusing {peer}: {why}", peer=link.describe(), why=why)
+        self.counters["auth_failed"] += 1  # the link logs why when it closes
+
+    def log_limited(self, kind: str, level: str, format: str,  # noqa: A002
+                    **fields: Any) -> None:
+        """Log a line a peer caused, within this node's budget for that ``kind`` of line
+        ("denied", "refused", "breach": one kind's flood never hides another's)."""
+        budget = self.log_budgets.get(kind)
+        if budget is None:
+            budget = self.log_budgets[kind] = LogBudget(self.ctx.reactor.seconds)
+        held = budget.take()
+        if held is None:
+            self.counters["log_lines_held"] += 1
+            return
+        if held:
+            format += " ({held} similar lines were held back before this one)"
+            fields["held"] = held
+        getattr(log, level)(format, **fields)
 
     def admit_unauthenticated(self, link: Link) -> str | None:
         """May a peer whose protocol proves nothing (a Yoton context) link here?
@@ -529,7 +580,6 @@ class Guard:
             f"only Yoton contexts of its own OS user {auth.os_user()} on this host, and this one "
             f"{who}; allow anonymous peers (--allow-anonymous) to admit any that reach it"
         )
-        log.warn("refusing {peer}: {why}", peer=link.describe(), why=why)
         return why
 
     def check_new_peer(self, link: Link, identity: auth.Identity) -> str | None:
@@ -598,7 +648,8 @@ class Guard:
 
     def breach(self, link: Link, limit: str, text: str) -> str:
         self.counters["limit_breaches"] += 1
-        log.warn("{peer}: limit {limit}: {text}", peer=link.describe(), limit=limit, text=text)
+        self.log_limited("breach", "warn", "{peer}: limit {limit}: {text}", peer=link.describe(),
+                         limit=limit, text=text)
         return text
 
     def link_up(self, link: Link) -> None:

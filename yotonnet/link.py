@@ -578,10 +578,14 @@ class Link(Protocol):
         self._closing = True
         self._fatal = fatal
         self.reason = reason
-        if fatal:
-            log.warn("closing link {link}: {reason}", link=self.describe(), reason=reason)
+        level = "warn" if fatal else "info"
+        if self.status is HANDSHAKING and not self.outgoing:
+            # Anyone can cause these by the thousand: within the guard's log budget.
+            self.context.guard.log_limited("refused", level, "closing link {link}: {reason}",
+                                           link=self.describe(), reason=reason)
         else:
-            log.info("closing link {link}: {reason}", link=self.describe(), reason=reason)
+            getattr(log, level)("closing link {link}: {reason}", link=self.describe(),
+                                reason=reason)
         try:
             if not abort:
                 self._flush()

@@ -59,6 +59,14 @@ class Admission(NamedTuple):
     user: str | None = None
 
 
+def _server_auth_problem(transport: Any) -> str | None:
+    get = getattr(transport, "getPeerCertificate", None)
+    cert = get() if get is not None else None
+    if cert is None:
+        return "no certificate"
+    return tls.server_auth_problem(cert.to_cryptography())
+
+
 def control(body: list) -> bytes:
     return wire.encode_frame(_CONTROL, encode_object(body))
 
@@ -143,6 +151,12 @@ class ListenerAuth:
         refusal = guard.check_new_peer(self.link, result)
         if refusal:
             return refusal
+        if method == CERTIFICATE and result.node:
+            problem = _server_auth_problem(self.link.transport)
+            if problem:
+                # A mesh node relays for others: its certificate must be a node's (a
+                # user's certificate named like a node must not make its holder one).
+                return f"certificate of node user {result.user!r} refused: {problem}"
         self.link.write_handshake(control(handshake.welcome_message(
             handshake.Welcome(result.user, credentials.listener_proof())
         )))
@@ -209,6 +223,8 @@ class DiallerAuth:
                 ))
                 self.method = method
                 return None
+        if method in (TOKEN, PASSWORD) and not tls_link:
+            self.guard.warn_plain_credentials(self.link, method)
         if method in (TOKEN, PASSWORD) and method not in accepts:
             return (
                 f"the peer does not check {method}s (it accepts: {', '.join(accepts) or 'none'})"

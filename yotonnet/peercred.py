@@ -17,7 +17,21 @@ import socket
 import struct
 from typing import Any
 
-__all__ = ["peer_uid"]
+__all__ = ["peer_uid", "is_loopback"]
+
+
+def is_loopback(transport: Any) -> bool:
+    """Whether ``transport`` reaches a peer on this host (loopback address, unix socket)."""
+    handle = _socket_of(transport)
+    if handle is None:
+        return True  # in-process transports: nothing travels
+    if handle.family == socket.AF_UNIX:
+        return True
+    try:
+        host = handle.getpeername()[0]
+    except OSError:
+        return False
+    return ipaddress.ip_address(host.split("%")[0]).is_loopback
 
 
 def peer_uid(transport: Any) -> int | None:

@@ -32,6 +32,7 @@ The ``[security]`` table::
     max_links = 1024
     max_channels_per_link = 1000
     max_pending_per_link = 1000
+    max_denied_per_link = 1000
 
     [security.roles]             # user -> roles
     alice = ["admin"]
@@ -92,6 +93,8 @@ class Security:
     max_links: int = 1024
     max_channels_per_link: int = 1000
     max_pending_per_link: int = 1000
+    #: claims a client may be denied before its link is cut (each is an error for it)
+    max_denied_per_link: int = 1000
 
     def tls_files(self) -> TLSFiles:
         return TLSFiles(
@@ -151,7 +154,7 @@ _STRINGS = {
     "password_file", "secret_file",
 }
 _BOOLS = {"cert_auth", "allow_anonymous"}
-_INTS = {"max_links", "max_channels_per_link", "max_pending_per_link"}
+_INTS = {"max_links", "max_channels_per_link", "max_pending_per_link", "max_denied_per_link"}
 #: keys the config file may set (secrets themselves only through files)
 KNOWN_KEYS = (
     sorted(_STRINGS | _BOOLS | _INTS) + ["tls_client_cert", "nodes", "roles", "permissions"]

@@ -6,7 +6,7 @@ writing frames by hand where a yotonnet client would refuse to. It prints
 what happened, one ``KEY: value`` line per finding, and exits 0 however the
 attack went: the test judges.
 
-    link ADDRESS [AUTH]                 handshake as a node (AUTH: none, secret, token:T)
+    link ADDRESS [AUTH [NAME_JSON]]     handshake as a node (AUTH: none, secret, token:T)
     yoton HOST PORT                     introduce itself as a Yoton context
     secret PATH                         try to read another user's local secret
     impostor PORT SECONDS               hold a port a node left free; print what it is sent
@@ -38,7 +38,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rawwire  # noqa: E402
 
 
-
 def channel_id(pattern: str, name: str) -> int:
     digest = hashlib.blake2b(f"{pattern}:{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") or 1
@@ -51,13 +50,12 @@ def address(text: str):
     return host, int(port)
 
 
-def dialler(auth: str, extra: dict | None = None) -> rawwire.Dialler:
+def dialler(auth: str, extra: dict | None = None, name: str = "attacker") -> rawwire.Dialler:
     token = None
     method = auth
     if auth.startswith("token:"):
         method, token = "token", auth[len("token:"):]
-    return rawwire.Dialler(random.getrandbits(63) | 1, "attacker", method, token=token,
-                           extra=extra)
+    return rawwire.Dialler(random.getrandbits(63) | 1, name, method, token=token, extra=extra)
 
 
 class Session:
@@ -105,9 +103,9 @@ def report(key: str, value) -> None:
 
 # --- the attacks
 
-def link(target: str, auth: str = "none") -> None:
+def link(target: str, auth: str = "none", name_json: str = '"attacker"') -> None:
     try:
-        peer = rawwire.SocketPeer(address(target), dialler(auth))
+        peer = rawwire.SocketPeer(address(target), dialler(auth, name=json.loads(name_json)))
     except OSError as e:
         report("refused", f"cannot connect: {e}")
         return
@@ -161,7 +159,7 @@ def impostor(port: str, seconds: str) -> None:
     while time.monotonic() < end:
         try:
             conn, _ = server.accept()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             break
         conn.settimeout(1.0)
         node_id = random.getrandbits(63) | 1

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 
 from ..context import Dialer
@@ -71,7 +71,7 @@ class YotonBridge:
         ctx = self.context
         ctx._check_open()
         try:
-            ep = serverFromString(ctx.reactor, endpoint)
+            ep = ctx.guard.server_endpoint(endpoint)  # unix sockets private to this user
         except (ValueError, KeyError, TypeError) as e:
             return defer.fail(ValueError(f"bad Yoton listen endpoint {endpoint!r}: {e}"))
         factory = YotonLinkFactory(ctx, self.slots, outgoing=False, endpoint_text=endpoint)
