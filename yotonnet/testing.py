@@ -69,6 +69,7 @@ from zope.interface import implementer
 from . import wire
 from .context import Context, ContextConfig
 from .link import Link, LinkFactory
+from .security import Security
 
 __all__ = ["MemoryAddress", "MemoryTransport", "MemoryConnection", "MemoryMesh"]
 
@@ -361,8 +362,14 @@ class MemoryMesh:
 
     # --- contexts
 
-    def add(self, name: str | None = None, config: ContextConfig | None = None) -> Context:
-        """Create one more context on the mesh's clock and return it."""
+    def add(
+        self,
+        name: str | None = None,
+        config: ContextConfig | None = None,
+        security: Security | None = None,
+    ) -> Context:
+        """Create one more context on the mesh's clock and return it (``security``: its
+        logins, rules and credentials, as for ``Context``)."""
         node_id = 0
         while not node_id or node_id in self._used_ids:
             node_id = self.random.getrandbits(64)
@@ -372,6 +379,7 @@ class MemoryMesh:
             self.clock,
             config=dataclasses.replace(config or self.config),
             node_id=node_id,
+            security=security,
         )
         self.contexts.append(ctx)
         return ctx
