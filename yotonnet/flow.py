@@ -94,6 +94,7 @@ class PeerFlow:
 
     def __init__(self, window: int, receive_window: int) -> None:
         self.window = window
+        self.receive_window = receive_window
         # Credit goes back in chunks of a quarter window: one CREDIT frame per
         # quarter instead of one per read, and the sender is not left idle
         # waiting for it (it still has the other three quarters).
@@ -102,6 +103,14 @@ class PeerFlow:
         self.owed: dict[int, int] = {}
         #: the transport holds more than it can send now: queue rather than write
         self.paused = False
+
+    def agree(self, peer_window: int) -> None:
+        """The peer announced ``peer_window``: both ends use the smaller of the two, so a
+        peer can never make this node buffer more than its own window, and the credit we
+        return comes in quarters of the window the peer really uses."""
+        agreed = min(peer_window, self.receive_window)
+        self.window = agreed
+        self.threshold = max(1, agreed // 4)
 
     # --- sending side
 

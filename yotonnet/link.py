@@ -215,34 +215,42 @@ class Link(Protocol):
     # --- IPushProducer: the transport tells us when it holds too much
 
     def pauseProducing(self) -> None:  # noqa: N802 - Twisted's interface
+        # Twisted pauses at 64 KiB held, which at full speed happens all the time: data
+        # goes on until a window's worth more is held (credit bounds it anyway), then
+        # waits in the outboxes (see _write_while_paused).
         if self._unpaused_put is not None or self._closing:
             return
-        self.flow.paused = True
         self._written_while_paused = 0
         self._unpaused_put, self._put = self._put, self._write_while_paused
 
     def resumeProducing(self) -> None:  # noqa: N802
         if self._unpaused_put is None:
             return
-        self.flow.paused = False
         self._put, self._unpaused_put = self._unpaused_put, None
-        if self.status is UP or self.status is BUSY:
-            self.context.link_writable(self)
+        if self.flow.paused:
+            self.flow.paused = False
+            if self.status is UP or self.status is BUSY:
+                self.context.link_writable(self)
 
     def stopProducing(self) -> None:  # noqa: N802
         pass  # the connection is going; connectionLost does the rest
 
     def _write_while_paused(self, data: bytes) -> None:
-        """Only what flow control does not hold back (control frames, replies, pings)
-        gets here; a peer that leaves too much of it unread is cut."""
-        self._written_while_paused += len(data)
-        limit = self.context.config.max_link_buffer
-        if self._written_while_paused > limit:
+        """Past a window's worth held, flow-controlled data queues instead of coming
+        here; what still comes (control frames, replies, pings) is bounded: a peer that
+        leaves too much of it unread is cut."""
+        if self._closing:
+            return  # cut already: nothing more goes to a peer that does not read
+        written = self._written_while_paused = self._written_while_paused + len(data)
+        cfg = self.context.config
+        if written > cfg.flow_window and not self.flow.paused:
+            self.flow.paused = True
+        if written > cfg.max_link_buffer:
             self.context.counters["slow_consumers"] += 1
             self.fail(
-                f"slow consumer: the peer read nothing while {self._written_while_paused} "
-                f"bytes waited for it (max_link_buffer is {limit}); cut so that its backlog "
-                "cannot fill this node's memory",
+                f"slow consumer: the peer read nothing while {written} bytes waited for it "
+                f"(max_link_buffer is {cfg.max_link_buffer}); cut so that its backlog cannot "
+                "fill this node's memory",
                 abort=True,
             )
             return
@@ -434,8 +442,8 @@ class Link(Protocol):
                 f"not {window!r}"
             )
             return
-        # What we may send before credit: the peer's window, but never more than ours.
-        self.flow.window = min(window, self.context.config.flow_window)
+        # Both ends use the smaller window (never more than ours, whatever the peer says).
+        self.flow.agree(window)
         refusal = self.context._admit(self)
         if not refusal and not self.outgoing:
             refusal = self.context.guard.check_capacity(self)
