@@ -52,7 +52,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from waits import bounded, sleep, until
 
 from yotonnet import Context, PubChannel, SubChannel
-from yotonnet.auth import os_user
+from yotonnet.auth import local_identity, os_user
 from yotonnet.errors import RemoteError
 from yotonnet.kernel import KernelClient
 from yotonnet.localsecret import secret_path
@@ -195,7 +195,7 @@ class LocalUser(AttackTestCase):
             self.assertEqual((out, code), ("42\n", 0), err)
         out, err, code = await self.cli("console", "shared", "--connect", f"tcp:{where}",
                                         "-c", "%who")
-        self.assertIn(f"{os_user()}  owner (you)", out, err)
+        self.assertIn(f"{local_identity()}  owner (you)", out, err)
 
 
 class ForgedIdentity(AttackTestCase):

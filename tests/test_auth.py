@@ -201,8 +201,8 @@ class LocalSecret(Base):
             self.assertIsNone(theirs.gate)
             self.assertTrue(theirs.trusted and link.trusted)
             self.assertEqual((theirs.identity.user, theirs.identity.method),
-                             (auth.os_user(), "secret"))
-            self.assertEqual(link.authenticated_as, auth.os_user())
+                             (auth.local_identity(), "secret"))
+            self.assertEqual(link.authenticated_as, auth.local_identity())
 
         return defer.ensureDeferred(go())
 

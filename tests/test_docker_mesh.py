@@ -316,9 +316,11 @@ class ComposeMeshTests(TestCase):
         self.nodes: dict[str, object] = {}
 
     def in_host(self, service: str, argv: list[str]) -> list[str]:
-        """``argv`` run inside ``service``'s namespace, with the venv's commands."""
+        """``argv`` run inside ``service``'s namespace, with the venv's commands, and with
+        a local secret of its own, as each container has its own filesystem."""
+        secret = os.path.join(self.workdir, "secrets", service, "secret")
         return [self.ip, "netns", "exec", self.hosts.names[self.plan[service].host],
-                *installed(argv)]
+                "env", f"YOTONNET_SECRET_FILE={secret}", *installed(argv)]
 
     def another(self, service: str) -> str:
         """A service other than ``service``, to run a client from a different host."""

@@ -41,7 +41,7 @@ from twisted.trial.unittest import TestCase
 from waits import bounded, until
 
 from yotonnet import Context, RepChannel
-from yotonnet.auth import os_user
+from yotonnet.auth import local_identity
 from yotonnet.errors import RemoteError
 from yotonnet.kernel import KernelClient
 from yotonnet.kernel import protocol as p
@@ -198,10 +198,10 @@ class AuthenticatedKernelTests(TestCase):
         client = KernelClient(local, "shared", user="alice")
         self.addCleanup(lambda: defer.ensureDeferred(client.detach()))
         await bounded(client.attach(), "the attach")
-        self.assertEqual((client.caller.user, client.role), (os_user(), "viewer"))
+        self.assertEqual((client.caller.user, client.role), (local_identity(), "viewer"))
         with self.assertRaises(RemoteError) as caught:
             await bounded(client.execute("print('as alice?')"), "the refusal")
-        self.assertIn(f"{os_user()!r} is a viewer", str(caught.exception))
+        self.assertIn(f"{local_identity()!r} is a viewer", str(caught.exception))
         # alice, logged in at the hub, is the owner.
         _, alice, _ = await self.login(ep, "alice")
         self.assertEqual((alice.role, alice.caller.user), ("owner", "alice"))

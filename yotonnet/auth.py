@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import os
 import pwd
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,11 +64,17 @@ class Identity:
 
 
 def os_user() -> str:
-    """The name of the OS user this process runs as (a local-secret peer's identity)."""
+    """The name of the OS user this process runs as."""
     try:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return f"uid{os.getuid()}"
+
+
+def local_identity() -> str:
+    """``user@host``: who a peer that proves this host's local secret is. The host is part
+    of it: root on one machine is not root on another."""
+    return f"{os_user()}@{socket.gethostname()}"
 
 
 # --- credentials: what the dialler proved, with the transcript it proved it over

@@ -445,7 +445,7 @@ class Guard:
             return None
         if not self._secret_ready:
             self._secret_ready = True
-            self.portal.registerChecker(auth.LocalSecretChecker(secret, auth.os_user()))
+            self.portal.registerChecker(auth.LocalSecretChecker(secret, auth.local_identity()))
             log.info(
                 "{node}: peers prove the local secret in {path} ({made}; only OS user {user} "
                 "can read it)", node=self.ctx.name, path=path,

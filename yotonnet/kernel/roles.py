@@ -73,11 +73,11 @@ UNVERIFIED = " (unverified)"
 
 
 def default_user() -> str:
-    """This process's OS user: who the mesh knows this user's own processes as (they
-    prove the user's local secret), so the default owner of a kernel."""
-    from ..auth import os_user
+    """``user@host`` of this process: who the mesh knows this user's own processes as
+    (they prove the user's local secret), so the default owner of a kernel."""
+    from ..auth import local_identity
 
-    return os_user()
+    return local_identity()
 
 
 def unverified(claim: str) -> str:
