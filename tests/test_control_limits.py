@@ -1,7 +1,10 @@
 """Ring 1: sans-IO tests for the limits on control traffic.
 
 * ``decode_object(data, max_items)``: the bound on the values a payload may
-  decode to, charged at each container's count before its items are built.
+  decode to, charged at each container's count before its items are built;
+* ``wire.decode_control`` and ``FrameDecoder(max_control=...)``: the CONTROL
+  frame size limit, checked from the header before the body is buffered, and
+  the one function that turns a control payload into a message.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from yotonnet import wire
 from yotonnet.codec import DecodeError, ItemLimitError, decode_object, encode_object
+from yotonnet.errors import ProtocolError
+from yotonnet.wire import HEADER_SIZE, FrameDecoder, FrameKind, decode_control, encode_frame
 
 PROPS = settings(max_examples=200, deadline=None)
 MiB = 1024 * 1024
@@ -89,3 +95,98 @@ class BoundedDecodeTests(SynchronousTestCase):
     def test_unbounded_default_unchanged(self):
         # User payloads keep no item bound (only size and depth): a large list decodes.
         self.assertEqual(len(decode_object(empty_lists(64 * 1024))), (64 * 1024 - 5) // 5)
+
+
+class DecodeControlTests(SynchronousTestCase):
+    def test_oversized_refused_naming_size_limit_and_setting(self):
+        payload = encode_object(["node", "x" * 2000])
+        size = HEADER_SIZE + len(payload)
+        e = self.assertRaises(ProtocolError, decode_control, payload, size - 1)
+        text = str(e)
+        self.assertIn(f"CONTROL frame of {size} bytes", text)
+        self.assertIn(f"limit of {size - 1} bytes", text)
+        self.assertIn("max_control_frame", text)
+        self.assertEqual(decode_control(payload, size), ["node", "x" * 2000])
+
+    def test_empty_list_flood_refused_by_the_value_bound(self):
+        payload = empty_lists(MiB - HEADER_SIZE)
+        e = self.assertRaises(ProtocolError, decode_control, payload, MiB)
+        self.assertIn("control message refused", str(e))
+        self.assertIn(f"more than {MiB // wire.CONTROL_BYTES_PER_ITEM} values", str(e))
+
+    def test_not_a_control_message(self):
+        for value in ([], [1, 2], {"node": 1}, "node", ("node", 1), None):
+            e = self.assertRaises(ProtocolError, decode_control, encode_object(value), MiB)
+            self.assertIn("malformed control message", str(e), value)
+        e = self.assertRaises(ProtocolError, decode_control, b"l\x05\0\0\0", MiB)
+        self.assertIn("malformed control message", str(e))
+
+
+class DecoderControlLimitTests(SynchronousTestCase):
+    def decoder(self, max_frame: int = 16 * MiB, max_control: int | None = 4096):
+        return FrameDecoder(max_frame=max_frame, expect_preamble=False, max_control=max_control)
+
+    def test_refused_from_the_header_before_the_body(self):
+        big = encode_frame(FrameKind.CONTROL, b"l" + b"\0" * 10_000)
+        for cut in (5, 20, HEADER_SIZE):  # kind known from the fifth byte on
+            e = self.assertRaises(ProtocolError, self.decoder().feed, big[:cut])
+            self.assertIn(f"CONTROL frame of {len(big)} bytes", str(e))
+            self.assertIn("limit of 4096 bytes", str(e))
+
+    def test_whole_frame_in_one_read_refused_too(self):
+        big = encode_frame(FrameKind.CONTROL, b"x" * 5000)
+        self.assertRaises(ProtocolError, self.decoder().feed, big)
+        self.assertRaises(ProtocolError, self.decoder().feed, encode_frame(FrameKind.PING) + big)
+
+    def test_other_kinds_and_control_frames_up_to_the_limit_pass(self):
+        data = encode_frame(FrameKind.REQUEST, b"x" * 5000)
+        small = encode_frame(FrameKind.CONTROL, b"y" * (4096 - HEADER_SIZE))
+        frames = self.decoder().feed(data + small)
+        self.assertEqual([(f.kind, len(f.payload)) for f in frames],
+                         [(FrameKind.REQUEST, 5000), (FrameKind.CONTROL, 4096 - HEADER_SIZE)])
+        self.assertEqual(len(self.decoder().feed(small)), 1)  # alone in a read: the fast path
+
+    def test_without_a_control_limit_only_max_frame_applies(self):
+        big = encode_frame(FrameKind.CONTROL, b"x" * 5000)
+        self.assertEqual(len(self.decoder(max_control=None).feed(big)), 1)
+
+    def test_over_max_frame_gets_the_max_frame_error(self):
+        big = encode_frame(FrameKind.CONTROL, b"x" * 9000)
+        e = self.assertRaises(ProtocolError, self.decoder(8192, 4096).feed, big[:HEADER_SIZE])
+        self.assertIn("maximum frame size of 8192", str(e))
+
+    def test_large_control_frame_refused_before_it_is_parked(self):
+        # Past 64 KiB the decoder would park a partial frame until the rest arrives; a
+        # CONTROL frame over the limit is refused from the first read instead.
+        d = self.decoder(max_control=MiB)
+        parked = encode_frame(FrameKind.DATA, b"z" * (2 * MiB))
+        self.assertEqual(d.feed(parked[:65536]), [])
+        self.assertEqual(d.buffered, 65536)
+        big = encode_frame(FrameKind.CONTROL, b"x" * (2 * MiB))
+        e = self.assertRaises(ProtocolError, self.decoder(max_control=MiB).feed, big[:65536])
+        self.assertIn(f"CONTROL frame of {2 * MiB + HEADER_SIZE} bytes", str(e))
+
+    @PROPS
+    @given(st.lists(st.tuples(st.sampled_from([FrameKind.CONTROL, FrameKind.DATA]),
+                              st.integers(0, 300)), min_size=1, max_size=6),
+           st.integers(1, 50), st.data())
+    def test_any_chunking(self, spec, chunk, data):
+        limit = HEADER_SIZE + 200
+        stream = b"".join(encode_frame(kind, b"p" * n) for kind, n in spec)
+        first_bad = next(
+            (i for i, (kind, n) in enumerate(spec)
+             if kind == FrameKind.CONTROL and HEADER_SIZE + n > limit),
+            None,
+        )
+        d = self.decoder(max_control=limit)
+        got = []
+        try:
+            for i in range(0, len(stream), chunk):
+                got += d.feed(stream[i:i + chunk])
+        except ProtocolError as e:
+            self.assertIsNotNone(first_bad)
+            self.assertIn("max_control_frame", str(e))
+            self.assertLessEqual(len(got), first_bad)
+            return
+        self.assertIsNone(first_bad)
+        self.assertEqual(len(got), len(spec))
