@@ -4,7 +4,8 @@
   decode to, charged at each container's count before its items are built;
 * ``wire.decode_control`` and ``FrameDecoder(max_control=...)``: the CONTROL
   frame size limit, checked from the header before the body is buffered, and
-  the one function that turns a control payload into a message.
+  the one function that turns a control payload into a message;
+* routing records: node names checked as in a HELLO.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from yotonnet import wire
 from yotonnet.codec import DecodeError, ItemLimitError, decode_object, encode_object
 from yotonnet.errors import ProtocolError
+from yotonnet.names import MAX_NODE_NAME
+from yotonnet.routing import SUB, NodeState
 from yotonnet.wire import HEADER_SIZE, FrameDecoder, FrameKind, decode_control, encode_frame
 
 PROPS = settings(max_examples=200, deadline=None)
@@ -190,3 +193,23 @@ class DecoderControlLimitTests(SynchronousTestCase):
             return
         self.assertIsNone(first_bad)
         self.assertEqual(len(got), len(spec))
+
+
+class RecordNameTests(SynchronousTestCase):
+    def test_names_a_terminal_or_a_log_would_misread_are_refused(self):
+        for name in ("evil\x1b[2J", "line\nfake log line", "\u202eabc", "x" * (MAX_NODE_NAME + 1),
+                     5, None, b"bytes"):
+            e = self.assertRaises(ValueError, NodeState.from_wire, [7, name, 1, [], []])
+            text = str(e)
+            self.assertIn("node name", text, name)
+            self.assertIn(f"{7:016x}", text)
+            self.assertNotIn("\x1b", text)
+
+    def test_printable_names_up_to_the_limit_are_accepted(self):
+        for name in ("a", "node a/β", "x" * MAX_NODE_NAME):
+            self.assertEqual(NodeState.from_wire([7, name, 1, [], []]).name, name)
+
+    def test_roles_are_shared_constants(self):
+        wire_role = "".join(["s", "ub"])  # a str object other than the constant
+        state = NodeState.from_wire([7, "n", 1, [], [[5, wire_role, "TEXT", 1]]])
+        self.assertIs(state.interests[5].role, SUB)

@@ -25,10 +25,14 @@ import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from .names import MAX_NODE_NAME, check_peer_name
+
 SUB = "sub"
 REP = "rep"
 STATE = "state"
 ROLES = (SUB, REP, STATE)
+# The role constants by value: records share them instead of a string each per interest.
+_ROLE = {role: role for role in ROLES}
 _MAX_U64 = 2**64 - 1
 
 
@@ -60,15 +64,21 @@ class NodeState:
 
     @classmethod
     def from_wire(cls, data: object) -> NodeState:
+        """Parse a record; ValueError says what is wrong (the sender's fault).
+
+        The node name must be one a peer may announce
+        (:func:`yotonnet.names.check_peer_name`), as in a HELLO: names reach
+        terminals, logs and web pages.
+        """
         try:
             node_id, name, version, links, interests = data  # type: ignore[misc]
             state = cls(
                 int(node_id),
-                str(name),
+                name,
                 int(version),
                 {int(n): int(c) for n, c in links},
                 {
-                    int(ch): Interest(str(role), str(tname), int(count))
+                    int(ch): Interest(_ROLE.get(role, role), str(tname), int(count))
                     for ch, role, tname, count in interests
                 },
             )
@@ -77,11 +87,18 @@ class NodeState:
         for node in (state.node_id, *state.links):
             if not 0 < node <= _MAX_U64:
                 raise ValueError(f"node id {node} out of range")
+        try:
+            check_peer_name(name)
+        except ValueError as e:
+            raise ValueError(
+                f"record of node {state.node_id:016x} refused: {e}; a node name must be at "
+                f"most {MAX_NODE_NAME} printable characters"
+            ) from None
         for chan in state.interests:
             if not 0 <= chan <= _MAX_U64:
                 raise ValueError(f"channel id {chan} out of range")
         for interest in state.interests.values():
-            if interest.role not in ROLES:
+            if interest.role not in _ROLE:
                 raise ValueError(f"unknown interest role {interest.role!r}")
         return state
 
