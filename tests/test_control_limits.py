@@ -5,7 +5,11 @@
 * ``wire.decode_control`` and ``FrameDecoder(max_control=...)``: the CONTROL
   frame size limit, checked from the header before the body is buffered, and
   the one function that turns a control payload into a message;
-* routing records: node names checked as in a HELLO.
+* routing records: node names checked as in a HELLO, and the
+  :class:`~yotonnet.routing.RoutingLimits` a :class:`RoutingTable` holds
+  records from neighbours to (per record, per neighbour, per table);
+* the routing table's interest index and linear next-hop pass, checked
+  against a brute-force reference on random tables.
 """
 
 from __future__ import annotations
@@ -21,7 +25,18 @@ from yotonnet import wire
 from yotonnet.codec import DecodeError, ItemLimitError, decode_object, encode_object
 from yotonnet.errors import ProtocolError
 from yotonnet.names import MAX_NODE_NAME
-from yotonnet.routing import SUB, NodeState
+from yotonnet.routing import (
+    DEFAULT_MAX_RECORD_INTERESTS,
+    DEFAULT_MAX_RECORD_LINKS,
+    REP,
+    STATE,
+    SUB,
+    Interest,
+    NodeState,
+    RecordRefused,
+    RoutingLimits,
+    RoutingTable,
+)
 from yotonnet.wire import HEADER_SIZE, FrameDecoder, FrameKind, decode_control, encode_frame
 
 PROPS = settings(max_examples=200, deadline=None)
@@ -124,6 +139,23 @@ class DecodeControlTests(SynchronousTestCase):
         e = self.assertRaises(ProtocolError, decode_control, b"l\x05\0\0\0", MiB)
         self.assertIn("malformed control message", str(e))
 
+    def test_record_at_the_routing_limits_fits_the_default_limits(self):
+        # The largest record a neighbour may send under the default RoutingLimits (with
+        # the built-in type name of the longest length) passes the default frame limit
+        # and value bound: the defaults do not contradict each other.
+        links = [[n, 255] for n in range(2**63, 2**63 + DEFAULT_MAX_RECORD_LINKS)]
+        interests = [
+            [2**64 - 1 - ch, "state", "OBJECT", 2**31]
+            for ch in range(DEFAULT_MAX_RECORD_INTERESTS)
+        ]
+        record = [2**64 - 1, "n" * MAX_NODE_NAME, 2**63 - 1, links, interests]
+        payload = encode_object(["node", record])
+        self.assertLess(HEADER_SIZE + len(payload), wire.DEFAULT_MAX_CONTROL_FRAME)
+        message = decode_control(payload, wire.DEFAULT_MAX_CONTROL_FRAME)
+        state = NodeState.from_wire(message[1])
+        self.assertEqual(len(state.links), DEFAULT_MAX_RECORD_LINKS)
+        self.assertEqual(len(state.interests), DEFAULT_MAX_RECORD_INTERESTS)
+
 
 class DecoderControlLimitTests(SynchronousTestCase):
     def decoder(self, max_frame: int = 16 * MiB, max_control: int | None = 4096):
@@ -195,6 +227,12 @@ class DecoderControlLimitTests(SynchronousTestCase):
         self.assertEqual(len(got), len(spec))
 
 
+def record(node_id: int, version: int = 1, links=(), interests=None, name=None) -> NodeState:
+    return NodeState(
+        node_id, name or f"n{node_id}", version, {n: 1 for n in links}, dict(interests or {})
+    )
+
+
 class RecordNameTests(SynchronousTestCase):
     def test_names_a_terminal_or_a_log_would_misread_are_refused(self):
         for name in ("evil\x1b[2J", "line\nfake log line", "\u202eabc", "x" * (MAX_NODE_NAME + 1),
@@ -213,3 +251,181 @@ class RecordNameTests(SynchronousTestCase):
         wire_role = "".join(["s", "ub"])  # a str object other than the constant
         state = NodeState.from_wire([7, "n", 1, [], [[5, wire_role, "TEXT", 1]]])
         self.assertIs(state.interests[5].role, SUB)
+
+
+class TableLimitTests(SynchronousTestCase):
+    def table(self, **limits: int) -> RoutingTable:
+        t = RoutingTable(1, "me", RoutingLimits(**limits))
+        t.set_local(links={2: 1, 3: 1})
+        return t
+
+    def assertRefused(self, t: RoutingTable, state: NodeState, via: int, limit: str) -> str:
+        before = (dict(t.nodes), t.entries, t.generation)
+        e = self.assertRaises(RecordRefused, t.update, state, via)
+        self.assertEqual(e.limit, limit)
+        self.assertIn(limit, str(e))
+        self.assertEqual((dict(t.nodes), t.entries, t.generation), before, "table changed")
+        return str(e)
+
+    def test_links_and_interests_per_record(self):
+        t = self.table(max_record_links=3, max_record_interests=2)
+        self.assertTrue(t.update(record(2, links=[1, 4, 5]), via=2))
+        text = self.assertRefused(t, record(4, links=[1, 2, 5, 6]), 2, "max_record_links")
+        self.assertIn("lists 4 links", text)
+        many = {ch: Interest(SUB, "TEXT", 1) for ch in (10, 11, 12)}
+        self.assertRefused(t, record(2, 2, interests=many), 2, "max_record_interests")
+        self.assertEqual(t.refused, {"max_record_links": 1, "max_record_interests": 1})
+        # Records this node writes itself (no via) are not bounded.
+        self.assertTrue(t.update(record(4, links=[1, 2, 5, 6], interests=many)))
+
+    def test_nodes_in_the_table(self):
+        t = self.table(max_nodes=3)
+        self.assertTrue(t.update(record(2, links=[1]), via=2))
+        self.assertTrue(t.update(record(3, links=[1]), via=3))
+        text = self.assertRefused(t, record(4), 2, "max_nodes")
+        self.assertIn("holds 3 nodes", text)
+        # Known nodes are still updated.
+        self.assertTrue(t.update(record(2, 2, links=[1, 3]), via=2))
+        t.forget([3])
+        self.assertTrue(t.update(record(4), via=2))
+
+    def test_nodes_per_neighbour(self):
+        t = self.table(max_nodes_per_peer=2)
+        self.assertTrue(t.update(record(2, links=[1]), via=2))
+        self.assertTrue(t.update(record(10), via=2))
+        self.assertEqual(t.introduced_by(2), 2)
+        text = self.assertRefused(t, record(11), 2, "max_nodes_per_peer")
+        self.assertIn(f"{2:016x} introduced 2 nodes", text)
+        # Another neighbour has its own quota; records already held are not counted again.
+        self.assertTrue(t.update(record(11), via=3))
+        self.assertTrue(t.update(record(10, 2), via=3))
+        self.assertEqual((t.introduced_by(2), t.introduced_by(3)), (2, 1))
+        t.forget([10])
+        self.assertEqual(t.introduced_by(2), 1)
+        self.assertTrue(t.update(record(12), via=2))
+
+    def test_entries_in_the_table(self):
+        t = self.table(max_routing_entries=6)  # our record holds 2
+        self.assertTrue(t.update(record(2, links=[1, 3]), via=2))
+        self.assertEqual(t.entries, 4)
+        self.assertRefused(t, record(4, links=[1, 2, 3]), 2, "max_routing_entries")
+        self.assertTrue(t.update(record(4, links=[1, 2]), via=2))
+        # A record that grows past the limit is refused; one that shrinks is taken.
+        self.assertRefused(t, record(2, 2, links=[1, 3, 4]), 2, "max_routing_entries")
+        self.assertTrue(t.update(record(2, 3, links=[1]), via=2))
+        self.assertEqual(t.entries, 5)
+
+    def test_own_record_coming_back_is_never_refused(self):
+        t = self.table(max_nodes=1, max_record_links=1)
+        self.assertTrue(t.update(record(1, 9, links=[2, 3, 4]), via=2))
+        self.assertEqual(t.local.version, 10)
+
+
+# --- the index and the linear next-hop pass against a brute-force reference
+
+def reference_holders(t: RoutingTable, channel: int, role: str) -> list[int]:
+    """What holders() said before the index: a scan of every record."""
+    dist = confirmed_distances(t, t.node_id)
+    found = [
+        n for n, s in t.nodes.items()
+        if n in dist and (i := s.interests.get(channel)) and i.role == role and i.count > 0
+    ]
+    return sorted(found, key=lambda n: (dist[n], n))
+
+
+def confirmed_distances(t: RoutingTable, source: int) -> dict[int, int]:
+    """Shortest distances from ``source`` over links both ends list (at the higher of
+    their costs, at least 1), computed here independently of the table."""
+    dist = {source: 0}
+    todo = {source}
+    while todo:
+        node = min(todo, key=lambda n: dist[n])
+        todo.discard(node)
+        for nbr, cost in t.nodes[node].links.items():
+            back = t.nodes[nbr].links.get(node) if nbr in t.nodes else None
+            if back is None:
+                continue
+            d = dist[node] + max(1, cost, back)
+            if d < dist.get(nbr, d + 1):
+                dist[nbr] = d
+                todo.add(nbr)
+    return dist
+
+
+def check_next_hop(case: SynchronousTestCase, t: RoutingTable, dest: int) -> None:
+    """``next_hop(dest)`` is a neighbour on a shortest path to ``dest`` (None if none)."""
+    mine = confirmed_distances(t, t.node_id)
+    hop = t.next_hop(dest)
+    if dest not in mine:
+        case.assertIsNone(hop)
+        return
+    case.assertIsNotNone(hop)
+    cost = max(1, t.local.links[hop], t.nodes[hop].links[t.node_id])
+    case.assertEqual(cost + confirmed_distances(t, hop)[dest], mine[dest])
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["update", "forget", "local"]),
+        st.integers(1, 8),
+        st.lists(st.integers(1, 8), max_size=4),
+        st.dictionaries(st.sampled_from([100, 101]),
+                        st.builds(Interest, st.sampled_from([SUB, REP, STATE]), st.just("T"),
+                                  st.integers(0, 2)), max_size=2),
+    ),
+    max_size=30,
+)
+
+
+class IndexTests(SynchronousTestCase):
+    @PROPS
+    @given(ops)
+    def test_index_matches_a_scan_of_every_record(self, steps):
+        t = RoutingTable(1, "me")
+        versions: dict[int, int] = {}
+        for op, node, links, interests in steps:
+            if op == "local":
+                t.set_local(links=dict.fromkeys(links, 1), interests=interests)
+            elif op == "forget":
+                t.forget([node])
+                versions.pop(node, None)
+            elif node != 1:
+                versions[node] = versions.get(node, 0) + 1
+                t.update(record(node, versions[node], links, interests), via=node)
+            expected_entries = sum(len(s.links) + len(s.interests) for s in t.nodes.values())
+            self.assertEqual(t.entries, expected_entries)
+            for channel in (100, 101):
+                for role in (SUB, REP, STATE):
+                    self.assertEqual(t.holders(channel, role), reference_holders(t, channel, role))
+            for dest in range(2, 9):
+                check_next_hop(self, t, dest)
+
+    def test_long_chain_next_hops_and_depth(self):
+        n = 3000
+        t = RoutingTable(1, "me")
+        t.set_local(links={2: 1})
+        for node in range(2, n + 1):
+            t.update(record(node, links=[node - 1, node + 1] if node < n else [node - 1]))
+        self.assertEqual(t.max_hops(), n - 1)
+        self.assertEqual(t.next_hop(n), 2)
+        self.assertEqual(t.distance(n), n - 1)
+
+    def test_routes_computed_once_per_change(self):
+        t = RoutingTable(1, "me")
+        t.set_local(links={2: 1, 3: 1}, interests={100: Interest(SUB, "T", 1)})
+        t.update(record(2, links=[1, 3], interests={100: Interest(SUB, "T", 1)}), via=2)
+        t.update(record(3, links=[1, 2]), via=3)
+        before = t.route_computations
+        for _ in range(3):
+            t.next_hop(2)
+            t.holders(100, SUB)
+            t.max_hops()
+            t.is_reachable(3)
+            t.multicast_targets(1, 100)  # our own tree is our routes' tree
+        self.assertEqual(t.route_computations, before + 1)
+        t.multicast_targets(2, 100)
+        t.multicast_targets(2, 101)
+        self.assertEqual(t.route_computations, before + 2)
+        t.update(record(3, 2, links=[1]), via=3)
+        t.next_hop(2)
+        self.assertEqual(t.route_computations, before + 3)
