@@ -83,7 +83,10 @@ class Link(Protocol):
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         self.last_seen = self.last_sent = 0.0
         # runs: DATA frames come grouped as wire.Run records (see Context._on_run_record)
-        self._decoder = wire.FrameDecoder(max_frame=wire.HANDSHAKE_MAX_FRAME, runs=True)
+        self._decoder = wire.FrameDecoder(
+            max_frame=wire.HANDSHAKE_MAX_FRAME, runs=True,
+            max_control=context.config.max_control_frame,
+        )
         window = context.config.flow_window
         #: credit per channel both ways (the send window is the peer's, set at the handshake)
         self.flow = PeerFlow(window, window)
