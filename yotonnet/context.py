@@ -271,6 +271,9 @@ class Context:
         self.name = name or f"{socket.gethostname()}-{id(self) & 0xFFFF:04x}"
         self.capabilities: tuple[str, ...] = ("routing-1", "state-1", "reqrep-1")
         self.routing = RoutingTable(self.node_id, self.name, self.config.routing_limits())
+        # Records received in the current dispatch changed the routing table: act on it
+        # once when the dispatch ends (_settle_routing), not once per record.
+        self._routing_pending = False
         # (neighbour, limit) pairs whose refused records were logged (then only counted)
         self._refusals_told: set[tuple[int, str]] = set()
         # the limit this node's own record breaks, once told (None: it is within them)
@@ -316,6 +319,8 @@ class Context:
             "control_out": 0,
             # routing records a limit refused (yotonnet.routing.RoutingLimits)
             "records_refused": 0,
+            # times the context acted on routing changes (records are batched per dispatch)
+            "routing_changes": 0,
             "credit_in": 0,
             "credit_out": 0,
             "flow_queued": 0,
@@ -655,7 +660,7 @@ class Context:
                     self._flood(self.routing.local, exclude=None)
                 else:
                     self._flood(state, exclude=link)
-                self._routing_changed()
+                self._remote_routing_change()
         # Unknown control kinds are ignored, so newer nodes can add some.
 
     def _record_refused(self, link: Link, refusal: RecordRefused) -> None:
@@ -674,6 +679,31 @@ class Context:
             node=self.name, peer=link.describe(), limit=refusal.limit, why=str(refusal),
         )
 
+    def _remote_routing_change(self) -> None:
+        """A record from a neighbour changed the routing table.
+
+        Cached paths are forgotten at once (frames later in the same dispatch
+        are routed on the new picture, computed when first needed); the rest of
+        :meth:`_routing_changed` (waiters, requests, state holders, paused
+        publishers: each a look at the whole table) runs once at the end of
+        the dispatch, whatever the number of records it brought.
+        """
+        if self._dispatching:
+            self._forget_paths()
+            self._routing_pending = True
+        else:
+            self._routing_changed()
+
+    def _settle_routing(self) -> None:
+        """Called by a link at the end of a dispatch (before it writes what the dispatch
+        queued) when records changed the routing table meanwhile."""
+        if not self._routing_pending:
+            return
+        try:
+            self._routing_changed()
+        except Exception:  # noqa: BLE001 - the dispatch must end cleanly whatever happens
+            log.failure("{node}: acting on a routing change failed", node=self.name)
+
     def _forget_paths(self) -> None:
         self._hops = 0
         self._fanout.clear()
@@ -690,6 +720,8 @@ class Context:
         return hops
 
     def _routing_changed(self) -> None:
+        self._routing_pending = False  # whatever records were waiting are covered now
+        self.counters["routing_changes"] += 1
         self._forget_paths()
         for channel in list(self._not_ready):
             self._check_ready(channel)

@@ -314,6 +314,8 @@ class Link(Protocol):
             self.fail(str(e))
         finally:
             if outer:
+                if ctx._routing_pending:  # records received: act on them once per dispatch
+                    ctx._settle_routing()
                 ctx._dispatching = False
                 if ctx._dirty:
                     ctx._flush_dirty()
@@ -347,6 +349,8 @@ class Link(Protocol):
             self.fail(str(e))
         finally:
             if outer:
+                if ctx._routing_pending:  # records received: act on them once per dispatch
+                    ctx._settle_routing()
                 ctx._dispatching = False
                 if ctx._dirty:
                     ctx._flush_dirty()
