@@ -315,6 +315,13 @@ class TableLimitTests(SynchronousTestCase):
         self.assertTrue(t.update(record(2, 3, links=[1]), via=2))
         self.assertEqual(t.entries, 5)
 
+    def test_no_per_neighbour_limit_by_default(self):
+        t = self.table(max_nodes=5)
+        for node in (2, 10, 11, 12):
+            self.assertTrue(t.update(record(node), via=2))
+        self.assertEqual(t.introduced_by(2), 4)
+        self.assertRefused(t, record(13), 2, "max_nodes")
+
     def test_own_record_coming_back_is_never_refused(self):
         t = self.table(max_nodes=1, max_record_links=1)
         self.assertTrue(t.update(record(1, 9, links=[2, 3, 4]), via=2))

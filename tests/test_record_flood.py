@@ -24,8 +24,8 @@ from yotonnet.testing import MemoryMesh
 from yotonnet.wire import FrameKind
 
 FAKE_BASE = 1 << 62
-#: limits high enough for the flood to be taken whole (the batching is what is tested)
-ROOMY = ContextConfig(max_nodes=100_000, max_nodes_per_peer=100_000)
+#: limits high enough for any flood here to be taken whole (the batching is what is tested)
+ROOMY = ContextConfig(max_nodes=100_000)
 
 
 def control(message: list) -> bytes:
@@ -39,9 +39,10 @@ class Echo(RepChannel):
 
 class FloodTestCase(SynchronousTestCase):
     def make(self, config: ContextConfig = ROOMY):
-        mesh = MemoryMesh(names=["t", "p", "q"], seed=3, config=config)
+        """The mesh; ``config`` is t's (p and q keep the defaults)."""
+        mesh = MemoryMesh(seed=3)
         self.addCleanup(mesh.close)
-        t, p, q = mesh
+        t, p, q = mesh.add("t", config), mesh.add("p"), mesh.add("q")
         self.conn = mesh.link(p, t)
         mesh.link(q, t)
         self.state = StateChannel(t, "settings")
@@ -169,7 +170,7 @@ class RecordLimitTests(FloodTestCase):
         self.assertEqual(len(lines), 1, lines)
         self.assertIn("raise [context] max_nodes_per_peer", lines[0])
         # Refused records go no further; the link stays up and legit traffic flows.
-        self.assertLessEqual(set(q.routing.nodes), set(t.routing.nodes))
+        self.assertEqual(set(q.routing.nodes), set(t.routing.nodes))
         self.assertIn(p.node_id, t.links)
         self.check_legit_traffic(mesh, t, q)
 
@@ -184,12 +185,19 @@ class RecordLimitTests(FloodTestCase):
         self.assertIn("holds 500 nodes", lines[0])
         self.check_legit_traffic(mesh, t, q)
 
-    def test_defaults_refuse_a_flood_of_four_thousand(self):
+    def test_defaults_take_a_flood_of_four_thousand_at_the_hub_and_its_leaves(self):
+        # No per-neighbour limit by default: q, a leaf of t, learns every node from t, and
+        # must not refuse legitimate records because t holds fake ones.
         mesh, t, p, q = self.make(ContextConfig())
+        changes = t.counters["routing_changes"]
         self.send_from_p(p, b"".join(self.fake_records(p, 4000)))
-        per_peer = ContextConfig().max_nodes_per_peer
-        self.assertEqual(t.routing.introduced_by(p.node_id), per_peer)
-        self.assertEqual(t.counters["records_refused"], 4000 + 1 - per_peer)
+        self.assertEqual(t.counters["routing_changes"] - changes, 1)
+        mesh.settle()
+        late = mesh.add("late")
+        mesh.link(late, t)
+        self.assertEqual(len(q.routing.nodes), 4 + 4000)
+        self.assertIn(late.node_id, q.routing.nodes)
+        self.assertEqual((t.counters["records_refused"], q.counters["records_refused"]), (0, 0))
         self.check_legit_traffic(mesh, t, q)
 
     def test_a_record_over_the_per_record_limits_is_refused(self):

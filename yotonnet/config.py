@@ -125,7 +125,7 @@ _CONTEXT_LIMITS: dict[str, tuple[float, float, bool]] = {
     # a CONTROL frame holds at least a node's own record; 1 KiB is already too small for most
     "max_control_frame": (1024, 2**32 - 1, True),
     "max_nodes": (1, math.inf, True),
-    "max_nodes_per_peer": (1, math.inf, True),
+    "max_nodes_per_peer": (0, math.inf, True),  # 0: as many as max_nodes
     "max_record_links": (1, math.inf, True),
     "max_record_interests": (1, math.inf, True),
     "max_routing_entries": (1, math.inf, True),

@@ -114,7 +114,8 @@ class ContextConfig:
     #: record past one is dropped, logged once per neighbour and limit, and counted in
     #: counters["records_refused"]. Nodes the routing table holds:
     max_nodes: int = DEFAULT_MAX_NODES
-    #: nodes one neighbour may introduce (a leaf's one neighbour introduces the whole mesh)
+    #: nodes one neighbour may introduce; 0: as many as max_nodes (a leaf, such as any
+    #: client of a hub, learns the whole mesh from its one neighbour)
     max_nodes_per_peer: int = DEFAULT_MAX_NODES_PER_PEER
     #: links one node record may list
     max_record_links: int = DEFAULT_MAX_RECORD_LINKS

@@ -46,10 +46,14 @@ _MAX_U64 = 2**64 - 1
 
 #: Defaults of :class:`RoutingLimits` (and of the ContextConfig settings of the same
 #: names). A legitimate mesh of a hundred nodes, some with thousands of channels, is far
-#: inside them; a node record at the per-record limits (about 0.8 MB) still fits in a
+#: inside them; a node record at the per-record limits (about 0.9 MB) still fits in a
 #: CONTROL frame of the default size (yotonnet.wire.DEFAULT_MAX_CONTROL_FRAME).
 DEFAULT_MAX_NODES = 10_000
-DEFAULT_MAX_NODES_PER_PEER = 2_000
+#: 0: as many as max_nodes. A node with one neighbour (every client of a hub) learns the
+#: whole mesh from it, so a lower default would have every leaf refuse records as soon as
+#: its hub held more nodes than that, fake ones included; lower it on a hub whose
+#: neighbours each bring a known number of nodes.
+DEFAULT_MAX_NODES_PER_PEER = 0
 DEFAULT_MAX_RECORD_LINKS = 4_096
 DEFAULT_MAX_RECORD_INTERESTS = 16_384
 DEFAULT_MAX_ROUTING_ENTRIES = 1_000_000
@@ -65,7 +69,8 @@ class RoutingLimits:
 
     #: nodes the table holds; records of further nodes are refused
     max_nodes: int = DEFAULT_MAX_NODES
-    #: nodes one neighbour may introduce (nodes whose record reached us first through it)
+    #: nodes one neighbour may introduce (nodes whose record reached us first through
+    #: it); 0: as many as max_nodes
     max_nodes_per_peer: int = DEFAULT_MAX_NODES_PER_PEER
     #: links one record may list
     max_record_links: int = DEFAULT_MAX_RECORD_LINKS
@@ -277,7 +282,7 @@ class RoutingTable:
                 f"the record of {who} is not taken",
             )
         introduced = self._introduced.get(via, 0)
-        if introduced >= limits.max_nodes_per_peer:
+        if limits.max_nodes_per_peer and introduced >= limits.max_nodes_per_peer:
             self._refuse(
                 "max_nodes_per_peer",
                 f"the neighbour {via:016x} introduced {introduced} nodes, the limit "
