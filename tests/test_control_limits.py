@@ -436,3 +436,15 @@ class IndexTests(SynchronousTestCase):
         t.update(record(3, 2, links=[1]), via=3)
         t.next_hop(2)
         self.assertEqual(t.route_computations, before + 3)
+
+    def test_a_channel_only_this_node_holds_needs_no_routes(self):
+        # A node holding a state value asks for its holders after every routing change.
+        t = RoutingTable(1, "me")
+        t.set_local(links={2: 1}, interests={100: Interest(STATE, "T", 1)})
+        t.update(record(2, links=[1], interests={101: Interest(STATE, "T", 1)}), via=2)
+        before = t.route_computations
+        self.assertEqual(t.holders(100, STATE), [1])
+        self.assertEqual(t.holders(100, SUB), [])
+        self.assertEqual(t.route_computations, before)
+        self.assertEqual(t.holders(101, STATE), [2])
+        self.assertEqual(t.route_computations, before + 1)

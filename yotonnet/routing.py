@@ -456,12 +456,13 @@ class RoutingTable:
         interested = self._by_channel.get(channel)
         if not interested:
             return []
+        found = [n for n, i in interested.items() if i.role == role and i.count > 0]
+        if not found or found == [self.node_id]:
+            # No one else holds it: no routes needed (a node holding a state value asks
+            # this after every routing change, which must not cost a route computation).
+            return found
         dist = self._ensure_routes()
-        found = [
-            node_id
-            for node_id, i in interested.items()
-            if node_id in dist and i.role == role and i.count > 0
-        ]
+        found = [n for n in found if n in dist]
         found.sort(key=lambda n: (dist[n], n))
         return found
 
