@@ -437,6 +437,22 @@ class IndexTests(SynchronousTestCase):
         t.next_hop(2)
         self.assertEqual(t.route_computations, before + 3)
 
+    def test_losses_count_only_changes_that_can_cut_nodes_off(self):
+        t = RoutingTable(1, "me")
+        t.set_local(links={2: 1, 3: 1})
+        t.update(record(2, links=[1, 3]), via=2)
+        t.update(record(3, links=[1, 2]), via=3)
+        t.update(record(4), via=2)
+        t.set_local(links={2: 5, 3: 1, 4: 1})  # a cost changed, a link added
+        t.update(record(2, 2, links=[1, 3, 4]), via=2)
+        self.assertEqual(t.losses, 0)
+        t.update(record(2, 3, links=[1]), via=2)  # 2 dropped its links to 3 and 4
+        self.assertEqual(t.losses, 1)
+        t.set_local(links={2: 1})
+        self.assertEqual(t.losses, 2)
+        t.forget([4, 99])
+        self.assertEqual(t.losses, 3)
+
     def test_a_channel_only_this_node_holds_needs_no_routes(self):
         # A node holding a state value asks for its holders after every routing change.
         t = RoutingTable(1, "me")

@@ -15,9 +15,18 @@ from __future__ import annotations
 import dataclasses
 
 from certs_fixture import LogCapture
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from yotonnet import ContextConfig, RepChannel, ReqChannel, StateChannel, SubChannel, wire
+from yotonnet import (
+    ConnectionLost,
+    ContextConfig,
+    RepChannel,
+    ReqChannel,
+    StateChannel,
+    SubChannel,
+    wire,
+)
 from yotonnet.messages import encode_object
 from yotonnet.names import channel_id
 from yotonnet.testing import MemoryMesh
@@ -120,6 +129,42 @@ class BatchedRecomputationTests(FloodTestCase):
         self.assertLessEqual(t.counters["routing_changes"] - changes, reads)
         self.assertLessEqual(t.routing.route_computations - computations, 2 * reads)
         self.check_legit_traffic(mesh, t, q)
+
+    def test_records_one_per_read_with_a_call_pending_cost_no_route_computation(self):
+        # A node waiting for a reply checks, after routing changes, that the replier is
+        # still reachable; records that only add nodes cannot cut it off, so each read
+        # of a record (an attacker pacing them) must not cost a route computation.
+        mesh, t, p, q = self.make()
+
+        class Slow(RepChannel):
+            def __init__(self, ctx, name):
+                super().__init__(ctx, name)
+                self.waiting = []
+
+            def wait(self):
+                self.waiting.append(defer.Deferred())
+                return self.waiting[-1]
+
+        slow = Slow(q, "slow")
+        mesh.settle()
+        call = ReqChannel(t, "slow", timeout=None).call("wait")
+        mesh.settle()
+        self.assertEqual(len(slow.waiting), 1)
+        changes = t.counters["routing_changes"]
+        computations = t.routing.route_computations
+        frames = self.fake_records(p, 1000)
+        for frame in frames:
+            self.send_from_p(p, frame)
+        self.assertEqual(t.counters["routing_changes"] - changes, len(frames))
+        self.assertLessEqual(t.routing.route_computations - computations, 1)
+        slow.waiting[0].callback("answered")
+        mesh.settle()
+        self.assertEqual(self.successResultOf(call), "answered")
+        # Losing the replier still fails the call at once.
+        call = ReqChannel(t, "slow", timeout=None).call("wait")
+        mesh.settle()
+        mesh.cut(q, t)
+        self.failureResultOf(call, ConnectionLost)
 
     def test_records_no_one_can_reach_cost_no_route_computation(self):
         mesh, t, p, q = self.make()

@@ -275,6 +275,8 @@ class Context:
         # Records received in the current dispatch changed the routing table: act on it
         # once when the dispatch ends (_settle_routing), not once per record.
         self._routing_pending = False
+        # routing.losses when pending requests were last checked for lost repliers
+        self._losses_seen = 0
         # (neighbour, limit) pairs whose refused records were logged (then only counted)
         self._refusals_told: set[tuple[int, str]] = set()
         # the limit this node's own record breaks, once told (None: it is within them)
@@ -727,7 +729,11 @@ class Context:
         for channel in list(self._not_ready):
             self._check_ready(channel)
         self._check_interest_waiters()
-        self._fail_unreachable_requests()
+        if self.routing.losses != self._losses_seen:
+            # Only a lost link or record can cut a request off from its replier, and the
+            # check needs the routes: not worth a computation when the mesh only grew.
+            self._losses_seen = self.routing.losses
+            self._fail_unreachable_requests()
         self._push_state_to_new_holders()
 
     def _local_interests(self) -> dict[int, Interest]:

@@ -185,6 +185,9 @@ class RoutingTable:
         self.entries = 0
         #: bumped by every change of the picture
         self.generation = 0
+        #: bumped by every change that may have cut nodes off (a link dropped from a record,
+        #: a record forgotten); adding records or links never makes a node unreachable
+        self.losses = 0
         #: runs of the shortest-path computation (own routes and multicast trees)
         self.route_computations = 0
         #: records refused, per limit name
@@ -300,6 +303,8 @@ class RoutingTable:
         by_channel = self._by_channel
         if old is not None:
             self.entries -= len(old.links) + len(old.interests)
+            if old.links is not state.links and any(n not in state.links for n in old.links):
+                self.losses += 1
             if old.interests is not state.interests:
                 for chan in old.interests:
                     holders = by_channel.get(chan)
@@ -324,6 +329,7 @@ class RoutingTable:
             state = self.nodes.pop(node_id, None)
             if state is None:
                 continue
+            self.losses += 1
             self.entries -= len(state.links) + len(state.interests)
             for chan in state.interests:
                 holders = by_channel.get(chan)
