@@ -16,15 +16,21 @@ spends beyond reading its input, and should not grow with N. Also printed:
 the routing changes acted on and the shortest-path runs, where the copy of
 yotonnet counts them.
 
+With ``--drip``, the same floods come one record per read as well (an
+attacker pacing its frames), once as above and once with a call of ``t``
+pending (a node waiting for a reply re-checks every routing change for
+repliers gone unreachable, which needs the routes: one shortest-path run per
+read, so this case stays quadratic; see the report of the change).
+
 The decode section times ``decode_object`` (no bound, as for user payloads)
 on a 16 MiB frame's worth of empty lists, with the memory it allocates
 (tracemalloc peak, in a separate run), and ``wire.decode_control`` on it and
 on a 1 MiB one (refused by the size check and the value bound).
 
 Options: ``--yotonnet-path DIR`` (benchmark another copy of the package, e.g.
-``git worktree add /tmp/base main``), ``--compare DIR`` (run this script
+``git archive`` of an older commit), ``--compare DIR`` (run this script
 under DIR's copy too and print before/after with ratios), ``--json``,
-``--quick`` (N up to 2,000), ``--repeats``.
+``--quick`` (N up to 2,000), ``--repeats``, ``--drip``.
 """
 
 from __future__ import annotations
@@ -45,9 +51,12 @@ READ = 65536
 MiB = 1024 * 1024
 
 
-def flood_case(n: int) -> dict:
-    """One flood of ``n`` records into a fresh mesh; CPU seconds and counts."""
-    from yotonnet import ContextConfig, RepChannel, StateChannel, wire
+def flood_case(n: int, read: int = READ, pending_call: bool = False) -> dict:
+    """One flood of ``n`` records into a fresh mesh, in reads of ``read`` bytes (0: one
+    record per read); CPU seconds and counts."""
+    from twisted.internet import defer
+
+    from yotonnet import ContextConfig, RepChannel, ReqChannel, StateChannel, wire
     from yotonnet.messages import decode_object, encode_object
     from yotonnet.names import channel_id
     from yotonnet.routing import NodeState
@@ -58,13 +67,20 @@ def flood_case(n: int) -> dict:
         def echo(self, value):
             return value
 
+        def hang(self):
+            return defer.Deferred()
+
     mesh = MemoryMesh(names=["t", "p", "q"], seed=5, config=ContextConfig())
     t, p, q = mesh
     conn = mesh.link(p, t)
     mesh.link(q, t)
     StateChannel(t, "settings").send({"volume": 3})
-    Echo(t, "echo")
+    Echo(q, "echo")
     mesh.settle()
+    if pending_call:
+        call = ReqChannel(t, "echo", timeout=3600).call("hang")
+        call.addErrback(lambda _: None)
+        mesh.settle()
     fakes = [(1 << 62) + i for i in range(n)]
     mine = p.routing.local
     links = [[peer, 1] for peer in mine.links] + [[f, 1] for f in fakes]
@@ -73,7 +89,9 @@ def flood_case(n: int) -> dict:
         records.append([fake, f"fake-{i}", 1, [[p.node_id, 1]],
                         [[channel_id("pubsub", f"fake{i}"), "sub", "OBJECT", 1]]])
     payloads = [encode_object(["node", r]) for r in records]
-    data = b"".join(wire.encode_frame(FrameKind.CONTROL, pl) for pl in payloads)
+    frames = [wire.encode_frame(FrameKind.CONTROL, pl) for pl in payloads]
+    data = b"".join(frames)
+    pieces = frames if not read else [data[at:at + read] for at in range(0, len(data), read)]
 
     start = time.process_time()
     for pl in payloads:
@@ -84,13 +102,15 @@ def flood_case(n: int) -> dict:
     changes = t.counters.get("routing_changes")
     runs = getattr(t.routing, "route_computations", None)
     start = time.process_time()
-    for at in range(0, len(data), READ):
-        transport.write(data[at:at + READ])
+    for piece in pieces:
+        transport.write(piece)
         conn.pump()
     flood = time.process_time() - start
     taken = len(t.routing.nodes) - 3
     result = {
-        "n": n, "taken": taken, "cpu": flood, "parse": parse, "reads": -(-len(data) // READ),
+        "n": n, "taken": taken, "cpu": flood, "parse": parse, "reads": len(pieces),
+        "case": ("64 KiB reads" if read else "1 record/read")
+        + (", a call pending" if pending_call else ""),
         "routing_changes": None if changes is None else t.counters["routing_changes"] - changes,
         "route_computations": None if runs is None else t.routing.route_computations - runs,
     }
@@ -132,13 +152,15 @@ def decode_case() -> dict:
     return result
 
 
-def run(sizes: tuple[int, ...], repeats: int) -> dict:
+def run(sizes: tuple[int, ...], repeats: int, drip: bool) -> dict:
+    cases = [(READ, False)] + [(0, False), (0, True)] * drip
     floods = []
-    for n in sizes:
-        runs = [flood_case(n) for _ in range(repeats)]
-        best = min(runs, key=lambda r: r["cpu"])
-        best["parse"] = min(r["parse"] for r in runs)
-        floods.append(best)
+    for read, pending in cases:
+        for n in sizes:
+            runs = [flood_case(n, read, pending) for _ in range(repeats)]
+            best = min(runs, key=lambda r: r["cpu"])
+            best["parse"] = min(r["parse"] for r in runs)
+            floods.append(best)
     import yotonnet
 
     return {"yotonnet": os.path.dirname(os.path.dirname(yotonnet.__file__)),
@@ -147,14 +169,15 @@ def run(sizes: tuple[int, ...], repeats: int) -> dict:
 
 def show(label: str, report: dict) -> None:
     print(f"{label}: yotonnet from {report['yotonnet']}")
-    print(f"  {'nodes':>6} {'taken':>6} {'CPU s':>8} {'parse s':>8} {'ratio':>7} "
+    print(f"  {'case':<28} {'nodes':>6} {'taken':>6} {'CPU s':>8} {'parse s':>8} {'ratio':>7} "
           f"{'reads':>6} {'changes':>8} {'SPF runs':>9}")
     for f in report["floods"]:
         ratio = f["cpu"] / f["parse"] if f["parse"] else float("nan")
         changes, runs = (
             "-" if f[k] is None else str(f[k]) for k in ("routing_changes", "route_computations")
         )
-        print(f"  {f['n']:>6} {f['taken']:>6} {f['cpu']:>8.3f} {f['parse']:>8.3f} {ratio:>7.1f} "
+        print(f"  {f['case']:<28} {f['n']:>6} {f['taken']:>6} {f['cpu']:>8.3f} {f['parse']:>8.3f} "
+              f"{ratio:>7.1f} "
               f"{f['reads']:>6} {changes:>8} {runs:>9}")
     d = report["decode"]
     line = (f"  16 MiB CONTROL payload of {d['lists']} empty lists, decode_object (no bound): "
@@ -172,15 +195,17 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--drip", action="store_true", help="also one record per read")
     args = parser.parse_args()
     sys.path.insert(0, os.path.abspath(args.yotonnet_path))
     sizes = SIZES[:2] if args.quick else SIZES
     if args.compare:
         cmd = [sys.executable, os.path.abspath(__file__), "--json", "--yotonnet-path",
                args.compare, "--repeats", str(args.repeats)] + ["--quick"] * args.quick
+        cmd += ["--drip"] * args.drip
         before = json.loads(subprocess.run(cmd, capture_output=True, text=True,
                                            check=True).stdout)
-    report = run(sizes, args.repeats)
+    report = run(sizes, args.repeats, args.drip)
     if args.json:
         print(json.dumps(report))
         return
@@ -189,10 +214,10 @@ def main() -> None:
         print()
     show("after" if args.compare else "result", report)
     if args.compare:
-        print("\n  nodes  CPU before/after")
+        print(f"\n  {'case':<28} {'nodes':>5}  CPU before/after")
         for b, a in zip(before["floods"], report["floods"], strict=True):
-            print(f"  {a['n']:>5}  {b['cpu']:.3f} s / {a['cpu']:.3f} s = "
-                  f"{b['cpu'] / a['cpu']:.0f}x")
+            print(f"  {a['case']:<28} {a['n']:>5}  {b['cpu']:.3f} s / {a['cpu']:.3f} s = "
+                  f"{b['cpu'] / a['cpu']:.1f}x")
 
 
 if __name__ == "__main__":
