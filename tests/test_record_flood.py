@@ -182,6 +182,23 @@ class BatchedRecomputationTests(FloodTestCase):
         self.send_from_p(p, b"".join(self.fake_records(p, 10)))
         self.assertIsNone(self.successResultOf(d))
 
+    def test_a_round_trip_after_a_record_sees_its_effects(self):
+        # Clients use a call as a barrier: a holder's record then a call, in one read at
+        # the node; the state value the record makes the node push must arrive before
+        # the reply (as when each record was acted on at once), not at the dispatch's end.
+        mesh = MemoryMesh(names=["n", "c"], seed=4)
+        self.addCleanup(mesh.close)
+        n, c = mesh
+        StateChannel(n, "settings").send({"volume": 5})
+        Echo(n, "echo")
+        mesh.link(c, n)
+        holder = StateChannel(c, "settings")
+        seen = []
+        d = ReqChannel(c, "echo").call("echo", 1)
+        d.addCallback(lambda _: seen.append(holder.recv()))
+        mesh.settle()
+        self.assertEqual(seen, [{"volume": 5}])
+
     def test_local_changes_still_take_effect_at_once(self):
         # A subscriber opened while t dispatches a frame (in a state callback, for a value
         # q set) is acted on at once, not at the end of the dispatch as records are.

@@ -688,8 +688,11 @@ class Context:
         Cached paths are forgotten at once (frames later in the same dispatch
         are routed on the new picture, computed when first needed); the rest of
         :meth:`_routing_changed` (waiters, requests, state holders, paused
-        publishers: each a look at the whole table) runs once at the end of
-        the dispatch, whatever the number of records it brought.
+        publishers: each a look at the whole table) runs once for a run of
+        consecutive control frames: the link calls :meth:`_settle_routing`
+        before the next frame of another kind, or at the end of the dispatch.
+        So a peer's call after its records still finds them acted on (clients
+        use a call as a barrier), and a read of thousands of records costs one.
         """
         if self._dispatching:
             self._forget_paths()
@@ -698,8 +701,9 @@ class Context:
             self._routing_changed()
 
     def _settle_routing(self) -> None:
-        """Called by a link at the end of a dispatch (before it writes what the dispatch
-        queued) when records changed the routing table meanwhile."""
+        """Called by a link when records changed the routing table during its dispatch:
+        before the first frame of another kind after them, or at the end of the dispatch
+        (before it writes what the dispatch queued)."""
         if not self._routing_pending:
             return
         try:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .context import Context
 
 _DATA = int(FrameKind.DATA)
+_CONTROL = int(FrameKind.CONTROL)
 _HEADER_SIZE = wire.HEADER_SIZE
 _unpack_header = wire.HEADER.unpack_from
 _new = tuple.__new__
@@ -338,6 +339,9 @@ class Link(Protocol):
             i, n = 0, len(frames)
             while i < n:
                 frame = frames[i]
+                if ctx._routing_pending and frame[0] != _CONTROL:
+                    # Records act before any frame after them (a call is a barrier).
+                    ctx._settle_routing()
                 if frame[0] == _DATA:
                     i = on_run(self, frames, i, n)
                 else:
