@@ -17,10 +17,11 @@ the routing changes acted on and the shortest-path runs, where the copy of
 yotonnet counts them.
 
 With ``--drip``, the same floods come one record per read as well (an
-attacker pacing its frames), once as above and once with a call of ``t``
-pending (a node waiting for a reply re-checks every routing change for
-repliers gone unreachable, which needs the routes: one shortest-path run per
-read, so this case stays quadratic; see the report of the change).
+attacker pacing its frames, which defeats batching per read): as above; with
+a call of ``t`` pending (checked for a lost replier after changes that may
+cut one off); and with the state channel held by ``q`` too, so that ``t``
+looks for new holders to tell its value after every change, which needs the
+routes: one shortest-path run per read, the case that stays quadratic.
 
 The decode section times ``decode_object`` (no bound, as for user payloads)
 on a 16 MiB frame's worth of empty lists, with the memory it allocates
@@ -51,9 +52,10 @@ READ = 65536
 MiB = 1024 * 1024
 
 
-def flood_case(n: int, read: int = READ, pending_call: bool = False) -> dict:
+def flood_case(n: int, read: int = READ, extra: str = "") -> dict:
     """One flood of ``n`` records into a fresh mesh, in reads of ``read`` bytes (0: one
-    record per read); CPU seconds and counts."""
+    record per read), with a call of t pending (``extra`` "call") or its state channel
+    held by q too ("shared"); CPU seconds and counts."""
     from twisted.internet import defer
 
     from yotonnet import ContextConfig, RepChannel, ReqChannel, StateChannel, wire
@@ -77,7 +79,10 @@ def flood_case(n: int, read: int = READ, pending_call: bool = False) -> dict:
     StateChannel(t, "settings").send({"volume": 3})
     Echo(q, "echo")
     mesh.settle()
-    if pending_call:
+    if extra == "shared":
+        StateChannel(q, "settings")
+        mesh.settle()
+    if extra == "call":
         call = ReqChannel(t, "echo", timeout=3600).call("hang")
         call.addErrback(lambda _: None)
         mesh.settle()
@@ -110,7 +115,7 @@ def flood_case(n: int, read: int = READ, pending_call: bool = False) -> dict:
     result = {
         "n": n, "taken": taken, "cpu": flood, "parse": parse, "reads": len(pieces),
         "case": ("64 KiB reads" if read else "1 record/read")
-        + (", a call pending" if pending_call else ""),
+        + {"": "", "call": ", a call pending", "shared": ", state shared"}[extra],
         "routing_changes": None if changes is None else t.counters["routing_changes"] - changes,
         "route_computations": None if runs is None else t.routing.route_computations - runs,
     }
@@ -153,11 +158,11 @@ def decode_case() -> dict:
 
 
 def run(sizes: tuple[int, ...], repeats: int, drip: bool) -> dict:
-    cases = [(READ, False)] + [(0, False), (0, True)] * drip
+    cases = [(READ, "")] + [(0, ""), (0, "call"), (0, "shared")] * drip
     floods = []
-    for read, pending in cases:
+    for read, extra in cases:
         for n in sizes:
-            runs = [flood_case(n, read, pending) for _ in range(repeats)]
+            runs = [flood_case(n, read, extra) for _ in range(repeats)]
             best = min(runs, key=lambda r: r["cpu"])
             best["parse"] = min(r["parse"] for r in runs)
             floods.append(best)
