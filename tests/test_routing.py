@@ -452,7 +452,12 @@ interests_st = st.builds(
 states = st.builds(
     NodeState,
     node_id=node_ids,
-    name=st.text(st.characters(exclude_categories=()), max_size=10),
+    # Any name a peer may announce (yotonnet.names.check_peer_name): printable characters.
+    name=st.text(
+        st.characters(exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"))
+        | st.just(" "),
+        max_size=10,
+    ),
     version=st.integers(1, 2**63),
     links=st.dictionaries(node_ids, st.integers(0, 1000), max_size=5),
     interests=st.dictionaries(node_ids, interests_st, max_size=4),

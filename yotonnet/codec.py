@@ -21,6 +21,7 @@ from .errors import DecodeError, MessageTypeError
 __all__ = [
     "MAX_DEPTH",
     "DecodeError",
+    "ItemLimitError",
     "MessageTypeError",
     "encode_object",
     "decode_object",
@@ -30,6 +31,14 @@ __all__ = [
 
 #: containers may nest at most this deep, in either direction
 MAX_DEPTH = 100
+
+
+class ItemLimitError(DecodeError):
+    """A payload holds more values than the ``max_items`` its decoder was given."""
+
+    def __init__(self, max_items: int) -> None:
+        super().__init__(f"OBJECT payload holds more than {max_items} values")
+        self.max_items = max_items
 
 
 _NONE, _TRUE, _FALSE, _INT, _BIGINT, _FLOAT, _STR, _BYTES, _LIST, _TUPLE, _DICT = b"NTFiIdsblta"
@@ -142,8 +151,17 @@ _ENCODERS: dict[type, Encoder] = {
 }
 
 
-def decode_object(data: bytes) -> Any:
-    """Decode a whole payload; raises :class:`DecodeError` if it is not exactly one value."""
+def decode_object(data: bytes, max_items: int | None = None) -> Any:
+    """Decode a whole payload; raises :class:`DecodeError` if it is not exactly one value.
+
+    With ``max_items``, at most that many values are built, containers and the
+    top value included (a dict's keys and values count one each); a payload
+    holding more raises :class:`ItemLimitError`, and since containers give
+    their counts first, it is refused before their items are built. Without
+    it, the only bounds are the payload's size and :data:`MAX_DEPTH`.
+    """
+    if max_items is not None:
+        return _decode_bounded(data, max_items)
     n = len(data)
     if n >= 5 and data[0] == _BYTES:
         # The commonest payload: a single bytes value, sliced without a memoryview.
@@ -158,6 +176,57 @@ def decode_object(data: bytes) -> Any:
     if pos != n:
         raise DecodeError(f"OBJECT payload has {n - pos} trailing bytes")
     return value
+
+
+def _decode_bounded(data: bytes, max_items: int) -> Any:
+    """:func:`decode_object` with an item budget (kept apart: the hot path pays nothing)."""
+    view = memoryview(data)
+    n = len(data)
+    left = max_items - 1  # the top value
+    if left < 0:
+        raise ItemLimitError(max_items)
+    decoders = _DECODERS
+
+    def take(pos: int, depth: int, per_item: int) -> int:
+        # Charged at the container's count, before any of its items is built.
+        nonlocal left
+        count = _count(view, pos, depth)
+        left -= count * per_item
+        if left < 0:
+            raise ItemLimitError(max_items)
+        return count
+
+    def value(pos: int, depth: int) -> tuple[Any, int]:
+        tag = view[pos]
+        if tag == _LIST or tag == _TUPLE:
+            count = take(pos + 1, depth, 1)
+            pos += 5
+            items = []
+            for _ in range(count):
+                item, pos = value(pos, depth + 1)
+                items.append(item)
+            return (items if tag == _LIST else tuple(items)), pos
+        if tag == _DICT:
+            count = take(pos + 1, depth, 2)
+            pos += 5
+            d: dict[Any, Any] = {}
+            for _ in range(count):
+                k, pos = value(pos, depth + 1)
+                v, pos = value(pos, depth + 1)
+                try:
+                    d[k] = v
+                except TypeError:
+                    raise DecodeError(f"OBJECT dict key of type {type(k).__name__}") from None
+            return d, pos
+        return decoders[tag](view, pos + 1, depth)
+
+    try:
+        result, pos = value(0, 0)
+    except (struct.error, IndexError):
+        raise DecodeError("OBJECT payload is truncated") from None
+    if pos != n:
+        raise DecodeError(f"OBJECT payload has {n - pos} trailing bytes")
+    return result
 
 
 def _dec_unknown(view: memoryview, pos: int, depth: int) -> tuple[Any, int]:

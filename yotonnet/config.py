@@ -18,6 +18,8 @@ One file holds everything the command-line flags hold, in three tables::
     [context]                   # the tunables of yotonnet.ContextConfig, in seconds
     heartbeat = 1.0
     busy_timeout = 5.0
+    max_control_frame = 1048576 # limits on control traffic: see ContextConfig
+    max_nodes = 10000
 
 Flags override the file; a list flag given on the command line (``--listen``,
 ``--peer``) replaces the file's list. Unknown keys, wrong types and endpoint
@@ -120,6 +122,13 @@ _CONTEXT_LIMITS: dict[str, tuple[float, float, bool]] = {
     "handshake_timeout": (0, math.inf, False),
     "reconnect_initial": (0, math.inf, False),
     "reconnect_max": (0, math.inf, False),
+    # a CONTROL frame holds at least a node's own record; 1 KiB is already too small for most
+    "max_control_frame": (1024, 2**32 - 1, True),
+    "max_nodes": (1, math.inf, True),
+    "max_nodes_per_peer": (0, math.inf, True),  # 0: as many as max_nodes
+    "max_record_links": (1, math.inf, True),
+    "max_record_interests": (1, math.inf, True),
+    "max_routing_entries": (1, math.inf, True),
 }
 
 

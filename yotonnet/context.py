@@ -30,7 +30,21 @@ from .flow import DEFAULT_WINDOW, CreditError, Hold
 from .guard import Guard
 from .link import BUSY, CLOSED, UP, HandshakeError, Link, LinkFactory
 from .messages import decode_object, encode_object
-from .routing import REP, STATE, SUB, Interest, NodeState, RoutingTable
+from .routing import (
+    DEFAULT_MAX_NODES,
+    DEFAULT_MAX_NODES_PER_PEER,
+    DEFAULT_MAX_RECORD_INTERESTS,
+    DEFAULT_MAX_RECORD_LINKS,
+    DEFAULT_MAX_ROUTING_ENTRIES,
+    REP,
+    STATE,
+    SUB,
+    Interest,
+    NodeState,
+    RecordRefused,
+    RoutingLimits,
+    RoutingTable,
+)
 from .security import Security, SecurityError
 from .wire import (
     HEADER,
@@ -95,6 +109,32 @@ class ContextConfig:
     #: bytes a link may still write (replies, control frames) while its peer reads nothing
     #: before it is cut as a slow consumer (flow-controlled data waits instead)
     max_link_buffer: int = 32 << 20
+    #: CONTROL frames (routing records, identities, claims) larger than this many bytes
+    #: are a protocol error that closes the link, refused before they are decoded
+    max_control_frame: int = wire.DEFAULT_MAX_CONTROL_FRAME
+    #: Limits on routing records from neighbours (see yotonnet.routing.RoutingLimits); a
+    #: record past one is dropped, logged once per neighbour and limit, and counted in
+    #: counters["records_refused"]. Nodes the routing table holds:
+    max_nodes: int = DEFAULT_MAX_NODES
+    #: nodes one neighbour may introduce; 0: as many as max_nodes (a leaf, such as any
+    #: client of a hub, learns the whole mesh from its one neighbour)
+    max_nodes_per_peer: int = DEFAULT_MAX_NODES_PER_PEER
+    #: links one node record may list
+    max_record_links: int = DEFAULT_MAX_RECORD_LINKS
+    #: channel interests one node record may list
+    max_record_interests: int = DEFAULT_MAX_RECORD_INTERESTS
+    #: links plus interests over every record the routing table holds
+    max_routing_entries: int = DEFAULT_MAX_ROUTING_ENTRIES
+
+    def routing_limits(self) -> RoutingLimits:
+        """The routing record limits these settings give."""
+        return RoutingLimits(
+            max_nodes=self.max_nodes,
+            max_nodes_per_peer=self.max_nodes_per_peer,
+            max_record_links=self.max_record_links,
+            max_record_interests=self.max_record_interests,
+            max_routing_entries=self.max_routing_entries,
+        )
 
 
 class LinkEvent(NamedTuple):
@@ -233,7 +273,16 @@ class Context:
         self.node_id = node_id or random.getrandbits(64) or 1
         self.name = name or f"{socket.gethostname()}-{id(self) & 0xFFFF:04x}"
         self.capabilities: tuple[str, ...] = ("routing-1", "state-1", "reqrep-1")
-        self.routing = RoutingTable(self.node_id, self.name)
+        self.routing = RoutingTable(self.node_id, self.name, self.config.routing_limits())
+        # Records received in the current dispatch changed the routing table: act on it
+        # once when the dispatch ends (_settle_routing), not once per record.
+        self._routing_pending = False
+        # routing.losses when pending requests were last checked for lost repliers
+        self._losses_seen = 0
+        # (neighbour, limit) pairs whose refused records were logged (then only counted)
+        self._refusals_told: set[tuple[int, str]] = set()
+        # the limit this node's own record breaks, once told (None: it is within them)
+        self._own_record_problem: str | None = None
         self.links: dict[int, Link] = {}
         self.dialers: list[Dialer] = []
         self.ports: list[Any] = []
@@ -266,6 +315,7 @@ class Context:
         # has its own Lamport clock: a write on one cannot disturb the others)
         self._state_clocks: dict[int, int] = {}
         self._state_values: dict[int, tuple[tuple[int, int], int, bytes]] = {}
+        self._state_losses_seen = 0  # routing.losses when state holders were last told
         self._state_told: dict[int, set[int]] = {}
         self._watchers: list[Callable[[LinkEvent], None]] = []
         self._interest_waiters: list[tuple[int, str, int, defer.Deferred]] = []
@@ -275,6 +325,10 @@ class Context:
             "hop_limit": 0,
             "control_in": 0,
             "control_out": 0,
+            # routing records a limit refused (yotonnet.routing.RoutingLimits)
+            "records_refused": 0,
+            # times the context acted on routing changes (records are batched per dispatch)
+            "routing_changes": 0,
             "credit_in": 0,
             "credit_out": 0,
             "flow_queued": 0,
@@ -482,6 +536,9 @@ class Context:
     def _link_up(self, link: Link) -> None:
         self.links[link.peer_id] = link
         self._forget_paths()  # a replaced link may leave the routes unchanged
+        if self._refusals_told:
+            # A new link of this peer: tell again if its records are still refused.
+            self._refusals_told = {k for k in self._refusals_told if k[0] != link.peer_id}
         log.info("{node}: link up to {peer}", node=self.name, peer=link.describe())
         # Our own record first, listing the new link. Sent in the re-sync in the version
         # written when the previous link went down, it would tell the neighbour for a
@@ -554,30 +611,112 @@ class Context:
 
     def _flood(self, state: NodeState, exclude: Link | None) -> None:
         frame = _control_frame(["node", state.to_wire()])
+        if state.node_id == self.node_id:
+            self._check_own_record(state, len(frame))
         for link in self.links.values():
             if link is not exclude and link.status in (UP, BUSY):
                 link.send(frame)
                 self.counters["control_out"] += 1
 
+    def _check_own_record(self, state: NodeState, size: int) -> None:
+        """Warn (once, until it is fixed) when peers with this node's limits would refuse
+        its own record: they would close the link, or not route to this node."""
+        cfg = self.config
+        if size > cfg.max_control_frame:
+            limit, text = "max_control_frame", (
+                f"its routing record is {size} bytes, more than max_control_frame "
+                f"({cfg.max_control_frame}): peers with that limit close the link"
+            )
+        elif len(state.interests) > cfg.max_record_interests:
+            limit, text = "max_record_interests", (
+                f"its routing record lists {len(state.interests)} channel interests, more "
+                f"than max_record_interests ({cfg.max_record_interests}): peers with that "
+                "limit refuse it"
+            )
+        elif len(state.links) > cfg.max_record_links:
+            limit, text = "max_record_links", (
+                f"its routing record lists {len(state.links)} links, more than "
+                f"max_record_links ({cfg.max_record_links}): peers with that limit refuse it"
+            )
+        else:
+            self._own_record_problem = None
+            return
+        if limit != self._own_record_problem:
+            self._own_record_problem = limit
+            log.warn(
+                "{node}: {text}; raise [context] {limit} on every node of the mesh, or "
+                "open fewer channels or links on this one",
+                node=self.name, text=text, limit=limit,
+            )
+
     def _on_control(self, link: Link, frame: wire.Frame) -> None:
         self.counters["control_in"] += 1
-        try:
-            message = decode_object(frame.payload)
-            kind, body = message[0], message[1]
-        except Exception as e:  # noqa: BLE001 - any decoding problem is the peer's fault
-            raise wire.ProtocolError(f"malformed control message: {e}") from None
-        if kind == "node":
+        # Size and value count bounded before anything is built (see wire.decode_control).
+        message = wire.decode_control(frame.payload, self.config.max_control_frame)
+        if message[0] == "node":
+            if len(message) < 2:
+                raise wire.ProtocolError("malformed control message: a node message, no record")
             try:
-                state = NodeState.from_wire(body)
+                state = NodeState.from_wire(message[1])
             except ValueError as e:
                 raise wire.ProtocolError(str(e)) from None
-            if self.routing.update(state):
+            try:
+                news = self.routing.update(state, via=link.peer_id)
+            except RecordRefused as refusal:
+                self._record_refused(link, refusal)
+                return
+            if news:
                 if state.node_id == self.node_id:
                     self._flood(self.routing.local, exclude=None)
                 else:
                     self._flood(state, exclude=link)
-                self._routing_changed()
+                self._remote_routing_change()
         # Unknown control kinds are ignored, so newer nodes can add some.
+
+    def _record_refused(self, link: Link, refusal: RecordRefused) -> None:
+        """A limit refused a record from ``link``: count it, and log it the first time for
+        this neighbour and limit (a flood of refusals must not flood the log too)."""
+        self.counters["records_refused"] += 1
+        key = (link.peer_id, refusal.limit)
+        if key in self._refusals_told:
+            return
+        self._refusals_told.add(key)
+        log.warn(
+            "{node}: routing record from {peer} refused by limit {limit}: {why}. If the "
+            "mesh is legitimately this large, raise [context] {limit} on this node; further "
+            "records from this neighbour refused by this limit are only counted "
+            "(counters: records_refused)",
+            node=self.name, peer=link.describe(), limit=refusal.limit, why=str(refusal),
+        )
+
+    def _remote_routing_change(self) -> None:
+        """A record from a neighbour changed the routing table.
+
+        Cached paths are forgotten at once (frames later in the same dispatch
+        are routed on the new picture, computed when first needed); the rest of
+        :meth:`_routing_changed` (waiters, requests, state holders, paused
+        publishers: each a look at the whole table) runs once for a run of
+        consecutive control frames: the link calls :meth:`_settle_routing`
+        before the next frame of another kind, or at the end of the dispatch.
+        So a peer's call after its records still finds them acted on (clients
+        use a call as a barrier), and a read of thousands of records costs one.
+        """
+        if self._dispatching:
+            self._forget_paths()
+            self._routing_pending = True
+        else:
+            self._routing_changed()
+
+    def _settle_routing(self) -> None:
+        """Called by a link when records changed the routing table during its dispatch:
+        before the first frame of another kind after them, or at the end of the dispatch
+        (before it writes what the dispatch queued)."""
+        if not self._routing_pending:
+            return
+        try:
+            self._routing_changed()
+        except Exception:  # noqa: BLE001 - the dispatch must end cleanly whatever happens
+            log.failure("{node}: acting on a routing change failed", node=self.name)
 
     def _forget_paths(self) -> None:
         self._hops = 0
@@ -595,11 +734,17 @@ class Context:
         return hops
 
     def _routing_changed(self) -> None:
+        self._routing_pending = False  # whatever records were waiting are covered now
+        self.counters["routing_changes"] += 1
         self._forget_paths()
         for channel in list(self._not_ready):
             self._check_ready(channel)
         self._check_interest_waiters()
-        self._fail_unreachable_requests()
+        if self.routing.losses != self._losses_seen:
+            # Only a lost link or record can cut a request off from its replier, and the
+            # check needs the routes: not worth a computation when the mesh only grew.
+            self._losses_seen = self.routing.losses
+            self._fail_unreachable_requests()
         self._push_state_to_new_holders()
 
     def _local_interests(self) -> dict[int, Interest]:
@@ -1352,11 +1497,22 @@ class Context:
 
     def _push_state_to_new_holders(self) -> None:
         """Tell holders we have not told yet (late joiners, healed partitions) our value."""
+        routing = self.routing
+        # A holder told before can need telling again only if it was cut off meanwhile,
+        # which takes a loss; otherwise only holders never told matter, and knowing there
+        # are none needs no route computation (records that only add nodes cost none).
+        lost = routing.losses != self._state_losses_seen
+        self._state_losses_seen = routing.losses
         for channel, (version, tag, payload) in self._state_values.items():
             if channel not in self._states:
                 continue
             told = self._state_told.get(channel, set())
-            holders = set(self.routing.holders(channel, STATE))
+            if not lost:
+                listed = routing.listed_holders(channel, STATE)
+                listed.discard(self.node_id)
+                if listed <= told:
+                    continue
+            holders = set(routing.holders(channel, STATE))
             holders.discard(self.node_id)
             for node in holders - told:
                 self._unicast(node, self._state_frame(channel, version, tag, payload, dest=node))

@@ -55,7 +55,7 @@ from . import auth, handshake, linkauth, tls, wire
 from .authz import CALL, OPERATIONS, PUBLISH, SERVE, SET_STATE, SUBSCRIBE
 from .errors import PermissionDenied, ProtocolError
 from .localsecret import LocalSecretError, ensure_secret
-from .messages import decode_object, encode_object
+from .messages import encode_object
 from .names import channel_id, validate_channel_name
 from .peercred import is_loopback, peer_uid
 from .ratelog import LogBudget
@@ -235,11 +235,8 @@ class LinkGate:
 
     def on_control(self, link: Link, frame: wire.Frame) -> None:
         ctx = self.guard.ctx
-        try:
-            message = decode_object(frame.payload)
-            kind = message[0]
-        except Exception as e:  # noqa: BLE001 - any decoding problem is the peer's fault
-            raise ProtocolError(f"malformed control message: {e}") from None
+        message = wire.decode_control(frame.payload, ctx.config.max_control_frame)
+        kind = message[0]
         if kind == "claim":
             self.claim(message)
         elif kind == "node":
@@ -708,11 +705,8 @@ class Guard:
         if b"ident" not in head and b"denied" not in head:
             self._ctx_control(link, frame)
             return
-        try:
-            message = decode_object(payload)
-            kind = message[0]
-        except Exception as e:  # noqa: BLE001
-            raise ProtocolError(f"malformed control message: {e}") from None
+        message = wire.decode_control(payload, self.ctx.config.max_control_frame)
+        kind = message[0]
         if kind not in ("ident", "denied"):
             self._ctx_control(link, frame)
             return

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .context import Context
 
 _DATA = int(FrameKind.DATA)
+_CONTROL = int(FrameKind.CONTROL)
 _HEADER_SIZE = wire.HEADER_SIZE
 _unpack_header = wire.HEADER.unpack_from
 _new = tuple.__new__
@@ -95,7 +96,10 @@ class Link(Protocol):
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         self.last_seen = self.last_sent = 0.0
         # runs: DATA frames come grouped as wire.Run records (see Context._on_run_record)
-        self._decoder = wire.FrameDecoder(max_frame=wire.HANDSHAKE_MAX_FRAME, runs=True)
+        self._decoder = wire.FrameDecoder(
+            max_frame=wire.HANDSHAKE_MAX_FRAME, runs=True,
+            max_control=context.config.max_control_frame,
+        )
         window = context.config.flow_window
         #: credit per channel both ways (the send window is the peer's, set at the handshake)
         self.flow = PeerFlow(window, window)
@@ -112,6 +116,7 @@ class Link(Protocol):
         # this side's part in authenticating the link (set in connectionMade)
         self._auth: Any = None
         self._hello_seen = False
+        self._agreed_max_frame = wire.HANDSHAKE_MAX_FRAME
         # the handler of DATA runs: the context's, or a client link's gate
         self._on_run: Any = context._on_data_run
         self._counted = False  # counted in the guard's handshaking connections
@@ -375,6 +380,8 @@ class Link(Protocol):
             self.fail(str(e))
         finally:
             if outer:
+                if ctx._routing_pending:  # records received: act on them once per dispatch
+                    ctx._settle_routing()
                 ctx._dispatching = False
                 if ctx._dirty:
                     ctx._flush_dirty()
@@ -397,6 +404,9 @@ class Link(Protocol):
             i, n = 0, len(frames)
             while i < n:
                 frame = frames[i]
+                if ctx._routing_pending and frame[0] != _CONTROL:
+                    # Records act before any frame after them (a call is a barrier).
+                    ctx._settle_routing()
                 if frame[0] == _DATA:
                     i = on_run(self, frames, i, n)
                 else:
@@ -408,6 +418,8 @@ class Link(Protocol):
             self.fail(str(e))
         finally:
             if outer:
+                if ctx._routing_pending:  # records received: act on them once per dispatch
+                    ctx._settle_routing()
                 ctx._dispatching = False
                 if ctx._dirty:
                     ctx._flush_dirty()
@@ -434,7 +446,9 @@ class Link(Protocol):
         self.peer_id = hello.node_id
         self.peer_name = hello.name
         self.peer_capabilities = hello.capabilities
-        self._decoder.max_frame = min(self.context.config.max_frame, hello.max_frame)
+        # Applied once the peer is admitted: until then frames stay within the handshake's
+        # own small limit, whatever the peer announces.
+        self._agreed_max_frame = min(self.context.config.max_frame, hello.max_frame)
         window = hello.extra.get("window", DEFAULT_WINDOW)
         if type(window) is not int or not MIN_WINDOW <= window <= MAX_WINDOW:
             self.fail(
@@ -467,6 +481,7 @@ class Link(Protocol):
             self.transport.write(data)
 
     def _complete(self) -> None:
+        self._decoder.max_frame = self._agreed_max_frame
         if self._timeout_call is not None and self._timeout_call.active():
             self._timeout_call.cancel()
         self._timeout_call = None

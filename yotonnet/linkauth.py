@@ -37,7 +37,7 @@ from .handshake import (
     Transcript,
 )
 from .localsecret import LocalSecretError, read_secret
-from .messages import decode_object, encode_object
+from .messages import encode_object
 
 if TYPE_CHECKING:
     from .guard import Guard
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 log = Logger(namespace="yotonnet.security")
 
 _CONTROL = int(wire.FrameKind.CONTROL)
+#: the largest authentication message accepted
+HANDSHAKE_CONTROL_FRAME = 4096
 
 
 class Admission(NamedTuple):
@@ -74,7 +76,8 @@ def control(body: list) -> bytes:
 def _message(frame: wire.Frame) -> Any:
     if frame.kind != _CONTROL:
         raise ValueError(f"expected an authentication message, got a frame of kind {frame.kind}")
-    return decode_object(frame.payload)
+    # Before authentication, a small limit: nothing in the exchange needs more.
+    return wire.decode_control(frame.payload, HANDSHAKE_CONTROL_FRAME)
 
 
 class ListenerAuth:

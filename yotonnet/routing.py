@@ -17,6 +17,15 @@ tie-break on node id:
 Because every node computes the same tree for a source, each interested node
 receives each message exactly once in steady state, over any graph, cycles
 included. A link is used only when both ends list it.
+
+Records from neighbours are bounded (:class:`RoutingLimits`): links and
+interests per record, nodes per neighbour that introduced them, nodes and
+entries in the table. A record past a limit is refused with
+:class:`RecordRefused`, naming the limit; the table is left as it was.
+Routes are computed lazily, at most once per change of the table however many
+questions follow (:attr:`RoutingTable.route_computations` counts the runs), and
+interest is indexed by channel, so that answering who holds a channel costs
+the holders, not the whole table.
 """
 
 from __future__ import annotations
@@ -25,14 +34,65 @@ import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from .names import MAX_NODE_NAME, check_peer_name
+
 SUB = "sub"
 REP = "rep"
 STATE = "state"
 ROLES = (SUB, REP, STATE)
+# The role constants by value: records share them instead of a string each per interest.
+_ROLE = {role: role for role in ROLES}
 _MAX_U64 = 2**64 - 1
+
+#: Defaults of :class:`RoutingLimits` (and of the ContextConfig settings of the same
+#: names). A legitimate mesh of a hundred nodes, some with thousands of channels, is far
+#: inside them; a node record at the per-record limits (about 0.9 MB) still fits in a
+#: CONTROL frame of the default size (yotonnet.wire.DEFAULT_MAX_CONTROL_FRAME).
+DEFAULT_MAX_NODES = 10_000
+#: 0: as many as max_nodes. A node with one neighbour (every client of a hub) learns the
+#: whole mesh from it, so a lower default would have every leaf refuse records as soon as
+#: its hub held more nodes than that, fake ones included; lower it on a hub whose
+#: neighbours each bring a known number of nodes.
+DEFAULT_MAX_NODES_PER_PEER = 0
+DEFAULT_MAX_RECORD_LINKS = 4_096
+DEFAULT_MAX_RECORD_INTERESTS = 16_384
+DEFAULT_MAX_ROUTING_ENTRIES = 1_000_000
 
 
 @dataclass(frozen=True)
+class RoutingLimits:
+    """Bounds on what records heard from neighbours may add to a :class:`RoutingTable`.
+
+    Records this node writes itself (its own, those of Yoton peers it speaks
+    for) are not bounded: the limits protect it from its neighbours.
+    """
+
+    #: nodes the table holds; records of further nodes are refused
+    max_nodes: int = DEFAULT_MAX_NODES
+    #: nodes one neighbour may introduce (nodes whose record reached us first through
+    #: it); 0: as many as max_nodes
+    max_nodes_per_peer: int = DEFAULT_MAX_NODES_PER_PEER
+    #: links one record may list
+    max_record_links: int = DEFAULT_MAX_RECORD_LINKS
+    #: channel interests one record may list
+    max_record_interests: int = DEFAULT_MAX_RECORD_INTERESTS
+    #: links plus interests over every record the table holds
+    max_routing_entries: int = DEFAULT_MAX_ROUTING_ENTRIES
+
+
+class RecordRefused(Exception):
+    """A well-formed record from a neighbour that a :class:`RoutingLimits` bound refuses.
+
+    ``limit`` names the bound (a :class:`RoutingLimits` field, which is also the
+    ContextConfig setting); the message says what the record wanted and what to do.
+    """
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
 class Interest:
     role: str
     type_name: str
@@ -60,15 +120,21 @@ class NodeState:
 
     @classmethod
     def from_wire(cls, data: object) -> NodeState:
+        """Parse a record; ValueError says what is wrong (the sender's fault).
+
+        The node name must be one a peer may announce
+        (:func:`yotonnet.names.check_peer_name`), as in a HELLO: names reach
+        terminals, logs and web pages.
+        """
         try:
             node_id, name, version, links, interests = data  # type: ignore[misc]
             state = cls(
                 int(node_id),
-                str(name),
+                name,
                 int(version),
                 {int(n): int(c) for n, c in links},
                 {
-                    int(ch): Interest(str(role), str(tname), int(count))
+                    int(ch): Interest(_ROLE.get(role, role), str(tname), int(count))
                     for ch, role, tname, count in interests
                 },
             )
@@ -77,11 +143,18 @@ class NodeState:
         for node in (state.node_id, *state.links):
             if not 0 < node <= _MAX_U64:
                 raise ValueError(f"node id {node} out of range")
+        try:
+            check_peer_name(name)
+        except ValueError as e:
+            raise ValueError(
+                f"record of node {state.node_id:016x} refused: {e}; a node name must be at "
+                f"most {MAX_NODE_NAME} printable characters"
+            ) from None
         for chan in state.interests:
             if not 0 <= chan <= _MAX_U64:
                 raise ValueError(f"channel id {chan} out of range")
         for interest in state.interests.values():
-            if interest.role not in ROLES:
+            if interest.role not in _ROLE:
                 raise ValueError(f"unknown interest role {interest.role!r}")
         return state
 
@@ -89,16 +162,36 @@ class NodeState:
 class RoutingTable:
     """The node's view of the mesh, and the routes computed from it."""
 
-    def __init__(self, node_id: int, name: str) -> None:
+    def __init__(self, node_id: int, name: str, limits: RoutingLimits | None = None) -> None:
         self.node_id = node_id
+        #: bounds on records heard from neighbours (see :meth:`update`)
+        self.limits = limits if limits is not None else RoutingLimits()
         self.nodes: dict[int, NodeState] = {node_id: NodeState(node_id, name, 1)}
         self._dist: dict[int, int] | None = None
+        self._parent: dict[int, int] = {}
         self._next_hop: dict[int, int] = {}
         self._deepest = 0
-        self._trees: dict[int, dict[int, int]] = {}
-        self._below: dict[tuple[int, int, int, str], bool] = {}
+        # source -> (parent of each node in its shortest-path tree, this node's children)
+        self._trees: dict[int, tuple[dict[int, int], list[int]]] = {}
         self._unreachable_since: dict[int, float] = {}
+        # channel -> node -> that node's interest in it: who holds a channel, without
+        # scanning every record
+        self._by_channel: dict[int, dict[int, Interest]] = {}
+        # node -> the neighbour whose record of it was the first we took; and per
+        # neighbour, how many of the nodes held it introduced (max_nodes_per_peer)
+        self._introduced_by: dict[int, int] = {}
+        self._introduced: dict[int, int] = {}
+        #: links plus interests over every record held (max_routing_entries)
+        self.entries = 0
+        #: bumped by every change of the picture
         self.generation = 0
+        #: bumped by every change that may have cut nodes off (a link dropped from a record,
+        #: a record forgotten); adding records or links never makes a node unreachable
+        self.losses = 0
+        #: runs of the shortest-path computation (own routes and multicast trees)
+        self.route_computations = 0
+        #: records refused, per limit name
+        self.refused: dict[str, int] = {}
 
     # --- changing the picture
 
@@ -118,12 +211,18 @@ class RoutingTable:
         if new_links == old.links and new_interests == old.interests:
             return None
         state = NodeState(old.node_id, old.name, old.version + 1, new_links, new_interests)
-        self.nodes[self.node_id] = state
+        self._store(state)
         self._invalidate()
         return state
 
-    def update(self, state: NodeState) -> bool:
-        """Take a record heard from a neighbour; True if it was news (flood it on)."""
+    def update(self, state: NodeState, via: int | None = None) -> bool:
+        """Take a record heard from a neighbour; True if it was news (flood it on).
+
+        ``via`` is the neighbour it came from: the record is then held to
+        :attr:`limits`, and one past a limit raises :class:`RecordRefused`,
+        leaving the table as it was. Without ``via`` (a record this node
+        writes for a peer it speaks for) nothing is bounded.
+        """
         if state.node_id == self.node_id:
             # Our own record came back, maybe from before a restart: jump past it.
             mine = self.local
@@ -142,22 +241,121 @@ class RoutingTable:
         held = self.nodes.get(state.node_id)
         if held is not None and held.version >= state.version:
             return False
-        self.nodes[state.node_id] = state
+        if via is not None:
+            self._admit(state, held, via)
+            if held is None:
+                self._introduced_by[state.node_id] = via
+                self._introduced[via] = self._introduced.get(via, 0) + 1
+        self._store(state)
         self._invalidate()
         return True
 
+    def _admit(self, state: NodeState, held: NodeState | None, via: int) -> None:
+        """Raise RecordRefused if ``state`` (from neighbour ``via``) breaks a limit."""
+        limits = self.limits
+        who = f"node {state.node_id:016x} ({state.name})"
+        links, interests = len(state.links), len(state.interests)
+        if links > limits.max_record_links:
+            self._refuse(
+                "max_record_links",
+                f"the record of {who} lists {links} links, more than max_record_links "
+                f"({limits.max_record_links})",
+            )
+        if interests > limits.max_record_interests:
+            self._refuse(
+                "max_record_interests",
+                f"the record of {who} lists {interests} channel interests, more than "
+                f"max_record_interests ({limits.max_record_interests})",
+            )
+        entries = self.entries + links + interests
+        if held is not None:
+            entries -= len(held.links) + len(held.interests)
+        if entries > limits.max_routing_entries and (held is None or entries > self.entries):
+            self._refuse(
+                "max_routing_entries",
+                f"the routing table holds {self.entries} links and interests; the record of "
+                f"{who} would take it past max_routing_entries ({limits.max_routing_entries})",
+            )
+        if held is not None:
+            return
+        if len(self.nodes) >= limits.max_nodes:
+            self._refuse(
+                "max_nodes",
+                f"the routing table holds {len(self.nodes)} nodes, the limit max_nodes; "
+                f"the record of {who} is not taken",
+            )
+        introduced = self._introduced.get(via, 0)
+        if limits.max_nodes_per_peer and introduced >= limits.max_nodes_per_peer:
+            self._refuse(
+                "max_nodes_per_peer",
+                f"the neighbour {via:016x} introduced {introduced} nodes, the limit "
+                f"max_nodes_per_peer; the record of {who} is not taken",
+            )
+
+    def _refuse(self, limit: str, text: str) -> None:
+        self.refused[limit] = self.refused.get(limit, 0) + 1
+        raise RecordRefused(text, limit)
+
+    def _store(self, state: NodeState) -> None:
+        """Hold ``state`` in place of its node's previous record, keeping the indexes."""
+        node_id = state.node_id
+        old = self.nodes.get(node_id)
+        by_channel = self._by_channel
+        if old is not None:
+            self.entries -= len(old.links) + len(old.interests)
+            if old.links is not state.links and any(n not in state.links for n in old.links):
+                self.losses += 1
+            if old.interests is not state.interests:
+                for chan in old.interests:
+                    holders = by_channel.get(chan)
+                    if holders is not None:
+                        holders.pop(node_id, None)
+                        if not holders:
+                            del by_channel[chan]
+        self.nodes[node_id] = state
+        self.entries += len(state.links) + len(state.interests)
+        if old is None or old.interests is not state.interests:
+            for chan, interest in state.interests.items():
+                holders = by_channel.get(chan)
+                if holders is None:
+                    holders = by_channel[chan] = {}
+                holders[node_id] = interest
+
     def forget(self, node_ids: Iterable[int]) -> None:
+        by_channel = self._by_channel
         for node_id in node_ids:
-            if node_id != self.node_id:
-                self.nodes.pop(node_id, None)
+            if node_id == self.node_id:
+                continue
+            state = self.nodes.pop(node_id, None)
+            if state is None:
+                continue
+            self.losses += 1
+            self.entries -= len(state.links) + len(state.interests)
+            for chan in state.interests:
+                holders = by_channel.get(chan)
+                if holders is not None:
+                    holders.pop(node_id, None)
+                    if not holders:
+                        del by_channel[chan]
+            via = self._introduced_by.pop(node_id, None)
+            if via is not None:
+                left = self._introduced[via] - 1
+                if left:
+                    self._introduced[via] = left
+                else:
+                    del self._introduced[via]
         self._invalidate()
+
+    def introduced_by(self, peer: int) -> int:
+        """How many of the nodes held were introduced by neighbour ``peer``."""
+        return self._introduced.get(peer, 0)
 
     def expire(self, now: float, max_age: float) -> list[int]:
         """Forget nodes unreachable for ``max_age`` or longer; return their ids."""
-        reachable = self.reachable()
+        dist = self._ensure_routes()
         gone = []
         for node_id in list(self.nodes):
-            if node_id in reachable:
+            if node_id in dist:
                 self._unreachable_since.pop(node_id, None)
                 continue
             since = self._unreachable_since.setdefault(node_id, now)
@@ -169,9 +367,9 @@ class RoutingTable:
         return gone
 
     def _invalidate(self) -> None:
+        # Only dropped here; recomputed when next asked (see _ensure_routes).
         self._dist = None
         self._trees.clear()
-        self._below.clear()
         self.generation += 1
 
     # --- graph
@@ -193,17 +391,21 @@ class RoutingTable:
                     adjacent.append((b, cost if cost >= back else back))
         return adjacent
 
-    def _shortest_tree(self, root: int) -> tuple[dict[int, int], dict[int, int]]:
-        """Dijkstra from ``root``: (distance, parent) per reachable node."""
+    def _shortest_tree(self, root: int) -> tuple[dict[int, int], dict[int, int], list[int]]:
+        """Dijkstra from ``root``: (distance, parent) per reachable node, and the nodes
+        in the order they were settled (each after its parent)."""
+        self.route_computations += 1
         dist = {root: 0}
         parent: dict[int, int] = {}
         heap = [(0, root)]
         done: set[int] = set()
+        order: list[int] = []
         while heap:
             d, node = heapq.heappop(heap)
             if node in done:
                 continue
             done.add(node)
+            order.append(node)
             for nbr, cost in self._adjacent(node):
                 nd = d + max(1, cost)
                 old = dist.get(nbr)
@@ -212,26 +414,25 @@ class RoutingTable:
                     dist[nbr] = nd
                     parent[nbr] = node
                     heapq.heappush(heap, (nd, nbr))
-        return dist, parent
+        return dist, parent, order
 
     def _ensure_routes(self) -> dict[int, int]:
         if self._dist is None:
-            dist, parent = self._shortest_tree(self.node_id)
+            me = self.node_id
+            dist, parent, order = self._shortest_tree(me)
+            # Every node is settled after its parent (costs are at least 1), so one pass in
+            # that order gives each its first hop and depth from its parent's: linear, where
+            # walking each node's path up to the root would be quadratic on a long chain.
             next_hop: dict[int, int] = {}
-            deepest = 0
-            for node in dist:
-                if node == self.node_id:
-                    continue
-                hop = node
-                depth = 1
-                while parent[hop] != self.node_id:
-                    hop = parent[hop]
-                    depth += 1
-                next_hop[node] = hop
-                deepest = max(deepest, depth)
+            depth: dict[int, int] = {me: 0}
+            for node in order[1:]:
+                up = parent[node]
+                next_hop[node] = node if up == me else next_hop[up]
+                depth[node] = depth[up] + 1
             self._dist = dist
+            self._parent = parent
             self._next_hop = next_hop
-            self._deepest = deepest
+            self._deepest = max(depth.values())
         return self._dist
 
     def max_hops(self) -> int:
@@ -241,6 +442,10 @@ class RoutingTable:
 
     def reachable(self) -> set[int]:
         return set(self._ensure_routes())
+
+    def is_reachable(self, node_id: int) -> bool:
+        """Whether ``node_id`` is reachable (without building the whole set)."""
+        return node_id in self._ensure_routes()
 
     def distance(self, node_id: int) -> int | None:
         return self._ensure_routes().get(node_id)
@@ -254,17 +459,26 @@ class RoutingTable:
 
     def holders(self, channel: int, role: str) -> list[int]:
         """Reachable nodes with ``role`` interest in ``channel``, nearest first."""
+        interested = self._by_channel.get(channel)
+        if not interested:
+            return []
+        found = [n for n, i in interested.items() if i.role == role and i.count > 0]
+        if not found or found == [self.node_id]:
+            # No one else holds it: no routes needed (a node holding a state value asks
+            # this after every routing change, which must not cost a route computation).
+            return found
         dist = self._ensure_routes()
-        found = [
-            node_id
-            for node_id, state in self.nodes.items()
-            if node_id in dist
-            and (i := state.interests.get(channel)) is not None
-            and i.role == role
-            and i.count > 0
-        ]
+        found = [n for n in found if n in dist]
         found.sort(key=lambda n: (dist[n], n))
         return found
+
+    def listed_holders(self, channel: int, role: str) -> set[int]:
+        """Nodes whose records list ``role`` interest in ``channel``, reachable or not (no
+        route computation)."""
+        interested = self._by_channel.get(channel)
+        if not interested:
+            return set()
+        return {n for n, i in interested.items() if i.role == role and i.count > 0}
 
     def interest_of(self, node_id: int, channel: int) -> Interest | None:
         state = self.nodes.get(node_id)
@@ -276,42 +490,39 @@ class RoutingTable:
         They are this node's children in the source's shortest-path tree that
         have a ``role`` holder in their subtree.
         """
-        tree = self._trees.get(source)
-        if tree is None:
-            _, tree = self._shortest_tree(source)
-            self._trees[source] = tree
         me = self.node_id
-        if source != me and me not in tree:
+        cached = self._trees.get(source)
+        if cached is None:
+            if source == me:
+                self._ensure_routes()  # the same tree as our own routes: computed once
+                tree = self._parent
+            else:
+                _, tree, _ = self._shortest_tree(source)
+            cached = self._trees[source] = (tree, [c for c, p in tree.items() if p == me])
+        tree, children = cached
+        if not children or (source != me and me not in tree):
             return []
-        return [
-            child
-            for child, par in tree.items()
-            if par == me and self._subtree_has(tree, source, child, channel, role)
-        ]
-
-    def _subtree_has(
-        self, tree: dict[int, int], source: int, top: int, channel: int, role: str
-    ) -> bool:
-        key = (source, top, channel, role)
-        cached = self._below.get(key)
-        if cached is not None:
-            return cached
-        result = False
-        for node_id in self.nodes:
-            interest = self.nodes[node_id].interests.get(channel)
-            if interest is None or interest.role != role or interest.count <= 0:
+        interested = self._by_channel.get(channel)
+        if not interested:
+            return []
+        below: set[int] = set()
+        for node_id, interest in interested.items():
+            if interest.role != role or interest.count <= 0:
                 continue
-            # Walk up from the holder; does the path to the source pass through ``top``?
+            # Walk up from the holder: the child of ours its path to the source passes
+            # through, if any, has it below.
             hop = node_id
-            while hop != source and hop in tree:
-                if hop == top:
-                    result = True
+            while hop != source:
+                up = tree.get(hop)
+                if up is None:
                     break
-                hop = tree[hop]
-            if result:
+                if up == me:
+                    below.add(hop)
+                    break
+                hop = up
+            if len(below) == len(children):
                 break
-        self._below[key] = result
-        return result
+        return [child for child in children if child in below]
 
     # --- introspection
 

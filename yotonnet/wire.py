@@ -28,7 +28,11 @@ the arguments as OBJECT values back to back; a REPLY's ``tag`` is its status
 type name, message and traceback; :data:`REPLY_NO_REPLIER`: UTF-8 text).
 
 The decoder enforces the maximum frame size while parsing: it reads the length
-field first and refuses before buffering anything beyond the limit.
+field first and refuses before buffering anything beyond the limit. CONTROL
+frames (routing records, identities, claims, the authentication exchange) have
+their own, smaller limit, checked the same way from the header and again by
+:func:`decode_control`, the one function that turns a control payload into a
+message: it also bounds the values the payload may decode to.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import zlib
 from enum import IntEnum
 from typing import Any, NamedTuple
 
+from .codec import DecodeError, ItemLimitError, decode_object
 from .errors import ProtocolError
 from .names import MAX_NODE_NAME, check_peer_name
 
@@ -60,6 +65,13 @@ SEQ_OFFSET = HEADER_SIZE - 8
 HOPS_OFFSET = 5
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+#: CONTROL frames above this size are refused (ContextConfig.max_control_frame): the
+#: largest legitimate one, a node record at the routing limits, is well under it
+DEFAULT_MAX_CONTROL_FRAME = 1024 * 1024
+#: a control message may decode to one value per this many bytes of the control frame
+#: limit: legitimate ones take 7 bytes or more per value (an int alone takes 9), while a
+#: flood of empty lists takes 5, each costing a Python object
+CONTROL_BYTES_PER_ITEM = 8
 #: the largest frame accepted before the handshake has agreed on a limit
 HANDSHAKE_MAX_FRAME = 64 * 1024
 DEFAULT_HOPS = 32
@@ -87,6 +99,7 @@ class FrameKind(IntEnum):
 
 _KINDS = frozenset(int(k) for k in FrameKind)
 _DATA = int(FrameKind.DATA)
+_CONTROL = int(FrameKind.CONTROL)
 
 #: REQUEST tag: positional argument count in the low 16 bits, this bit for kwargs
 REQUEST_KWARGS = 0x8000_0000
@@ -309,6 +322,43 @@ def decode_hello(frame: Frame) -> Hello:
     return Hello(node_id, name, tuple(str(c) for c in caps), max_frame, float(heartbeat), body)
 
 
+def control_too_large(size: int, limit: int) -> ProtocolError:
+    """The error for a CONTROL frame of ``size`` bytes over the ``limit``."""
+    return ProtocolError(
+        f"CONTROL frame of {size} bytes exceeds the control frame limit of {limit} bytes "
+        "(max_control_frame); a routing record or other control message this large is "
+        "refused: raise [context] max_control_frame on this node if a legitimate peer needs it"
+    )
+
+
+def decode_control(payload: bytes, max_size: int, max_items: int | None = None) -> list:
+    """The control message a CONTROL frame's payload holds, within limits.
+
+    Refuses, with a :class:`ProtocolError` saying why, a frame (header plus
+    payload) over ``max_size`` bytes before decoding anything; a payload that
+    decodes to more than ``max_items`` values (default: one per
+    :data:`CONTROL_BYTES_PER_ITEM` bytes of ``max_size``) before building
+    them; and anything but a list whose first item is a str, its kind.
+    """
+    size = HEADER_SIZE + len(payload)
+    if size > max_size:
+        raise control_too_large(size, max_size)
+    if max_items is None:
+        max_items = max(1024, max_size // CONTROL_BYTES_PER_ITEM)
+    try:
+        message = decode_object(payload, max_items)
+    except ItemLimitError:
+        raise ProtocolError(
+            f"control message refused: it holds more than {max_items} values (one per "
+            f"{CONTROL_BYTES_PER_ITEM} bytes of max_control_frame, {max_size} bytes)"
+        ) from None
+    except DecodeError as e:
+        raise ProtocolError(f"malformed control message: {e}") from None
+    if type(message) is not list or not message or type(message[0]) is not str:
+        raise ProtocolError("malformed control message: not a list starting with its kind")
+    return message
+
+
 class FrameDecoder:
     """Incremental decoder: feed it bytes, get back complete frames.
 
@@ -317,14 +367,23 @@ class FrameDecoder:
     apart from ``seq``): the per-frame work is then one C-level comparison of
     the header bytes, with no tuple and no payload copy.
 
+    ``max_control`` is a lower limit for CONTROL frames (None: only ``max_frame``);
+    like ``max_frame`` it is checked as soon as a frame's header arrives.
+
     Raises :class:`ProtocolError` for anything malformed; after that the
     decoder is unusable and the connection should be closed.
     """
 
     def __init__(
-        self, max_frame: int = DEFAULT_MAX_FRAME, expect_preamble: bool = True, runs: bool = False
+        self,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        expect_preamble: bool = True,
+        runs: bool = False,
+        max_control: int | None = None,
     ):
         self.max_frame = max_frame
+        #: the limit of CONTROL frames when below max_frame (None: max_frame applies)
+        self.max_control = max_control
         #: return consecutive DATA frames of one channel and source as :class:`Run` records
         #: (never while ``feed`` is given a ``limit``)
         self.runs = runs
@@ -347,7 +406,10 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf) + self._have
 
-    def _check_length(self, length: int) -> None:
+    def _check_length(self, length: int, kind: int = 0) -> None:
+        limit = self.max_control
+        if kind == _CONTROL and limit is not None and limit < length + 4 <= self.max_frame:
+            raise control_too_large(length + 4, limit)
         if length + 4 > self.max_frame:
             raise ProtocolError(
                 f"frame of {length + 4} bytes exceeds the maximum frame size of "
@@ -409,6 +471,7 @@ class FrameDecoder:
                     and n <= self.max_frame
                     and start <= n
                     and kind in _KINDS
+                    and (kind != _CONTROL or self.max_control is None or n <= self.max_control)
                 ):
                     self.buffer = data
                     self.offsets = [0]
@@ -449,6 +512,7 @@ class FrameDecoder:
         mark = offsets.append
         n = len(buf)
         max_frame = self.max_frame
+        max_control = self.max_control if self.max_control is not None else max_frame
         unpack = HEADER.unpack_from
         kinds = _KINDS
         make = tuple.__new__
@@ -460,13 +524,20 @@ class FrameDecoder:
             if limit is not None and len(frames) >= limit:
                 break
             if n - pos < HEADER_SIZE:
-                # Refuse an oversized frame as soon as its length field arrives.
+                # Refuse an oversized frame as soon as its length field (and, for the
+                # CONTROL limit, its kind) arrives.
                 if n - pos >= 4:
-                    self._check_length(_LENGTH.unpack_from(buf, pos)[0])
+                    self._check_length(
+                        _LENGTH.unpack_from(buf, pos)[0], buf[pos + 4] if n - pos > 4 else 0
+                    )
                 break
             length, kind, hops, ext_len, tag, channel, source, dest, seq = unpack(buf, pos)
-            if length + 4 > max_frame or length < HEADER_TAIL:
-                self._check_length(length)
+            if (
+                length + 4 > max_frame
+                or length < HEADER_TAIL
+                or (kind == _CONTROL and length + 4 > max_control)
+            ):
+                self._check_length(length, kind)
             end = pos + 4 + length
             if end > n:
                 if length > 65536:
