@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-mesh bench-flow bench-forward clean sysdeps
+.PHONY: run test lint bench bench-mesh bench-flow bench-forward bench-records clean sysdeps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench-flow: $(STAMP)
 
 bench-forward: $(STAMP)
 	$(BIN)/python benchmarks/bench_forward.py
+
+bench-records: $(STAMP)
+	$(BIN)/python benchmarks/bench_records.py --drip
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp .hypothesis
