@@ -23,7 +23,8 @@ the same test succeeded:
    secret or password from the clients that dial it;
 10. a flood of claims the rules deny is cut, and logs a bounded number of lines;
 11. a peer whose name is a terminal escape is refused, and ``yotonnet status``
-    prints no control byte;
+    prints no control byte; the status site refuses a rebinding Host and a
+    request without the secret, and answers one with it;
 12. the kernel permission rules the README recommends work, input() included.
 
 Figures (time to log in after the storm, memory growth) are printed, never
@@ -47,7 +48,7 @@ import procs
 from asuser import run_as_stranger, spawn_as_stranger, stranger_unavailable
 from certs_fixture import PASSWORDS, TOKENS, path
 from kernel_support import FAST, Recorder
-from twisted.internet import defer, reactor, utils
+from twisted.internet import defer, reactor, threads, utils
 from twisted.trial.unittest import SkipTest, TestCase
 from waits import bounded, sleep, until
 
@@ -431,6 +432,45 @@ class UntrustedNames(AttackTestCase):
         self.assertIn("client-bob", out)
         self.assertFalse([c for c in out if not (c.isprintable() or c == "\n")], out)
         self.assertFalse([line for line in hub.lines if "\x1b" in line])
+
+
+class StatusSite(AttackTestCase):
+    async def test_a_rebinding_host_and_a_missing_token_are_refused(self) -> None:
+        port = free_port()
+        _node, _ = await self.node("web", "--status", f"tcp:{port}:interface=127.0.0.1",
+                                   "--status-token")
+        with open(secret_path(), "rb") as f:
+            secret = f.read().strip().decode()
+
+        def get(host: str, query: str = "") -> tuple[int, bytes]:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(f"GET /status{query} HTTP/1.1\r\nHost: {host}\r\n"
+                          "Connection: close\r\n\r\n".encode())
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            return int(data.split(b" ", 2)[1]), data
+
+        await until(lambda: _port_open(port), "the status site")
+        code, body = await threads.deferToThread(get, "attacker.example:8080",
+                                                 f"?token={secret}")
+        self.assertEqual(code, 403, body)
+        self.assertIn(b"attacker.example", body)
+        code, body = await threads.deferToThread(
+            get, f"127.0.0.1:{port}")
+        self.assertEqual(code, 401, body)
+        code, body = await threads.deferToThread(
+            get, f"127.0.0.1:{port}", f"?token={secret}")
+        self.assertEqual(code, 200, body)
+        self.assertIn(b'"name": "web"', body)
+
+
+def _port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 class ReadmeKernelRules(AttackTestCase):

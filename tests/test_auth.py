@@ -252,6 +252,31 @@ class PeerWithoutProof(SynchronousTestCase):
         self.assertIsNotNone(link.gate)
 
 
+class PlainLogins(SynchronousTestCase):
+    """A login over plain TCP to another host is said loudly (StringTransport, no I/O)."""
+
+    def dial(self, host: str) -> LogCapture:
+        log = LogCapture(self)
+        ctx = y.Context("dialler", Clock(), security=Security(token=TOKENS["alice"]))
+        link = Link(ctx, outgoing=True, endpoint_text=f"tcp:{host}:7117")
+        link.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", host, 7117)))
+        listener = wire.encode_preamble() + wire.encode_hello(wire.Hello(
+            random.getrandbits(63) + 1, "far", (), 1 << 20, 1.0,
+            {"nonce": "ab" * 16, "accepts": ["token"]}))
+        link.dataReceived(listener)
+        self.assertEqual(link.status, "handshaking")  # its proof is on the way
+        return log
+
+    def test_a_token_login_to_another_host_over_plain_tcp_is_warned_of(self):
+        log = self.dial("192.0.2.7")
+        (line,) = log.matching("over PLAIN TCP")
+        self.assertIn("tcp:192.0.2.7:7117", line)
+        self.assertIn("use a tls: endpoint", line)
+
+    def test_not_on_loopback(self):
+        self.assertEqual(self.dial("127.0.0.1").matching("PLAIN TCP"), [])
+
+
 class Checkers(SynchronousTestCase):
     def test_password_hashes_verify_and_differ_by_salt(self):
         a, b = auth.hash_password("secret-1"), auth.hash_password("secret-1")

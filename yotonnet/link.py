@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from . import tls, wire
 from .flow import DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW, PeerFlow
+from .names import printable
 from .wire import FrameKind, ProtocolError
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ _FORWARDERS = {
 _EAGER_TRANSPORTS = (tcp.Server, tcp.Client)
 #: larger writes go through Twisted's buffer: a partial send would copy the rest
 EAGER_MAX = 65536
+#: the most of a peer's ERROR or CLOSE text kept (escaped: it reaches logs and terminals)
+PEER_TEXT_LIMIT = 2000
 #: seconds a link failed for not reading gets to take its ERROR frame before the abort
 ABORT_GRACE = 2.0
 HANDSHAKING = "handshaking"
@@ -648,7 +651,7 @@ class Link(Protocol):
         pass  # receiving anything already refreshed last_seen
 
     def _peer_error(self, frame: wire.Frame) -> None:
-        text = frame.payload.decode("utf-8", "replace")
+        text = printable(frame.payload.decode("utf-8", "replace"), PEER_TEXT_LIMIT)
         self._whole_reads = False
         self._closing = self._fatal = True
         self.reason = f"peer refused: {text}"
@@ -658,7 +661,9 @@ class Link(Protocol):
     def _on_close(self, frame: wire.Frame) -> None:
         self._whole_reads = False
         self._closing = True
-        self.reason = "peer closed: " + frame.payload.decode("utf-8", "replace")
+        self.reason = "peer closed: " + printable(
+            frame.payload.decode("utf-8", "replace"), PEER_TEXT_LIMIT
+        )
         self._lose_connection()
 
     def _on_second_hello(self, frame: wire.Frame) -> None:

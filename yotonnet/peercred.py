@@ -21,17 +21,19 @@ __all__ = ["peer_uid", "is_loopback"]
 
 
 def is_loopback(transport: Any) -> bool:
-    """Whether ``transport`` reaches a peer on this host (loopback address, unix socket)."""
-    handle = _socket_of(transport)
-    if handle is None:
-        return True  # in-process transports: nothing travels
-    if handle.family == socket.AF_UNIX:
+    """Whether ``transport`` reaches a peer on this host: a loopback IP address, a unix
+    socket or an in-process transport (nothing there crosses a network)."""
+    try:
+        peer = transport.getPeer()
+    except Exception:  # noqa: BLE001 - a transport without addresses is in-process
+        return True
+    host = getattr(peer, "host", None)
+    if not isinstance(host, str) or getattr(peer, "type", None) not in ("TCP", "UDP"):
         return True
     try:
-        host = handle.getpeername()[0]
-    except OSError:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
         return False
-    return ipaddress.ip_address(host.split("%")[0]).is_loopback
 
 
 def peer_uid(transport: Any) -> int | None:
