@@ -19,7 +19,7 @@ $(STAMP): $(BIN)/python pyproject.toml $(shell find yotonnet plugins -name '*.py
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m yotonnet.node --name local --listen tcp:7117:interface=127.0.0.1
+	$(BIN)/python -m yotonnet node --name local --listen tcp:7117:interface=127.0.0.1
 
 # Debian packages the tests use (network namespaces, a headless browser for the status
 # page); installed only when missing, as root, quietly.

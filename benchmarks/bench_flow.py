@@ -71,8 +71,8 @@ PEERS = os.path.join(HERE, "flow_peers.py")
 sys.path.insert(0, ROOT)
 
 from yotonnet import OBJECT  # noqa: E402
-from yotonnet.flow import DEFAULT_WINDOW  # noqa: E402
-from yotonnet.wire import HEADER_SIZE  # noqa: E402
+from yotonnet.core.flow import DEFAULT_WINDOW  # noqa: E402
+from yotonnet.core.wire import HEADER_SIZE  # noqa: E402
 
 BAR_RSS_MB = 50
 BAR_RATE = 0.10  # publisher within 10% of the subscriber (steady state)

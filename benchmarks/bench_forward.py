@@ -55,7 +55,8 @@ class Bench:
     """One chain and the reads to feed it; import yotonnet only once sys.path is set."""
 
     def __init__(self) -> None:
-        from yotonnet import BINARY, PubChannel, SubChannel, wire
+        from yotonnet import BINARY, PubChannel, SubChannel
+        from yotonnet.core import wire
         from yotonnet.testing import MemoryMesh
 
         self.wire = wire

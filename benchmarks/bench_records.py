@@ -58,12 +58,13 @@ def flood_case(n: int, read: int = READ, extra: str = "") -> dict:
     held by q too ("shared"); CPU seconds and counts."""
     from twisted.internet import defer
 
-    from yotonnet import ContextConfig, RepChannel, ReqChannel, StateChannel, wire
-    from yotonnet.messages import decode_object, encode_object
-    from yotonnet.names import channel_id
-    from yotonnet.routing import NodeState
+    from yotonnet import ContextConfig, RepChannel, ReqChannel, StateChannel
+    from yotonnet.core import wire
+    from yotonnet.core.messages import decode_object, encode_object
+    from yotonnet.core.names import channel_id
+    from yotonnet.core.routing import NodeState
+    from yotonnet.core.wire import FrameKind
     from yotonnet.testing import MemoryMesh
-    from yotonnet.wire import FrameKind
 
     class Echo(RepChannel):
         def echo(self, value):
@@ -124,8 +125,8 @@ def flood_case(n: int, read: int = READ, extra: str = "") -> dict:
 
 
 def decode_case() -> dict:
-    from yotonnet import wire
-    from yotonnet.messages import DecodeError, decode_object
+    from yotonnet.core import wire
+    from yotonnet.core.messages import DecodeError, decode_object
 
     def empty_lists(total: int) -> bytes:
         count = (total - 5) // 5

@@ -5,6 +5,6 @@ them, and this folder must have no ``__init__.py`` (it is mapped onto the
 ``twisted.plugins`` namespace by pyproject.toml).
 """
 
-from yotonnet.tap import ServiceMaker
+from yotonnet.service.tap import ServiceMaker
 
 yotonnet_node = ServiceMaker()

@@ -25,8 +25,8 @@ import os
 import shutil
 import tempfile
 
-from yotonnet import certs
-from yotonnet.auth import hash_password
+from yotonnet.security import certs
+from yotonnet.security.auth import hash_password
 
 TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-0123456789abcdef",
           "carol": "carol-token-0123456789abcdef", "eve": "eve-token-0123456789abcdef",

@@ -14,7 +14,7 @@ from waits import WAIT, bounded
 
 from yotonnet import Context, ContextConfig
 from yotonnet.kernel import COLLABORATOR, BrokerConfig, KernelBroker, KernelClient, table_roles
-from yotonnet.security import Security
+from yotonnet.security.settings import Security
 
 FAST = ContextConfig(heartbeat=0.2, busy_timeout=2.0, reconnect_initial=0.05,
                      reconnect_max=0.5, request_timeout=WAIT)

@@ -17,8 +17,8 @@ import sys
 from twisted.internet import defer, task
 
 import yotonnet
-from yotonnet.context import ContextConfig
-from yotonnet.security import Security
+from yotonnet.mesh.context import ContextConfig
+from yotonnet.security.settings import Security
 
 
 def emit(**fields: object) -> None:

@@ -53,11 +53,11 @@ from twisted.trial.unittest import SkipTest, TestCase
 from waits import bounded, sleep, until
 
 from yotonnet import Context, PubChannel, SubChannel
-from yotonnet.auth import local_identity, os_user
 from yotonnet.errors import RemoteError
 from yotonnet.kernel import KernelClient
-from yotonnet.localsecret import secret_path
-from yotonnet.security import Security
+from yotonnet.security.auth import local_identity, os_user
+from yotonnet.security.localsecret import secret_path
+from yotonnet.security.settings import Security
 
 README = os.path.join(procs.REPO_ROOT, "README.md")
 MiB = 1024 * 1024

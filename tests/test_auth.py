@@ -28,13 +28,14 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import yotonnet as y
-from yotonnet import auth, handshake, wire
+from yotonnet.core import handshake, wire
+from yotonnet.core.messages import encode_object
+from yotonnet.core.wire import FrameKind
 from yotonnet.identity import IdentifiedSubChannel, Received, caller, sender_of
-from yotonnet.link import HandshakeError, Link
-from yotonnet.localsecret import ensure_secret
-from yotonnet.messages import encode_object
-from yotonnet.security import Security
-from yotonnet.wire import FrameKind
+from yotonnet.mesh.link import HandshakeError, Link
+from yotonnet.security import auth
+from yotonnet.security.localsecret import ensure_secret
+from yotonnet.security.settings import Security
 
 WAIT = 15.0
 

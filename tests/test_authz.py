@@ -13,10 +13,10 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import yotonnet as y
-from yotonnet.auth import Identity
-from yotonnet.authz import OPERATIONS, Policy, Rule
-from yotonnet.config import ConfigError, parse
-from yotonnet.security import Security
+from yotonnet.security.auth import Identity
+from yotonnet.security.authz import OPERATIONS, Policy, Rule
+from yotonnet.security.settings import Security
+from yotonnet.service.config import ConfigError, parse
 
 WAIT = 15.0
 
@@ -176,7 +176,7 @@ class Enforcement(TestCase):
         permission decides (``yotonnet state set`` goes this way)."""
         async def go():
             alice, bob = await self.mesh()
-            from yotonnet.service import NodeControl, control_channel_name
+            from yotonnet.service.node import NodeControl, control_channel_name
 
             NodeControl(self.hub)
             name = control_channel_name(self.hub.node_id)

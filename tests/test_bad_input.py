@@ -33,11 +33,11 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import yotonnet as y
-from yotonnet import wire
-from yotonnet.link import CLOSED, UP, HandshakeError, Link
-from yotonnet.messages import encode_object
-from yotonnet.routing import Interest, NodeState
-from yotonnet.wire import HEADER, HEADER_TAIL, FrameDecoder, FrameKind
+from yotonnet.core import wire
+from yotonnet.core.messages import encode_object
+from yotonnet.core.routing import Interest, NodeState
+from yotonnet.core.wire import HEADER, HEADER_TAIL, FrameDecoder, FrameKind
+from yotonnet.mesh.link import CLOSED, UP, HandshakeError, Link
 
 #: the listener's negotiated frame limit, deliberately below the 64 KiB handshake limit
 MAX_FRAME = 16 * 1024

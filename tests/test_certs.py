@@ -1,4 +1,4 @@
-"""``yotonnet certs`` and :mod:`yotonnet.certs`: node certificates and user certificates.
+"""``yotonnet certs`` and :mod:`yotonnet.security.certs`: node certificates and user certificates.
 
 A node certificate has extendedKeyUsage serverAuth and clientAuth and the
 subjectAltNames given for that node (its name and each ``--san``, nothing
@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
-from yotonnet import certs
+from yotonnet.security import certs
 
 SERVER, CLIENT = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
 

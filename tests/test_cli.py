@@ -222,7 +222,7 @@ class NodeTests(CliTestCase):
         async def run() -> None:
             # The second node is the `make run` entry point, with JSON log lines.
             other = await self.start_node("othernode", "--peer", self.node["tcp"],
-                                          module="yotonnet.node", log_format="json")
+                                          module="yotonnet node", log_format="json")
             sub = run_cli("sub", "news", "--count", "3", "--json", "--connect", other["unix"])
             pub = await run_cli("pub", "news", "one", "two", "three", "--wait", "1",
                                 "--connect", self.node["unix"])
@@ -586,7 +586,7 @@ class ParserTests(SynchronousTestCase):
         self.assertEqual(settings.client.connect, "tcp:127.0.0.1:7117")
 
     def test_node_options_match_the_twistd_plugin(self) -> None:
-        from yotonnet.tap import Options
+        from yotonnet.service.tap import Options
 
         argv = ["--name", "n", "--listen", "tcp:1", "--listen", "unix:/tmp/n.sock",
                 "--peer", "tcp:h:1", "--status", "tcp:8080", "--status-host", "A.example",

@@ -12,9 +12,9 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from yotonnet import config
-from yotonnet.config import ConfigError
-from yotonnet.context import ContextConfig
+from yotonnet.mesh.context import ContextConfig
+from yotonnet.service import config
+from yotonnet.service.config import ConfigError
 
 FULL = """
 [node]

@@ -6,7 +6,7 @@
   frame size limit, checked from the header before the body is buffered, and
   the one function that turns a control payload into a message;
 * routing records: node names checked as in a HELLO, and the
-  :class:`~yotonnet.routing.RoutingLimits` a :class:`RoutingTable` holds
+  :class:`~yotonnet.core.routing.RoutingLimits` a :class:`RoutingTable` holds
   records from neighbours to (per record, per neighbour, per table);
 * the routing table's interest index and linear next-hop pass, checked
   against a brute-force reference on random tables.
@@ -21,11 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from yotonnet import wire
-from yotonnet.codec import DecodeError, ItemLimitError, decode_object, encode_object
-from yotonnet.errors import ProtocolError
-from yotonnet.names import MAX_NODE_NAME
-from yotonnet.routing import (
+from yotonnet.core import wire
+from yotonnet.core.codec import DecodeError, ItemLimitError, decode_object, encode_object
+from yotonnet.core.names import MAX_NODE_NAME
+from yotonnet.core.routing import (
     DEFAULT_MAX_RECORD_INTERESTS,
     DEFAULT_MAX_RECORD_LINKS,
     REP,
@@ -37,7 +36,8 @@ from yotonnet.routing import (
     RoutingLimits,
     RoutingTable,
 )
-from yotonnet.wire import HEADER_SIZE, FrameDecoder, FrameKind, decode_control, encode_frame
+from yotonnet.core.wire import HEADER_SIZE, FrameDecoder, FrameKind, decode_control, encode_frame
+from yotonnet.errors import ProtocolError
 
 PROPS = settings(max_examples=200, deadline=None)
 MiB = 1024 * 1024

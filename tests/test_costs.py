@@ -7,8 +7,8 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from yotonnet import Context
-from yotonnet import config as config_module
-from yotonnet.costs import MAX_LINK_COST, split_cost
+from yotonnet.core.costs import MAX_LINK_COST, split_cost
+from yotonnet.service import config as config_module
 
 
 class SplitCostTests(SynchronousTestCase):

@@ -26,7 +26,7 @@ from yotonnet.cli import output
 from yotonnet.cli.client_logs import client_log_line
 from yotonnet.cli.output import note, peer_text
 from yotonnet.cli.status_text import format_status
-from yotonnet.logs import make_observer, visible
+from yotonnet.service.logs import make_observer, visible
 from yotonnet.testing import MemoryMesh
 
 FAST = ContextConfig(heartbeat=1.0, busy_timeout=3.0, handshake_timeout=5.0)

@@ -16,7 +16,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from yotonnet import BINARY, Context, ContextConfig, PubChannel, RepChannel, ReqChannel, SubChannel
-from yotonnet.link import EAGER_MAX, Link
+from yotonnet.mesh.link import EAGER_MAX, Link
 
 
 class StubTransport:

@@ -1,6 +1,6 @@
 """Flow control: the sans-IO credit bookkeeping, then lossless and latest delivery on meshes.
 
-Rings 1 and 2: :mod:`yotonnet.flow` on its own (with a Hypothesis model), and
+Rings 1 and 2: :mod:`yotonnet.core.flow` on its own (with a Hypothesis model), and
 :class:`yotonnet.testing.MemoryMesh` meshes where a subscriber that takes
 messages slowly must slow its publisher through every hop, lose nothing and
 keep every node's queues within a window.
@@ -15,17 +15,10 @@ from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from yotonnet import (
-    BINARY,
-    OBJECT,
-    ContextConfig,
-    FlowControlError,
-    PubChannel,
-    SubChannel,
-)
-from yotonnet.flow import CreditError, Hold, PeerFlow
+from yotonnet import BINARY, OBJECT, ContextConfig, FlowControlError, PubChannel, SubChannel
+from yotonnet.core.flow import CreditError, Hold, PeerFlow
+from yotonnet.core.wire import HEADER, HEADER_TAIL, FrameKind
 from yotonnet.testing import MemoryMesh
-from yotonnet.wire import HEADER, HEADER_TAIL, FrameKind
 
 WINDOW = 16 * 1024
 SMALL = ContextConfig(flow_window=WINDOW, publish_backlog=4 * WINDOW)

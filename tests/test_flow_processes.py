@@ -44,7 +44,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from yotonnet import OBJECT
-from yotonnet.wire import HEADER_SIZE
+from yotonnet.core.wire import HEADER_SIZE
 
 FLOW_PEERS = os.path.join(procs.REPO_ROOT, "benchmarks", "flow_peers.py")
 WINDOW = 64 * 1024

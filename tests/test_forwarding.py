@@ -1,6 +1,6 @@
 """Forwarding runs of DATA frames: the decoder's Run records, and a forwarding node using them.
 
-Ring 1: :class:`yotonnet.wire.FrameDecoder` with ``runs=True`` must decode any
+Ring 1: :class:`yotonnet.core.wire.FrameDecoder` with ``runs=True`` must decode any
 byte stream, cut anywhere, into exactly the frames the plain decoder gives
 (a Hypothesis property), refuse the same bad input, and :meth:`Run.relayed`
 must equal re-encoding each frame with one hop less.
@@ -16,10 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from yotonnet import BINARY, ContextConfig, PubChannel, SubChannel, wire
+from yotonnet import BINARY, ContextConfig, PubChannel, SubChannel
+from yotonnet.core import wire
+from yotonnet.core.wire import HEADER_SIZE, Frame, FrameDecoder, FrameKind, ProtocolError, Run
 from yotonnet.identity import IdentifiedSubChannel
 from yotonnet.testing import MemoryMesh
-from yotonnet.wire import HEADER_SIZE, Frame, FrameDecoder, FrameKind, ProtocolError, Run
 
 DATA = int(FrameKind.DATA)
 

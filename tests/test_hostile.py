@@ -31,9 +31,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from yotonnet import wire
-from yotonnet.messages import encode_object
-from yotonnet.wire import FrameKind
+from yotonnet.core import wire
+from yotonnet.core.messages import encode_object
+from yotonnet.core.wire import FrameKind
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = int(os.environ.get("YOTONNET_HOSTILE_EXAMPLES", "200"))

@@ -35,7 +35,7 @@ from yotonnet import Context
 from yotonnet.errors import RemoteError
 from yotonnet.kernel import VIEWER, KernelBroker, KernelGone, table_roles
 from yotonnet.kernel import protocol as p
-from yotonnet.security import Security
+from yotonnet.security.settings import Security
 
 
 def _kill_quietly(pid: int) -> None:

@@ -41,13 +41,13 @@ from twisted.trial.unittest import TestCase
 from waits import bounded, until
 
 from yotonnet import Context, RepChannel
-from yotonnet.auth import local_identity
+from yotonnet.core.names import channel_id
+from yotonnet.core.routing import REP
 from yotonnet.errors import RemoteError
 from yotonnet.kernel import KernelClient
 from yotonnet.kernel import protocol as p
-from yotonnet.names import channel_id
-from yotonnet.routing import REP
-from yotonnet.security import Security
+from yotonnet.security.auth import local_identity
+from yotonnet.security.settings import Security
 
 USERS = ("alice", "bob", "eve", "kernel", "relay")
 

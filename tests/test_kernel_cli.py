@@ -32,7 +32,7 @@ from waits import WAIT, bounded, until
 
 from yotonnet import Context
 from yotonnet.kernel import protocol as p
-from yotonnet.security import Security
+from yotonnet.security.settings import Security
 
 LINES = 100_000
 #: the broker's node checks tokens, so each console is the user it logs in as; alice

@@ -14,8 +14,8 @@ from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
 import yotonnet as y
-from yotonnet.link import CLOSED, HandshakeError
-from yotonnet.security import Security
+from yotonnet.mesh.link import CLOSED, HandshakeError
+from yotonnet.security.settings import Security
 
 WAIT = 15.0
 

@@ -1,4 +1,4 @@
-"""Ring 1: the local secret file (``yotonnet.localsecret``): where it lives, that it is
+"""Ring 1: the local secret file (``yotonnet.security.localsecret``): where it lives, that it is
 made private, shared by concurrent makers, and refused when others could read it."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from yotonnet import localsecret
-from yotonnet.localsecret import LocalSecretError, ensure_secret, read_secret, secret_path
+from yotonnet.security import localsecret
+from yotonnet.security.localsecret import LocalSecretError, ensure_secret, read_secret, secret_path
 
 
 class SecretFileTests(SynchronousTestCase):

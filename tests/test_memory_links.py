@@ -13,9 +13,10 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from yotonnet import ContextConfig, LinkEvent, PubChannel, StateChannel, SubChannel, wire
+from yotonnet import ContextConfig, LinkEvent, PubChannel, StateChannel, SubChannel
+from yotonnet.core import wire
+from yotonnet.core.wire import FrameKind
 from yotonnet.testing import MemoryMesh
-from yotonnet.wire import FrameKind
 
 FAST = ContextConfig(heartbeat=1.0, busy_timeout=3.0, handshake_timeout=5.0)
 

@@ -43,8 +43,8 @@ from yotonnet import (
     SubChannel,
     TimeoutError,
 )
+from yotonnet.core.wire import FrameKind
 from yotonnet.testing import MemoryConnection, MemoryMesh
-from yotonnet.wire import FrameKind
 
 DATA = int(FrameKind.DATA)
 REQUEST = int(FrameKind.REQUEST)

@@ -1,4 +1,4 @@
-"""Ring 1: sans-IO unit and property tests for message types (``yotonnet.messages``).
+"""Ring 1: sans-IO unit and property tests for message types (``yotonnet.core.messages``).
 
 Covers the OBJECT encoding round trip with exact types, its robustness against
 random and mutated payloads (only ``DecodeError`` may escape), the nesting and
@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 import yotonnet
-from yotonnet import messages
-from yotonnet.codec import MAX_DEPTH, decode_values, encode_values
-from yotonnet.messages import (
+from yotonnet.core import messages
+from yotonnet.core.codec import MAX_DEPTH, decode_values, encode_values
+from yotonnet.core.messages import (
     BINARY,
     OBJECT,
     TEXT,
@@ -331,7 +331,7 @@ class RegistryTests(SynchronousTestCase):
         mtype = self.register("test_messages.custom", _enc_a, _dec_a)
         self.assertIs(message_type("test_messages.custom"), mtype)
         self.assertIs(message_type(mtype), mtype)
-        self.assertEqual(mtype.tag, yotonnet.wire.type_tag("test_messages.custom"))
+        self.assertEqual(mtype.tag, yotonnet.core.wire.type_tag("test_messages.custom"))
         self.assertEqual(messages.type_name_for_tag(mtype.tag), "test_messages.custom")
         self.assertEqual(mtype.decode(mtype.encode(5)), "5")
         self.assertIn("test_messages.custom", repr(mtype))
@@ -359,7 +359,7 @@ class RegistryTests(SynchronousTestCase):
     def test_tag_collision_refused(self):
         # These two names have the same CRC-32, hence the same frame tag.
         a, b = "test.collide.29685295", "test.collide.32060020"
-        self.assertEqual(yotonnet.wire.type_tag(a), yotonnet.wire.type_tag(b))
+        self.assertEqual(yotonnet.core.wire.type_tag(a), yotonnet.core.wire.type_tag(b))
         self.register(a, _enc_a, _dec_a)
         e = self.assertRaises(ValueError, register_message_type, b, _enc_a, _dec_a)
         self.assertIn("same tag", str(e))

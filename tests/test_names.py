@@ -1,4 +1,4 @@
-"""Ring 1: sans-IO tests for channel names and channel ids (``yotonnet.names``)."""
+"""Ring 1: sans-IO tests for channel names and channel ids (``yotonnet.core.names``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from yotonnet.names import MAX_NAME_LENGTH, PATTERNS, channel_id, validate_channel_name
+from yotonnet.core.names import MAX_NAME_LENGTH, PATTERNS, channel_id, validate_channel_name
 
 PROPS = settings(max_examples=200, deadline=None)
 

@@ -41,7 +41,7 @@ from waits import bounded, until
 
 import yotonnet
 from yotonnet import OBJECT, Context, ContextConfig
-from yotonnet.routing import REP
+from yotonnet.core.routing import REP
 
 COUNT = 10_000
 END = "END"

@@ -18,19 +18,12 @@ from certs_fixture import LogCapture
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from yotonnet import (
-    ConnectionLost,
-    ContextConfig,
-    RepChannel,
-    ReqChannel,
-    StateChannel,
-    SubChannel,
-    wire,
-)
-from yotonnet.messages import encode_object
-from yotonnet.names import channel_id
+from yotonnet import ConnectionLost, ContextConfig, RepChannel, ReqChannel, StateChannel, SubChannel
+from yotonnet.core import wire
+from yotonnet.core.messages import encode_object
+from yotonnet.core.names import channel_id
+from yotonnet.core.wire import FrameKind
 from yotonnet.testing import MemoryMesh
-from yotonnet.wire import FrameKind
 
 FAKE_BASE = 1 << 62
 #: limits high enough for any flood here to be taken whole (the batching is what is tested)

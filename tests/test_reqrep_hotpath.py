@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from yotonnet import Context, RemoteError, RepChannel, ReqChannel, TimeoutError
-from yotonnet.calls import Call, CallTable
+from yotonnet.core.calls import Call, CallTable
 from yotonnet.testing import MemoryMesh
 
 

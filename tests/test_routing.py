@@ -1,4 +1,4 @@
-"""Ring 1: sans-IO tests for link-state routing (``yotonnet.routing``).
+"""Ring 1: sans-IO tests for link-state routing (``yotonnet.core.routing``).
 
 One ``RoutingTable`` per node of a hand-built or random graph; a small
 pure-Python flooding helper (``Mesh``) exchanges ``NodeState`` records between
@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from yotonnet.messages import decode_object, encode_object
-from yotonnet.names import channel_id
-from yotonnet.routing import REP, ROLES, STATE, SUB, Interest, NodeState, RoutingTable
+from yotonnet.core.messages import decode_object, encode_object
+from yotonnet.core.names import channel_id
+from yotonnet.core.routing import REP, ROLES, STATE, SUB, Interest, NodeState, RoutingTable
 
 MAX_U64 = 2**64 - 1
 NEWS = channel_id("pubsub", "news")

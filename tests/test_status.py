@@ -1,9 +1,9 @@
 """Ring 2: what a node reports about itself, on deterministic in-memory meshes.
 
-:func:`yotonnet.status.node_status` (links, routes, mesh, channels, counters;
-plain JSON data that moves with the traffic), :func:`yotonnet.status.prometheus_text`
+:func:`yotonnet.service.status.node_status` (links, routes, mesh, channels, counters;
+plain JSON data that moves with the traffic), :func:`yotonnet.service.status.prometheus_text`
 checked by a strict parser of the Prometheus text format 0.0.4 written here,
-and :mod:`yotonnet.logs` (text and JSON lines carrying the structured fields
+and :mod:`yotonnet.service.logs` (text and JSON lines carrying the structured fields
 of the events yotonnet really emits).
 """
 
@@ -20,9 +20,9 @@ from twisted.logger import LogBeginner, Logger, LogPublisher, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from yotonnet import ContextConfig, PubChannel, RepChannel, ReqChannel, StateChannel, SubChannel
-from yotonnet.logs import make_observer, start_logging
-from yotonnet.names import printable
-from yotonnet.status import node_status, prometheus_text
+from yotonnet.core.names import printable
+from yotonnet.service.logs import make_observer, start_logging
+from yotonnet.service.status import node_status, prometheus_text
 from yotonnet.testing import MemoryMesh
 
 FAST = ContextConfig(heartbeat=1.0, busy_timeout=3.0)

@@ -18,9 +18,9 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import yotonnet as y
-from yotonnet import tls
-from yotonnet.link import HandshakeError
-from yotonnet.security import Security
+from yotonnet.mesh.link import HandshakeError
+from yotonnet.security import tls
+from yotonnet.security.settings import Security
 
 WAIT = 15.0
 

@@ -9,7 +9,7 @@ message saying what is wrong and what to do, and stop dialling; the same node
 then dials the real hub (a node certificate for hub.example) and links.
 
 Also: a certificate without extendedKeyUsage is refused (yotonnet's choice,
-see :mod:`yotonnet.tls`), and a CA that may not sign server certificates is
+see :mod:`yotonnet.security.tls`), and a CA that may not sign server certificates is
 named as the problem.
 """
 
@@ -32,9 +32,9 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import yotonnet as y
-from yotonnet import certs, tls
-from yotonnet.link import UP, HandshakeError
-from yotonnet.security import Security
+from yotonnet.mesh.link import UP, HandshakeError
+from yotonnet.security import certs, tls
+from yotonnet.security.settings import Security
 
 WAIT = 15.0
 TLS_SERVER = os.path.join(REPO_ROOT, "tests", "peers", "tls_server.py")
@@ -184,7 +184,7 @@ def client_only_ca() -> certs.Issued:
 
 
 class ServerAuthProblem(SynchronousTestCase):
-    """:func:`yotonnet.tls.server_auth_problem` on certificates of each kind."""
+    """:func:`yotonnet.security.tls.server_auth_problem` on certificates of each kind."""
 
     def setUp(self) -> None:
         self.ca = certs.make_ca()

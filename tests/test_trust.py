@@ -22,20 +22,13 @@ from certs_fixture import path
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from yotonnet import (
-    ContextConfig,
-    PubChannel,
-    RepChannel,
-    ReqChannel,
-    StateChannel,
-    SubChannel,
-    wire,
-)
-from yotonnet.messages import OBJECT, encode_object
-from yotonnet.security import Security
-from yotonnet.stateclock import MAX_STATE_CLOCK, STATE_CLOCK_JUMP
+from yotonnet import ContextConfig, PubChannel, RepChannel, ReqChannel, StateChannel, SubChannel
+from yotonnet.core import wire
+from yotonnet.core.messages import OBJECT, encode_object
+from yotonnet.core.stateclock import MAX_STATE_CLOCK, STATE_CLOCK_JUMP
+from yotonnet.core.wire import FrameKind
+from yotonnet.security.settings import Security
 from yotonnet.testing import MemoryMesh
-from yotonnet.wire import FrameKind
 
 FAST = ContextConfig(heartbeat=1.0, busy_timeout=5.0)
 

@@ -32,7 +32,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent
 
 import yotonnet
-from yotonnet.service import control_channel_name
+from yotonnet.service.node import control_channel_name
 
 BIN = os.path.dirname(sys.executable)
 TWISTD = os.path.join(BIN, "twistd")

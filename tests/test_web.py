@@ -1,6 +1,6 @@
 """Ring 3: the HTTP status endpoint on a real loopback port, and its live page in a browser.
 
-:func:`yotonnet.web.status_site` serves a context of an in-memory mesh
+:func:`yotonnet.service.web.status_site` serves a context of an in-memory mesh
 (deterministic numbers) from the test's real reactor. A Twisted HTTP client
 checks ``/status`` (JSON that moves with the traffic), ``/metrics``
 (Prometheus text, its content type) and the errors (404 with a useful body,
@@ -39,10 +39,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from yotonnet import ContextConfig, PubChannel, SubChannel, config
-from yotonnet.service import ListenError, make_service
+from yotonnet import ContextConfig, PubChannel, SubChannel
+from yotonnet.service import config
+from yotonnet.service.node import ListenError, make_service
+from yotonnet.service.web import PAGE_JS, StatusAccess, status_site
 from yotonnet.testing import MemoryMesh
-from yotonnet.web import PAGE_JS, StatusAccess, status_site
 
 CHROMIUM = "/usr/bin/chromium"
 #: a local secret, as localsecret.ensure_secret returns it (64 hex characters)

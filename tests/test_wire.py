@@ -1,4 +1,4 @@
-"""Ring 1: sans-IO unit and property tests for the wire format (``yotonnet.wire``).
+"""Ring 1: sans-IO unit and property tests for the wire format (``yotonnet.core.wire``).
 
 Covers the frame round trip through the incremental decoder under arbitrary
 chunking, the decoder's robustness against random and mutated input (only
@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from yotonnet import wire
-from yotonnet.names import MAX_NODE_NAME
-from yotonnet.wire import (
+from yotonnet.core import wire
+from yotonnet.core.names import MAX_NODE_NAME
+from yotonnet.core.wire import (
     HEADER,
     HEADER_SIZE,
     HEADER_TAIL,

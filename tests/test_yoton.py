@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from yotonnet.codec import decode_object, encode_object
+from yotonnet.core.codec import decode_object, encode_object
+from yotonnet.core.names import channel_id
+from yotonnet.core.routing import REP, STATE, SUB
 from yotonnet.errors import DecodeError, MessageTypeError, ProtocolError
-from yotonnet.names import channel_id
-from yotonnet.routing import REP, STATE, SUB
 from yotonnet.yoton import objects
 from yotonnet.yoton import wire as ywire
 from yotonnet.yoton.slots import FLOW, PUB, REPL, REQ, STATE_SLOT, SlotMap, YotonChannel

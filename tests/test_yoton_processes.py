@@ -37,7 +37,7 @@ from waits import bounded, until
 
 import yotonnet
 from yotonnet import OBJECT, Context, ContextConfig
-from yotonnet.routing import REP, STATE, SUB
+from yotonnet.core.routing import REP, STATE, SUB
 from yotonnet.yoton import YotonBridge, YotonChannel, YotonLink
 
 PEER = os.path.join(procs.REPO_ROOT, "tests", "yoton_peer.py")
@@ -403,7 +403,7 @@ class ThroughTheMesh(YotonTestCase):
 
 
 def _chan(pattern: str, name: str) -> int:
-    from yotonnet.names import channel_id
+    from yotonnet.core.names import channel_id
 
     return channel_id(pattern, name)
 

@@ -6,7 +6,7 @@ contexts that want it.
 """
 
 from .channels import PubChannel, RepChannel, ReqChannel, StateChannel, SubChannel
-from .context import Context, ContextConfig, LinkEvent
+from .core.messages import BINARY, OBJECT, TEXT, MessageType, register_message_type
 from .errors import (
     ConnectionLost,
     DecodeError,
@@ -20,8 +20,11 @@ from .errors import (
     YotonnetError,
 )
 from .identity import IdentifiedSubChannel, Received, caller, sender_of
-from .messages import BINARY, OBJECT, TEXT, MessageType, register_message_type
-from .security import Security
+from .mesh.context import Context, ContextConfig, LinkEvent
+from .moved import install as _install_moved
+from .security.settings import Security
+
+_install_moved()  # old import paths (yotonnet.wire, yotonnet.context...) keep working
 
 __version__ = "0.1.0"
 

@@ -51,11 +51,11 @@ from twisted.python import threadable
 from twisted.python.failure import Failure
 
 from . import channels
-from . import context as _context
+from .core.messages import OBJECT, TEXT, MessageType
+from .core.messages import message_type as message_type_of
 from .errors import TimeoutError, YotonnetError
-from .link import CLOSED
-from .messages import OBJECT, TEXT, MessageType
-from .messages import message_type as message_type_of
+from .mesh import context as _context
+from .mesh.link import CLOSED
 
 __all__ = [
     "Context",

@@ -2,7 +2,7 @@
 
 Every frame carries its origin node id in the header; the first node of a
 client guarantees that id (a client may only send its own frames) and binds
-it to the user the client authenticated as (see :mod:`yotonnet.guard`). So:
+it to the user the client authenticated as (see :mod:`yotonnet.security.guard`). So:
 
 * :func:`sender_of` (``ctx, node_id``) gives the user bound to a node;
 * :func:`caller` gives, inside a :class:`~yotonnet.RepChannel` handler, the
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .channels.pubsub import SubChannel
 
 if TYPE_CHECKING:
-    from .context import Context
-    from .wire import Frame
+    from .core.wire import Frame
+    from .mesh.context import Context
 
 __all__ = ["Received", "IdentifiedSubChannel", "sender_of", "caller", "caller_node"]
 

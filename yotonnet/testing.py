@@ -1,6 +1,6 @@
 """Public test doubles: an in-memory mesh of contexts on one fake clock.
 
-:class:`MemoryMesh` builds N :class:`~yotonnet.context.Context` objects that
+:class:`MemoryMesh` builds N :class:`~yotonnet.mesh.context.Context` objects that
 share one :class:`~twisted.internet.testing.MemoryReactorClock` and joins them
 with in-memory transports instead of sockets, in the manner of
 ``twisted.test.iosim`` (whose ``FakeTransport`` it extends) and of treq's
@@ -12,8 +12,8 @@ with in-memory transports instead of sockets, in the manner of
   next, settling after each, so a 1-second heartbeat over 3 seconds fires
   three times (``Clock.advance(3)`` alone would fire it once).
 
-Links are real :class:`~yotonnet.link.Link` protocols built by
-:class:`~yotonnet.link.LinkFactory`, so handshakes, heartbeats, routing and
+Links are real :class:`~yotonnet.mesh.link.Link` protocols built by
+:class:`~yotonnet.mesh.link.LinkFactory`, so handshakes, heartbeats, routing and
 channels run exactly as over TCP. :meth:`MemoryMesh.link` joins two contexts,
 :meth:`MemoryMesh.cut` drops a link as a network failure would (both ends get
 ``connectionLost``), :meth:`MemoryConnection.vanish` drops it on one side only
@@ -66,10 +66,10 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport
 from zope.interface import implementer
 
-from . import wire
-from .context import Context, ContextConfig
-from .link import Link, LinkFactory
-from .security import Security
+from .core import wire
+from .mesh.context import Context, ContextConfig
+from .mesh.link import Link, LinkFactory
+from .security.settings import Security
 
 __all__ = ["MemoryAddress", "MemoryTransport", "MemoryConnection", "MemoryMesh"]
 
@@ -330,7 +330,7 @@ class MemoryMesh:
     ``MemoryMesh(n, seed=0, config=None, names=None, shuffle=False, trace=False)``
     creates ``n`` contexts named ``n0``, ``n1``... (or ``names``) with node ids
     drawn from ``random.Random(seed)``; ``config`` (a
-    :class:`~yotonnet.context.ContextConfig`, copied for each context) sets
+    :class:`~yotonnet.mesh.context.ContextConfig`, copied for each context) sets
     their tunables. Index, iterate or unpack the mesh to get the contexts;
     ``mesh.random`` is the seeded generator, for tests that need more chance.
     """

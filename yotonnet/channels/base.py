@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from ..messages import MessageType, message_type
-from ..names import channel_id, validate_channel_name
+from ..core.messages import MessageType, message_type
+from ..core.names import channel_id, validate_channel_name
 
 if TYPE_CHECKING:
-    from ..context import Context
+    from ..mesh.context import Context
 
 
 class Channel:

@@ -1,7 +1,7 @@
 """Publish/subscribe: N publishers to M subscribers, each publisher's order kept.
 
 Delivery is lossless by default: a subscriber that does not keep up holds
-back credit (see :mod:`yotonnet.flow`), which slows every node on the way
+back credit (see :mod:`yotonnet.core.flow`), which slows every node on the way
 back to the publisher. ``PubChannel`` is a Twisted ``IConsumer``: a push
 producer registered on it is paused when credit runs out and resumed when it
 returns, and ``ready()`` gives a Deferred for the same moment. A subscriber
@@ -23,16 +23,23 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import errors
-from ..messages import BINARY, TEXT, DecodeError, MessageType, MessageTypeError, type_name_for_tag
-from ..names import channel_id
-from ..routing import SUB
-from ..wire import HEADER_SIZE, SEQ_OFFSET, Frame
+from ..core.messages import (
+    BINARY,
+    TEXT,
+    DecodeError,
+    MessageType,
+    MessageTypeError,
+    type_name_for_tag,
+)
+from ..core.names import channel_id
+from ..core.routing import SUB
+from ..core.wire import HEADER_SIZE, SEQ_OFFSET, Frame
 from .base import Channel
 
 if TYPE_CHECKING:
-    from ..context import Context
-    from ..flow import Hold
-    from ..wire import Run
+    from ..core.flow import Hold
+    from ..core.wire import Run
+    from ..mesh.context import Context
 
 log = Logger(namespace="yotonnet.pubsub")
 
@@ -394,7 +401,7 @@ class SubChannel(Channel):
                 hand_over(value, HEADER_SIZE + len(payload), hold)
 
     def _deliver_block(self, run: Run, link: Any, hold: Hold | None = None) -> None:
-        """_deliver_run for a :class:`~yotonnet.wire.Run`: each payload is cut from the
+        """_deliver_run for a :class:`~yotonnet.core.wire.Run`: each payload is cut from the
         received buffer here, the only place that needs it (a forwarder never does).
 
         Frames of one size are split in C (``struct.iter_unpack`` gives each frame's

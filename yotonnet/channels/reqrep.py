@@ -2,7 +2,7 @@
 
 Arguments and results travel in the OBJECT encoding: the method name rides
 in the frame's extension and the arguments follow as values back to back (see
-:mod:`yotonnet.wire`), so a call costs no nested list. A handler's exception
+:mod:`yotonnet.core.wire`), so a call costs no nested list. A handler's exception
 comes back as :class:`~yotonnet.errors.RemoteError`; a call with no replier
 anywhere fails at once with :class:`~yotonnet.errors.NoResponders`.
 """
@@ -17,14 +17,14 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from .. import errors
-from ..codec import decode_object, decode_values, encode_object, encode_values
-from ..messages import OBJECT, DecodeError
-from ..routing import REP
-from ..wire import REQUEST_KWARGS, REQUEST_MAX_ARGS
+from ..core.codec import decode_object, decode_values, encode_object, encode_values
+from ..core.messages import OBJECT, DecodeError
+from ..core.routing import REP
+from ..core.wire import REQUEST_KWARGS, REQUEST_MAX_ARGS
 from .base import Channel
 
 if TYPE_CHECKING:
-    from ..context import Context
+    from ..mesh.context import Context
 
 _UNSET: Any = object()
 _PLAIN_RESULTS = frozenset((type(None), bool, int, float, str, bytes, list, tuple, dict))

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from ..messages import OBJECT, MessageType, MessageTypeError, type_name_for_tag
+from ..core.messages import OBJECT, MessageType, MessageTypeError, type_name_for_tag
 from .base import Channel
 
 if TYPE_CHECKING:
-    from ..context import Context
+    from ..mesh.context import Context
 
 log = Logger(namespace="yotonnet.state")
 

@@ -29,7 +29,7 @@ The package, module by module:
 * One module per subcommand: :mod:`.node`, :mod:`.pubsub` (``pub``, ``sub``),
   :mod:`.calls` (``call``), :mod:`.state`, :mod:`.status` (its text form in
   :mod:`.status_text`), :mod:`.bench`. The kernel, console, certs and passwd
-  subcommands live in :mod:`yotonnet.kernel.cli` and :mod:`yotonnet.security_cli`.
+  subcommands live in :mod:`yotonnet.kernel.cli` and :mod:`yotonnet.cli.security`.
 * What the client subcommands share: :mod:`.session` (joining the mesh through
   one node, bounded waits), :mod:`.output` (JSON, message lines, progress,
   notes on stderr), :mod:`.client_logs` (their log lines on stderr) and

@@ -16,8 +16,8 @@ from typing import Any
 from twisted.internet import defer, task
 
 from ..channels import PubChannel, RepChannel, ReqChannel, SubChannel
-from ..config import Settings
-from ..messages import BINARY
+from ..core.messages import BINARY
+from ..service.config import Settings
 from .exits import EXIT_OK, CliError
 from .output import Progress
 from .session import Session, _drained, _wait

@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import errors
 from ..channels import ReqChannel
-from ..config import Settings
+from ..service.config import Settings
 from .exits import EXIT_OK, EXIT_USAGE, CliError
 from .output import dumps, peer_text
 from .session import Session

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
-from ..config import ConfigError, Settings, resolve
-from ..names import validate_channel_name
-from ..security_cli import flags as security_flags
+from ..core.names import validate_channel_name
+from ..service.config import ConfigError, Settings, resolve
 from .output import loads
 from .parser import build_parser
+from .security import flags as security_flags
 
 
 def _usage(args: argparse.Namespace, message: str) -> NoReturn:

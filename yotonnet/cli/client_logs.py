@@ -16,7 +16,7 @@ from twisted.logger import (
     globalLogBeginner,
 )
 
-from ..logs import visible
+from ..service.logs import visible
 
 
 def client_log_line(event: dict) -> str | None:

@@ -9,9 +9,9 @@ from typing import Any
 
 from twisted.internet import defer
 
-from ..config import Settings
-from ..security import SecurityError
-from ..service import ListenError, make_service
+from ..security.settings import SecurityError
+from ..service.config import Settings
+from ..service.node import ListenError, make_service
 from .exits import EXIT_FAILURE
 from .output import note
 

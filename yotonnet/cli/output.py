@@ -30,8 +30,8 @@ import sys
 import time
 from typing import Any
 
-from ..messages import OBJECT, MessageType
-from ..names import printable
+from ..core.messages import OBJECT, MessageType
+from ..core.names import printable
 
 #: ints with more decimal digits than this print as {"$bigint": "0x..."}; the default of
 #: sys.get_int_max_str_digits(), so any Python program can read what is printed

@@ -2,7 +2,7 @@
 
 :func:`build_parser` builds it. The kernel and console subcommands register
 through :func:`yotonnet.kernel.cli.add_kernel_parsers`, certs and passwd
-through :func:`yotonnet.security_cli.add_commands`. Checks beyond argparse's
+through :func:`yotonnet.cli.security.add_commands`. Checks beyond argparse's
 (names, JSON, counts) are in :mod:`yotonnet.cli.checks`.
 """
 
@@ -12,8 +12,8 @@ import argparse
 from typing import Any
 
 from .. import __version__
-from ..config import DEFAULT_CONNECT, DEFAULT_LISTEN, DEFAULT_TIMEOUT, LOG_FORMATS
-from ..messages import BINARY, OBJECT, TEXT
+from ..core.messages import BINARY, OBJECT, TEXT
+from ..service.config import DEFAULT_CONNECT, DEFAULT_LISTEN, DEFAULT_TIMEOUT, LOG_FORMATS
 
 #: the names of --type, and the message types they stand for
 TYPES = {"text": TEXT, "object": OBJECT, "binary": BINARY}
@@ -39,8 +39,8 @@ examples:
 
 def add_security_options(parser: argparse.ArgumentParser) -> None:
     """The TLS and credentials options, on ``node`` and on every client subcommand
-    (see :mod:`yotonnet.security_cli`)."""
-    from ..security_cli import add_options
+    (see :mod:`yotonnet.cli.security`)."""
+    from .security import add_options
 
     add_options(parser)
 
@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..kernel.cli import add_kernel_parsers  # kernel, console: run themselves (args.run)
 
     add_kernel_parsers(sub, _client_options, add_security_options)
-    from ..security_cli import add_commands  # certs, passwd: run themselves (args.run)
+    from .security import add_commands  # certs, passwd: run themselves (args.run)
 
     add_commands(sub)
     return parser

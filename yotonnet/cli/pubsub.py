@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import defer
 
 from ..channels import PubChannel, SubChannel
-from ..config import Settings
+from ..service.config import Settings
 from .exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError
 from .output import Progress, _isatty, _render, loads, note, peer_text
 from .parser import TYPES

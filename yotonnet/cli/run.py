@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from twisted.internet import defer, task
 
 from .. import errors
-from ..config import Settings
+from ..service.config import Settings
 from .bench import cmd_bench
 from .calls import cmd_call
 from .checks import parse
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     if hasattr(args, "run"):  # subcommands registered by other modules (yotonnet.kernel.cli)
         args.run(args, settings)
     if args.command == "node":
-        from ..logs import start_logging
+        from ..service.logs import start_logging
 
         start_logging(settings.node.log_format, sys.stdout)
         task.react(lambda reactor: defer.ensureDeferred(_node_main(reactor, settings)))

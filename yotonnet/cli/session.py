@@ -17,11 +17,11 @@ from twisted.internet.protocol import Factory, Protocol
 
 from .. import errors
 from ..channels import PubChannel, ReqChannel
-from ..config import DEFAULT_LISTEN, Settings
-from ..context import Context, ContextConfig
-from ..link import HandshakeError
-from ..security import SecurityError
-from ..service import control_channel_name
+from ..mesh.context import Context, ContextConfig
+from ..mesh.link import HandshakeError
+from ..security.settings import SecurityError
+from ..service.config import DEFAULT_LISTEN, Settings
+from ..service.node import control_channel_name
 from .exits import EXIT_USAGE, CliError
 from .output import peer_text
 

@@ -10,8 +10,8 @@ from twisted.internet import defer
 
 from .. import errors
 from ..channels import StateChannel
-from ..config import Settings
-from ..routing import STATE
+from ..core.routing import STATE
+from ..service.config import Settings
 from .exits import EXIT_OK, CliError
 from .output import _render, peer_text
 from .parser import TYPES

@@ -13,8 +13,8 @@ from typing import Any
 
 from .. import errors
 from ..channels import ReqChannel
-from ..config import Settings
-from ..service import control_channel_name
+from ..service.config import Settings
+from ..service.node import control_channel_name
 from .exits import EXIT_OK, CliError
 from .output import peer_text, to_json
 from .session import Session

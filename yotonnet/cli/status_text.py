@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..names import printable
+from ..core.names import printable
 from .output import int_to_json
 
 #: longest value shown (a channel name is at most 200 characters, escapes make it longer)
@@ -45,7 +45,7 @@ def format_status(report: dict) -> str:
     """The human-readable form of ``yotonnet status``.
 
     Raises ``TypeError``, ``AttributeError``, ``KeyError`` or ``ValueError`` when the
-    report is not shaped like :func:`yotonnet.status.node_status` output (a node of
+    report is not shaped like :func:`yotonnet.service.status.node_status` output (a node of
     another version, or a hostile one); ``yotonnet status`` then says so.
     """
     st = report["node"]

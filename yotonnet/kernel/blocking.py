@@ -23,8 +23,8 @@ from typing import Any
 from twisted.internet import defer
 
 from .. import blocking
-from ..context import Context
 from ..errors import TimeoutError
+from ..mesh.context import Context
 from .client import ExecuteResult, KernelClient
 
 

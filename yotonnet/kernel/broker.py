@@ -43,12 +43,12 @@ from zope.interface import implementer
 
 from .. import errors
 from ..channels import PubChannel, RepChannel, ReqChannel, StateChannel
-from ..context import Context
+from ..core.messages import OBJECT
+from ..core.names import channel_id, printable
+from ..core.routing import REP
 from ..identity import caller as authenticated_caller
 from ..identity import caller_node as current_caller_node
-from ..messages import OBJECT
-from ..names import channel_id, printable
-from ..routing import REP
+from ..mesh.context import Context
 from . import protocol as p
 from .roles import Caller, RolePolicy, check, default_roles, default_user, unverified
 

@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 from twisted.internet import defer, task
 
-from ..config import DEFAULT_CONNECT
+from ..service.config import DEFAULT_CONNECT
 from . import protocol as p
 from .roles import ROLES, VIEWER, default_roles, default_user, table_roles
 
@@ -142,7 +142,7 @@ def run_kernel(args: argparse.Namespace, settings: Any) -> NoReturn:
 
 async def _kernel_main(reactor: Any, args: argparse.Namespace, settings: Any,
                        roles: dict[str, str]) -> None:
-    from ..context import Context, ContextConfig
+    from ..mesh.context import Context, ContextConfig
     from .broker import BrokerConfig, KernelBroker
 
     name = args.kernel_name
@@ -156,7 +156,7 @@ async def _kernel_main(reactor: Any, args: argparse.Namespace, settings: Any,
     if args.listen:
         # A broker that accepts peers is a node of the mesh: it answers `yotonnet status`
         # (and so health checks) like one.
-        from ..service import NodeControl
+        from ..service.node import NodeControl
 
         NodeControl(ctx)
     for endpoint in args.listen or []:

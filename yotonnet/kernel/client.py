@@ -45,10 +45,10 @@ from twisted.python.failure import Failure
 from .. import errors
 from ..channels import RepChannel, ReqChannel, StateChannel, SubChannel
 from ..channels.pubsub import LATEST, LOSSLESS
-from ..context import Context
-from ..messages import OBJECT
-from ..names import printable
-from ..routing import REP
+from ..core.messages import OBJECT
+from ..core.names import printable
+from ..core.routing import REP
+from ..mesh.context import Context
 from . import protocol as p
 from .roles import Caller, default_user
 

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..names import validate_channel_name
+from ..core.names import validate_channel_name
 
 # --- status (the "state" field of the status channel)
 

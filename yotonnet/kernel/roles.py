@@ -2,7 +2,7 @@
 
 A :class:`Caller` is who a request comes from. The broker takes the user
 from the mesh's authentication of the calling node (the local secret of an
-OS user, a token, a password or a client certificate: :mod:`yotonnet.guard`),
+OS user, a token, a password or a client certificate: :mod:`yotonnet.security.guard`),
 never from what the client claims: a claim from a node nobody vouches for
 (an anonymous peer) becomes ``NAME (unverified)``, which no rule names, so
 it gets the default role. The broker's ``role_of`` argument is any
@@ -75,7 +75,7 @@ UNVERIFIED = " (unverified)"
 def default_user() -> str:
     """``user@host`` of this process: who the mesh knows this user's own processes as
     (they prove the user's local secret), so the default owner of a kernel."""
-    from ..auth import local_identity
+    from ..security.auth import local_identity
 
     return local_identity()
 

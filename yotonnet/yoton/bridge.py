@@ -27,12 +27,12 @@ from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 
-from ..context import Dialer
+from ..mesh.context import Dialer
 from .link import YotonLink, YotonLinkFactory
 from .slots import SlotMap, YotonChannel
 
 if TYPE_CHECKING:
-    from ..context import Context
+    from ..mesh.context import Context
 
 log = Logger(namespace="yotonnet.yoton")
 

@@ -1,6 +1,6 @@
 """A link to an unmodified Yoton 2.2 context, translating both ways.
 
-:class:`YotonLink` is a :class:`~yotonnet.link.Link` whose wire is Yoton's
+:class:`YotonLink` is a :class:`~yotonnet.mesh.link.Link` whose wire is Yoton's
 (see :mod:`yotonnet.yoton.wire`). To its context it looks like any link: it
 sits in ``context.links`` under the Yoton context's id, takes yotonnet frames
 in ``send()`` and hands yotonnet frames to the context's dispatch table. The
@@ -50,19 +50,19 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .. import wire
-from ..codec import decode_object, decode_values, encode_object, encode_values
+from ..core import wire
+from ..core.codec import decode_object, decode_values, encode_object, encode_values
+from ..core.names import printable
+from ..core.routing import REP, STATE, NodeState
+from ..core.wire import HEADER, HEADER_SIZE, HEADER_TAIL, FrameKind
 from ..errors import DecodeError, MessageTypeError, ProtocolError
-from ..link import BUSY, CLOSED, HANDSHAKING, UP, HandshakeError, Link
-from ..names import printable
-from ..routing import REP, STATE, NodeState
-from ..wire import HEADER, HEADER_SIZE, HEADER_TAIL, FrameKind
+from ..mesh.link import BUSY, CLOSED, HANDSHAKING, UP, HandshakeError, Link
 from . import objects
 from . import wire as ywire
 from .slots import FLOW, PUB, REPL, REQ, STATE_SLOT, Carried, SlotMap
 
 if TYPE_CHECKING:
-    from ..context import Context
+    from ..mesh.context import Context
 
 log = Logger(namespace="yotonnet.yoton")
 

@@ -20,10 +20,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..codec import decode_object, encode_object
-from ..messages import message_type
-from ..names import PATTERNS, channel_id, validate_channel_name
-from ..routing import REP, STATE, SUB, Interest
+from ..core.codec import decode_object, encode_object
+from ..core.messages import message_type
+from ..core.names import PATTERNS, channel_id, validate_channel_name
+from ..core.routing import REP, STATE, SUB, Interest
 from . import objects
 from .wire import TYPE_EXTENSIONS, slot_hash, slot_name
 

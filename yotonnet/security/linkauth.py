@@ -26,22 +26,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from twisted.logger import Logger
 
-from . import auth, handshake, tls, wire
-from .handshake import (
-    ANONYMOUS,
-    CERTIFICATE,
-    NONE,
-    PASSWORD,
-    SECRET,
-    TOKEN,
-    Transcript,
-)
+from ..core import handshake, wire
+from ..core.handshake import ANONYMOUS, CERTIFICATE, NONE, PASSWORD, SECRET, TOKEN, Transcript
+from ..core.messages import encode_object
+from . import auth, tls
 from .localsecret import LocalSecretError, read_secret
-from .messages import encode_object
 
 if TYPE_CHECKING:
+    from ..mesh.link import Link
     from .guard import Guard
-    from .link import Link
 
 log = Logger(namespace="yotonnet.security")
 

@@ -21,9 +21,9 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from .context import BUSY_LINK_COST, Context
-from .link import BUSY, UP
-from .names import channel_id, printable
+from ..core.names import channel_id, printable
+from ..mesh.context import BUSY_LINK_COST, Context
+from ..mesh.link import BUSY, UP
 
 __all__ = ["node_status", "prometheus_text", "mark_started", "PROMETHEUS_CONTENT_TYPE"]
 

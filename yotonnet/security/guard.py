@@ -1,12 +1,12 @@
 """The guard: a context's security at run time (admission, gates, identities, denials).
 
-One :class:`Guard` per :class:`~yotonnet.context.Context`, built from its
+One :class:`Guard` per :class:`~yotonnet.mesh.context.Context`, built from its
 :class:`~yotonnet.security.Security`. It does four jobs, all at the edge of
 the mesh so that forwarding between trusted nodes costs nothing extra:
 
 **Admission** (at the handshake). An outgoing link is trusted: we chose the
 endpoint, and on TLS its certificate proved the name. An incoming link is
-authenticated through the twisted.cred portal (:mod:`yotonnet.auth`); a
+authenticated through the twisted.cred portal (:mod:`yotonnet.security.auth`); a
 peer whose user is listed in ``nodes`` is a trusted mesh node, any other
 user is a *client*. Without configured authentication only local peers
 (loopback, unix sockets, in-process) are accepted, and they are trusted as
@@ -16,7 +16,7 @@ today. A refusal is an ERROR frame naming the problem, then a disconnect.
 frame's source is its own node id) and only on channels it *claimed* and was
 granted: a client context sends ``["claim", operation, pattern, name]`` for
 each channel it opens, before its routing record; the first node checks the
-name against the :class:`~yotonnet.authz.Policy` and answers a refusal with
+name against the :class:`~yotonnet.security.authz.Policy` and answers a refusal with
 ``["denied", operation, name, text]``. Frames on channels not granted are
 dropped (counted, logged once, answered with the same denial); a denied call
 is answered with a REPLY of status ``REPLY_DENIED``, which the caller raises
@@ -51,22 +51,23 @@ from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
-from . import auth, handshake, linkauth, tls, wire
+from ..core import handshake, wire
+from ..core.messages import encode_object
+from ..core.names import channel_id, validate_channel_name
+from ..core.ratelog import LogBudget
+from ..core.routing import REP, STATE, SUB, NodeState
+from ..core.stateclock import STATE_CLOCK_JUMP, state_version
+from ..core.wire import HEADER, HEADER_SIZE, HEADER_TAIL, REPLY_DENIED, REPLY_ERROR, FrameKind
+from ..errors import PermissionDenied, ProtocolError
+from . import auth, linkauth, tls
 from .authz import CALL, OPERATIONS, PUBLISH, SERVE, SET_STATE, SUBSCRIBE
-from .errors import PermissionDenied, ProtocolError
 from .localsecret import LocalSecretError, ensure_secret
-from .messages import encode_object
-from .names import channel_id, validate_channel_name
 from .peercred import is_loopback, peer_uid
-from .ratelog import LogBudget
-from .routing import REP, STATE, SUB, NodeState
-from .security import Security, SecurityError
-from .stateclock import STATE_CLOCK_JUMP, state_version
-from .wire import HEADER, HEADER_SIZE, HEADER_TAIL, REPLY_DENIED, REPLY_ERROR, FrameKind
+from .settings import Security, SecurityError
 
 if TYPE_CHECKING:
-    from .context import Context
-    from .link import Link
+    from ..mesh.context import Context
+    from ..mesh.link import Link
 
 log = Logger(namespace="yotonnet.security")
 
@@ -773,7 +774,7 @@ class Guard:
 
 
 def _operations(channel: Any) -> list[tuple[str, str]]:
-    from .channels import PubChannel, RepChannel, ReqChannel, StateChannel, SubChannel
+    from ..channels import PubChannel, RepChannel, ReqChannel, StateChannel, SubChannel
 
     if isinstance(channel, PubChannel):
         return [(PUBLISH, "pubsub")]
@@ -801,7 +802,7 @@ def _failer(error: Exception) -> Any:
 
 def _apply_denial(channel: Any, op: str, error: PermissionDenied) -> None:
     """Make the channel's operation fail with ``error`` from now on."""
-    from .channels import StateChannel
+    from ..channels import StateChannel
 
     channel.denied = error
     if op == PUBLISH:

@@ -123,7 +123,7 @@ class NodeState:
         """Parse a record; ValueError says what is wrong (the sender's fault).
 
         The node name must be one a peer may announce
-        (:func:`yotonnet.names.check_peer_name`), as in a HELLO: names reach
+        (:func:`yotonnet.core.names.check_peer_name`), as in a HELLO: names reach
         terminals, logs and web pages.
         """
         try:

@@ -101,7 +101,7 @@ def add_commands(sub: Any) -> None:
 
 
 def _run_certs(args: argparse.Namespace, _settings: Any) -> NoReturn:
-    from .certs import write_bundle
+    from ..security.certs import write_bundle
 
     def usage(text: str) -> NoReturn:
         print(f"yotonnet certs: error: {text}", file=sys.stderr)
@@ -130,7 +130,7 @@ def _run_certs(args: argparse.Namespace, _settings: Any) -> NoReturn:
 
 
 def _run_passwd(args: argparse.Namespace, _settings: Any) -> NoReturn:
-    from .auth import hash_password
+    from ..security.auth import hash_password
 
     if ":" in args.user or not args.user.strip():
         print("yotonnet passwd: error: USER must be non-empty, without ':'", file=sys.stderr)

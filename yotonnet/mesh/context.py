@@ -1,7 +1,7 @@
 """The context: one node of the mesh.
 
 A :class:`Context` owns its links (incoming and outgoing), its local channels
-and a :class:`~yotonnet.routing.RoutingTable`. It floods its own node record
+and a :class:`~yotonnet.core.routing.RoutingTable`. It floods its own node record
 when its links or interests change, asks the routing table where each frame
 goes, and caches those answers so the per-message path is a dict lookup and a
 write per target. It never decodes a payload it only forwards.
@@ -23,14 +23,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import errors, stateclock, wire
-from .calls import Call, CallTable
-from .costs import check_cost, split_cost
-from .flow import DEFAULT_WINDOW, CreditError, Hold
-from .guard import Guard
-from .link import BUSY, CLOSED, UP, HandshakeError, Link, LinkFactory
-from .messages import decode_object, encode_object
-from .routing import (
+from .. import errors
+from ..core import stateclock, wire
+from ..core.calls import Call, CallTable
+from ..core.costs import check_cost, split_cost
+from ..core.flow import DEFAULT_WINDOW, CreditError, Hold
+from ..core.messages import decode_object, encode_object
+from ..core.routing import (
     DEFAULT_MAX_NODES,
     DEFAULT_MAX_NODES_PER_PEER,
     DEFAULT_MAX_RECORD_INTERESTS,
@@ -45,8 +44,7 @@ from .routing import (
     RoutingLimits,
     RoutingTable,
 )
-from .security import Security, SecurityError
-from .wire import (
+from ..core.wire import (
     HEADER,
     HEADER_SIZE,
     HEADER_TAIL,
@@ -57,11 +55,14 @@ from .wire import (
     FrameKind,
     Run,
 )
+from ..security.guard import Guard
+from ..security.settings import Security, SecurityError
+from .link import BUSY, CLOSED, UP, HandshakeError, Link, LinkFactory
 
 if TYPE_CHECKING:
-    from .channels.pubsub import PubChannel, SubChannel
-    from .channels.reqrep import RepChannel
-    from .channels.state import StateChannel
+    from ..channels.pubsub import PubChannel, SubChannel
+    from ..channels.reqrep import RepChannel
+    from ..channels.state import StateChannel
 
 log = Logger(namespace="yotonnet.context")
 
@@ -992,7 +993,7 @@ class Context:
         return hold
 
     def _on_run_record(self, link: Link, run: Run, i: int) -> int:
-        """_on_data_run for a :class:`~yotonnet.wire.Run` the link's decoder grouped.
+        """_on_data_run for a :class:`~yotonnet.core.wire.Run` the link's decoder grouped.
 
         The run's frames share every header field but ``seq``, so one hop check
         covers them all and the bytes go on as received, hop counts patched in

@@ -12,7 +12,7 @@ node certificate (:func:`make_node_cert`)
 user certificate (:func:`make_user_cert`)
     extendedKeyUsage clientAuth only and no subjectAltName; the common name is
     the user. It logs a client in to a node's TLS listener. A node that dials
-    refuses it as the peer's certificate (:mod:`yotonnet.tls`), so a user
+    refuses it as the peer's certificate (:mod:`yotonnet.security.tls`), so a user
     cannot pose as a node, whatever names the certificate might carry.
 
 :func:`issue` is the builder under both; the tests use it for certificates

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from .errors import DecodeError, MessageTypeError
+from ..errors import DecodeError, MessageTypeError
 
 __all__ = [
     "MAX_DEPTH",

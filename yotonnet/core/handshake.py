@@ -9,7 +9,7 @@ free, or any other impostor, learns nothing it can replay, and the dialler
 sees that the peer could not prove the credential before it sends anything
 else.
 
-* ``secret``: this OS user's local secret (:mod:`yotonnet.localsecret`).
+* ``secret``: this OS user's local secret (:mod:`yotonnet.security.localsecret`).
 * ``token``: a shared token; the key is its SHA-256, which is what a tokens
   file's checker keeps.
 * ``password``: a salted challenge-response in the manner of SCRAM

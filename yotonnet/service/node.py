@@ -3,7 +3,7 @@
 :func:`make_service` builds what ``twistd yotonnet`` and ``yotonnet node`` run:
 a :class:`NodeMultiService` holding a :class:`NodeService` (the context) and,
 when a status endpoint is configured, a :class:`StatusWebService` (the HTTP
-status site of :mod:`yotonnet.web`). Both are ordinary ``IService``\\ s, so a
+status site of :mod:`yotonnet.service.web`). Both are ordinary ``IService``\\ s, so a
 node also fits inside any Twisted application's service hierarchy.
 
 Every node service hosts a control channel, :class:`NodeControl`, named
@@ -23,12 +23,12 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import errors
-from .channels import RepChannel, StateChannel
+from .. import errors
+from ..channels import RepChannel, StateChannel
+from ..core.names import channel_id, printable, validate_channel_name
+from ..mesh.context import Context, ContextConfig
+from ..security.settings import Security
 from .config import DEFAULT_CONNECT, DEFAULT_LISTEN, Settings
-from .context import Context, ContextConfig
-from .names import channel_id, printable, validate_channel_name
-from .security import Security
 
 if TYPE_CHECKING:
     from .web import StatusAccess
@@ -202,12 +202,12 @@ class NodeService(Service):
 
 
 class StatusWebService(Service):
-    """Serves :func:`yotonnet.web.status_site` of a node's context on an endpoint.
+    """Serves :func:`yotonnet.service.web.status_site` of a node's context on an endpoint.
 
     It must start after its :class:`NodeService` (a child added after it in
     the same MultiService does), since the site needs the running context.
     ``hosts`` are the extra names its Host header may carry; with ``token``
-    every request must carry this OS user's local secret (see :mod:`yotonnet.web`).
+    every request must carry this OS user's local secret (see :mod:`yotonnet.service.web`).
     """
 
     def __init__(
@@ -223,7 +223,7 @@ class StatusWebService(Service):
         self.ready: defer.Deferred[None] = defer.Deferred()
 
     def _access(self) -> StatusAccess:
-        from .localsecret import LocalSecretError, ensure_secret
+        from ..security.localsecret import LocalSecretError, ensure_secret
         from .web import StatusAccess
 
         if not self.token:
@@ -313,7 +313,7 @@ class NodeMultiService(MultiService):
 def make_service(
     settings: Settings, reactor: Any = None, *, raise_on_listen_error: bool = False
 ) -> NodeMultiService:
-    """The node that ``settings`` (a :class:`yotonnet.config.Settings`) describe."""
+    """The node that ``settings`` (a :class:`yotonnet.service.config.Settings`) describe."""
     node = NodeService(
         settings.node.name,
         settings.node.listen,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 __all__ = ["VERSION", "MAX_STATE_CLOCK", "STATE_CLOCK_JUMP", "state_version"]
 

@@ -12,7 +12,7 @@ Under ``twistd``, ``--logger yotonnet.logs.json_observer`` gives the same
 JSON lines on stdout.
 
 Log fields often hold text from other nodes (names, reasons, error messages).
-Call sites escape it (:func:`yotonnet.names.printable`); as a safety net, the
+Call sites escape it (:func:`yotonnet.core.names.printable`); as a safety net, the
 text lines and ``log_text`` go through :func:`visible`, so that nothing in a
 log line can move the cursor, clear the screen or write the clipboard of
 whoever reads it. (Twisted already indents the continuation lines of a

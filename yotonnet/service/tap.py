@@ -18,9 +18,9 @@ from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
 
+from ..security.settings import SecurityError
 from .config import DEFAULT_LISTEN, ConfigError, resolve
-from .security import SecurityError
-from .service import ListenError, make_service
+from .node import ListenError, make_service
 
 
 class Options(usage.Options):

@@ -22,10 +22,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import tls, wire
-from .flow import DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW, PeerFlow
-from .names import printable
-from .wire import FrameKind, ProtocolError
+from ..core import wire
+from ..core.flow import DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW, PeerFlow
+from ..core.names import printable
+from ..core.wire import FrameKind, ProtocolError
+from ..security import tls
 
 if TYPE_CHECKING:
     from .context import Context
@@ -73,7 +74,7 @@ class Link(Protocol):
     It is the producer of its own transport: when the transport holds more
     than it can send (the peer reads slowly, or not at all), Twisted pauses
     the link, which then queues flow-controlled data instead of writing it
-    (see :class:`~yotonnet.flow.PeerFlow`) and cuts the peer as a slow
+    (see :class:`~yotonnet.core.flow.PeerFlow`) and cuts the peer as a slow
     consumer if what it must still write meanwhile passes ``max_link_buffer``.
     """
 

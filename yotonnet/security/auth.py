@@ -1,10 +1,10 @@
 """Authentication with twisted.cred: who is the peer of a link?
 
-The dialler proves a credential during the handshake (:mod:`yotonnet.handshake`
+The dialler proves a credential during the handshake (:mod:`yotonnet.core.handshake`
 has the proofs); the listener asks a ``Portal`` with these checkers:
 
 * :class:`LocalSecretChecker`: this OS user's local secret
-  (:mod:`yotonnet.localsecret`); the peer is the node's own user;
+  (:mod:`yotonnet.security.localsecret`); the peer is the node's own user;
 * :class:`TokenFileChecker`: a file of ``USER TOKEN`` lines (shared tokens);
 * :class:`PasswordFileChecker`: a file of ``USER:scram-scrypt$...`` lines
   (:func:`hash_password` makes them; ``yotonnet passwd`` prints one);
@@ -38,8 +38,8 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from zope.interface import Attribute, Interface, implementer
 
-from . import handshake
-from .handshake import Challenge, PasswordVerifier, Transcript
+from ..core import handshake
+from ..core.handshake import Challenge, PasswordVerifier, Transcript
 
 #: scrypt cost a dialler pays per password login: about 16 MiB and tens of milliseconds
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1

@@ -42,13 +42,13 @@ from typing import Any
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 
-from . import tls
-from .context import ContextConfig
-from .costs import split_cost
-from .names import MAX_NODE_NAME, check_peer_name
-from .security import Security, SecurityError
-from .security import merge as merge_security
-from .security import parse_table as parse_security
+from ..core.costs import split_cost
+from ..core.names import MAX_NODE_NAME, check_peer_name
+from ..mesh.context import ContextConfig
+from ..security import tls
+from ..security.settings import Security, SecurityError
+from ..security.settings import merge as merge_security
+from ..security.settings import parse_table as parse_security
 
 DEFAULT_LISTEN = "tcp:7117:interface=127.0.0.1"
 DEFAULT_CONNECT = "tcp:127.0.0.1:7117"

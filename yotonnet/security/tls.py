@@ -22,7 +22,7 @@ included, aborts the handshake with :class:`PeerVerificationError`.
 A node trusts the peer it dials as a node, so the peer must also show a
 certificate meant for a TLS server: its leaf certificate's extendedKeyUsage
 must list serverAuth (:func:`server_auth_problem`). A user certificate
-(clientAuth only, see :mod:`yotonnet.certs`) is refused even when it names the
+(clientAuth only, see :mod:`yotonnet.security.certs`) is refused even when it names the
 dialled host. OpenSSL's own purpose check (the ``ssl_server`` purpose a client
 verifies with) already refuses an extendedKeyUsage without serverAuth, but
 calls it "certificate verify failed"; the connection's verify callback keeps

@@ -2,8 +2,8 @@
 
 :func:`status_site` serves, for one context:
 
-- ``/status``: :func:`yotonnet.status.node_status` as JSON (``?pretty=1`` indents it);
-- ``/metrics``: :func:`yotonnet.status.prometheus_text`, for a Prometheus scraper;
+- ``/status``: :func:`yotonnet.service.status.node_status` as JSON (``?pretty=1`` indents it);
+- ``/metrics``: :func:`yotonnet.service.status.prometheus_text`, for a Prometheus scraper;
 - ``/``: a live page (HTML and plain JavaScript, no external assets: nodes run
   on machines without internet access) that polls ``status`` every second and
   draws the mesh as this node sees it (nodes in rings by hop count, busy links
@@ -26,7 +26,7 @@ endpoint is reached:
   A request without a ``Host`` header (HTTP/1.0) is not one a browser makes,
   and is served.
 - with ``[node] status_token`` (``--status-token``) every request must carry
-  this OS user's local secret (:mod:`yotonnet.localsecret`), as ``?token=``
+  this OS user's local secret (:mod:`yotonnet.security.localsecret`), as ``?token=``
   or ``Authorization: Bearer``; the page opened with ``?token=`` passes it on
   to its assets and its polls. The access log shows ``token=<hidden>``.
 """
@@ -47,9 +47,9 @@ from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from ..core.names import printable
+from ..mesh.context import Context
 from .config import check_status_host
-from .context import Context
-from .names import printable
 from .status import PROMETHEUS_CONTENT_TYPE, mark_started, node_status, prometheus_text
 
 __all__ = ["StatusAccess", "StatusSite", "status_site"]

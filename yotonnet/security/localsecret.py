@@ -17,7 +17,7 @@ The secret is 32 random bytes, written as 64 hex characters to a file of mode
 One secret per OS user and host, shared by all of that user's nodes, so any
 context of the same user (another node, the CLI, a script) finds it without
 being told where. It never travels: peers prove they know it with an HMAC
-over fresh nonces (:mod:`yotonnet.handshake`). A file or directory that other
+over fresh nonces (:mod:`yotonnet.core.handshake`). A file or directory that other
 users could read or write is refused with an error saying how to fix it,
 never silently used.
 """

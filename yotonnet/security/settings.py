@@ -2,12 +2,12 @@
 
 A :class:`Security` is plain data handed to ``Context(security=...)`` (or read
 from the ``[security]`` table of the TOML config, see :func:`parse_table`).
-What it means at run time is :mod:`yotonnet.guard`'s job; TLS endpoints are
-:mod:`yotonnet.tls`'s, checkers :mod:`yotonnet.auth`'s, rules
-:mod:`yotonnet.authz`'s.
+What it means at run time is :mod:`yotonnet.security.guard`'s job; TLS endpoints are
+:mod:`yotonnet.security.tls`'s, checkers :mod:`yotonnet.security.auth`'s, rules
+:mod:`yotonnet.security.authz`'s.
 
 Closed by default, loopback included: every listener admits peers that
-prove this OS user's local secret (:mod:`yotonnet.localsecret`: the user's
+prove this OS user's local secret (:mod:`yotonnet.security.localsecret`: the user's
 own processes, found with no configuration) and those that log in with a
 configured token, password or TLS client certificate; nobody else.
 ``allow_anonymous`` is the explicit, loudly logged opt-out: peers that prove

@@ -43,8 +43,8 @@ import zlib
 from enum import IntEnum
 from typing import Any, NamedTuple
 
+from ..errors import ProtocolError
 from .codec import DecodeError, ItemLimitError, decode_object
-from .errors import ProtocolError
 from .names import MAX_NODE_NAME, check_peer_name
 
 PROTOCOL_NAME = "yotonnet"
