@@ -223,6 +223,60 @@ def encode_frame(
     )
 
 
+# --- the frames a node makes (every header this project writes is packed here)
+
+_pack = HEADER.pack
+_KIND_DATA, _KIND_LATEST = int(FrameKind.DATA), int(FrameKind.LATEST)
+_KIND_REQUEST, _KIND_REPLY = int(FrameKind.REQUEST), int(FrameKind.REPLY)
+_KIND_STATE, _KIND_CREDIT = int(FrameKind.STATE), int(FrameKind.CREDIT)
+
+
+def data_frame(
+    hops: int, tag: int, channel: int, source: int, seq: int, payload: bytes,
+    kind: int = _KIND_DATA,
+) -> bytes:
+    """A publisher's message (``kind`` LATEST for the flow to latest subscribers)."""
+    return _pack(HEADER_TAIL + len(payload), kind, hops, 0, tag, channel, source, 0, seq) + payload
+
+
+def request_frame(
+    hops: int, tag: int, channel: int, source: int, dest: int, req_id: int, method: bytes,
+    payload: bytes,
+) -> bytes:
+    """A request: the method name as the extension, the arguments as the payload."""
+    return b"".join((
+        _pack(HEADER_TAIL + len(method) + len(payload), _KIND_REQUEST, hops, len(method), tag,
+              channel, source, dest, req_id),
+        method,
+        payload,
+    ))
+
+
+def reply_frame(
+    hops: int, status: int, channel: int, source: int, dest: int, req_id: int, payload: bytes
+) -> bytes:
+    """A reply: its status (REPLY_OK...) in the tag."""
+    return _pack(HEADER_TAIL + len(payload), _KIND_REPLY, hops, 0, status, channel, source,
+                 dest, req_id) + payload
+
+
+def credit_frame(channel: int, source: int, dest: int, amount: int) -> bytes:
+    """``amount`` bytes of ``channel`` released to the neighbour that sent them."""
+    return _pack(HEADER_TAIL, _KIND_CREDIT, 1, 0, 0, channel, source, dest, amount)
+
+
+def state_frame(
+    hops: int, tag: int, channel: int, source: int, dest: int, version: bytes, payload: bytes
+) -> bytes:
+    """A state value, its packed version first (see yotonnet.core.stateclock)."""
+    size = len(version) + len(payload)
+    return b"".join((
+        _pack(HEADER_TAIL + size, _KIND_STATE, hops, 0, tag, channel, source, dest, 0),
+        version,
+        payload,
+    ))
+
+
 def reencode(frame: Frame, hops: int) -> bytes:
     """Encode ``frame`` again with a new hop count (used when forwarding)."""
     return encode_frame(

@@ -1,0 +1,80 @@
+"""The tunables of a node (``ContextConfig``): plain data, every time in seconds.
+
+Read by the core (windows, hop limits, record limits, backlogs) and by the
+Twisted layers (heartbeats, timeouts, reconnection); the TOML ``[context]``
+table sets any field (:mod:`yotonnet.service.config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .flow import DEFAULT_WINDOW
+from .routing import (
+    DEFAULT_MAX_NODES,
+    DEFAULT_MAX_NODES_PER_PEER,
+    DEFAULT_MAX_RECORD_INTERESTS,
+    DEFAULT_MAX_RECORD_LINKS,
+    DEFAULT_MAX_ROUTING_ENTRIES,
+    RoutingLimits,
+)
+from .wire import DEFAULT_MAX_CONTROL_FRAME, DEFAULT_MAX_FRAME, MAX_HOPS
+
+__all__ = ["ContextConfig"]
+
+
+@dataclass
+class ContextConfig:
+    """Tunables of a context; every time is in seconds."""
+
+    max_frame: int = DEFAULT_MAX_FRAME
+    heartbeat: float = 1.0
+    busy_timeout: float = 5.0
+    #: close a link whose peer stays silent this long (0: never; busy is reported meanwhile)
+    dead_timeout: float = 0.0
+    handshake_timeout: float = 10.0
+    request_timeout: float = 30.0
+    reconnect_initial: float = 0.2
+    reconnect_max: float = 10.0
+    #: cap on the hop limit a frame starts with; below it, each frame gets the length of
+    #: this node's longest shortest path plus a margin, so a loop while routes converge dies
+    #: out within a few hops however large the mesh
+    max_hops: int = MAX_HOPS
+    #: forget a node's record after it has been unreachable this long
+    stale_after: float = 60.0
+    #: bytes per channel a neighbour may send this node before it releases them
+    flow_window: int = DEFAULT_WINDOW
+    #: bytes a publisher may queue past its window before send() raises FlowControlError
+    publish_backlog: int = 4 << 20
+    #: write small frames to a TCP socket at once when Twisted has nothing buffered for
+    #: it, instead of in the next reactor turn (see yotonnet.mesh.writer); off: Twisted's
+    eager_writes: bool = True
+    #: bytes a link may still write (replies, control frames) while its peer reads nothing
+    #: before it is cut as a slow consumer (flow-controlled data waits instead)
+    max_link_buffer: int = 32 << 20
+    #: CONTROL frames (routing records, identities, claims) larger than this many bytes
+    #: are a protocol error that closes the link, refused before they are decoded
+    max_control_frame: int = DEFAULT_MAX_CONTROL_FRAME
+    #: Limits on routing records from neighbours (see yotonnet.core.routing.RoutingLimits);
+    #: a record past one is dropped, logged once per neighbour and limit, and counted in
+    #: counters["records_refused"]. Nodes the routing table holds:
+    max_nodes: int = DEFAULT_MAX_NODES
+    #: nodes one neighbour may introduce; 0: as many as max_nodes (a leaf, such as any
+    #: client of a hub, learns the whole mesh from its one neighbour)
+    max_nodes_per_peer: int = DEFAULT_MAX_NODES_PER_PEER
+    #: links one node record may list
+    max_record_links: int = DEFAULT_MAX_RECORD_LINKS
+    #: channel interests one node record may list
+    max_record_interests: int = DEFAULT_MAX_RECORD_INTERESTS
+    #: links plus interests over every record the routing table holds
+    max_routing_entries: int = DEFAULT_MAX_ROUTING_ENTRIES
+
+    def routing_limits(self) -> RoutingLimits:
+        """The routing record limits these settings give."""
+        return RoutingLimits(
+            max_nodes=self.max_nodes,
+            max_nodes_per_peer=self.max_nodes_per_peer,
+            max_record_links=self.max_record_links,
+            max_record_interests=self.max_record_interests,
+            max_routing_entries=self.max_routing_entries,
+        )

@@ -1,0 +1,243 @@
+"""The node core: what one mesh node does with every frame, without any I/O.
+
+Sans-IO. A :class:`Node` is driven by plain calls: a neighbour came up or
+went away (:meth:`Node.peer_up`, :meth:`Node.peer_down`, :meth:`Node.peer_busy`),
+frames arrived from one (the :attr:`Node.handlers` table, by frame kind, and
+:attr:`Node.on_frames` for DATA runs), a local channel opened or sends
+something. It answers by sending on the :class:`~.interfaces.IPeer` objects
+it was given and by calling the local channel ends
+(:mod:`.interfaces`): no socket, no reactor, no Deferred. It is four small
+protocols over one picture of the mesh:
+
+* :class:`~.topology.Topology`: neighbours, routing records, paths, hop limits;
+* :class:`~.pubsub.PubSub`: publishing, forwarding, delivery, credit, readiness;
+* :class:`~.requests.Requests`: calls, serving, correlation, deadlines;
+* :class:`~.statesync.StateSync`: state values, clocks, last writer wins.
+
+A change of the picture is drawn once (:meth:`Node.routes_changed`): caches
+dropped, paused publishers looked at again, calls to repliers now out of
+reach failed, new state holders told, and the route watchers called
+(:meth:`Node.watch_routes`). Control messages are decoded once and handed to
+the handler registered for their kind (:meth:`Node.add_control_handler`):
+``node`` records are the topology's; the security layer adds its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .. import errors
+from .config import ContextConfig
+from .interfaces import ILog, IPeer
+from .pubsub import PubSub
+from .requests import Requests
+from .routing import REP, STATE, SUB, Interest
+from .statesync import StateSync
+from .topology import Topology
+from .wire import FrameKind, decode_control
+
+__all__ = ["Node", "PUB", "SUB", "REP", "STATE"]
+
+#: the role of a local publisher (it holds no interest: it is not in routing records)
+PUB = "pub"
+
+
+class Node:
+    def __init__(
+        self,
+        node_id: int,
+        name: str,
+        config: ContextConfig,
+        clock: Callable[[], float],
+        log: ILog,
+        on_deadline: Callable[[float], None],
+    ) -> None:
+        self.node_id = node_id
+        self.name = name
+        self.config = config
+        self.clock = clock
+        self.log = log
+        self.counters: dict[str, int] = {
+            "forwarded": 0,
+            "no_route": 0,
+            "hop_limit": 0,
+            "control_in": 0,
+            "control_out": 0,
+            # routing records a limit refused (yotonnet.core.routing.RoutingLimits)
+            "records_refused": 0,
+            # times the node acted on routing changes (records are batched per dispatch)
+            "routing_changes": 0,
+            "credit_in": 0,
+            "credit_out": 0,
+            "flow_queued": 0,
+            "flow_dropped": 0,
+            "producer_pauses": 0,
+            "latest_dropped": 0,
+            "replies_dropped": 0,
+            "slow_consumers": 0,
+        }
+        self.topology = Topology(node_id, name, config, self.counters, log, self.routes_changed)
+        self.pubsub = PubSub(node_id, config, self.topology, self.counters, log)
+        self.requests = Requests(node_id, self.topology, self.counters, clock, on_deadline)
+        self.state = StateSync(node_id, self.topology)
+        #: the routing table (yotonnet.core.routing), for introspection
+        self.routing = self.topology.routing
+        self.closed = False
+        self._route_watchers: list[Callable[[], None]] = []
+        self._control_handlers: dict[str, Callable[[IPeer, list], None]] = {
+            "node": self.topology.on_record,
+        }
+        # channel id -> message type name of its local ends (two kinds on one id clash)
+        self._channel_types: dict[int, str] = {}
+        #: frame kind -> handler(peer, frame), for every kind a neighbour may send
+        self.handlers: dict[int, Callable[[Any, Any], None]] = {
+            FrameKind.REQUEST: self.requests.on_request,
+            FrameKind.REPLY: self.requests.on_reply,
+            FrameKind.STATE: self.state.on_state,
+            FrameKind.CONTROL: self.on_control,
+            FrameKind.CREDIT: self.pubsub.on_credit,
+            FrameKind.LATEST: self.pubsub.on_latest,
+        }
+        #: DATA frames and runs: handler(peer, frames, i, n) -> the next index
+        self.on_frames = self.pubsub.on_frames
+
+    # --- neighbours
+
+    def peer_up(self, peer: IPeer) -> None:
+        self.topology.peer_up(peer)
+
+    def peer_down(self, peer: IPeer) -> None:
+        if self.topology.peer_down(peer, closed=self.closed):
+            self.pubsub.drop(peer)
+
+    def peer_busy(self, peer: IPeer) -> None:
+        """``peer`` went silent: a silent peer returns no credit, so what waits for it
+        goes (the publishers resume; subscribers behind it see the gap, counted), and
+        its link costs more."""
+        self.pubsub.drop(peer)
+        self.topology.peer_status(peer)
+
+    def peer_back(self, peer: IPeer) -> None:
+        self.topology.peer_status(peer)
+
+    def peer_writable(self, peer: IPeer) -> None:
+        """``peer``'s transport drained: send what waited for that."""
+        self.pubsub.writable(peer)
+
+    # --- control messages
+
+    def on_control(self, peer: IPeer, frame: Any) -> None:
+        self.counters["control_in"] += 1
+        # Size and value count bounded before anything is built (see wire.decode_control).
+        message = decode_control(frame[7], self.config.max_control_frame)
+        handler = self._control_handlers.get(message[0])
+        if handler is not None:
+            handler(peer, message)
+        # Unknown control kinds are ignored, so newer nodes can add some.
+
+    def add_control_handler(self, kind: str, handler: Callable[[IPeer, list], None]) -> None:
+        """Have ``handler(peer, message)`` take control messages ``[kind, ...]``."""
+        self._control_handlers[kind] = handler
+
+    # --- the picture of the mesh changed
+
+    def routes_changed(self) -> None:
+        topology = self.topology
+        topology.pending = False  # whatever records were waiting are covered now
+        self.counters["routing_changes"] += 1
+        topology.forget_paths()
+        self.pubsub.recheck()
+        self.requests.routes_changed()
+        self.state.routes_changed()
+        for watcher in list(self._route_watchers):
+            watcher()
+
+    def watch_routes(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` after every change of the picture; returns an unwatch."""
+        self._route_watchers.append(callback)
+        return lambda: self._route_watchers.remove(callback) if (
+            callback in self._route_watchers) else None
+
+    def settle(self) -> None:
+        """Draw the consequences of records received in this dispatch (see Topology)."""
+        if self.topology.pending:
+            self.routes_changed()
+
+    def begin_dispatch(self) -> None:
+        """Frames received in one read are about to be handled: records among them
+        change the picture at once, but its consequences wait for :meth:`end_dispatch`
+        (or the next frame of another kind)."""
+        self.topology.dispatching = True
+
+    def end_dispatch(self) -> None:
+        self.topology.dispatching = False
+        self.settle()
+
+    def expire_records(self) -> None:
+        self.topology.expire(self.clock())
+
+    # --- local channel ends
+
+    def _table(self, role: str) -> dict[int, list[Any]]:
+        return {
+            SUB: self.pubsub.subscribers,
+            PUB: self.pubsub.publishers,
+            REP: self.requests.repliers,
+            STATE: self.state.holders,
+        }[role]
+
+    def register(self, role: str, channel: int, end: Any) -> None:
+        """A local end of ``channel`` opened (``role``: SUB, PUB, REP or STATE)."""
+        table = self._table(role)
+        if role != PUB:
+            self.pubsub.latest_idle.clear()
+            known = self._channel_types.get(channel)
+            type_name = end.message_type.name
+            if known is not None and table.get(channel) and known != type_name:
+                raise errors.MessageTypeError(
+                    f"channel {end.name!r} already has local {end.pattern} ends of type "
+                    f"{known}; this one is {type_name}"
+                )
+            self._channel_types[channel] = type_name
+        table.setdefault(channel, []).append(end)
+        if role != PUB:
+            self.topology.update_local(interests=self.local_interests())
+
+    def unregister(self, role: str, channel: int, end: Any) -> None:
+        table = self._table(role)
+        ends = table.get(channel)
+        if role != PUB:
+            self.pubsub.latest_idle.clear()
+        if ends and end in ends:
+            ends.remove(end)
+            if not ends:
+                del table[channel]
+            if role != PUB and not self.closed:
+                self.topology.update_local(interests=self.local_interests())
+
+    def channel_type(self, channel: int) -> str | None:
+        """The message type of the local ends of ``channel`` (None: no local end)."""
+        return self._channel_types.get(channel)
+
+    def local_interests(self) -> dict[int, Interest]:
+        interests: dict[int, Interest] = {}
+        for role, table in ((SUB, self.pubsub.subscribers), (REP, self.requests.repliers),
+                            (STATE, self.state.holders)):
+            for chan, ends in table.items():
+                if ends:
+                    interests[chan] = Interest(role, ends[0].message_type.name, len(ends))
+        return interests
+
+    def local_ends(self) -> list[Any]:
+        """Every local end that holds interest (subscribers, repliers, state holders)."""
+        return [end for table in (self.pubsub.subscribers, self.requests.repliers,
+                                  self.state.holders)
+                for ends in table.values() for end in ends]
+
+    # --- closing
+
+    def close(self, why: str) -> None:
+        """The node is going: calls waiting for replies fail with ConnectionLost."""
+        self.closed = True
+        self.requests.fail_all(why)

@@ -1,0 +1,384 @@
+"""Pub/sub in the core: publishing, forwarding, delivering, and the credit behind them.
+
+Sans-IO. :class:`PubSub` takes a local publisher's message
+(:meth:`PubSub.publish`), a neighbour's DATA run (:meth:`PubSub.on_run`) or
+LATEST frame (:meth:`PubSub.on_latest`) and CREDIT (:meth:`PubSub.on_credit`),
+and decides: which neighbours each message goes to (along the source's
+shortest-path tree, only toward interest: :class:`~.topology.Topology`), what
+waits for credit and what is dropped (:mod:`.flow`), which local subscribers
+get it, and when the bytes are released to the neighbour that sent them.
+
+Forwarding never decodes a payload: a run of DATA frames (one source, one
+channel, as the link's decoder grouped them) goes on as the block of bytes
+received, hop counts lowered in one step.
+
+One place decides whether a channel published here can take more
+(:meth:`PubSub.ready`): every target neighbour has credit and a writable
+transport, and no local lossless subscriber holds a window's worth. The
+publish path marks a channel not ready as soon as a send spends the last
+credit, so a producer pauses before anything has to wait in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .config import ContextConfig
+from .flow import CreditError, Hold
+from .interfaces import ILog, IPeer
+from .wire import HEADER_SIZE, Frame, FrameKind, ProtocolError, Run, credit_frame, data_frame
+from .wire import reencode as _reencode
+
+if TYPE_CHECKING:
+    from .topology import Topology
+
+__all__ = ["PubSub", "MAX_CREDIT"]
+
+#: the most credit one CREDIT frame may grant (a sanity bound on a peer's claim)
+MAX_CREDIT = 1 << 40
+_DATA = int(FrameKind.DATA)
+_LATEST = int(FrameKind.LATEST)
+_BUSY = "busy"
+
+
+class PubSub:
+    def __init__(
+        self,
+        node_id: int,
+        config: ContextConfig,
+        topology: Topology,
+        counters: dict[str, int],
+        log: ILog,
+    ) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.topology = topology
+        self.counters = counters
+        self.log = log
+        #: channel id -> local subscriber ends (ISubscriberEnd), latest flows included
+        self.subscribers: dict[int, list[Any]] = {}
+        #: channel id -> local publisher ends (IPublisherEnd)
+        self.publishers: dict[int, list[Any]] = {}
+        #: locally published channels that some target cannot take more of right now
+        self.not_ready: set[int] = set()
+        #: latest-flow ids known to have no subscriber anywhere (until the picture changes)
+        self.latest_idle: set[int] = set()
+        topology.dependent_caches.append(self.latest_idle)
+        #: called after queued data left (credit, a drained transport, a drop); each
+        #: returns True once it is done watching
+        self.drain_watchers: list[Callable[[], bool]] = []
+        # Sequence numbers start from the wall clock in ns, so a node restarted with a
+        # fixed id continues above what subscribers last saw from it.
+        self._seq_base = time.time_ns()
+        self._seq: dict[int, int] = {}
+
+    # --- a local publisher's messages
+
+    def publish(self, channel: int, tag: int, payload: bytes) -> None:
+        """Send a message published here to every subscriber of ``channel``."""
+        seq = self._seq.get(channel, self._seq_base) + 1
+        self._seq[channel] = seq
+        me = self.node_id
+        topology = self.topology
+        peers = topology.fanout.get((me, channel))
+        if peers is None:
+            peers = topology.targets(me, channel)
+        if peers:
+            data = data_frame(topology.hops or topology.hop_limit(), tag, channel, me, seq,
+                              payload)
+            size = len(data)
+            not_ready = self.not_ready
+            for peer in peers:
+                flow = peer.flow
+                if flow.take(channel, size):
+                    peer.send(data)
+                    # Spent (a send may overdraw once): not writable until credit returns,
+                    # so a producer pauses before anything has to wait in memory.
+                    if flow.outboxes[channel].credit <= 0 and channel not in not_ready:
+                        self._set_not_ready(channel)
+                else:
+                    self._hold_back(peer, channel, data, size, None)
+        subs = self.subscribers.get(channel)
+        if subs:
+            frame = Frame(_DATA, 1, tag, channel, me, 0, seq, payload)
+            hold = Hold(None, channel, HEADER_SIZE + len(payload), self.release)
+            window = self.config.flow_window
+            for sub in subs:
+                sub.deliver(frame, hold)
+                if sub.backlog >= window and channel not in self.not_ready:
+                    self._set_not_ready(channel)
+            hold.unref()
+
+    def publish_latest(self, channel: int, tag: int, payload: bytes) -> None:
+        """Publish on the ``latest`` flow ``channel`` if anyone listens to it.
+
+        Apart from the lossless flow so that no lossless subscriber's backlog
+        holds it back; never pauses the publisher: where credit runs out, newer
+        frames push out older ones (see :meth:`on_latest`).
+        """
+        me = self.node_id
+        topology = self.topology
+        peers = topology.fanout.get((me, channel))
+        if peers is None:
+            peers = topology.targets(me, channel)
+        subs = self.subscribers.get(channel)
+        if not peers and not subs:
+            self.latest_idle.add(channel)  # until routes or local channels change
+            return
+        seq = self._seq.get(channel, self._seq_base) + 1
+        self._seq[channel] = seq
+        if peers:
+            data = data_frame(topology.hops or topology.hop_limit(), tag, channel, me, seq,
+                              payload, _LATEST)
+            self._send_newest(peers, channel, data)
+        if subs:
+            frame = Frame(_LATEST, 1, tag, channel, me, 0, seq, payload)
+            for sub in subs:
+                sub.deliver(frame, None)
+
+    def published(self) -> dict[int, int]:
+        """Channel id -> messages published here on it (since this node started)."""
+        base = self._seq_base
+        return {channel: seq - base for channel, seq in self._seq.items()}
+
+    def last_seq(self, channel: int) -> int | None:
+        """The sequence number of the last message published here on ``channel``."""
+        return self._seq.get(channel)
+
+    def _send_newest(self, peers: list[IPeer], channel: int, data: bytes) -> None:
+        size = len(data)
+        for peer in peers:
+            flow = peer.flow
+            if flow.take(channel, size):
+                peer.send(data)
+            elif peer.status != _BUSY:
+                dropped = flow.enqueue_newest(channel, data, size, flow.window)
+                if dropped:
+                    self.counters["latest_dropped"] += dropped
+
+    # --- frames from neighbours
+
+    def on_latest(self, peer: IPeer, frame: Frame) -> None:
+        """A frame of a ``latest`` flow: credited at once (latest subscribers keep only
+        their newest messages, so nothing here holds it), forwarded, delivered."""
+        channel = frame[3]
+        self.credit(peer, channel, HEADER_SIZE + len(frame[8]) + len(frame[7]))
+        peers = self.topology.targets(frame[4], channel)
+        if peers and self.topology.onward(frame[1]):
+            self.counters["forwarded"] += len(peers)
+            self._send_newest(peers, channel, _reencode(frame, frame[1] - 1))
+        subs = self.subscribers.get(channel)
+        if subs:
+            for sub in subs:
+                sub.deliver(frame, None)
+
+    def on_frames(self, peer: IPeer, frames: list[Any], i: int, n: int) -> int:
+        """Handle frames[i] (a DATA frame or a Run) and the DATA frames after it from the
+        same source and channel; return the index of the next frame to handle."""
+        first = frames[i]
+        if type(first) is Run:
+            return self.on_run(peer, first, i)
+        # DATA frames the decoder did not group (with an extension, or handed in by
+        # another layer): the rare path, each frame encoded again to go on.
+        channel, source = first[3], first[4]
+        j = i + 1
+        while j < n:
+            f = frames[j]
+            if f[0] != _DATA or f[3] != channel or f[4] != source or type(f) is Run:
+                break
+            j += 1
+        run = frames[i:j]
+        size = sum(HEADER_SIZE + len(f[8]) + len(f[7]) for f in run)
+        hold = None
+        peers = self.topology.targets(source, channel)
+        if peers:
+            onward = self.topology.onward
+            parts = [_reencode(f, f[1] - 1) for f in run if onward(f[1])]
+            if parts:
+                self.counters["forwarded"] += len(parts) * len(peers)
+                hold = self._relay(peer, channel, size, b"".join(parts), peers)
+        subs = self.subscribers.get(channel)
+        if subs:
+            if hold is None:
+                hold = Hold(peer, channel, size, self.release)
+            for sub in subs:
+                sub.deliver_run(run, peer, hold)
+        if hold is None:
+            self.credit(peer, channel, size)
+        else:
+            hold.unref()
+        return j
+
+    def on_run(self, peer: IPeer, run: Run, i: int) -> int:
+        """A :class:`~.wire.Run` the link's decoder grouped: frames sharing every header
+        field but ``seq``, so one hop check covers them all and the bytes go on as
+        received, hop counts patched in one step. Subscribers here read the payloads
+        from the same buffer."""
+        _, hops, _, channel, source, _, _, _, start, end, count, _, _ = run
+        size = end - start
+        hold = None
+        topology = self.topology
+        peers = topology.targets(source, channel)
+        if peers and topology.onward(hops, count):
+            self.counters["forwarded"] += count * len(peers)
+            hold = self._relay(peer, channel, size, run.relayed(), peers)
+        subs = self.subscribers.get(channel)
+        if subs:
+            if hold is None:
+                hold = Hold(peer, channel, size, self.release)
+            for sub in subs:
+                sub.deliver_block(run, peer, hold)
+        if hold is None:
+            self.credit(peer, channel, size)
+        else:
+            hold.unref()
+        return i + 1
+
+    def _relay(
+        self, peer: IPeer, channel: int, size: int, blob: bytes, targets: list[IPeer]
+    ) -> Hold | None:
+        """Send ``blob`` (``size`` bytes received from ``peer``) on to ``targets``; the
+        Hold that keeps ``peer``'s credit while some target queues it, else None."""
+        hold = None
+        out = len(blob)
+        for target in targets:
+            if target.flow.take(channel, out):
+                target.send(blob)
+            else:
+                if hold is None:
+                    hold = Hold(peer, channel, size, self.release)
+                self._hold_back(target, channel, blob, out, hold)
+        return hold
+
+    # --- credit
+
+    def _hold_back(
+        self, peer: IPeer, channel: int, data: bytes, size: int, hold: Hold | None
+    ) -> None:
+        """``peer`` cannot take ``data`` now: queue it, or drop it if the peer is silent
+        (busy), since a silent peer returns no credit."""
+        if peer.status == _BUSY:
+            self.counters["flow_dropped"] += 1
+            return
+        peer.flow.enqueue(channel, data, size, hold)
+        self.counters["flow_queued"] += 1
+        if channel in self.publishers and channel not in self.not_ready:
+            self._set_not_ready(channel)
+
+    def release(self, hold: Hold) -> None:
+        """The last holder let go of received bytes: credit their sender (or, for a local
+        publisher's, see whether its channel can take more)."""
+        owner = hold.owner
+        if owner is None:
+            if hold.channel in self.not_ready:
+                self.check_ready(hold.channel)
+        else:
+            self.credit(owner, hold.channel, hold.size)
+
+    def credit(self, peer: IPeer, channel: int, size: int) -> None:
+        """``size`` bytes ``peer`` sent on ``channel`` are released: credit them in
+        quarter windows."""
+        amount = peer.flow.owe(channel, size)
+        if amount and not peer.closing:
+            peer.send(credit_frame(channel, self.node_id, peer.peer_id, amount))
+            self.counters["credit_out"] += 1
+
+    def on_credit(self, peer: IPeer, frame: Frame) -> None:
+        channel, amount = frame[3], frame[6]
+        if not 0 < amount <= MAX_CREDIT:
+            raise ProtocolError(f"CREDIT frame grants {amount} bytes")
+        self.counters["credit_in"] += 1
+        try:
+            ready = peer.flow.grant(channel, amount)
+        except CreditError as e:
+            raise ProtocolError(str(e)) from None
+        for data in ready:
+            peer.send(data)
+        if channel in self.not_ready:
+            self.check_ready(channel)
+        if ready and self.drain_watchers:
+            self._queues_shrank()
+
+    def writable(self, peer: IPeer) -> None:
+        """``peer``'s transport drained what it held: send what waited for that."""
+        flow = peer.flow
+        for channel, box in list(flow.outboxes.items()):
+            if box.queue:
+                for data in flow.ready(channel):
+                    peer.send(data)
+        self.recheck()
+        if self.drain_watchers:
+            self._queues_shrank()
+
+    def drop(self, peer: IPeer) -> None:
+        """``peer`` went silent or away: what waits for it goes (counted), so that the
+        publishers behind it resume."""
+        dropped = peer.flow.drop()
+        if dropped:
+            self.counters["flow_dropped"] += dropped
+            self.log.warn(
+                "dropped {count} queued blocks for {peer} ({status})",
+                count=dropped, peer=peer.describe(), status=peer.status,
+            )
+        self.recheck()
+        if self.drain_watchers:
+            self._queues_shrank()
+
+    # --- readiness of local publishers
+
+    def ready(self, channel: int) -> bool:
+        """Can ``channel`` (published here) take more now? The one place this is decided:
+        every target has credit and a writable transport (a silent, busy one does not
+        count: what waits for it is dropped), and no local lossless subscriber holds a
+        window's worth."""
+        for peer in self.topology.targets(self.node_id, channel):
+            if peer.status != _BUSY and not peer.flow.can_send(channel):
+                return False
+        window = self.config.flow_window
+        for sub in self.subscribers.get(channel, ()):
+            if sub.backlog >= window:
+                return False
+        return True
+
+    def _set_not_ready(self, channel: int) -> None:
+        self.not_ready.add(channel)
+        for pub in self.publishers.get(channel, ()):
+            pub.pause()
+
+    def check_ready(self, channel: int) -> None:
+        """Resume the local publishers of ``channel`` if it can take more."""
+        if channel in self.not_ready and self.ready(channel):
+            self.not_ready.discard(channel)
+            for pub in list(self.publishers.get(channel, ())):
+                pub.resume()
+
+    def recheck(self) -> None:
+        for channel in list(self.not_ready):
+            self.check_ready(channel)
+
+    def backlog_exceeded(self, channel: int) -> bool:
+        """Whether more than ``publish_backlog`` bytes of ``channel`` wait for one target."""
+        limit = self.config.publish_backlog
+        for peer in self.topology.targets(self.node_id, channel):
+            if peer.flow.queued(channel) > limit:
+                return True
+        return False
+
+    # --- what waits
+
+    def queued(self, channel: int | None = None) -> int:
+        """Bytes of pub/sub data waiting for credit on any link (of one channel, or all)."""
+        total = 0
+        for peer in self.topology.peers.values():
+            flow = peer.flow
+            if channel is None:
+                total += sum(box.queued for box in flow.outboxes.values())
+            else:
+                total += flow.queued(channel)
+        return total
+
+    def _queues_shrank(self) -> None:
+        watchers = self.drain_watchers
+        watchers[:] = [watcher for watcher in list(watchers) if not watcher()]

@@ -1,0 +1,300 @@
+"""Request/reply in the core: choosing a replier, correlating, serving, answering.
+
+Sans-IO. :class:`Requests` sends a local call to one replier (the least busy
+reachable one, nearest on a tie), keeps it in a :class:`~.calls.CallTable`
+until its reply, its deadline or the loss of its replier, serves requests
+addressed to this node with a local :class:`~.interfaces.IReplierEnd`, and
+forwards the others. A reply completes a call only when it comes from the
+node the request went to, on its channel (:meth:`.calls.CallTable.answer`).
+
+Deadlines share one timer: the core says when it must next fire
+(``on_deadline(when)``, given by the layer that owns a clock) and expires
+what is due when told (:meth:`Requests.expire`). Whatever waits for a call is
+an :class:`~.interfaces.IWaiter` (a Deferred fits): the core calls its
+``callback`` or ``errback`` and knows nothing more of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import errors
+from .calls import Call, CallTable
+from .codec import decode_object, encode_object
+from .interfaces import IPeer, IWaiter
+from .routing import REP
+from .wire import (
+    REPLY_DENIED,
+    REPLY_ERROR,
+    REPLY_NO_REPLIER,
+    REPLY_OK,
+    Frame,
+    reencode,
+    reply_frame,
+    request_frame,
+)
+
+if TYPE_CHECKING:
+    from .topology import Topology
+
+__all__ = ["Requests"]
+
+_NEVER = float("inf")
+
+
+class Requests:
+    def __init__(
+        self,
+        node_id: int,
+        topology: Topology,
+        counters: dict[str, int],
+        clock: Callable[[], float],
+        on_deadline: Callable[[float], None],
+    ) -> None:
+        self.node_id = node_id
+        self.topology = topology
+        self.counters = counters
+        self.clock = clock
+        #: asked to call expire() at this time (earlier than any time asked before)
+        self.on_deadline = on_deadline
+        self.calls = CallTable()
+        #: channel id -> local replier ends (IReplierEnd)
+        self.repliers: dict[int, list[Any]] = {}
+        # channel -> reachable repliers, nearest first; dropped when the picture changes
+        self.holders: dict[int, list[int]] = {}
+        topology.dependent_caches.append(self.holders)
+        #: when the deadline timer fires (inf: not armed)
+        self.deadline_at = _NEVER
+        #: node id of the caller whose request a local replier is serving
+        self.current_caller = 0
+        self._losses_seen = 0
+
+    # --- calls made here
+
+    def request(
+        self,
+        channel: int,
+        channel_name: str,
+        tag: int,
+        method: bytes,
+        payload: bytes,
+        timeout: float | None,
+        waiter: IWaiter,
+    ) -> int:
+        """Send a call; ``waiter`` gets its outcome. Returns its request id (0: it failed
+        at once, no replier being reachable)."""
+        holders = self.holders.get(channel)
+        if holders is None:
+            # A scan of the channel's holders: done once per routing change, not per call.
+            holders = self.holders[channel] = self.topology.routing.holders(channel, REP)
+        if not holders:
+            waiter.errback(
+                errors.NoResponders(f"no replier for channel {channel_name!r} is reachable")
+            )
+            return 0
+        calls = self.calls
+        # One replier (the usual case) needs no comparison of loads.
+        dest = holders[0] if len(holders) == 1 else calls.pick(holders)
+        req_id, _, _, _, _, deadline, _ = calls.open(
+            waiter, dest, channel_name, timeout, self.clock(), channel
+        )
+        # Calls with the usual timeout expire after the one the timer waits for.
+        if deadline is not None and deadline < self.deadline_at:
+            self.deadline_at = deadline
+            self.on_deadline(deadline)
+        me = self.node_id
+        if dest == me:
+            self.serve(channel, me, req_id, tag, method, payload)
+            return req_id
+        topology = self.topology
+        data = request_frame(topology.hops or topology.hop_limit(), tag, channel, me, dest,
+                             req_id, method, payload)
+        peer = topology.hop_links.get(dest)
+        if peer is not None:
+            peer.send(data)  # unicast's common case written out
+        elif not topology.unicast(dest, data):
+            self.finish(req_id, errors.NoResponders(f"replier for {channel_name!r} unreachable"))
+        return req_id
+
+    def cancel(self, req_id: int) -> None:
+        """Forget a call (its waiter was cancelled): a late reply is dropped."""
+        self.calls.pop(req_id)
+
+    def finish(self, req_id: int, result: Any) -> None:
+        call: Call | None = self.calls.pop(req_id)
+        if call is None:
+            return
+        if isinstance(result, BaseException):
+            call.waiter.errback(result)
+        else:
+            call.waiter.callback(result)
+
+    def expire(self, now: float) -> None:
+        """The deadline timer fired: fail the calls whose time is up, and say when to fire
+        next."""
+        self.deadline_at = _NEVER
+        calls = self.calls
+        for call in calls.expired(now):
+            self.finish(
+                call.req_id,
+                errors.TimeoutError(
+                    f"no reply on channel {call.channel_name!r} within {call.timeout:g} s"
+                ),
+            )
+        deadline = calls.next_deadline()
+        if deadline is not None:
+            self.deadline_at = deadline
+            self.on_deadline(deadline)
+
+    def fail_all(self, why: str) -> None:
+        for call in self.calls:
+            self.finish(call.req_id, errors.ConnectionLost(why))
+
+    def routes_changed(self) -> None:
+        """Fail the calls whose replier became unreachable. Only a lost link or record
+        can cut one off, and the check needs the routes: none when the mesh only grew."""
+        routing = self.topology.routing
+        if routing.losses == self._losses_seen or not self.calls:
+            self._losses_seen = routing.losses
+            return
+        self._losses_seen = routing.losses
+        reachable = routing.reachable()
+        for call in self.calls:
+            if call.dest not in reachable:
+                self.finish(
+                    call.req_id,
+                    errors.ConnectionLost(
+                        f"replier node {call.dest:016x} became unreachable before replying"
+                    ),
+                )
+
+    # --- requests from neighbours, and replies to them
+
+    def on_request(self, peer: IPeer | None, frame: Frame) -> None:
+        _, hops, tag, channel, source, dest, req_id, payload, method = frame
+        if dest != self.node_id:
+            if self.topology.onward(hops):
+                self.topology.unicast(dest, reencode(frame, hops - 1))
+            return
+        self.serve(channel, source, req_id, tag, method, payload)
+
+    def serve(
+        self, channel: int, source: int, req_id: int, tag: int, method: bytes, payload: bytes
+    ) -> None:
+        """Serve a request addressed to this node with a local replier."""
+        reps = self.repliers.get(channel)
+        if not reps:
+            self.reply(channel, source, req_id, REPLY_NO_REPLIER, b"no replier here any more")
+            return
+        rep = reps[0] if len(reps) == 1 else min(reps, key=lambda r: r.in_flight)
+        self.current_caller = source  # read by handlers (yotonnet.identity.caller)
+        outcome = rep.handle_request(source, req_id, tag, method, payload)
+        if outcome is None:
+            return  # the replier answers later (reply_ok, reply_error)
+        # A handler that returned a plain value is answered at once: reply_ok written
+        # out, since this is every successful call's path.
+        try:
+            body = encode_object(outcome[0])
+        except errors.MessageTypeError:
+            self.reply_ok(channel, source, req_id, outcome[0])  # it reports what failed
+            return
+        me = self.node_id
+        if source == me:
+            self.accept(req_id, REPLY_OK, body)
+            return
+        topology = self.topology
+        data = reply_frame(topology.hops or topology.hop_limit(), REPLY_OK, channel, me,
+                           source, req_id, body)
+        out = topology.hop_links.get(source)
+        if out is not None:
+            out.send(data)
+        else:
+            topology.unicast(source, data)
+
+    def reply_ok(self, channel: int, dest: int, req_id: int, value: Any) -> None:
+        """Answer a request served here with ``value``."""
+        try:
+            payload = encode_object(value)
+        except errors.MessageTypeError as e:
+            self.reply(
+                channel, dest, req_id, REPLY_ERROR,
+                encode_object(["MessageTypeError", f"reply not encodable: {e}", ""]),
+            )
+            return
+        self.reply(channel, dest, req_id, REPLY_OK, payload)
+
+    def reply_error(
+        self, channel: int, dest: int, req_id: int, kind: str, message: str, traceback: str
+    ) -> None:
+        """Answer a request served here with the error its handler raised."""
+        body = [kind, message, traceback]
+        try:
+            payload = encode_object(body)
+        except errors.MessageTypeError:  # e.g. a message with lone surrogates
+            payload = encode_object([kind, repr(message), repr(traceback)])
+        self.reply(channel, dest, req_id, REPLY_ERROR, payload)
+
+    def reply(self, channel: int, dest: int, req_id: int, status: int, payload: bytes) -> None:
+        me = self.node_id
+        if dest == me:
+            self.accept(req_id, status, payload)
+            return
+        topology = self.topology
+        topology.unicast(
+            dest, reply_frame(topology.hop_limit(), status, channel, me, dest, req_id, payload)
+        )
+
+    def on_reply(self, peer: IPeer, frame: Frame) -> None:
+        _, hops, status, channel, source, dest, req_id, payload, _ = frame
+        if dest != self.node_id:
+            if self.topology.onward(hops):
+                self.topology.unicast(dest, reencode(frame, hops - 1))
+            return
+        # Only the node the request went to, on the channel it went out on, answers it.
+        call = self.calls.answer(req_id, source, channel)
+        if call is None:
+            # Late (cancelled or timed out), or not from the replier we asked: dropped.
+            self.counters["replies_dropped"] += 1
+            return
+        if status != REPLY_OK:
+            self._fail(call, status, payload)
+            return
+        try:
+            value = decode_object(payload)
+        except Exception as e:  # noqa: BLE001 - a malformed reply fails only its call
+            call[1].errback(errors.DecodeError(f"malformed reply: {e}"))
+            return
+        call[1].callback(value)  # the waiter
+
+    def accept(self, req_id: int, status: int, payload: bytes) -> None:
+        """A reply made on this node to a request made on this node."""
+        call = self.calls.pop(req_id)
+        if call is None:
+            return  # cancelled or timed out: the late reply is dropped
+        if status != REPLY_OK:
+            self._fail(call, status, payload)
+            return
+        try:
+            value = decode_object(payload)
+        except Exception as e:  # noqa: BLE001 - a malformed reply fails only its call
+            call.waiter.errback(errors.DecodeError(f"malformed reply: {e}"))
+            return
+        call.waiter.callback(value)
+
+    def _fail(self, call: Call, status: int, payload: bytes) -> None:
+        """Fail a call (already closed) with the error a non-OK reply carries."""
+        result: Exception
+        try:
+            if status == REPLY_ERROR:
+                remote_type, message, traceback = decode_object(payload)
+                result = errors.RemoteError(remote_type, message, traceback)
+            elif status == REPLY_NO_REPLIER:
+                result = errors.NoResponders(payload.decode("utf-8", "replace"))
+            elif status == REPLY_DENIED:
+                result = errors.PermissionDenied(payload.decode("utf-8", "replace"))
+            else:
+                result = errors.DecodeError(f"reply with unknown status {status}")
+        except Exception as e:  # noqa: BLE001 - a malformed reply fails only its call
+            result = errors.DecodeError(f"malformed reply: {e}")
+        call.waiter.errback(result)
