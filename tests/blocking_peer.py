@@ -148,13 +148,13 @@ def threads() -> dict:
     publishers: set[int] = set()
 
     def record_publishing_threads() -> None:
-        original = a.context._publish
+        original = a.context.node.pubsub.publish
 
         def recording(*args: Any) -> None:
             publishers.add(threading.get_ident())
             original(*args)
 
-        a.context._publish = recording
+        a.context.node.pubsub.publish = recording
 
     blocking.call_in_reactor(record_publishing_threads)
     sub = blocking.SubChannel(b, "load")

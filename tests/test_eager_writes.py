@@ -2,7 +2,9 @@
 Twisted has nothing buffered for it, and falls back to transport.write for
 everything else (a full socket, an error, buffered data, large frames).
 
-The decision logic runs against stub transports and sockets; the rest runs
+The writer (yotonnet.mesh.writer) is tested on its own against stub transports
+and sockets: eager writes, batching per dispatch, a paused transport's limits.
+The rest runs
 over real loopback TCP, including a send buffer small enough that sends are
 cut short and the rest must follow through Twisted's buffer, in order.
 """
@@ -16,11 +18,11 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from yotonnet import BINARY, Context, ContextConfig, PubChannel, RepChannel, ReqChannel, SubChannel
-from yotonnet.mesh.link import EAGER_MAX, Link
+from yotonnet.mesh.writer import EAGER_MAX, Batch, LinkWriter, eager_socket
 
 
 class StubTransport:
-    """The parts of a Twisted TCP transport that Link._write_now looks at."""
+    """The parts of a Twisted TCP transport that LinkWriter.write_now looks at."""
 
     def __init__(self) -> None:
         self.dataBuffer = b""
@@ -49,41 +51,42 @@ class StubSocket:
         return len(taken)
 
 
-def eager_link(sock: StubSocket) -> tuple[Link, StubTransport]:
-    link = Link(Context("stub", task.Clock()), outgoing=True)
+def eager_writer(sock: StubSocket) -> tuple[LinkWriter, StubTransport]:
     transport = StubTransport()
-    link.transport = transport
-    link._socket = sock
-    return link, transport
+    writer = LinkWriter(transport, Batch(lambda: None), task.Clock(), lambda: None,
+                        lambda written: None, socket=sock)
+    return writer, transport
 
 
 class WriteNowTests(SynchronousTestCase):
     def test_an_empty_buffer_sends_straight_to_the_socket(self) -> None:
         sock = StubSocket()
-        link, transport = eager_link(sock)
-        link._write_now(b"frame")
+        writer, transport = eager_writer(sock)
+        writer.write_now(b"frame")
         self.assertEqual(sock.sent, [b"frame"])
         self.assertEqual(transport.written, [])
+        self.assertEqual((writer.direct_writes, writer.buffered_writes), (1, 0))
 
     def test_what_the_socket_does_not_take_goes_to_twisted(self) -> None:
         sock = StubSocket(room=3)
-        link, transport = eager_link(sock)
-        link._write_now(b"abcdefgh")
+        writer, transport = eager_writer(sock)
+        writer.write_now(b"abcdefgh")
         self.assertEqual(sock.sent, [b"abc"])
         self.assertEqual(transport.written, [b"defgh"])
+        self.assertEqual(writer.partial_writes, 1)
 
     def test_a_full_or_broken_socket_leaves_everything_to_twisted(self) -> None:
         for error in (BlockingIOError(), ConnectionResetError(), BrokenPipeError()):
-            link, transport = eager_link(StubSocket(error=error))
-            link._write_now(b"frame")
+            writer, transport = eager_writer(StubSocket(error=error))
+            writer.write_now(b"frame")
             self.assertEqual(transport.written, [b"frame"], error)
 
     def test_buffered_bytes_keep_their_place(self) -> None:
         for attribute, value in (("dataBuffer", b"queued"), ("_tempDataLen", 6)):
             sock = StubSocket()
-            link, transport = eager_link(sock)
+            writer, transport = eager_writer(sock)
             setattr(transport, attribute, value)
-            link._write_now(b"frame")
+            writer.write_now(b"frame")
             self.assertEqual(sock.sent, [], attribute)
             self.assertEqual(transport.written, [b"frame"], attribute)
 
@@ -91,58 +94,68 @@ class WriteNowTests(SynchronousTestCase):
         self,
     ) -> None:
         sock = StubSocket()
-        link, transport = eager_link(sock)
+        writer, transport = eager_writer(sock)
         transport.connected = 0
-        link._write_now(b"frame")
+        writer.write_now(b"frame")
         transport.connected = 1
         transport._aborting = True  # abortConnection: Twisted's write sends nothing more
-        link._write_now(b"after abort")
+        writer.write_now(b"after abort")
         transport._aborting = False
         big = b"x" * (EAGER_MAX + 1)
-        link._write_now(big)
+        writer.write_now(big)
         self.assertEqual(sock.sent, [])
         self.assertEqual(transport.written, [b"frame", b"after abort", big])
+        self.assertEqual(writer.buffered_writes, 3)
 
     def test_only_plain_tcp_transports_are_written_to_directly(self) -> None:
-        link, transport = eager_link(StubSocket())
-        link._choose_write_path(eager=True)
-        self.assertEqual(link._put, transport.write)  # not a twisted.internet.tcp transport
+        self.assertIsNone(eager_socket(StubTransport()))  # not a twisted.internet.tcp one
 
+    def test_sends_in_one_dispatch_after_the_first_wait_for_its_end(self) -> None:
+        transport = StubTransport()
+        batch = Batch(lambda: None)
+        writer = LinkWriter(transport, batch, task.Clock(), lambda: None, lambda n: None)
+        self.assertTrue(batch.begin())
+        writer.send(b"first")
+        writer.send(b"second")
+        writer.send(b"third")
+        self.assertEqual(transport.written, [b"first"])
+        batch.end()
+        self.assertEqual(transport.written, [b"first", b"secondthird"])
+        self.assertEqual((writer.frames_out, writer.bytes_out), (3, 16))
 
-class CountingSocket:
-    """Wraps a real socket, noting how much each send took."""
+    def test_sends_outside_a_dispatch_are_joined_until_the_next_turn(self) -> None:
+        transport = StubTransport()
+        clock = task.Clock()
+        writer = LinkWriter(transport, Batch(lambda: None), clock, lambda: None,
+                            lambda n: None)
+        writer.send(b"a")
+        writer.send(b"b")
+        self.assertEqual(transport.written, [])
+        clock.advance(0)
+        self.assertEqual(transport.written, [b"ab"])
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.short_sends = 0
-        self.sends = 0
-
-    def send(self, data: bytes) -> int:
-        self.sends += 1
-        taken = self.sock.send(data)
-        if taken < len(data):
-            self.short_sends += 1
-        return taken
+    def test_a_paused_transport_reports_its_soft_then_hard_limit(self) -> None:
+        transport = StubTransport()
+        soft: list[bool] = []
+        hard: list[int] = []
+        writer = LinkWriter(transport, Batch(lambda: None), task.Clock(),
+                            lambda: soft.append(True), hard.append)
+        writer.pause(10, 20)
+        writer.write(b"x" * 8)
+        self.assertEqual((soft, hard), ([], []))
+        writer.write(b"x" * 8)
+        self.assertEqual((soft, hard), ([True], []))
+        writer.write(b"x" * 8)
+        self.assertEqual(hard, [24])
+        self.assertEqual(len(transport.written), 2)  # the write past the hard limit is not
+        writer.resume()
+        writer.write(b"y")
+        self.assertEqual(transport.written[-1], b"y")
 
 
 class Echo(RepChannel):
     def echo(self, value: Any) -> Any:
         return value
-
-
-def count_buffered_writes(link: Link) -> list[bytes]:
-    """Record what goes through Twisted's buffered transport.write from now on."""
-    seen: list[bytes] = []
-    original = link.transport.write
-
-    def write(data: bytes) -> None:
-        seen.append(data)
-        original(data)
-
-    link.transport.write = write
-    if link._put == original:
-        link._put = write
-    return seen
 
 
 class RealTcpTests(TestCase):
@@ -166,29 +179,35 @@ class RealTcpTests(TestCase):
         yield req.wait_for_responders()
         yield req.echo(b"warm-up")
         replies = []
-        client_buffered = count_buffered_writes(client_link)
-        server_buffered = count_buffered_writes(server_link)
+        writers = (client_link.writer, server_link.writer)
+        before = [(w.direct_writes, w.partial_writes, w.buffered_writes) for w in writers]
         for i in range(200):
             replies.append((yield req.echo([i, b"x" * i])))
         self.assertEqual(replies, [[i, b"x" * i] for i in range(200)])
-        return len(client_buffered) + len(server_buffered)
+        # (whole, partial, buffered) writes of each end during the 200 calls
+        return [
+            tuple(now - then for now, then in zip(
+                (w.direct_writes, w.partial_writes, w.buffered_writes), was))
+            for w, was in zip(writers, before)
+        ]
 
     @defer.inlineCallbacks
     def test_requests_and_replies_bypass_twisteds_buffer(self) -> None:
-        self.assertEqual((yield self.calls_and_buffered_writes(eager=True)), 0)
+        # 200 requests from the client, 200 replies from the server: each written whole
+        self.assertEqual((yield self.calls_and_buffered_writes(eager=True)),
+                         [(200, 0, 0), (200, 0, 0)])
 
     @defer.inlineCallbacks
-    def test_with_eager_writes_off_every_frame_is_buffered(self) -> None:
-        # 200 requests from the client, 200 replies from the server
-        self.assertEqual((yield self.calls_and_buffered_writes(eager=False)), 400)
+    def test_with_eager_writes_off_nothing_is_written_directly(self) -> None:
+        self.assertEqual((yield self.calls_and_buffered_writes(eager=False)),
+                         [(0, 0, 0), (0, 0, 0)])
 
     @defer.inlineCallbacks
     def test_short_sends_finish_through_twisted_in_order(self) -> None:
         server, client, client_link, _ = yield self.pair(eager=True)
         # A tiny send buffer: 60 KiB frames cannot fit, so the socket takes part of
         # each and the rest (and whatever follows it) must queue behind in Twisted.
-        client_link._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        counting = client_link._socket = CountingSocket(client_link._socket)
+        client_link.writer.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         sub = SubChannel(server, "bulk", BINARY)
         got: list[bytes] = []
         sub.subscribe(got.append)
@@ -203,4 +222,4 @@ class RealTcpTests(TestCase):
         while len(got) < len(messages):
             yield task.deferLater(reactor, 0.01, lambda: None)
         self.assertEqual(got, messages)
-        self.assertGreater(counting.short_sends, 0)
+        self.assertGreater(client_link.writer.partial_writes, 0)

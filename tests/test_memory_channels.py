@@ -403,7 +403,8 @@ class ReqRepTests(MeshTestCase):
         self.assertEqual(len(held), 1)
         d.cancel()
         self.failureResultOf(d, defer.CancelledError)
-        self.assertEqual(len(self.a._calls), 0)  # white-box: nothing left to time out or match
+        # white-box: nothing left to time out or match
+        self.assertEqual(len(self.a.node.requests.calls), 0)
         held[0].callback("too late")
         self.mesh.settle()  # the late reply arrives and is dropped
         self.mesh.advance(20)  # and the cancelled call's timer is gone (no second errback)

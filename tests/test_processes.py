@@ -290,7 +290,7 @@ class ReqRepTests(ProcessTestCase):
         self.assertEqual(req.timeout, 0.3)
         with self.assertRaises(yotonnet.TimeoutError):
             await bounded(req.hang(), "the request timeout")
-        self.assertEqual(len(self.ctx._calls), 0)  # no leaked request state
+        self.assertEqual(len(self.ctx.node.requests.calls), 0)  # no leaked request state
         self.assertEqual(await req.add(20, 22), 42)  # not wedged, unlike a ZeroMQ REQ socket
 
     def test_no_responders(self) -> defer.Deferred:

@@ -127,7 +127,7 @@ class MeshPathTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(calls["deferred result"]), {"k": (1, 2)})
         err = self.failureResultOf(calls["no argument"], RemoteError).value
         self.assertEqual(err.remote_type, "TypeError")  # echo() needs its argument
-        self.assertEqual(len(self.a._calls), 0)
+        self.assertEqual(len(self.a.node.requests.calls), 0)
 
     def test_local_replier_is_served_without_a_link(self) -> None:
         Echo(self.a, "svc")
@@ -136,7 +136,7 @@ class MeshPathTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(req.add(1, y=2)), 3)
         err = self.failureResultOf(req.fail("no"), RemoteError).value
         self.assertEqual((err.remote_type, err.remote_message), ("ValueError", "no"))
-        self.assertEqual(len(self.a._calls), 0)
+        self.assertEqual(len(self.a.node.requests.calls), 0)
 
     def test_a_shorter_timeout_rearms_the_shared_timer(self) -> None:
         self.mesh.link(self.a, self.b)

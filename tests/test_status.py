@@ -261,10 +261,9 @@ class StatusTests(SynchronousTestCase):
         )
         # The ends: the publisher counts what it sent, the subscriber what it got.
         (news_a,) = node_status(mesh["a"])["channels"]
-        # Contexts that keep their publishers (flow control's _pubs) know the name too.
-        named = hasattr(mesh["a"], "_pubs")
-        self.assertEqual(news_a["name"], "news" if named else None)
-        self.assertEqual((news_a["published"], news_a["publishers"]), (20, 1 if named else 0))
+        # The core keeps its publishers (for flow control): their channel has its name.
+        self.assertEqual(news_a["name"], "news")
+        self.assertEqual((news_a["published"], news_a["publishers"]), (20, 1))
         news_d = {c["name"]: c for c in node_status(mesh["d"])["channels"]}["news"]
         self.assertEqual(
             (news_d["pattern"], news_d["roles"], news_d["subscribers"], news_d["received"]),

@@ -69,7 +69,7 @@ class Replies(Base):
         mesh.settle()
         call = req.call("slow")
         mesh.settle()
-        (pending,) = list(a._calls)
+        (pending,) = list(a.node.requests.calls)
         # c forges the reply: the right id and channel, its own (true) source.
         forged = wire.encode_frame(
             FrameKind.REPLY, encode_object("forged"), tag=wire.REPLY_OK,

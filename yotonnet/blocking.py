@@ -209,7 +209,7 @@ _runner_lock = threading.Lock()
 _runner: _Runner | None = None
 
 
-def _get_runner(what: str) -> _Runner:
+def reactor_runner(what: str) -> _Runner:
     """The process's reactor runner, starting the reactor thread on first use."""
     global _runner
     with _runner_lock:
@@ -268,7 +268,7 @@ def call_in_reactor(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     If it returns a Deferred (or a coroutine), wait for it. The escape hatch
     to the Twisted API (e.g. ``ctx.context.watch_links``) from any other thread.
     """
-    runner = _get_runner("call_in_reactor()")
+    runner = reactor_runner("call_in_reactor()")
     return runner.call(f"call_in_reactor({getattr(fn, '__name__', fn)})", fn, *args, **kwargs)
 
 
@@ -351,7 +351,7 @@ class _Outbox:
                     break
                 try:
                     # PubChannel.send minus the encoding, done in the caller's thread.
-                    pub._send_encoded(payload)
+                    pub.send_encoded(payload)
                 except Exception:  # noqa: BLE001 - one bad publish must not stop the rest
                     log.failure("publishing on {name} failed", name=pub.name)
             size += len(payload)
@@ -396,7 +396,7 @@ class Context:
         node_id: int | None = None,
         security: Any = None,
     ) -> None:
-        self._runner = runner = _get_runner("Context()")
+        self._runner = runner = reactor_runner("Context()")
         self._lock = threading.Lock()
         self._closed = False
         self._channels: list[_BlockingChannel] = []
@@ -643,8 +643,8 @@ class _InnerSub(channels.SubChannel):
         super().__init__(ctx, name, mtype)
         self.subscribe(put)
 
-    def _fail(self, error: Exception) -> None:
-        super()._fail(error)
+    def bad_message(self, error: Exception) -> None:
+        super().bad_message(error)
         self._put(_Signal(error, final=False))
 
 
@@ -811,7 +811,7 @@ class _InnerRep(channels.RepChannel):
         self._outer = outer
         super().__init__(ctx, name)
 
-    def _lookup(self, method: str) -> Callable[..., Any]:
+    def handler_for(self, method: str) -> Callable[..., Any]:
         self._outer._find(method)  # raises AttributeError, reported to the caller
         # Resolved again at each call, so register() takes effect without a cache flush.
         return functools.partial(self._outer._dispatch, method)
@@ -906,8 +906,8 @@ class _InnerState(channels.StateChannel):
         self._outer = outer
         super().__init__(ctx, name, mtype)
 
-    def _changed(self, tag: int, payload: bytes) -> None:
-        super()._changed(tag, payload)
+    def changed(self, tag: int, payload: bytes) -> None:
+        super().changed(tag, payload)
         self._outer._set_latest(self.version, tag, payload)
 
 
@@ -925,7 +925,7 @@ class StateChannel(_BlockingChannel):
 
         def create() -> _InnerState:
             inner = _InnerState(ctx.context, name, mtype, self)
-            current = ctx.context._state_current(inner.channel_id)
+            current = ctx.context.node.state.current(inner.channel_id)
             if current is not None:  # another local end already holds a value
                 self._set_latest(*current)
             return inner
@@ -987,7 +987,7 @@ class StateChannel(_BlockingChannel):
             self._seen = version
         mtype = self.message_type
         if tag != mtype.tag:
-            raise self._inner._mismatch(tag)  # builds the message only: no Twisted state
+            raise self._inner.mismatch(tag)  # builds the message only: no Twisted state
         return mtype.decode(payload)
 
     def _wake_on_close(self) -> None:

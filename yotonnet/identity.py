@@ -16,12 +16,12 @@ a peer that linked before any node knew who it is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .channels.pubsub import SubChannel
 
 if TYPE_CHECKING:
-    from .core.wire import Frame
     from .mesh.context import Context
 
 __all__ = ["Received", "IdentifiedSubChannel", "sender_of", "caller", "caller_node"]
@@ -55,26 +55,12 @@ def caller_node(channel_or_context: Any) -> int:
 class IdentifiedSubChannel(SubChannel):
     """A SubChannel that hands out :class:`Received` tuples: value, sender, node."""
 
-    def __init__(self, context: Context, name: str, *args: Any, **kwargs: Any) -> None:
-        self._source = 0
-        super().__init__(context, name, *args, **kwargs)
-        decode = self._decode
-        identity_of = context.guard.identity_of
+    def make_decoder(self) -> Callable[[bytes], Received]:
+        decode = self.message_type.decode
+        identity_of = self.context.guard.identity_of
 
         def decode_with_sender(payload: bytes) -> Received:
-            source = self._source
+            source = self.source
             return Received(decode(payload), identity_of(source), source)
 
-        self._decode = decode_with_sender
-
-    def _deliver(self, frame: Frame, hold: Any = None) -> None:
-        self._source = frame.source
-        super()._deliver(frame, hold)
-
-    def _deliver_run(self, frames: list[Frame], link: Any, hold: Any = None) -> None:
-        self._source = frames[0][4]  # a run has one source
-        super()._deliver_run(frames, link, hold)
-
-    def _deliver_block(self, run: Any, link: Any, hold: Any = None) -> None:
-        self._source = run[4]  # a wire.Run has one source
-        super()._deliver_block(run, link, hold)
+        return decode_with_sender

@@ -7,13 +7,19 @@ producer registered on it is paused when credit runs out and resumed when it
 returns, and ``ready()`` gives a Deferred for the same moment. A subscriber
 with ``policy="latest"`` never slows anyone: it keeps the newest ``keep``
 messages and counts the ones it drops.
+
+A subscriber is the core's :class:`~yotonnet.core.interfaces.ISubscriberEnd`:
+whichever way messages arrive (one frame, a run of decoded frames, a block
+still in the received buffer), they become ``(sequence, payload)`` items for
+one delivery loop (:meth:`SubChannel.take`), which checks each publisher's
+order, decodes and hands over.
 """
 
 from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -23,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import errors
+from ..core.interfaces import IPublisherEnd, ISubscriberEnd
 from ..core.messages import (
     BINARY,
     TEXT,
@@ -32,14 +39,16 @@ from ..core.messages import (
     type_name_for_tag,
 )
 from ..core.names import channel_id
+from ..core.node import PUB
 from ..core.routing import SUB
-from ..core.wire import HEADER_SIZE, SEQ_OFFSET, Frame
+from ..core.wire import HEADER_SIZE, SEQ_OFFSET
+from ..security.authz import PUBLISH, SUBSCRIBE
 from .base import Channel
 
 if TYPE_CHECKING:
     from ..core.flow import Hold
-    from ..core.wire import Run
-    from ..mesh.context import Context
+    from ..core.wire import Frame, Run
+    from ..mesh.interfaces import IChannelHost
 
 log = Logger(namespace="yotonnet.pubsub")
 
@@ -59,12 +68,13 @@ def _layout(stride: int) -> struct.Struct:
         )
     return layout
 
+
 LOSSLESS = "lossless"
 LATEST = "latest"
 POLICIES = (LOSSLESS, LATEST)
 
 
-@implementer(IConsumer)
+@implementer(IConsumer, IPublisherEnd)
 class PubChannel(Channel):
     """The sending end of a pub/sub channel.
 
@@ -77,31 +87,36 @@ class PubChannel(Channel):
     """
 
     pattern = "pubsub"
+    role = PUB
+    operations = ((PUBLISH, "pubsub"),)
 
     def __init__(
-        self, context: Context, name: str, message_type: MessageType | str = TEXT
+        self, context: IChannelHost, name: str, message_type: MessageType | str = TEXT
     ) -> None:
-        super().__init__(context, name, message_type)
-        self._encode = self.message_type.encode
-        self._tag = self.message_type.tag
-        self._publish = context._publish
-        self._publish_latest = context._publish_latest
-        self._latest_idle = context._latest_idle
-        #: the id of this channel's flow to ``latest`` subscribers
-        self.latest_id = channel_id("latest", self.name)
-        self._not_ready = context._not_ready
         self._producer: IProducer | None = None
         self._streaming = True
         self._paused = False
         self._pull_scheduled = False
         self._ready_waiters: list[defer.Deferred[None]] = []
-        context._pubs.setdefault(self.channel_id, []).append(self)
+        super().__init__(context, name, message_type)
+        self._encode = self.message_type.encode
+        self._tag = self.message_type.tag
+        pubsub = context.node.pubsub
+        self._pubsub = pubsub
+        self._publish = pubsub.publish
+        self._publish_latest = pubsub.publish_latest
+        self._latest_idle = pubsub.latest_idle
+        self._not_ready = pubsub.not_ready
+        #: the id of this channel's flow to ``latest`` subscribers
+        self.latest_id = channel_id("latest", self.name)
 
     def send(self, message: Any) -> None:
         """Publish one message to every current subscriber."""
         if self.closed:
             raise RuntimeError(f"publisher on {self.name!r} is closed")
-        if self.channel_id in self._not_ready and self.context._backlog_exceeded(
+        if self.denied is not None:
+            raise self.denied
+        if self.channel_id in self._not_ready and self._pubsub.backlog_exceeded(
             self.channel_id
         ):
             raise errors.FlowControlError(
@@ -109,11 +124,11 @@ class PubChannel(Channel):
                 "wait for a lossless subscriber that lags; wait for ready() or register a "
                 "producer"
             )
-        self._send_encoded(self._encode(message))
+        self.send_encoded(self._encode(message))
         if not self._streaming and self._producer is not None:
             self._schedule_pull()
 
-    def _send_encoded(self, payload: bytes) -> None:
+    def send_encoded(self, payload: bytes) -> None:
         """Publish an encoded message on both flows: lossless, and latest if anyone listens."""
         self._publish(self.channel_id, self._tag, payload)
         if self.latest_id not in self._latest_idle:  # (most channels have no latest subscriber)
@@ -138,7 +153,7 @@ class PubChannel(Channel):
         self._ready_waiters.append(d)
         return d
 
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:  # noqa: N802
         """Pace ``producer`` to the slowest lossless subscriber.
 
         A streaming (push) producer gets ``pauseProducing()`` when credit runs
@@ -154,22 +169,24 @@ class PubChannel(Channel):
         self._paused = False
         if self._streaming:
             if not self.writable:
-                self._pause()
+                self.pause()
         else:
             self._schedule_pull()
 
-    def unregisterProducer(self) -> None:
+    def unregisterProducer(self) -> None:  # noqa: N802
         self._producer = None
         self._paused = False
 
-    def _pause(self) -> None:
+    def pause(self) -> None:
+        """IPublisherEnd: some target's credit ran out."""
         producer = self._producer
         if producer is not None and self._streaming and not self._paused:
             self._paused = True
             self.context.counters["producer_pauses"] += 1
             producer.pauseProducing()
 
-    def _resume(self) -> None:
+    def resume(self) -> None:
+        """IPublisherEnd: every target can take more again."""
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             d.callback(None)
@@ -186,13 +203,12 @@ class PubChannel(Channel):
     def _schedule_pull(self) -> None:
         if not self._pull_scheduled and self.writable:
             self._pull_scheduled = True
-            ctx = self.context
+            node = self.context.node
             # Nobody subscribes: ask again later rather than spin the reactor sending to
             # nobody at full speed.
-            idle = not ctx._subs.get(self.channel_id) and not ctx._targets(
-                ctx.node_id, self.channel_id
-            )
-            ctx.reactor.callLater(self.IDLE_PULL_DELAY if idle else 0, self._pull)
+            idle = not node.pubsub.subscribers.get(self.channel_id) and not (
+                node.topology.targets(node.node_id, self.channel_id))
+            self.context.reactor.callLater(self.IDLE_PULL_DELAY if idle else 0, self._pull)
 
     #: seconds between calls to a pull producer while the channel has no subscriber
     IDLE_PULL_DELAY = 0.1
@@ -206,11 +222,6 @@ class PubChannel(Channel):
         if self.closed:
             return
         super().close()
-        pubs = self.context._pubs.get(self.channel_id)
-        if pubs and self in pubs:
-            pubs.remove(self)
-            if not pubs:
-                del self.context._pubs[self.channel_id]
         producer, self._producer = self._producer, None
         if producer is not None:
             producer.stopProducing()
@@ -229,6 +240,7 @@ class PubChannel(Channel):
         return self.context.wait_for_interest((self.channel_id, self.latest_id), SUB, count)
 
 
+@implementer(ISubscriberEnd)
 class SubChannel(Channel):
     """The receiving end: ``recv()``, ``subscribe(callback)`` or ``async for``.
 
@@ -241,11 +253,11 @@ class SubChannel(Channel):
     """
 
     pattern = "pubsub"
-    table = "_subs"
+    role = SUB
 
     def __init__(
         self,
-        context: Context,
+        context: IChannelHost,
         name: str,
         message_type: MessageType | str = TEXT,
         *,
@@ -262,6 +274,7 @@ class SubChannel(Channel):
         if not self._lossless:
             # Latest subscribers get their own flow, so no lossless backlog delays them.
             self.pattern = "latest"
+        self.operations = ((SUBSCRIBE, self.pattern),)
         # (value, bytes, hold) not yet taken; a latest subscriber's is bounded
         self._queue: deque[tuple[Any, int, Hold | None]] = deque(
             maxlen=None if self._lossless else keep
@@ -270,6 +283,8 @@ class SubChannel(Channel):
         self._callbacks: list[Callable[[Any], object]] = []
         self._busy: defer.Deferred[Any] | None = None
         self._last_seq: dict[int, int] = {}
+        #: the node the messages being taken come from (see IdentifiedSubChannel)
+        self.source = 0
         self.received = 0
         self.discarded = 0
         self.dropped = 0
@@ -278,35 +293,99 @@ class SubChannel(Channel):
         self.backlog = 0
         self.errors: list[Exception] = []
         super().__init__(context, name, message_type)
-        self._decode = self.message_type.decode
+        self._decode = self.make_decoder()
         self._tag = self.message_type.tag
 
-    def _deliver(self, frame: Frame, hold: Hold | None = None) -> None:
-        if frame.tag != self._tag:
-            self._fail(
-                MessageTypeError(
-                    f"channel {self.name!r}: node {frame.source:016x} publishes "
-                    f"{type_name_for_tag(frame.tag)} messages but this subscriber expects "
-                    f"{self.message_type.name}; use the same message type on both ends"
-                )
-            )
+    def make_decoder(self) -> Callable[[bytes], Any]:
+        """How a payload becomes the value handed over (while it is taken, ``source`` is
+        the node it came from); a subclass may wrap the message type's decoder."""
+        return self.message_type.decode
+
+    # --- ISubscriberEnd: messages arrive
+
+    def deliver(self, frame: Frame, hold: Hold | None = None) -> None:
+        """One message (a local publisher's, or a frame no run holds)."""
+        self.take(frame[4], frame[2], ((frame[6], frame[7]),), None, hold)
+
+    def deliver_run(self, frames: list[Frame], peer: Any, hold: Hold | None = None) -> None:
+        """Frames of one source and channel, as decoded."""
+        first = frames[0]
+        self.take(first[4], first[2], [(f[6], f[7]) for f in frames], peer, hold)
+
+    def deliver_block(self, run: Run, peer: Any, hold: Hold | None = None) -> None:
+        """A :class:`~yotonnet.core.wire.Run`: each payload is cut from the received buffer
+        here, the only place that needs it (a forwarder never does). Frames of one size
+        are split in C (``struct.iter_unpack`` gives each frame's seq and payload)."""
+        _, _, tag, _, source, _, _, buf, start, end, _, stride, offsets = run
+        items: Iterable[tuple[int, bytes]]
+        if stride:
+            items = _layout(stride).iter_unpack(memoryview(buf)[start:end])
+        else:
+            assert offsets is not None
+            seq_at = _SEQ.unpack_from
+            items = [
+                (seq_at(buf, a + SEQ_OFFSET)[0], buf[a + HEADER_SIZE : b])
+                for a, b in zip(offsets, [*offsets[1:], end], strict=True)
+            ]
+        self.take(source, tag, items, peer, hold)
+
+    def take(
+        self, source: int, tag: int, items: Iterable[tuple[int, bytes]], peer: Any,
+        hold: Hold | None,
+    ) -> None:
+        """The one delivery loop: ``(sequence, payload)`` items of one ``source``, each
+        checked against that publisher's order (a duplicate or a straggler of an older
+        route is discarded, a gap counted), decoded and handed over. Stops, as per-frame
+        dispatch would, once this end closes or ``peer``'s link starts closing (both can
+        happen in a callback)."""
+        if tag != self._tag:
+            self.bad_message(MessageTypeError(
+                f"channel {self.name!r}: node {source:016x} publishes "
+                f"{type_name_for_tag(tag)} messages but this subscriber expects "
+                f"{self.message_type.name}; use the same message type on both ends"
+            ))
             return
-        last = self._last_seq.get(frame.source, 0)
-        if frame.seq <= last:
-            self.discarded += 1  # a duplicate or a straggler from an older route
-            return
-        if last and frame.seq > last + 1:
-            if self._lossless:
-                self.missed += frame.seq - last - 1
-            else:  # the latest flow gave older messages up for newer ones on the way
-                self.dropped += frame.seq - last - 1
-        self._last_seq[frame.source] = frame.seq
-        try:
-            value = self._decode(frame.payload)
-        except (DecodeError, ValueError) as e:
-            self._fail(DecodeError(f"channel {self.name!r}: {e}"))
-            return
-        self._hand_over(value, HEADER_SIZE + len(frame.payload), hold)
+        self.source = source
+        decode = self._decode
+        same = decode is _DECODE_BINARY  # BINARY payloads are handed over as they are
+        callbacks = self._callbacks
+        last_seq = self._last_seq
+        last = last_seq.get(source, 0)
+        for seq, payload in items:
+            if self.closed or (peer is not None and peer.closing):
+                return
+            if seq != last + 1:
+                if seq <= last:
+                    self.discarded += 1  # a duplicate or a straggler from an older route
+                    continue
+                if last:
+                    if self._lossless:
+                        self.missed += seq - last - 1
+                    else:  # the latest flow gave older messages up for newer ones
+                        self.dropped += seq - last - 1
+            last = last_seq[source] = seq
+            if same:
+                value = payload
+            else:
+                try:
+                    value = decode(payload)
+                except (DecodeError, ValueError) as e:
+                    self.bad_message(DecodeError(f"channel {self.name!r}: {e}"))
+                    continue
+            if len(callbacks) == 1 and self._busy is None and not self._queue:
+                # hand_over written out for the commonest subscriber: one callback.
+                self.received += 1
+                try:
+                    result = callbacks[0](value)
+                except Exception:  # noqa: BLE001 - a bad callback must not stop delivery
+                    log.failure("subscriber callback on {name} failed", name=self.name)
+                    continue
+                # (None first: isinstance() against Deferred, an Awaitable ABC, is slow)
+                if result is not None and isinstance(result, defer.Deferred):
+                    self._busy = result
+                    result.addBoth(self._callback_done)
+            else:
+                self._hand_over(value, HEADER_SIZE + len(payload), hold)
 
     def _hand_over(self, value: Any, size: int, hold: Hold | None) -> None:
         """Give a decoded message to the callbacks, a waiting recv(), or the queue."""
@@ -333,7 +412,6 @@ class SubChannel(Channel):
             except Exception:  # noqa: BLE001 - a bad callback must not stop delivery
                 log.failure("subscriber callback on {name} failed", name=self.name)
                 continue
-            # (None first: isinstance() against Deferred, an Awaitable ABC, is slow)
             if result is not None and isinstance(result, defer.Deferred):
                 waits.append(result)
         if waits:
@@ -357,116 +435,21 @@ class SubChannel(Channel):
             if hold is not None:
                 hold.unref()
 
-    def _deliver_run(self, frames: list[Frame], link: Any, hold: Hold | None = None) -> None:
-        """_deliver for consecutive frames of one source: locals bound once per run.
-
-        Stops, as per-frame dispatch would, once this end is closed or the link
-        they came on starts closing (both can happen in a callback).
-        """
-        if len(frames) == 1:
-            self._deliver(frames[0], hold)
-            return
-        my_tag = self._tag
-        decode = self._decode
-        hand_over = self._hand_over
-        source = frames[0][4]
-        last_seq = self._last_seq
-        callbacks = self._callbacks
-        for frame in frames:
-            if self.closed or link._closing:
-                return
-            _, _, tag, _, _, _, seq, payload, _ = frame
-            last = last_seq.get(source, 0)
-            if tag != my_tag or seq != last + 1:
-                self._deliver(frame, hold)  # the rare paths: type mismatch, duplicate, gap
-                continue
-            last_seq[source] = seq
-            try:
-                value = decode(payload)
-            except (DecodeError, ValueError) as e:
-                self._fail(DecodeError(f"channel {self.name!r}: {e}"))
-                continue
-            if len(callbacks) == 1 and self._busy is None and not self._queue:
-                # _hand_over written out for the commonest subscriber: one callback.
-                self.received += 1
-                try:
-                    result = callbacks[0](value)
-                except Exception:  # noqa: BLE001 - a bad callback must not stop delivery
-                    log.failure("subscriber callback on {name} failed", name=self.name)
-                    continue
-                if result is not None and isinstance(result, defer.Deferred):
-                    self._busy = result
-                    result.addBoth(self._callback_done)
-            else:
-                hand_over(value, HEADER_SIZE + len(payload), hold)
-
-    def _deliver_block(self, run: Run, link: Any, hold: Hold | None = None) -> None:
-        """_deliver_run for a :class:`~yotonnet.core.wire.Run`: each payload is cut from the
-        received buffer here, the only place that needs it (a forwarder never does).
-
-        Frames of one size are split in C (``struct.iter_unpack`` gives each frame's
-        seq and payload), so the Python loop per message is the sequence check, the
-        decode and the hand-over.
-        """
-        if run[2] != self._tag or run[10] == 1:
-            self._deliver_run(run.frames(), link, hold)  # one frame, or the wrong type
-            return
-        decode = self._decode
-        same = decode is _DECODE_BINARY  # BINARY payloads are handed over as they are
-        hand_over = self._hand_over
-        callbacks = self._callbacks
-        _, hops, tag, channel, source, dest, _, buf, start, end, _, stride, offsets = run
-        if stride:
-            items: Any = _layout(stride).iter_unpack(memoryview(buf)[start:end])
-        else:
-            assert offsets is not None
-            seq_at = _SEQ.unpack_from
-            items = [
-                (seq_at(buf, a + SEQ_OFFSET)[0], buf[a + HEADER_SIZE : b])
-                for a, b in zip(offsets, [*offsets[1:], end], strict=True)
-            ]
-        last_seq = self._last_seq
-        last = last_seq.get(source, 0)
-        for seq, payload in items:
-            if self.closed or link._closing:
-                return
-            if seq != last + 1:
-                # The rare paths: a duplicate, or a gap.
-                self._deliver(Frame(run[0], hops, tag, channel, source, dest, seq, payload), hold)
-                last = last_seq.get(source, 0)
-                continue
-            last = last_seq[source] = seq
-            if same:
-                value = payload
-            else:
-                try:
-                    value = decode(payload)
-                except (DecodeError, ValueError) as e:
-                    self._fail(DecodeError(f"channel {self.name!r}: {e}"))
-                    continue
-            if len(callbacks) == 1 and self._busy is None and not self._queue:
-                # _hand_over written out for the commonest subscriber: one callback.
-                self.received += 1
-                try:
-                    result = callbacks[0](value)
-                except Exception:  # noqa: BLE001 - a bad callback must not stop delivery
-                    log.failure("subscriber callback on {name} failed", name=self.name)
-                    continue
-                if result is not None and isinstance(result, defer.Deferred):
-                    self._busy = result
-                    result.addBoth(self._callback_done)
-            else:
-                hand_over(value, HEADER_SIZE + len(payload), hold)
-
-    def _fail(self, error: Exception) -> None:
+    def bad_message(self, error: Exception) -> None:
+        """A message could not be taken (wrong type, undecodable): keep the error, log it
+        and give it to the next waiter."""
         self.errors.append(error)
         del self.errors[:-10]
         log.error("{error}", error=str(error))
         if self._waiters:
             self._waiters.popleft().errback(error)
 
+    # --- taking messages
+
     def recv(self) -> defer.Deferred[Any]:
         """A Deferred for the next message."""
+        if self.denied is not None:
+            return defer.fail(self.denied)
         if self._queue:
             value, size, hold = self._queue.popleft()
             self._taken(size, hold)
@@ -474,6 +457,12 @@ class SubChannel(Channel):
         d: defer.Deferred[Any] = defer.Deferred(self._waiters.remove)
         self._waiters.append(d)
         return d
+
+    def deny(self, operation: str, error: errors.PermissionDenied) -> None:
+        super().deny(operation, error)
+        waiters, self._waiters = self._waiters, deque()
+        for d in waiters:
+            d.errback(error)
 
     def subscribe(self, callback: Callable[[Any], object]) -> None:
         """Call ``callback(message)`` for every message, starting with any queued ones.

@@ -15,16 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .. import errors
 from ..core.codec import decode_object, decode_values, encode_object, encode_values
+from ..core.interfaces import IReplierEnd
 from ..core.messages import OBJECT, DecodeError
 from ..core.routing import REP
 from ..core.wire import REQUEST_KWARGS, REQUEST_MAX_ARGS
+from ..security.authz import CALL, SERVE
 from .base import Channel
 
 if TYPE_CHECKING:
-    from ..mesh.context import Context
+    from ..mesh.interfaces import IChannelHost
 
 _UNSET: Any = object()
 _PLAIN_RESULTS = frozenset((type(None), bool, int, float, str, bytes, list, tuple, dict))
@@ -34,8 +37,11 @@ class ReqChannel(Channel):
     """The calling end: ``req.call("method", *args, **kwargs)`` or ``req.method(*args)``."""
 
     pattern = "reqrep"
+    operations = ((CALL, "reqrep"),)
 
-    def __init__(self, context: Context, name: str, timeout: float | None = _UNSET) -> None:
+    def __init__(
+        self, context: IChannelHost, name: str, timeout: float | None = _UNSET
+    ) -> None:
         super().__init__(context, name, OBJECT)
         #: seconds before a call fails with TimeoutError (None: wait for ever)
         self.timeout: float | None = (
@@ -56,6 +62,8 @@ class ReqChannel(Channel):
         """Call ``method`` on one replier; the Deferred fires with its result."""
         if self.closed:
             return defer.fail(RuntimeError(f"request channel {self.name!r} is closed"))
+        if self.denied is not None:
+            return defer.fail(self.denied)
         name = self._method_names.get(method)
         try:
             if name is None:
@@ -76,7 +84,7 @@ class ReqChannel(Channel):
                 tag = n
         except errors.MessageTypeError as e:
             return defer.fail(e)
-        return self.context._request(self.channel_id, self.name, tag, name, payload, self.timeout)
+        return self.context.request(self.channel_id, self.name, tag, name, payload, self.timeout)
 
     def _method_name(self, method: str) -> bytes:
         if not isinstance(method, str) or not method:
@@ -94,13 +102,15 @@ class ReqChannel(Channel):
         return lambda *args, **kwargs: self.call(method, *args, **kwargs)
 
 
+@implementer(IReplierEnd)
 class RepChannel(Channel):
     """The serving end. Subclass it (its public methods are callable) or ``register()``."""
 
     pattern = "reqrep"
-    table = "_reps"
+    role = REP
+    operations = ((SERVE, "reqrep"),)
 
-    def __init__(self, context: Context, name: str) -> None:
+    def __init__(self, context: IChannelHost, name: str) -> None:
         self._handlers: dict[str, Callable[..., Any]] = {}
         # method name as it arrives (UTF-8 bytes) -> handler, filled on first use
         self._by_wire_name: dict[bytes, Callable[..., Any]] = {}
@@ -113,7 +123,9 @@ class RepChannel(Channel):
         self._handlers[name] = fn
         self._by_wire_name.clear()
 
-    def _lookup(self, method: str) -> Callable[..., Any]:
+    def handler_for(self, method: str) -> Callable[..., Any]:
+        """The handler of ``method``: a registered one, else a public method of a
+        subclass (none of RepChannel's own); AttributeError if there is none."""
         fn = self._handlers.get(method)
         if fn is not None:
             return fn
@@ -129,13 +141,15 @@ class RepChannel(Channel):
                 return fn
         raise AttributeError(f"replier on channel {self.name!r} has no method {method!r}")
 
-    def _handle(self, tag: int, name: bytes, payload: bytes) -> Any:
-        """Decode a request and run its handler.
+    def handle_request(
+        self, source: int, req_id: int, tag: int, name: bytes, payload: bytes
+    ) -> tuple | None:
+        """IReplierEnd: decode a request and run its handler.
 
-        Returns a 1-tuple holding the result if the handler returned a plain
-        value, a Failure if anything raised, or a Deferred if the handler
-        returned one (or a coroutine): the common synchronous case costs no
-        Deferred at all.
+        Returns a 1-tuple holding the result when the handler returned a plain
+        value (the common synchronous case costs no Deferred at all); otherwise
+        None, and the reply follows through the node when the handler's
+        Deferred (or coroutine) fires, or at once for an error.
         """
         try:
             fn = self._by_wire_name.get(name)
@@ -144,7 +158,7 @@ class RepChannel(Channel):
                     method = name.decode("utf-8", "surrogatepass")
                 except UnicodeDecodeError:
                     raise DecodeError("request method name is not UTF-8") from None
-                fn = self._lookup(method)
+                fn = self.handler_for(method)
                 if len(self._by_wire_name) < 1000:
                     self._by_wire_name[name] = fn
             if tag == 1:  # the commonest call: one value, no keywords
@@ -159,7 +173,8 @@ class RepChannel(Channel):
                 args = decode_values(payload, tag)
                 kwargs = None
         except Exception:  # noqa: BLE001 - reported to the caller as RemoteError
-            return Failure()
+            self._reply_failure(source, req_id, Failure())
+            return None
         try:
             if args is None:
                 result = fn(arg)
@@ -167,20 +182,36 @@ class RepChannel(Channel):
                 result = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException:  # as defer.maybeDeferred would
             self.served += 1
-            return Failure()
+            self._reply_failure(source, req_id, Failure())
+            return None
         if type(result) in _PLAIN_RESULTS:
             # Checked first: isinstance() against Deferred (an Awaitable ABC) is slow.
             self.served += 1
             return (result,)
         if isinstance(result, defer.Deferred) or type(result) is CoroutineType:
             self.in_flight += 1
-            d = defer.maybeDeferred(lambda: result)
+            requests = self.context.node.requests
+            channel = self.channel_id
 
-            def done(value: Any) -> Any:
+            def done(value: Any) -> None:
                 self.in_flight -= 1
                 self.served += 1
-                return value
+                if isinstance(value, Failure):
+                    self._reply_failure(source, req_id, value)
+                else:
+                    requests.reply_ok(channel, source, req_id, value)
 
-            return d.addBoth(done)
+            defer.maybeDeferred(lambda: result).addBoth(done)
+            return None
         self.served += 1
-        return result if isinstance(result, Failure) else (result,)
+        if isinstance(result, Failure):
+            self._reply_failure(source, req_id, result)
+            return None
+        return (result,)
+
+    def _reply_failure(self, source: int, req_id: int, failure: Failure) -> None:
+        self.context.node.requests.reply_error(
+            self.channel_id, source, req_id,
+            failure.type.__name__ if failure.type else "Exception",
+            failure.getErrorMessage(), failure.getTraceback(),
+        )

@@ -51,7 +51,7 @@ class BlockingKernelClient:
     ) -> None:
         if (connect is None) == (context is None):
             raise ValueError("give exactly one of connect= (an endpoint) or context=")
-        self._runner = runner = blocking._get_runner("BlockingKernelClient()")
+        self._runner = runner = blocking.reactor_runner("BlockingKernelClient()")
         self._own: Context | None = None
         if isinstance(context, blocking.Context):
             tctx = context.context

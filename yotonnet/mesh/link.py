@@ -1,13 +1,23 @@
 """Links: one Twisted protocol per peer connection.
 
-A :class:`Link` does the handshake (preamble and HELLO), enforces the frame
-size and the handshake timeout, sends heartbeats when idle and watches the
-peer's silence, and hands every complete frame to its context through a
-dispatch table indexed by frame kind. It knows nothing of channels.
+:class:`LinkBase` is the life every link of a node shares, whatever it
+speaks: a status (``handshaking``, ``up``, ``busy`` when the peer has been
+silent past ``busy_timeout`` (e.g. its interpreter is stuck in C code holding
+the GIL), ``closed`` with a reason), heartbeats and the silence that makes a
+peer busy or (with ``dead_timeout``) closes its link, counters, the way it
+fails or closes, and what it reports to its owner
+(:class:`~yotonnet.mesh.interfaces.ILinkOwner`). It is the core's
+:class:`~yotonnet.core.interfaces.IPeer`.
 
-Link status is one of ``handshaking``, ``up``, ``busy`` (the socket is alive
-but the peer has been silent past the timeout, e.g. its interpreter is stuck
-in C code holding the GIL) and ``closed`` (with a reason).
+:class:`Link` speaks yotonnet: the preamble and HELLO, the authentication
+exchange (its part given by the guard, :mod:`yotonnet.security.linkauth`),
+the frame size limits, and then hands every frame to the handler its owner
+gave for that kind (the core's, through a client link's gate). Its bytes go
+out through a :class:`~yotonnet.mesh.writer.LinkWriter`, and it is the
+producer of its own transport: when the transport holds more than it can
+send, flow-controlled data waits instead, and a peer that reads nothing while
+``max_link_buffer`` bytes pile up is cut as a slow consumer.
+The Yoton bridge's link (:mod:`yotonnet.yoton.link`) is the other kind.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -24,12 +34,14 @@ from zope.interface import implementer
 
 from ..core import wire
 from ..core.flow import DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW, PeerFlow
+from ..core.interfaces import IPeer
 from ..core.names import printable
 from ..core.wire import FrameKind, ProtocolError
 from ..security import tls
+from .writer import LinkWriter, eager_socket, read_directly
 
 if TYPE_CHECKING:
-    from .context import Context
+    from .interfaces import ILinkOwner
 
 _DATA = int(FrameKind.DATA)
 _CONTROL = int(FrameKind.CONTROL)
@@ -37,16 +49,6 @@ _HEADER_SIZE = wire.HEADER_SIZE
 _unpack_header = wire.HEADER.unpack_from
 _new = tuple.__new__
 _Frame = wire.Frame
-#: Twisted protocol wrappers whose dataReceived only forwards (the attribute
-#: holding the wrapped protocol); see Link._skip_forwarders
-_FORWARDERS = {
-    "twisted.internet.endpoints._WrappingProtocol": "_wrappedProtocol",
-    "twisted.application._client_service._ReconnectingProtocolProxy": "_protocol",
-}
-#: transports a link may write to the socket of directly (see Link._write_now)
-_EAGER_TRANSPORTS = (tcp.Server, tcp.Client)
-#: larger writes go through Twisted's buffer: a partial send would copy the rest
-EAGER_MAX = 65536
 #: the most of a peer's ERROR or CLOSE text kept (escaped: it reaches logs and terminals)
 PEER_TEXT_LIMIT = 2000
 #: seconds a link failed for not reading gets to take its ERROR frame before the abort
@@ -67,19 +69,12 @@ class HandshakeError(ProtocolError):
         self.fatal = fatal
 
 
-@implementer(IPushProducer)
-class Link(Protocol):
-    """The connection to one peer node.
-
-    It is the producer of its own transport: when the transport holds more
-    than it can send (the peer reads slowly, or not at all), Twisted pauses
-    the link, which then queues flow-controlled data instead of writing it
-    (see :class:`~yotonnet.core.flow.PeerFlow`) and cuts the peer as a slow
-    consumer if what it must still write meanwhile passes ``max_link_buffer``.
-    """
+@implementer(IPeer)
+class LinkBase(Protocol):
+    """What every link of a node shares (see the module docstring)."""
 
     def __init__(
-        self, context: Context, outgoing: bool, endpoint_text: str = "", cost: int = 1
+        self, context: ILinkOwner, outgoing: bool, endpoint_text: str = "", cost: int = 1
     ) -> None:
         self.context = context
         self.clock = context.reactor
@@ -93,69 +88,343 @@ class Link(Protocol):
         self.peer_name = ""
         self.peer_capabilities: tuple[str, ...] = ()
         self.peer_address = ""
-        self.handshake_done: defer.Deferred[Link] = defer.Deferred()
+        self.handshake_done: defer.Deferred[Any] | None = defer.Deferred()
         if not outgoing:
             # Nobody waits on an incoming handshake; its failure is a link event.
             self.handshake_done.addErrback(lambda _: None)
-        self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
-        self.last_seen = self.last_sent = 0.0
-        # runs: DATA frames come grouped as wire.Run records (see Context._on_run_record)
-        self._decoder = wire.FrameDecoder(
-            max_frame=wire.HANDSHAKE_MAX_FRAME, runs=True,
-            max_control=context.config.max_control_frame,
-        )
+        self.frames_in = self.bytes_in = self.frames_out = self.bytes_out = 0
+        self.last_seen = 0.0
+        self._topology = context.node.topology
+        # frame kind -> handler(link, frame), and the handler of DATA frames and runs:
+        # given by the owner once the link is up (see ILinkOwner.dispatch_for)
+        self._handlers: dict[int, Callable[[Any, Any], None]] = {}
+        self._on_frames: Callable[[Any, list, int, int], int] = _not_yet
         window = context.config.flow_window
         #: credit per channel both ways (the send window is the peer's, set at the handshake)
         self.flow = PeerFlow(window, window)
-        self._handlers: dict[int, Callable[[Link, wire.Frame], None]] = {}
+        #: who the peer authenticated as (yotonnet.security.auth.Identity), and the gate of
+        #: a client link (yotonnet.security.guard.LinkGate); both None for trusted peers
+        self.identity: Any = None
+        self.gate: Any = None
+        #: the peer proved it is a node: it may speak for others
+        self.trusted = False
+        #: the user a listener that authenticates said we are (outgoing links)
+        self.authenticated_as: str | None = None
+        #: counted among the guard's connections still shaking hands
+        self.counted = False
+        self.closing = False
+        self._fatal = False
         self._timeout_call: Any = None
         self._heartbeat_call: Any = None
         self._abort_call: Any = None
-        #: who the peer authenticated as (yotonnet.auth.Identity), and the gate of a
-        #: client link (yotonnet.guard.LinkGate); both None for trusted or unauthenticated
-        self.identity: Any = None
-        self.gate: Any = None
-        #: the peer proved it is a node: it may speak for others (see yotonnet.linkauth)
-        self.trusted = False
-        # this side's part in authenticating the link (set in connectionMade)
-        self._auth: Any = None
-        self._hello_seen = False
-        self._agreed_max_frame = wire.HANDSHAKE_MAX_FRAME
-        # the handler of DATA runs: the context's, or a client link's gate
-        self._on_run: Any = context._on_data_run
-        self._counted = False  # counted in the guard's handshaking connections
-        #: the user a listener that authenticates said we are (outgoing links)
-        self.authenticated_as: str | None = None
-        self._closing = False
-        self._fatal = False
-        # Frames queued by send() in this reactor turn, written together by _flush().
-        self._out: list[bytes] = []
-        self._flush_call: Any = None
-        # the context's dispatch turn in which this link last wrote a frame directly
-        self._direct_turn = -1
-        # True while a read may skip the decoder: the link is up and not closing, and the
-        # decoder holds no partial frame (see dataReceived); cleared by every status change
-        self._whole_reads = False
-        # How bytes reach the transport: Twisted's write, or _write_now (connectionMade)
-        self._put: Callable[[bytes], None] = self._write_later
-        self._socket: Any = None
-        # while the transport is paused: the write path to restore, and what was written
-        self._unpaused_put: Callable[[bytes], None] | None = None
-        self._written_while_paused = 0
+
+    # --- what each kind of link says
+
+    def send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _keepalive(self) -> None:
+        """Tell a quiet peer this end is alive (every heartbeat)."""
+        raise NotImplementedError
+
+    def _tick(self, now: float) -> None:
+        """Periodic work of this kind of link, at every heartbeat."""
+
+    def _heartbeat_interval(self) -> float:
+        return self.context.config.heartbeat
+
+    def sent_counts(self) -> tuple[int, int]:
+        """(frames, bytes) sent so far."""
+        return self.frames_out, self.bytes_out
+
+    def _error_bytes(self, reason: str) -> bytes | None:
+        """How the peer is told why its link fails (None: it cannot be told)."""
+        return None
+
+    def _close_bytes(self, reason: str) -> bytes | None:
+        """How the peer is told this end closes the link (None: it is just closed)."""
+        return None
+
+    def _flush(self) -> None:
+        """Write what waits to be batched (a link that batches)."""
 
     # --- connection life
 
     def connectionMade(self) -> None:
-        now = self.clock.seconds()
-        self.last_seen = self.last_sent = now
+        self.last_seen = self.clock.seconds()
         peer = self.transport.getPeer()
         self.peer_address = str(getattr(peer, "host", "") or getattr(peer, "name", "") or peer)
         try:
             self.transport.setTcpNoDelay(True)
         except (AttributeError, OSError):
             pass  # unix sockets and memory transports have no Nagle to turn off
+        self._timeout_call = self.clock.callLater(
+            self.context.config.handshake_timeout, self._handshake_timed_out
+        )
+
+    def _handshake_timed_out(self) -> None:
+        self._timeout_call = None
+        self.fail(
+            f"handshake not finished within {self.context.config.handshake_timeout:g} s; "
+            f"is the peer {self.expected_peer}?",
+            fatal=False,
+        )
+
+    #: what the other end should be, for the handshake timeout's message
+    expected_peer = "a yotonnet node"
+
+    def _up(self) -> None:
+        """The handshake is done: the link is up."""
+        if self._timeout_call is not None and self._timeout_call.active():
+            self._timeout_call.cancel()
+        self._timeout_call = None
+        self.status = UP
+        self._heartbeat_call = self.clock.callLater(self._heartbeat_interval(), self._heartbeat)
+        self._uncount()
+
+    def _uncount(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.context.guard.handshaking -= 1
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+        self._stop_timers()
+        self._uncount()
+        if not self.closing and tls.is_verification_failure(reason):
+            # The peer's certificate was refused: dialling again cannot fix that.
+            self._fatal = True
+            self.reason = tls.explain_failure(reason)
+        if self.reason is None:
+            text = reason.getErrorMessage() if reason is not None else "connection closed"
+            self.reason = f"connection lost: {text}"
+        was = self.status
+        self.closing = True
+        self.status = CLOSED
+        d, self.handshake_done = self.handshake_done, None
+        if d is not None:
+            d.errback(HandshakeError(self.reason, fatal=self._fatal))
+        if was is not HANDSHAKING:
+            self.context.link_down(self)
+        self.context.link_event(self, CLOSED, self.reason)
+
+    # --- handing frames to the node
+
+    def _dispatch_one(self, handler: Callable[[Any, Any], None], frame: Any) -> None:
+        """_dispatch_frames for a single frame that is not DATA."""
+        batch = self.context.batch
+        outer = batch.begin()
+        try:
+            if self._topology.pending and frame[0] != _CONTROL:
+                self.context.node.settle()
+            handler(self, frame)
+        except ProtocolError as e:
+            self.fail(str(e))
+        finally:
+            if outer:
+                batch.end()
+
+    def _dispatch_frames(self, frames: list[Any]) -> None:
+        """Hand decoded frames (and DATA runs) to their handlers.
+
+        While frames are dispatched, sends are only queued; the writes happen once
+        at the end, e.g. all replies to a read, or all frames forwarded from it.
+        """
+        handlers = self._handlers
+        batch = self.context.batch
+        outer = batch.begin()
+        topology = self._topology
+        try:
+            on_frames = self._on_frames
+            i, n = 0, len(frames)
+            while i < n:
+                frame = frames[i]
+                if topology.pending and frame[0] != _CONTROL:
+                    # Records act before any frame after them (a call is a barrier).
+                    self.context.node.settle()
+                if frame[0] == _DATA:
+                    i = on_frames(self, frames, i, n)
+                else:
+                    handlers[frame[0]](self, frame)
+                    i += 1
+                if self.closing:
+                    return
+        except ProtocolError as e:
+            self.fail(str(e))
+        finally:
+            if outer:
+                batch.end()
+
+    # --- failing and closing
+
+    def fail(self, reason: str, fatal: bool = True, abort: bool = False) -> None:
+        """Tell the peer what went wrong (where it can read it) and disconnect.
+
+        ``abort``: the peer is not reading, so the connection is aborted (whatever the
+        transport still holds is dropped) if it has not closed within a short grace."""
+        if self.closing:
+            return
+        self.closing = True
+        self._fatal = fatal
+        self.reason = reason
+        level = "warn" if fatal else "info"
+        if self.status is HANDSHAKING and not self.outgoing:
+            # Anyone can cause these by the thousand: within the guard's log budget.
+            self.context.guard.log_limited("refused", level, "closing link {link}: {reason}",
+                                           link=self.describe(), reason=reason)
+        else:
+            getattr(log, level)("closing link {link}: {reason}", link=self.describe(),
+                                reason=reason)
+        try:
+            if not abort:
+                self._flush()
+            told = self._error_bytes(reason)
+            if told:
+                self.transport.write(told)
+        except Exception:  # noqa: BLE001 - a broken transport must not stop the close
+            pass
+        self._lose_connection()
+        if abort:
+            self._abort_call = self.clock.callLater(ABORT_GRACE, self.transport.abortConnection)
+
+    def close(self, reason: str = "closed by local node") -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.reason = reason
+        self._flush()
+        if self.status is not HANDSHAKING:
+            told = self._close_bytes(reason)
+            if told:
+                self.transport.write(told)
+        self._lose_connection()
+
+    def _lose_connection(self) -> None:
+        # A TLS transport does not shut down while a producer is registered.
+        try:
+            self.transport.unregisterProducer()
+        except (AttributeError, RuntimeError):
+            pass
+        self.transport.loseConnection()
+
+    # --- heartbeat and silence
+
+    def _heartbeat(self) -> None:
         cfg = self.context.config
-        self._choose_write_path(cfg.eager_writes)
+        now = self.clock.seconds()
+        silent = now - self.last_seen
+        if silent >= cfg.busy_timeout and self.status is UP:
+            self._set_status(BUSY, f"peer silent for {silent:.1f} s")
+        if cfg.dead_timeout and silent >= cfg.dead_timeout:
+            self.fail(f"peer silent for {silent:.1f} s (dead_timeout)", fatal=False)
+            return
+        self._tick(now)
+        self._keepalive()
+        self._heartbeat_call = self.clock.callLater(self._heartbeat_interval(), self._heartbeat)
+
+    def _heard(self) -> None:
+        """The peer said something: a busy link is up again."""
+        if self.status is BUSY:
+            self._set_status(UP)
+
+    def _stop_timers(self) -> None:
+        for call in (self._timeout_call, self._heartbeat_call, self._abort_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._timeout_call = self._heartbeat_call = self._abort_call = None
+
+    def _set_status(self, status: str, reason: str | None = None) -> None:
+        self.status = status
+        self.context.link_status(self, status, reason)
+
+    # --- introspection
+
+    def describe(self) -> str:
+        who = self.peer_name or "?"
+        return f"{who}@{self.peer_address or self.endpoint_text}"
+
+    def info(self) -> dict:
+        frames_out, bytes_out = self.sent_counts()
+        return {
+            "peer": f"{self.peer_id:016x}" if self.peer_id else None,
+            "peer_name": self.peer_name,
+            "address": self.peer_address,
+            "endpoint": self.endpoint_text,
+            "direction": "out" if self.outgoing else "in",
+            # who the peer logged in as here (in), or who the peer says we are (out)
+            "user": self.identity.user if self.identity is not None else self.authenticated_as,
+            "status": self.status,
+            "reason": self.reason,
+            "frames_in": self.frames_in,
+            "frames_out": frames_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": bytes_out,
+        }
+
+
+@implementer(IPushProducer)
+class Link(LinkBase):
+    """The connection to one yotonnet peer (see the module docstring)."""
+
+    def __init__(
+        self, context: ILinkOwner, outgoing: bool, endpoint_text: str = "", cost: int = 1
+    ) -> None:
+        super().__init__(context, outgoing, endpoint_text, cost)
+        # runs: DATA frames come grouped as wire.Run records (see yotonnet.core.pubsub)
+        self._decoder = wire.FrameDecoder(
+            max_frame=wire.HANDSHAKE_MAX_FRAME, runs=True,
+            max_control=context.config.max_control_frame,
+        )
+        # this side's part in authenticating the link (set in connectionMade)
+        self._auth: Any = None
+        self._hello_seen = False
+        self._agreed_max_frame = wire.HANDSHAKE_MAX_FRAME
+        self.writer: LinkWriter | None = None
+        # True while a read may skip the decoder: the link is up and not closing, and the
+        # decoder holds no partial frame (see dataReceived); cleared by every status change
+        self._whole_reads = False
+
+    # --- sending
+
+    def send(self, data: bytes) -> None:  # replaced by the writer's in connectionMade
+        raise ProtocolError("a link sends nothing before it is connected")
+
+    def _send_to_client(self, data: bytes) -> None:
+        """A client's link: its gate sees what goes to it (replies end its requests)."""
+        self.gate.sending(data)
+        self.writer.send(data)  # type: ignore[union-attr]
+
+    def _flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def _keepalive(self) -> None:
+        self.send(wire.encode_frame(FrameKind.PING, seq=int(self.clock.seconds() * 1000)))
+
+    def _error_bytes(self, reason: str) -> bytes | None:
+        return wire.encode_frame(FrameKind.ERROR, reason.encode("utf-8"))
+
+    def _close_bytes(self, reason: str) -> bytes | None:
+        return wire.encode_frame(FrameKind.CLOSE, reason.encode("utf-8"))
+
+    def sent_counts(self) -> tuple[int, int]:
+        writer = self.writer
+        return (writer.frames_out, writer.bytes_out) if writer is not None else (0, 0)
+
+    def write_handshake(self, data: bytes) -> None:
+        """Send a frame of the authentication exchange (before the link is up)."""
+        if not self.closing and self.writer is not None:
+            self.writer.write(data)
+
+    # --- connection life
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        cfg = self.context.config
+        self.writer = LinkWriter(
+            self.transport, self.context.batch, self.clock, self._hold_data,
+            self._slow_consumer, eager_socket(self.transport) if cfg.eager_writes else None,
+        )
+        self.send = self.writer.send  # type: ignore[method-assign]
         try:
             self.transport.registerProducer(self, True)
         except (AttributeError, RuntimeError):
@@ -174,129 +443,50 @@ class Link(Protocol):
                 )
             )
         )
-        self._timeout_call = self.clock.callLater(cfg.handshake_timeout, self._handshake_timed_out)
-        self._skip_forwarders()
+        read_directly(self)
 
-    def _choose_write_path(self, eager: bool) -> None:
-        t = self.transport
-        if (
-            eager
-            and type(t) in _EAGER_TRANSPORTS
-            and not getattr(t, "TLS", False)
-            and all(
-                hasattr(t, a) for a in ("dataBuffer", "_tempDataLen", "connected", "_aborting")
-            )
-        ):
-            self._socket = t.getHandle()
-            self._put = self._write_now
-        else:
-            self._put = t.write
-
-    def _write_later(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def _write_now(self, data: bytes) -> None:
-        """Write to the socket at once when Twisted has nothing buffered for it.
-
-        Twisted's transport.write only buffers: the bytes leave in the next
-        reactor turn, after an epoll_ctl to watch for writability, a poll, and
-        another epoll_ctl to stop watching. A request or reply that finds the
-        buffer empty (nearly always) is sent here instead, saving that turn on
-        both ends of every round trip. Anything the socket does not take (a full
-        buffer, an error) goes to transport.write, which keeps the order, the
-        producer pausing and the error handling of Twisted's own path; after
-        abortConnection nothing more is sent, as with Twisted's write.
-        """
-        t = self.transport
-        if (
-            t._tempDataLen or t.dataBuffer or not t.connected or t._aborting
-            or len(data) > EAGER_MAX
-        ):
-            t.write(data)
-            return
-        try:
-            sent = self._socket.send(data)
-        except OSError:  # EAGAIN, or a broken socket that Twisted's write path will report
-            sent = 0
-        if sent < len(data):
-            t.write(data[sent:])
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+        self._whole_reads = False
+        if self.writer is not None:
+            self.writer.stop()
+        super().connectionLost(reason)
 
     # --- IPushProducer: the transport tells us when it holds too much
 
     def pauseProducing(self) -> None:  # noqa: N802 - Twisted's interface
         # Twisted pauses at 64 KiB held, which at full speed happens all the time: data
-        # goes on until a window's worth more is held (credit bounds it anyway), then
-        # waits in the outboxes (see _write_while_paused).
-        if self._unpaused_put is not None or self._closing:
-            return
-        self._written_while_paused = 0
-        self._unpaused_put, self._put = self._put, self._write_while_paused
+        # goes on until a window's worth more is held (credit bounds it anyway).
+        if self.writer is not None and not self.closing:
+            cfg = self.context.config
+            self.writer.pause(cfg.flow_window, cfg.max_link_buffer)
 
     def resumeProducing(self) -> None:  # noqa: N802
-        if self._unpaused_put is None:
+        if self.writer is None:
             return
-        self._put, self._unpaused_put = self._unpaused_put, None
+        self.writer.resume()
         if self.flow.paused:
             self.flow.paused = False
             if self.status is UP or self.status is BUSY:
-                self.context.link_writable(self)
+                self.context.node.peer_writable(self)
 
     def stopProducing(self) -> None:  # noqa: N802
         pass  # the connection is going; connectionLost does the rest
 
-    def _write_while_paused(self, data: bytes) -> None:
-        """Past a window's worth held, flow-controlled data queues instead of coming
-        here; what still comes (control frames, replies, pings) is bounded: a peer that
-        leaves too much of it unread is cut."""
-        if self._closing:
-            return  # cut already: nothing more goes to a peer that does not read
-        written = self._written_while_paused = self._written_while_paused + len(data)
-        cfg = self.context.config
-        if written > cfg.flow_window and not self.flow.paused:
-            self.flow.paused = True
-        if written > cfg.max_link_buffer:
-            self.context.counters["slow_consumers"] += 1
-            self.fail(
-                f"slow consumer: the peer read nothing while {written} bytes waited for it "
-                f"(max_link_buffer is {cfg.max_link_buffer}); cut so that its backlog cannot "
-                "fill this node's memory",
-                abort=True,
-            )
-            return
-        self.transport.write(data)
+    def _hold_data(self) -> None:
+        """A window's worth written to a paused transport: data waits in the outboxes."""
+        self.flow.paused = True
 
-    def _skip_forwarders(self) -> None:
-        """Have the transport hand reads straight to this link.
-
-        A dialled link gets its bytes through two pure forwarders: the endpoint's
-        wrapping protocol and ClientService's proxy, whose ``__getattr__`` raises and
-        catches an AttributeError on every read (some 7,000 CPU instructions per
-        request/reply round trip, measured with callgrind). Only those known types
-        are bypassed, and only for dataReceived: connectionLost still goes through
-        them, ClientService needs it to reconnect.
-        """
-        outer = getattr(self.transport, "protocol", None)
-        proto = outer
-        for _ in range(len(_FORWARDERS) + 1):
-            if proto is self:
-                break
-            kind = type(proto)
-            inner = _FORWARDERS.get(f"{kind.__module__}.{kind.__qualname__}")
-            if inner is None:
-                return  # something else is in between (e.g. TLS): leave it be
-            proto = getattr(proto, inner, None)
-        else:
-            return
-        if outer is not self:
-            outer.dataReceived = self.dataReceived
-
-    def _handshake_timed_out(self) -> None:
-        self._timeout_call = None
+    def _slow_consumer(self, written: int) -> None:
+        self.context.counters["slow_consumers"] += 1
+        self.writer.stop()  # type: ignore[union-attr]
         self.fail(
-            f"handshake not finished within {self.context.config.handshake_timeout:g} s; "
-            "is the peer a yotonnet node?",
-            fatal=False,
+            f"slow consumer: the peer read nothing while {written} bytes waited for it "
+            f"(max_link_buffer is {self.context.config.max_link_buffer}); cut so that its "
+            "backlog cannot fill this node's memory",
+            abort=True,
         )
+
+    # --- reading
 
     def dataReceived(self, data: bytes) -> None:
         if self._whole_reads:
@@ -320,7 +510,7 @@ class Link(Protocol):
                             )),
                         )
                         return
-        elif self._closing:
+        elif self.closing:
             return
         self.bytes_in += len(data)
         self.last_seen = self.clock.seconds()
@@ -336,21 +526,24 @@ class Link(Protocol):
                 if handshaking:
                     frames = self._finish_handshake(frames)
                 elif self.status is BUSY:
-                    self._set_status(UP)
+                    self._whole_reads = False
+                    self._heard()
                 else:
                     frames = []
             if frames:
                 self._dispatch_frames(frames)
         self._whole_reads = (
-            self.status is UP and not self._closing and self._decoder.buffered == 0
+            self.status is UP and not self.closing and self._decoder.buffered == 0
         )
+
+    # --- the handshake
 
     def _finish_handshake(self, frames: list[Any]) -> list[Any]:
         """Handle handshake frames (HELLO, then the authentication exchange) one at a
         time; once the link is up, return the frames that followed them."""
         while True:
             self._handshake(frames[0])
-            if self._closing or self.status is not HANDSHAKING:
+            if self.closing or self.status is not HANDSHAKING:
                 break
             try:
                 frames = self._decoder.feed(b"", limit=1)
@@ -370,63 +563,6 @@ class Link(Protocol):
             return []
         self.frames_in += self._decoder.decoded
         return frames
-
-    def _dispatch_one(self, handler: Callable[[Link, wire.Frame], None], frame: Any) -> None:
-        """_dispatch_frames for a single frame that is not DATA."""
-        ctx = self.context
-        outer = not ctx._dispatching
-        if outer:
-            ctx._dispatching = True
-            ctx._turn += 1
-        try:
-            handler(self, frame)
-        except ProtocolError as e:
-            self.fail(str(e))
-        finally:
-            if outer:
-                if ctx._routing_pending:  # records received: act on them once per dispatch
-                    ctx._settle_routing()
-                ctx._dispatching = False
-                if ctx._dirty:
-                    ctx._flush_dirty()
-
-    def _dispatch_frames(self, frames: list[Any]) -> None:
-        """Hand decoded frames (and DATA runs) to their handlers.
-
-        While frames are dispatched, sends are only queued; the writes happen once
-        at the end, e.g. all replies to a read, or all frames forwarded from it.
-        """
-        handlers = self._handlers
-        ctx = self.context
-        outer = not ctx._dispatching
-        if outer:
-            ctx._dispatching = True
-            ctx._turn += 1
-        try:
-            # Runs of DATA frames go to the context in one call (see Context._on_data_run).
-            on_run = self._on_run
-            i, n = 0, len(frames)
-            while i < n:
-                frame = frames[i]
-                if ctx._routing_pending and frame[0] != _CONTROL:
-                    # Records act before any frame after them (a call is a barrier).
-                    ctx._settle_routing()
-                if frame[0] == _DATA:
-                    i = on_run(self, frames, i, n)
-                else:
-                    handlers[frame[0]](self, frame)
-                    i += 1
-                if self._closing:
-                    return
-        except ProtocolError as e:
-            self.fail(str(e))
-        finally:
-            if outer:
-                if ctx._routing_pending:  # records received: act on them once per dispatch
-                    ctx._settle_routing()
-                ctx._dispatching = False
-                if ctx._dirty:
-                    ctx._flush_dirty()
 
     def _handshake(self, frame: wire.Frame) -> None:
         if frame.kind == FrameKind.ERROR:
@@ -462,7 +598,7 @@ class Link(Protocol):
             return
         # Both ends use the smaller window (never more than ours, whatever the peer says).
         self.flow.agree(window)
-        refusal = self.context._admit(self)
+        refusal = self.context.admit(self)
         if not refusal and not self.outgoing:
             refusal = self.context.guard.check_capacity(self)
         self._outcome(refusal or self._auth.on_hello(hello))
@@ -477,173 +613,26 @@ class Link(Protocol):
         self.context.guard.admitted(self, outcome)
         self._complete()
 
-    def write_handshake(self, data: bytes) -> None:
-        """Send a frame of the authentication exchange (before the link is up)."""
-        if not self._closing:
-            self.frames_out += 1
-            self.bytes_out += len(data)
-            self.transport.write(data)
-
     def _complete(self) -> None:
         self._decoder.max_frame = self._agreed_max_frame
-        if self._timeout_call is not None and self._timeout_call.active():
-            self._timeout_call.cancel()
-        self._timeout_call = None
-        self._handlers = self.context._frame_handlers
-        self._handlers_kind_check()
-        self.status = UP
-        self._start_heartbeat()
-        self._uncount()
-        self.context.guard.link_up(self)  # gates, identities, claims: before any record
-        self.context._link_up(self)
-        d, self.handshake_done = self.handshake_done, None
-        if d is not None:
-            d.callback(self)
-
-    def _handlers_kind_check(self) -> None:
-        # Control kinds the link handles itself; the context handles the rest.
-        handlers = dict(self._handlers)
+        handlers, self._on_frames = self.context.dispatch_for(self)
+        # Kinds the link handles itself; the node (through a gate, for a client) the rest.
         handlers[FrameKind.PING] = Link._on_ping
         handlers[FrameKind.PONG] = Link._on_pong
         handlers[FrameKind.ERROR] = Link._peer_error
         handlers[FrameKind.CLOSE] = Link._on_close
         handlers[FrameKind.HELLO] = Link._on_second_hello
         self._handlers = handlers
-
-    def _uncount(self) -> None:
-        if self._counted:
-            self._counted = False
-            self.context.guard.handshaking -= 1
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
-        self._stop_timers()
-        self._uncount()
-        if not self._closing and tls.is_verification_failure(reason):
-            # The peer's certificate was refused: dialling again cannot fix that.
-            self._fatal = True
-            self.reason = tls.explain_failure(reason)
-        if self.reason is None:
-            text = reason.getErrorMessage() if reason is not None else "connection closed"
-            self.reason = f"connection lost: {text}"
-        was = self.status
-        self._whole_reads = False
-        self.status = CLOSED
+        if self.gate is not None:
+            self.send = self._send_to_client  # type: ignore[method-assign]
+        self._up()
+        self.context.guard.link_up(self)  # identities, claims: before any record
+        self.context.link_up(self)
         d, self.handshake_done = self.handshake_done, None
         if d is not None:
-            d.errback(HandshakeError(self.reason, fatal=self._fatal))
-        if was is not HANDSHAKING:
-            self.context._link_down(self)
-        self.context._emit_link_event(self, CLOSED, self.reason)
+            d.callback(self)
 
-    # --- sending
-
-    def send(self, data: bytes) -> None:
-        """Send one or more encoded frames; small ones sent together are written together.
-
-        One transport.write per batch instead of one per frame: Twisted's write
-        costs about a microsecond of Python (producer check, addWriter) however
-        small the frame. While a link dispatches received frames, the first
-        frame a link sends is written at once (a request answered by one reply
-        pays for no batching) and any further ones are queued and written when
-        that dispatch ends; frames sent outside a dispatch are written by a
-        zero-delay call. Either way they reach the socket no later than
-        before: Twisted only sends from doWrite, after the current turn.
-        """
-        out = self._out
-        if out:
-            if len(data) >= 16384:
-                self._flush()
-                self._write(data)
-            else:
-                out.append(data)
-            return
-        ctx = self.context
-        if ctx._dispatching:
-            if self._direct_turn != ctx._turn:
-                self._direct_turn = ctx._turn
-                # _write() written out: every request and reply goes this way.
-                self.frames_out += 1
-                self.bytes_out += len(data)
-                self._put(data)
-                return
-            out.append(data)
-            ctx._dirty.append(self)  # flushed when the current dispatch ends
-        elif len(data) >= 16384:
-            # Large frames gain nothing from batching.
-            self._write(data)
-        else:
-            out.append(data)
-            self._flush_call = self.clock.callLater(0, self._flush)
-
-    def _write(self, data: bytes) -> None:
-        self.frames_out += 1
-        self.bytes_out += len(data)
-        self._put(data)
-
-    def _flush(self) -> None:
-        if self._flush_call is not None:
-            if self._flush_call.active():
-                self._flush_call.cancel()
-            self._flush_call = None
-        out = self._out
-        if not out:
-            return
-        self._out = []
-        data = out[0] if len(out) == 1 else b"".join(out)
-        self.frames_out += len(out)
-        self.bytes_out += len(data)
-        self._put(data)
-
-    def fail(self, reason: str, fatal: bool = True, abort: bool = False) -> None:
-        """Tell the peer what went wrong (where it can read it) and disconnect.
-
-        ``abort``: the peer is not reading, so the connection is aborted (whatever the
-        transport still holds is dropped) if it has not closed within a short grace."""
-        if self._closing:
-            return
-        self._whole_reads = False
-        self._closing = True
-        self._fatal = fatal
-        self.reason = reason
-        level = "warn" if fatal else "info"
-        if self.status is HANDSHAKING and not self.outgoing:
-            # Anyone can cause these by the thousand: within the guard's log budget.
-            self.context.guard.log_limited("refused", level, "closing link {link}: {reason}",
-                                           link=self.describe(), reason=reason)
-        else:
-            getattr(log, level)("closing link {link}: {reason}", link=self.describe(),
-                                reason=reason)
-        try:
-            if not abort:
-                self._flush()
-            self.transport.write(wire.encode_frame(FrameKind.ERROR, reason.encode("utf-8")))
-        except Exception:  # noqa: BLE001 - a broken transport must not stop the close
-            pass
-        self._lose_connection()
-        if abort:
-            self._out = []
-            self._abort_call = self.clock.callLater(ABORT_GRACE, self.transport.abortConnection)
-
-    def _lose_connection(self) -> None:
-        # A TLS transport does not shut down while a producer is registered.
-        try:
-            self.transport.unregisterProducer()
-        except (AttributeError, RuntimeError):
-            pass
-        self.transport.loseConnection()
-
-    def close(self, reason: str = "closed by local node") -> None:
-        if self._closing:
-            return
-        self._whole_reads = False
-        self._closing = True
-        self.reason = reason
-        self._flush()
-        if self.status is not HANDSHAKING:
-            self.transport.write(wire.encode_frame(FrameKind.CLOSE, reason.encode("utf-8")))
-        self._lose_connection()
-
-    # --- control frames
+    # --- frames the link handles itself
 
     def _on_ping(self, frame: wire.Frame) -> None:
         self.send(wire.encode_frame(FrameKind.PONG, seq=frame.seq))
@@ -654,14 +643,14 @@ class Link(Protocol):
     def _peer_error(self, frame: wire.Frame) -> None:
         text = printable(frame.payload.decode("utf-8", "replace"), PEER_TEXT_LIMIT)
         self._whole_reads = False
-        self._closing = self._fatal = True
+        self.closing = self._fatal = True
         self.reason = f"peer refused: {text}"
         log.warn("link {link} refused by peer: {text}", link=self.describe(), text=text)
         self._lose_connection()
 
     def _on_close(self, frame: wire.Frame) -> None:
         self._whole_reads = False
-        self._closing = True
+        self.closing = True
         self.reason = "peer closed: " + printable(
             frame.payload.decode("utf-8", "replace"), PEER_TEXT_LIMIT
         )
@@ -670,80 +659,42 @@ class Link(Protocol):
     def _on_second_hello(self, frame: wire.Frame) -> None:
         raise ProtocolError("second HELLO on an established link")
 
-    # --- heartbeat
+    def fail(self, reason: str, fatal: bool = True, abort: bool = False) -> None:
+        self._whole_reads = False
+        super().fail(reason, fatal, abort)
 
-    def _start_heartbeat(self) -> None:
-        interval = self.context.config.heartbeat
-        self._heartbeat_call = self.clock.callLater(interval, self._heartbeat)
-
-    def _heartbeat(self) -> None:
-        cfg = self.context.config
-        now = self.clock.seconds()
-        silent = now - self.last_seen
-        if silent >= cfg.busy_timeout and self.status is UP:
-            self._set_status(BUSY, f"peer silent for {silent:.1f} s")
-        if cfg.dead_timeout and silent >= cfg.dead_timeout:
-            self.fail(f"peer silent for {silent:.1f} s (dead_timeout)", fatal=False)
-            return
-        self.send(wire.encode_frame(FrameKind.PING, seq=int(now * 1000)))
-        self._heartbeat_call = self.clock.callLater(cfg.heartbeat, self._heartbeat)
-
-    def _stop_timers(self) -> None:
-        self._out = []  # the connection is gone: nothing queued can be written any more
-        for call in (self._timeout_call, self._heartbeat_call, self._flush_call,
-                     self._abort_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._timeout_call = self._heartbeat_call = self._flush_call = self._abort_call = None
+    def close(self, reason: str = "closed by local node") -> None:
+        self._whole_reads = False
+        super().close(reason)
 
     def _set_status(self, status: str, reason: str | None = None) -> None:
         self._whole_reads = False  # a BUSY link's next read goes the long way, to come back UP
-        self.status = status
-        self.context._link_status_changed(self, status, reason)
+        super()._set_status(status, reason)
 
-    # --- introspection
 
-    def describe(self) -> str:
-        who = self.peer_name or "?"
-        return f"{who}@{self.peer_address or self.endpoint_text}"
-
-    def info(self) -> dict:
-        return {
-            "peer": f"{self.peer_id:016x}" if self.peer_id else None,
-            "peer_name": self.peer_name,
-            "address": self.peer_address,
-            "endpoint": self.endpoint_text,
-            "direction": "out" if self.outgoing else "in",
-            # who the peer logged in as here (in), or who the peer says we are (out)
-            "user": self.identity.user if self.identity is not None else self.authenticated_as,
-            "status": self.status,
-            "reason": self.reason,
-            "frames_in": self.frames_in,
-            "frames_out": self.frames_out,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-        }
+def _not_yet(peer: Any, frames: list, i: int, n: int) -> int:
+    raise ProtocolError("a DATA frame before the link is up")
 
 
 class LinkFactory(Factory):
     """Builds links for a context; ``outgoing`` tells which side dialled."""
 
     def __init__(
-        self, context: Context, outgoing: bool, endpoint_text: str = "", cost: int = 1
+        self, context: ILinkOwner, outgoing: bool, endpoint_text: str = "", cost: int = 1
     ) -> None:
         self.context = context
         self.outgoing = outgoing
         self.endpoint_text = endpoint_text
         self.cost = cost
 
-    def buildProtocol(self, addr: Any) -> Link | None:
+    def buildProtocol(self, addr: Any) -> Link | None:  # noqa: N802 - Twisted's name
         if not self.outgoing:
-            refusal = self.context._refuse_incoming() or self.context.guard.refuse_connection()
+            refusal = self.context.accepting() or self.context.guard.refuse_connection()
             if refusal:
                 log.warn("refusing connection from {addr}: {why}", addr=addr, why=refusal)
                 return None
         link = Link(self.context, self.outgoing, self.endpoint_text, self.cost)
         if not self.outgoing:
-            link._counted = True
+            link.counted = True
             self.context.guard.handshaking += 1
         return link

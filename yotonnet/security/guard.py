@@ -43,11 +43,9 @@ import os
 import struct
 import time
 import weakref
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from twisted.cred.portal import Portal
-from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
@@ -57,7 +55,7 @@ from ..core.names import channel_id, validate_channel_name
 from ..core.ratelog import LogBudget
 from ..core.routing import REP, STATE, SUB, NodeState
 from ..core.stateclock import STATE_CLOCK_JUMP, state_version
-from ..core.wire import HEADER, HEADER_SIZE, HEADER_TAIL, REPLY_DENIED, REPLY_ERROR, FrameKind
+from ..core.wire import HEADER_SIZE, REPLY_DENIED, REPLY_ERROR, FrameKind
 from ..errors import PermissionDenied, ProtocolError
 from . import auth, linkauth, tls
 from .authz import CALL, OPERATIONS, PUBLISH, SERVE, SET_STATE, SUBSCRIBE
@@ -105,46 +103,45 @@ class LinkGate:
         self.dropped = 0
         self.denied_claims = 0
 
-    # --- installed on the link
+    # --- the filter a client link's frames go through
 
-    def install(self) -> None:
-        link = self.link
-        ctx = self.guard.ctx
-        handlers = dict(link._handlers)
-        gated = {
-            FrameKind.DATA: lambda lk, f: self.on_run(lk, [f], 0, 1) and None,
-            FrameKind.REQUEST: self.on_request,
-            FrameKind.REPLY: self.on_reply,
-            FrameKind.STATE: self.on_state,
-            FrameKind.CONTROL: self.on_control,
-        }
-        latest = getattr(FrameKind, "LATEST", None)
-        for kind, handler in ctx._frame_handlers.items():
-            if kind in gated:
-                handlers[kind] = gated[kind]
-            elif kind == latest:
-                handlers[kind] = self._publish_gate(handler)
-            elif kind != FrameKind.CREDIT:
+    def filtered(
+        self, handlers: dict[int, Any], on_frames: Any
+    ) -> tuple[dict[int, Any], Any]:
+        """The handlers a client link dispatches to: the node's (``handlers``, DATA to
+        ``on_frames``), each behind this gate's check of what the client may send."""
+        self._node_handlers = handlers
+        self._node_frames = on_frames
+        gated: dict[int, Any] = {}
+        for kind, handler in handlers.items():
+            if kind == FrameKind.REQUEST:
+                gated[kind] = self.on_request
+            elif kind == FrameKind.REPLY:
+                gated[kind] = self.on_reply
+            elif kind == FrameKind.STATE:
+                gated[kind] = self.on_state
+            elif kind == FrameKind.CONTROL:
+                gated[kind] = self.on_control
+            elif kind == FrameKind.LATEST:
+                gated[kind] = self._publish_gate(handler)
+            elif kind == FrameKind.CREDIT:
+                gated[kind] = handler  # credit is about our frames to it
+            else:
                 # A kind added later: at least the client may speak only for itself.
-                handlers[kind] = self._own_only(handler)
-        link._handlers = handlers
-        link._on_run = self.on_run
-        self._ctx_run = ctx._on_data_run
-        send = link.send
+                gated[kind] = self._own_only(handler)
+        return gated, self.on_frames
 
-        def counting_send(data: bytes) -> None:
-            # A reply to one of the client's requests ends it (replies go out one per send).
-            if self.pending and data[4] == _REPLY and len(data) >= HEADER_SIZE:
-                self.pending.pop(_SEQ.unpack_from(data, 36)[0], None)
-            send(data)
+    def sending(self, data: bytes) -> None:
+        """A frame goes to the client: a reply to one of its requests ends it (replies go
+        out one per send)."""
+        if self.pending and data[4] == _REPLY and len(data) >= HEADER_SIZE:
+            self.pending.pop(_SEQ.unpack_from(data, 36)[0], None)
 
-        link.send = counting_send  # type: ignore[method-assign]
-
-    def on_run(self, link: Link, frames: list[wire.Frame], i: int, n: int) -> int:
+    def on_frames(self, link: Link, frames: list[wire.Frame], i: int, n: int) -> int:
         first = frames[i]
         channel, source = first[3], first[4]
         if source == link.peer_id and channel in self.grants[PUBLISH]:
-            return self._ctx_run(link, frames, i, n)
+            return self._node_frames(link, frames, i, n)
         j = i + 1
         while j < n:
             f = frames[j]
@@ -201,13 +198,13 @@ class LinkGate:
         # reply could still matter (the caller's own timeout is at most this in practice).
         ctx = self.guard.ctx
         self.pending[req_id] = ctx.reactor.seconds() + max(ctx.config.request_timeout, 60.0)
-        ctx._on_request(link, frame)
+        self._node_handlers[FrameKind.REQUEST](link, frame)
 
     def on_reply(self, link: Link, frame: wire.Frame) -> None:
         if frame.source != link.peer_id or frame.channel not in self.grants[SERVE]:
             self._refuse(SERVE, frame.channel, frame.source, 1)
             return
-        self.guard.ctx._on_reply(link, frame)
+        self._node_handlers[FrameKind.REPLY](link, frame)
 
     def on_state(self, link: Link, frame: wire.Frame) -> None:
         if frame.source != link.peer_id or frame.channel not in self.grants[SET_STATE]:
@@ -228,7 +225,7 @@ class LinkGate:
                 f"than {STATE_CLOCK_JUMP} past the channel's clock here ({known}); a write "
                 "advances a channel's clock by one"
             )
-        ctx._on_state(link, frame)
+        self._node_handlers[FrameKind.STATE](link, frame)
 
     def _name(self, channel: int) -> str:
         name = self.names.get(channel)
@@ -236,6 +233,7 @@ class LinkGate:
 
     def on_control(self, link: Link, frame: wire.Frame) -> None:
         ctx = self.guard.ctx
+        ctx.counters["control_in"] += 1
         message = wire.decode_control(frame.payload, ctx.config.max_control_frame)
         kind = message[0]
         if kind == "claim":
@@ -253,11 +251,8 @@ class LinkGate:
             state.interests = {
                 ch: i for ch, i in state.interests.items() if self._may_hold(ch, i.role)
             }
-            ctx._on_control(
-                link, frame._replace(payload=encode_object(["node", state.to_wire()]))
-            )
-        else:
-            ctx.counters["control_in"] += 1  # identities from a client are not believed
+            ctx.node.topology.on_record(link, ["node", state.to_wire()])
+        # anything else (identity bindings above all) from a client is not believed
 
     # --- claims and refusals
 
@@ -350,11 +345,8 @@ class LinkGate:
         # In the name of the replier the client asked: it matches replies on that node
         # (its own first node speaks for the mesh to it, as it does for everything).
         self.link.send(
-            HEADER.pack(
-                HEADER_TAIL + len(payload), _REPLY, 1, 0, status,
-                frame.channel, frame.dest, frame.source, frame.seq,
-            )
-            + payload
+            wire.reply_frame(1, status, frame.channel, frame.dest, frame.source, frame.seq,
+                             payload)
         )
 
 
@@ -400,8 +392,8 @@ class Guard:
         #: peers can cause log lines by the thousand: they get a budget
         self.log_budgets: dict[str, LogBudget] = {}
         self._warned_plain: set[str] = set()
-        self._ctx_control = context._frame_handlers[FrameKind.CONTROL]
-        context._frame_handlers[FrameKind.CONTROL] = self._on_control
+        context.node.add_control_handler("ident", self.on_ident)
+        context.node.add_control_handler("denied", self.on_denied)
 
     # --- endpoints
 
@@ -652,11 +644,7 @@ class Guard:
 
     def link_up(self, link: Link) -> None:
         """Link just admitted, before the context sends its records on it."""
-        link._on_run = self.ctx._on_data_run
         identity = link.identity
-        gate: LinkGate | None = link.gate
-        if gate is not None:
-            gate.install()
         if identity is not None and identity.method != handshake.ANONYMOUS:
             self._bind(link.peer_id, identity.user, exclude=None)
         if self.idents:
@@ -682,7 +670,7 @@ class Guard:
     def _flood_idents(self, bindings: list, exclude: Link | None) -> None:
         frame = _control(["ident", bindings])
         for link in self.ctx.links.values():
-            if link is not exclude and not link._closing:
+            if link is not exclude and not link.closing:
                 link.send(frame)
         self._prune_idents()
 
@@ -700,24 +688,15 @@ class Guard:
             return self.security.user
         return None
 
-    def _on_control(self, link: Link, frame: wire.Frame) -> None:
-        payload = frame.payload
-        head = payload[:24]
-        if b"ident" not in head and b"denied" not in head:
-            self._ctx_control(link, frame)
-            return
-        message = wire.decode_control(payload, self.ctx.config.max_control_frame)
-        kind = message[0]
-        if kind not in ("ident", "denied"):
-            self._ctx_control(link, frame)
-            return
-        self.ctx.counters["control_in"] += 1
-        # Only links that proved they are nodes speak for others (see yotonnet.linkauth).
-        if not link.trusted:
-            return
-        if kind == "ident":
+    def on_ident(self, link: Link, message: list) -> None:
+        """``["ident", bindings]``: only links that proved they are nodes speak for others
+        (see yotonnet.security.linkauth)."""
+        if link.trusted:
             self._take_idents(link, message)
-        else:
+
+    def on_denied(self, link: Link, message: list) -> None:
+        """``["denied", operation, channel, text]`` from a node we are a client of."""
+        if link.trusted:
             self._take_denial(message)
 
     def _take_idents(self, link: Link, message: list) -> None:
@@ -743,16 +722,16 @@ class Guard:
         """Called by every channel end as it opens, before it registers any interest."""
         name = channel.name
         self._opened.setdefault(name, weakref.WeakSet()).add(channel)
-        for op, _pattern in _operations(channel):
+        for op, _pattern in channel.operations:
             denial = self.denials.get((op, name))
             if denial is not None:
-                _apply_denial(channel, op, denial)
+                channel.deny(op, denial)
         for link in self.ctx.links.values():
-            if CAPABILITY in link.peer_capabilities and not link._closing:
+            if CAPABILITY in link.peer_capabilities and not link.closing:
                 self._send_claims(link, channel, name)
 
     def _send_claims(self, link: Link, channel: Any, name: str) -> None:
-        for op, pattern in _operations(channel):
+        for op, pattern in channel.operations:
             link.send(_control(["claim", op, pattern, name]))
 
     def _take_denial(self, message: list) -> None:
@@ -769,58 +748,8 @@ class Guard:
         if len(self.denials) < 10000:
             self.denials[(op, name)] = error
         for channel in list(self._opened.get(name, ())):
-            if op in dict(_operations(channel)):
-                _apply_denial(channel, op, error)
-
-
-def _operations(channel: Any) -> list[tuple[str, str]]:
-    from ..channels import PubChannel, RepChannel, ReqChannel, StateChannel, SubChannel
-
-    if isinstance(channel, PubChannel):
-        return [(PUBLISH, "pubsub")]
-    if isinstance(channel, SubChannel):
-        return [(SUBSCRIBE, channel.pattern)]
-    if isinstance(channel, ReqChannel):
-        return [(CALL, "reqrep")]
-    if isinstance(channel, RepChannel):
-        return [(SERVE, "reqrep")]
-    if isinstance(channel, StateChannel):
-        return [(SUBSCRIBE, "state"), (SET_STATE, "state")]
-    return []
-
-
-def _raiser(error: Exception) -> Any:
-    def raise_it(*_args: Any, **_kwargs: Any) -> Any:
-        raise error
-
-    return raise_it
-
-
-def _failer(error: Exception) -> Any:
-    return lambda *_args, **_kwargs: defer.fail(error)
-
-
-def _apply_denial(channel: Any, op: str, error: PermissionDenied) -> None:
-    """Make the channel's operation fail with ``error`` from now on."""
-    from ..channels import StateChannel
-
-    channel.denied = error
-    if op == PUBLISH:
-        channel.send = channel.write = _raiser(error)
-    elif op == CALL:
-        channel.call = _failer(error)
-    elif op == SET_STATE:
-        channel.send = _raiser(error)
-    elif op == SUBSCRIBE:
-        if isinstance(channel, StateChannel):
-            channel.recv = _raiser(error)
-        else:
-            waiters, channel._waiters = channel._waiters, deque()
-            channel.recv = _failer(error)
-            for d in waiters:
-                d.errback(error)
-    elif op == SERVE:
-        log.error("{error}", error=str(error))
+            if op in dict(channel.operations):
+                channel.deny(op, error)
 
 
 def _control(body: list) -> bytes:

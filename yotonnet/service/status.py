@@ -22,7 +22,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..core.names import channel_id, printable
-from ..mesh.context import BUSY_LINK_COST, Context
+from ..core.topology import BUSY_LINK_COST
+from ..mesh.context import Context
 from ..mesh.link import BUSY, UP
 
 __all__ = ["node_status", "prometheus_text", "mark_started", "PROMETHEUS_CONTENT_TYPE"]
@@ -53,7 +54,8 @@ _LINK_KNOWN = {
     "frames_in", "frames_out", "bytes_in", "bytes_out", "up", "busy", "silent_for",
 }
 
-_ROLE_OF_TABLE = (("sub", "_subs"), ("rep", "_reps"), ("state", "_states"))
+_ROLE_OF_TABLE = (("sub", "pubsub", "subscribers"), ("rep", "requests", "repliers"),
+                  ("state", "state", "holders"))
 
 # Numbers a channel end may keep (summed over the local ends; absent ones count 0):
 # subscribers' received/discarded/dropped (by their policy)/missed (gaps)/backlog
@@ -180,7 +182,7 @@ def _channels(context: Context, snapshot: dict) -> list[dict]:
                 "id": _hex(chan),
                 "name": name,
                 "pattern": pattern,
-                "type": context._channel_types.get(chan),
+                "type": context.node.channel_type(chan),
                 "roles": [],
                 "publishers": 0,
                 "subscribers": 0,
@@ -199,8 +201,8 @@ def _channels(context: Context, snapshot: dict) -> list[dict]:
     # A pub/sub channel's flow to latest subscribers has its own id: show it as part of
     # the channel.
     latest_of: dict[int, int] = {}
-    for role, table_name in _ROLE_OF_TABLE:
-        table = getattr(context, table_name)
+    for role, part, table_name in _ROLE_OF_TABLE:
+        table = getattr(getattr(context.node, part), table_name)
         for chan, ends in table.items():
             if not ends:
                 continue
@@ -222,26 +224,23 @@ def _channels(context: Context, snapshot: dict) -> list[dict]:
                     e["policies"].append(policy)
             key = {"sub": "subscribers", "rep": "repliers", "state": "states"}[role]
             e[key] += len(ends)
-    # Publishers hold no interest; the flow-control work keeps them in _pubs (absent in
-    # older contexts: their channels then show without a name).
-    for chan, pubs in getattr(context, "_pubs", {}).items():
+    # Publishers hold no interest, but the core keeps them for flow control.
+    publishers = context.node.pubsub.publishers
+    for chan, pubs in publishers.items():
         if pubs:
             e = entry(chan, "pubsub", pubs[0].name)
             if e["type"] is None:
                 e["type"] = pubs[0].message_type.name
             e["roles"].append("pub")
             e["publishers"] += len(pubs)
-    # Each channel published on has a sequence that started at the context's base:
-    # the difference is the count sent.
-    base = context._seq_base
-    for pubs in getattr(context, "_pubs", {}).values():
+    for pubs in publishers.values():
         for pub in pubs:
             latest_of[pub.latest_id] = pub.channel_id
-    for chan, seq in context._seq.items():
+    for chan, count in context.node.pubsub.published().items():
         if chan in latest_of:
             continue  # the same messages, also sent to latest subscribers
         e = entry(chan, "pubsub", None)
-        e["published"] = seq - base
+        e["published"] = count
     # Other reachable nodes that hold each channel (their records say so).
     me = snapshot["node"]
     for node in snapshot["nodes"]:
@@ -280,7 +279,7 @@ def node_status(context: Context) -> dict:
         "nodes": nodes,
         "edges": edges,
         "channels": _channels(context, snapshot),
-        "calls_pending": len(context._calls),
+        "calls_pending": len(context.node.requests.calls),
         "counters": _plain(dict(context.counters)),
     }
 

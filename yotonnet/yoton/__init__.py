@@ -11,7 +11,7 @@ translation; sans-IO), :mod:`.link` (the Twisted protocol), :mod:`.bridge`
 (listen/connect).
 """
 
-from .bridge import YotonBridge, YotonDialer
+from .bridge import YotonBridge
 from .link import YotonLink
 from .slots import SlotMap, YotonChannel
 from .wire import slot_hash, slot_name
@@ -19,7 +19,6 @@ from .wire import slot_hash, slot_name
 __all__ = [
     "YotonBridge",
     "YotonChannel",
-    "YotonDialer",
     "YotonLink",
     "SlotMap",
     "slot_hash",

@@ -27,7 +27,6 @@ from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 
-from ..mesh.context import Dialer
 from .link import YotonLink, YotonLinkFactory
 from .slots import SlotMap, YotonChannel
 
@@ -35,20 +34,6 @@ if TYPE_CHECKING:
     from ..mesh.context import Context
 
 log = Logger(namespace="yotonnet.yoton")
-
-
-class YotonDialer(Dialer):
-    """An outgoing Yoton link that redials with backoff, as ``ctx.connect``'s do."""
-
-    protocol = "yoton"
-
-    def __init__(self, context: Context, slots: SlotMap, endpoint_text: str) -> None:
-        super().__init__(
-            context,
-            endpoint_text,
-            factory=YotonLinkFactory(context, slots, outgoing=True, endpoint_text=endpoint_text),
-            endpoint=clientFromString(context.reactor, endpoint_text),
-        )
 
 
 class YotonBridge:
@@ -69,7 +54,7 @@ class YotonBridge:
     def listen(self, endpoint: str) -> defer.Deferred[Any]:
         """Accept any number of Yoton contexts (they ``connect()``) on a server endpoint."""
         ctx = self.context
-        ctx._check_open()
+        ctx.check_open()
         try:
             ep = ctx.guard.server_endpoint(endpoint)  # unix sockets private to this user
         except (ValueError, KeyError, TypeError) as e:
@@ -91,12 +76,15 @@ class YotonBridge:
         not Yoton fails the Deferred and stops dialling.
         """
         ctx = self.context
-        ctx._check_open()
+        ctx.check_open()
         try:
-            dialer = YotonDialer(ctx, self.slots, endpoint)
+            dialer = ctx.dialer(
+                endpoint, clientFromString(ctx.reactor, endpoint),
+                YotonLinkFactory(ctx, self.slots, outgoing=True, endpoint_text=endpoint),
+                protocol="yoton",
+            )
         except (ValueError, KeyError, TypeError) as e:
             return defer.fail(ValueError(f"bad Yoton connect endpoint {endpoint!r}: {e}"))
-        ctx.dialers.append(dialer)  # type: ignore[arg-type]
         dialer.start()
         return dialer.first
 

@@ -1,9 +1,10 @@
 """A link to an unmodified Yoton 2.2 context, translating both ways.
 
-:class:`YotonLink` is a :class:`~yotonnet.mesh.link.Link` whose wire is Yoton's
-(see :mod:`yotonnet.yoton.wire`). To its context it looks like any link: it
-sits in ``context.links`` under the Yoton context's id, takes yotonnet frames
-in ``send()`` and hands yotonnet frames to the context's dispatch table. The
+:class:`YotonLink` is a :class:`~yotonnet.mesh.link.LinkBase` whose wire is
+Yoton's (see :mod:`yotonnet.yoton.wire`). To its node it looks like any link:
+it sits in ``context.links`` under the Yoton context's id, takes yotonnet
+frames in ``send()`` and hands the frames it makes of packages to the node's
+handlers, as a yotonnet link hands those it decodes. The
 Yoton context becomes a *virtual node* of that id (Yoton ids and node ids are
 both random 64-bit numbers, so the id is used as it is): the link floods a
 node record for it -- one link, to this context, and the interests its
@@ -54,15 +55,15 @@ from ..core import wire
 from ..core.codec import decode_object, decode_values, encode_object, encode_values
 from ..core.names import printable
 from ..core.routing import REP, STATE, NodeState
-from ..core.wire import HEADER, HEADER_SIZE, HEADER_TAIL, FrameKind
+from ..core.wire import HEADER_SIZE, FrameKind
 from ..errors import DecodeError, MessageTypeError, ProtocolError
-from ..mesh.link import BUSY, CLOSED, HANDSHAKING, UP, HandshakeError, Link
+from ..mesh.link import CLOSED, HANDSHAKING, UP, HandshakeError, LinkBase
 from . import objects
 from . import wire as ywire
 from .slots import FLOW, PUB, REPL, REQ, STATE_SLOT, Carried, SlotMap
 
 if TYPE_CHECKING:
-    from ..mesh.context import Context
+    from ..mesh.interfaces import ILinkOwner
 
 log = Logger(namespace="yotonnet.yoton")
 
@@ -102,11 +103,13 @@ class _Outgoing:
     replier: int = 0
 
 
-class YotonLink(Link):
+class YotonLink(LinkBase):
     """The connection to one Yoton context (see the module docstring)."""
 
+    expected_peer = "a Yoton context"
+
     def __init__(
-        self, context: Context, outgoing: bool, endpoint_text: str, slots: SlotMap
+        self, context: ILinkOwner, outgoing: bool, endpoint_text: str, slots: SlotMap
     ) -> None:
         super().__init__(context, outgoing, endpoint_text)
         self.slots = slots
@@ -114,10 +117,7 @@ class YotonLink(Link):
         self.peer_capabilities = ("yoton-2.2",)
         self._reader: ywire.HandshakeReader | None = ywire.HandshakeReader()
         self._packages = ywire.PackageDecoder(context.config.max_frame)
-        # Frames this link makes from packages are fed through a frame decoder, so the
-        # context forwards them from its buffer exactly as it does a real link's.
-        self._decoder = wire.FrameDecoder(context.config.max_frame, expect_preamble=False)
-        # ...and frames the context sends are read back out of send()'s bytes.
+        # Frames the node sends are read back out of send()'s bytes.
         self._sent = wire.FrameDecoder(wire.MAX_U64, expect_preamble=False)
         # Yoton drops a package whose source seq is not above the last from that source:
         # one rising counter for everything this link sends, from the clock, so a new
@@ -131,7 +131,7 @@ class YotonLink(Link):
         self._owed: dict[int, int] = {}
         self._full_from: dict[int, dict[int, float]] = {}
         self._grant_call: Any = None
-        # bytes injected and not yet credited by the context; channels told "full"
+        # bytes injected and not yet credited by the node; channels told "full"
         self._unreleased: dict[int, int] = {}
         self._told_full: dict[int, float] = {}
         # state: newest (version, tag, payload) seen per channel, and holders given it
@@ -157,34 +157,16 @@ class YotonLink(Link):
     # --- connection life
 
     def connectionMade(self) -> None:
-        now = self.clock.seconds()
-        self.last_seen = self.last_sent = now
-        peer = self.transport.getPeer()
-        self.peer_address = str(getattr(peer, "host", "") or getattr(peer, "name", "") or peer)
-        try:
-            self.transport.setTcpNoDelay(True)
-        except (AttributeError, OSError):
-            pass
+        super().connectionMade()
         if self.outgoing:
             # The dialling side speaks first; a Yoton host answers with its own line.
             self.transport.write(self._hello_line())
-        self._timeout_call = self.clock.callLater(
-            self.context.config.handshake_timeout, self._handshake_timed_out
-        )
 
     def _hello_line(self) -> bytes:
         return ywire.handshake_line(self.context.node_id, os.getpid())
 
-    def _handshake_timed_out(self) -> None:
-        self._timeout_call = None
-        self.fail(
-            f"Yoton handshake not finished within {self.context.config.handshake_timeout:g} s; "
-            "is the peer a Yoton context?",
-            fatal=False,
-        )
-
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if self.closing:
             return
         self.bytes_in += len(data)
         self.last_seen = self.clock.seconds()
@@ -208,15 +190,14 @@ class YotonLink(Link):
                 )
             self.fail(str(e))
             return
-        if self.status is BUSY:
-            self._set_status(UP)
+        self._heard()
         self.counters["heartbeats_in"] = self._packages.heartbeats
         if packages:
             self.frames_in += len(packages)
             self.counters["packages_in"] += len(packages)
             self._from_yoton(packages)
-        if self._packages.closed and not self._closing:
-            self._closing = True
+        if self._packages.closed and not self.closing:
+            self.closing = True
             self.reason = "Yoton peer closed the connection"
             self.transport.loseConnection()
 
@@ -229,11 +210,8 @@ class YotonLink(Link):
         self.yoton_pid = pid
         self.peer_name = f"yoton-{pid}-{yoton_id & 0xFFFF:04x}"
         ctx = self.context
-        guard = getattr(ctx, "guard", None)
         # Yoton has no credentials: only links we dialled, or peers of our own OS user.
-        refusal = ctx._admit(self) or (
-            guard.admit_unauthenticated(self) if guard is not None else None
-        )
+        refusal = ctx.admit(self) or ctx.guard.admit_unauthenticated(self)
         if refusal:
             if not self.outgoing:
                 # Instead of our line: the Yoton client reports a failed handshake.
@@ -242,25 +220,17 @@ class YotonLink(Link):
             return
         if not self.outgoing:
             self.transport.write(self._hello_line())
-        if self._timeout_call is not None and self._timeout_call.active():
-            self._timeout_call.cancel()
-        self._timeout_call = None
-        self._handlers = ctx._frame_handlers
-        self.status = UP
-        self._start_heartbeat()
-        if guard is not None:
-            self._uncount()
-            guard.link_up(self)
+        self._handlers, self._on_frames = ctx.dispatch_for(self)
+        self._up()
+        ctx.guard.link_up(self)
         # The virtual node's record first, so that its link is confirmed from both ends
         # as soon as the context lists it.
-        self._announce(self.slots.interests(), {self.context.node_id: 1})
-        self.context._link_up(self)
+        self._announce(self.slots.interests(), {ctx.node_id: 1})
+        ctx.link_up(self)
         # As a Yoton client does after connecting: every Yoton context that hears this
         # re-sends its state channels' values, which the mesh then learns.
         self._write(
-            ywire.encode_package(
-                ywire.SLOT_CONTEXT, b"NEW_CONNECTION", self.context.node_id, self._seq()
-            )
+            ywire.encode_package(ywire.SLOT_CONTEXT, b"NEW_CONNECTION", ctx.node_id, self._seq())
         )
         d, self.handshake_done = self.handshake_done, None
         if d is not None:
@@ -268,19 +238,16 @@ class YotonLink(Link):
 
     def _announce(self, interests: dict, links: dict[int, int]) -> None:
         """Flood the virtual node's record (a newer version each time)."""
-        ctx = self.context
         self._record_version += 1
         state = NodeState(self.peer_id, self.peer_name, self._record_version, links, interests)
-        if ctx.routing.update(state):
-            ctx._flood(state, exclude=self)
-            ctx._routing_changed()
+        self._topology.speak_for(state, self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
         was = self.status
         super().connectionLost(reason)
         self._outgoing.clear()
-        ctx = self.context
-        if was is not HANDSHAKING and not ctx.closed and ctx.links.get(self.peer_id) is None:
+        if was is not HANDSHAKING and self.context.accepting() is None \
+                and self._topology.peers.get(self.peer_id) is None:
             # Nothing routes to the virtual node any more: say so at once instead of
             # leaving its interests to age out.
             self._announce({}, {})
@@ -291,54 +258,29 @@ class YotonLink(Link):
             self._grant_call.cancel()
         self._grant_call = None
 
-    def fail(self, reason: str, fatal: bool = True) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self._fatal = fatal
-        self.reason = reason
+    def fail(self, reason: str, fatal: bool = True, abort: bool = False) -> None:
         # The reason may quote the peer (a refused handshake line, a bad package).
-        log.warn("closing Yoton link {link}: {reason}", link=self.describe(),
-                 reason=printable(reason, 1000))
-        if self.status is not HANDSHAKING:
-            try:
-                self.transport.write(ywire.CLOSE)
-            except Exception:  # noqa: BLE001 - a broken transport must not stop the close
-                pass
-        self.transport.loseConnection()
+        super().fail(printable(reason, 1000), fatal, abort)
 
-    def close(self, reason: str = "closed by local node") -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self.reason = reason
-        if self.status is not HANDSHAKING:
-            self.transport.write(ywire.CLOSE)
-        self.transport.loseConnection()
+    def _error_bytes(self, reason: str) -> bytes | None:
+        return ywire.CLOSE if self.status is not HANDSHAKING else None
+
+    def _close_bytes(self, reason: str) -> bytes | None:
+        return ywire.CLOSE
 
     # --- heartbeat and timers
 
-    def _start_heartbeat(self) -> None:
-        self._heartbeat_call = self.clock.callLater(HEARTBEAT, self._heartbeat)
+    def _heartbeat_interval(self) -> float:
+        return HEARTBEAT
 
-    def _heartbeat(self) -> None:
-        cfg = self.context.config
-        now = self.clock.seconds()
-        silent = now - self.last_seen
-        if silent >= cfg.busy_timeout and self.status is UP:
-            self._set_status(BUSY, f"Yoton peer silent for {silent:.1f} s")
-        if cfg.dead_timeout and silent >= cfg.dead_timeout:
-            self.fail(f"Yoton peer silent for {silent:.1f} s (dead_timeout)", fatal=False)
-            return
-        self._tend(now)
+    def _keepalive(self) -> None:
         if not self._wrote:
             self.transport.write(ywire.HEARTBEAT)
         self._wrote = False
-        self._heartbeat_call = self.clock.callLater(HEARTBEAT, self._heartbeat)
 
-    def _tend(self, now: float) -> None:
-        """Periodic work: repeat pre-requests and "full", lapse stale holds, and give the
-        state to holders that appeared."""
+    def _tick(self, now: float) -> None:
+        """Repeat pre-requests and "full", lapse stale holds, and give the state to
+        holders that appeared."""
         for rid, item in list(self._outgoing.items()):
             if now >= item.deadline:
                 del self._outgoing[rid]
@@ -357,7 +299,7 @@ class YotonLink(Link):
             if not sources:
                 del self._full_from[channel]
                 self._schedule_grant()
-        generation = self.context.routing.generation
+        generation = self._topology.routing.generation
         if generation != self._routing_seen and self.status is not CLOSED:
             self._routing_seen = generation
             self._push_state()
@@ -381,8 +323,8 @@ class YotonLink(Link):
         return ywire.encode_package(slot, data, source, self._seq(), dest, dest_seq)
 
     def send(self, data: bytes) -> None:
-        """Frames from the context: translate each into Yoton packages (or act on it)."""
-        if self._closing or self.transport is None:
+        """Frames from the node: translate each into Yoton packages (or act on it)."""
+        if self.closing or self.transport is None:
             return
         try:
             frames = self._sent.feed(data)
@@ -407,9 +349,6 @@ class YotonLink(Link):
         if out:
             self._write(b"".join(out) if len(out) > 1 else out[0])
 
-    def _flush(self) -> None:
-        pass  # send() writes at once; nothing is ever queued in _out
-
     # --- pub/sub
 
     def _data_to_yoton(self, frame: wire.Frame, out: list[bytes]) -> None:
@@ -433,13 +372,13 @@ class YotonLink(Link):
             self._schedule_grant()
 
     def _schedule_grant(self) -> None:
-        if self._grant_call is None and not self._closing:
+        if self._grant_call is None and not self.closing:
             # Credited after this turn, in one CREDIT per channel rather than per frame.
             self._grant_call = self.clock.callLater(0, self._grant)
 
     def _grant(self) -> None:
         self._grant_call = None
-        if self._closing:
+        if self.closing:
             return
         ctx = self.context
         for channel in list(self._owed):
@@ -447,7 +386,7 @@ class YotonLink(Link):
                 continue
             amount = self._owed.pop(channel)
             if amount > 0:
-                ctx._on_credit(
+                ctx.node.pubsub.on_credit(
                     self,
                     wire.Frame(_CREDIT, 1, 0, channel, self.peer_id, ctx.node_id, amount, b""),
                 )
@@ -463,7 +402,7 @@ class YotonLink(Link):
     def _flow_message(self, channel: int, word: bytes) -> None:
         """Tell the Yoton PubChannels of ``channel`` to block (``full``) or go on (``ok``)."""
         carried = self.slots.by_channel.get(channel)
-        if carried is None or self._closing:
+        if carried is None or self.closing:
             return
         if word == b"full":
             self.counters["full_out"] += 1
@@ -488,7 +427,7 @@ class YotonLink(Link):
     # --- from Yoton to the mesh
 
     def _from_yoton(self, packages: list[ywire.Package]) -> None:
-        frames: list[bytes] = []
+        frames: list[wire.Frame] = []
         by_slot = self.slots.by_slot
         for package in packages:
             slot = package.slot
@@ -517,11 +456,11 @@ class YotonLink(Link):
                     link=self.describe(), name=printable(carried.name), e=printable(e, 1000),
                 )
         if frames:
-            self._dispatch(b"".join(frames))
+            self._dispatch_frames(frames)
 
     def _hops(self) -> int:
-        ctx = self.context
-        return min(wire.MAX_HOPS, (ctx._hops or ctx._hop_limit()) + 1)
+        # As if received: the node takes one hop off what it forwards.
+        return min(wire.MAX_HOPS, self._topology.hop_limit() + 1)
 
     def _pub_from_yoton(self, carried: Carried, package: ywire.Package, frames: list) -> None:
         payload = carried.to_mesh(package.data)
@@ -539,42 +478,26 @@ class YotonLink(Link):
             self._flow_message(channel, b"full")
         self._in_seq += 1
         frames.append(
-            HEADER.pack(
-                HEADER_TAIL + len(payload), _DATA, self._hops(), 0, carried.tag, channel,
-                self.peer_id, 0, self._in_seq,
-            )
-            + payload
+            wire.Frame(_DATA, self._hops(), carried.tag, channel, self.peer_id, 0,
+                       self._in_seq, payload, b"")
         )
-
-    def _dispatch(self, data: bytes) -> None:
-        """Hand frames made from packages to the context, as Link.dataReceived does."""
-        try:
-            frames = self._decoder.feed(data)
-        except ProtocolError as e:
-            self.fail(f"could not carry a Yoton package: {e}")
-            return
-        self._dispatch_frames(frames)
 
     # --- state
 
     def _state_from_yoton(self, carried: Carried, package: ywire.Package, frames: list) -> None:
         payload = carried.to_mesh(package.data)
         channel = carried.channel
-        ctx = self.context
         held = self._state.get(channel)
-        clock = max(ctx.state_clock(channel), held[0][0] if held else 0) + 1
+        clock = max(self.context.node.state.clock(channel), held[0][0] if held else 0) + 1
         version = (clock, self.peer_id)
         self._state[channel] = (version, carried.tag, payload)
         frames.append(self._state_frame(channel, version, carried.tag, payload, 0))
 
     def _state_frame(
         self, channel: int, version: tuple[int, int], tag: int, payload: bytes, dest: int
-    ) -> bytes:
+    ) -> wire.Frame:
         body = version[0].to_bytes(8, "little") + version[1].to_bytes(8, "little") + payload
-        return wire.encode_frame(
-            _STATE, body, tag=tag, channel=channel, source=self.peer_id, dest=dest,
-            hops=self._hops(),
-        )
+        return wire.Frame(_STATE, self._hops(), tag, channel, self.peer_id, dest, 0, body, b"")
 
     def _state_to_yoton(self, frame: wire.Frame, out: list[bytes]) -> None:
         channel, payload = frame[3], frame[7]
@@ -608,10 +531,10 @@ class YotonLink(Link):
 
     def _push_state(self) -> None:
         """Give the newest value this link knows to state holders it has not told yet."""
-        ctx = self.context
+        routing = self._topology.routing
         frames = []
         for channel, (version, tag, payload) in self._state.items():
-            holders = set(ctx.routing.holders(channel, STATE))
+            holders = set(routing.holders(channel, STATE))
             holders.discard(self.peer_id)
             told = self._state_told.get(channel, set())
             for node in holders - told:
@@ -619,9 +542,9 @@ class YotonLink(Link):
                     frames.append(self._state_frame(channel, version, tag, payload, node))
             self._state_told[channel] = holders
         if frames:
-            # As if the virtual node sent them: the context routes each to its holder,
-            # or applies it when the holder is the context itself.
-            self._dispatch(b"".join(frames))
+            # As if the virtual node sent them: the node routes each to its holder,
+            # or applies it when the holder is the node itself.
+            self._dispatch_frames(frames)
 
     # --- request/reply: Yoton requesters, mesh repliers
 
@@ -642,7 +565,7 @@ class YotonLink(Link):
                 )
             return
         dest = package.dest_id
-        if dest == 0 or dest == self.peer_id or self.context.routing.distance(dest) is None:
+        if dest == 0 or dest == self.peer_id or self._topology.routing.distance(dest) is None:
             return  # between Yoton contexts behind the peer, or for a node gone since
         request = objects.decode(package.data)
         if not (
@@ -664,12 +587,8 @@ class YotonLink(Link):
         if package.source_id != self.peer_id:
             self._remember_requester(carried.channel, dest_seq, package.source_id)
         frames.append(
-            HEADER.pack(
-                HEADER_TAIL + len(method) + len(payload), _REQUEST, self._hops(), len(method),
-                tag, carried.channel, self.peer_id, dest, dest_seq,
-            )
-            + method
-            + payload
+            wire.Frame(_REQUEST, self._hops(), tag, carried.channel, self.peer_id, dest,
+                       dest_seq, payload, method)
         )
 
     def _remember_requester(self, channel: int, req_id: int, requester: int) -> None:
@@ -679,7 +598,7 @@ class YotonLink(Link):
             requesters.popitem(last=False)
 
     def _nearest_replier(self, channel: int) -> int | None:
-        for node in self.context.routing.holders(channel, REP):
+        for node in self._topology.routing.holders(channel, REP):
             if node != self.peer_id:
                 return node
         return None
@@ -743,7 +662,7 @@ class YotonLink(Link):
         )
 
     def _send_pre_request(self, item: _Outgoing, rid: int, word: bytes) -> None:
-        if not self._closing:
+        if not self.closing:
             self._write(
                 self._package(item.carried.slots[REQ], word, item.source, 0, rid + REQREP_SEQ_REF)
             )
@@ -779,14 +698,11 @@ class YotonLink(Link):
             body = encode_object(reply)
         frames.append(self._reply_frame(carried.channel, item.source, item.req_id, status, body))
 
-    def _reply_frame(self, channel: int, dest: int, req_id: int, status: int, body: bytes) -> bytes:
-        return (
-            HEADER.pack(
-                HEADER_TAIL + len(body), _REPLY, self._hops(), 0, status, channel,
-                self.peer_id, dest, req_id,
-            )
-            + body
-        )
+    def _reply_frame(
+        self, channel: int, dest: int, req_id: int, status: int, body: bytes
+    ) -> wire.Frame:
+        return wire.Frame(_REPLY, self._hops(), status, channel, self.peer_id, dest, req_id,
+                          body, b"")
 
     def _reply_error(self, channel: int, dest: int, req_id: int, text: str) -> None:
         """Fail a request from the mesh at once (dispatched after the current send)."""
@@ -794,7 +710,7 @@ class YotonLink(Link):
             channel, dest, req_id, wire.REPLY_ERROR,
             encode_object(["YotonBridgeError", text, ""]),
         )
-        self.clock.callLater(0, lambda: None if self._closing else self._dispatch(frame))
+        self.clock.callLater(0, lambda: None if self.closing else self._dispatch_frames([frame]))
 
     # --- introspection
 
@@ -811,7 +727,7 @@ class YotonLinkFactory(Factory):
 
     def __init__(
         self,
-        context: Context,
+        context: ILinkOwner,
         slots: SlotMap,
         outgoing: bool,
         endpoint_text: str = "",
@@ -825,18 +741,16 @@ class YotonLinkFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> YotonLink | None:
         ctx = self.context
-        guard = getattr(ctx, "guard", None)
+        guard = ctx.guard
         if not self.outgoing:
-            refusal = ctx._refuse_incoming() or (
-                guard.refuse_connection() if guard is not None else None
-            )
+            refusal = ctx.accepting() or guard.refuse_connection()
             if refusal:
                 log.warn("refusing Yoton connection from {addr}: {why}", addr=addr, why=refusal)
                 return None
         link = YotonLink(ctx, self.outgoing, self.endpoint_text, self.slots)
         link.factory = self
-        if not self.outgoing and guard is not None:
-            link._counted = True  # released by Link._uncount, as LinkFactory's links
+        if not self.outgoing:
+            link.counted = True  # released when it is up or gone, as LinkFactory's links
             guard.handshaking += 1
         if self.on_link is not None:
             self.on_link(link)
