@@ -3,6 +3,12 @@
 * nothing in :mod:`yotonnet.core` imports Twisted, directly or through another
   yotonnet module: the sans-IO core is tested without a reactor and can be
   driven by anything;
+* no module uses an underscore name another module of yotonnet defines, and
+  none replaces another object's methods at run time: parts talk through
+  their public names and the interfaces in ``core/interfaces.py`` and
+  ``mesh/interfaces.py``. The one module allowed to read Twisted's private
+  buffer fields and re-point a forwarder's ``dataReceived`` is
+  ``mesh/writer.py``, which says why;
 * old import paths of moved modules give the very module at the new path.
 """
 
@@ -72,6 +78,103 @@ class CoreIsSansIO(SynchronousTestCase):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              check=True).stdout
         self.assertEqual(out.strip(), "[]")
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def package_trees() -> dict[str, ast.Module]:
+    trees = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with open(path, encoding="utf-8") as f:
+                    trees[os.path.relpath(path, PACKAGE)] = ast.parse(f.read(), path)
+    return trees
+
+
+def private_definitions(trees: dict[str, ast.Module]) -> dict[str, set[str]]:
+    """Underscore name -> the modules that define it (a def, a class, an assignment)."""
+    owners: dict[str, set[str]] = {}
+    for module, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = node.name
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                name = node.attr
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                name = node.id
+            else:
+                continue
+            if _private(name):
+                owners.setdefault(name, set()).add(module)
+    return owners
+
+
+#: (module, attribute) pairs allowed to reach into something not their own, and why
+FOREIGN_PRIVATE_ALLOWED = {
+    # the eager write path reads Twisted's TCP buffer fields (see the writer's docstring)
+    ("mesh/writer.py", "_tempDataLen"),
+    ("mesh/writer.py", "_aborting"),
+    # os._exit is the documented way for a forked child to end
+    ("kernel/driver.py", "_exit"),
+}
+#: (module, replaced attribute) allowed, and why
+REPLACEMENTS_ALLOWED = {
+    # a forwarder that only forwards is skipped on every read (see the writer's docstring)
+    ("mesh/writer.py", "dataReceived"),
+    # in the kernel's own interpreter, user code's input() and getpass() ask the
+    # frontend (as ipykernel does): the user's program, not another part of yotonnet
+    ("kernel/driver.py", "input"),
+    ("kernel/driver.py", "getpass"),
+}
+
+
+class NoPrivateReach(SynchronousTestCase):
+    def test_no_module_uses_another_modules_underscore_names(self):
+        trees = package_trees()
+        owners = private_definitions(trees)
+        reach = []
+        for module, tree in trees.items():
+            for node in ast.walk(tree):
+                if not (isinstance(node, ast.Attribute) and _private(node.attr)):
+                    continue
+                if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                    continue  # a class's own names, inherited ones included
+                if module in owners.get(node.attr, ()):
+                    continue
+                if (module, node.attr) in FOREIGN_PRIVATE_ALLOWED:
+                    continue
+                reach.append(f"{module}:{node.lineno}: {ast.unparse(node)}")
+        self.assertEqual(reach, [])
+
+    def test_no_module_replaces_another_objects_methods(self):
+        trees = package_trees()
+        functions = {
+            node.name for tree in trees.values() for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        } | {"dataReceived", "connectionLost", "connectionMade", "write", "send"}
+        patches = []
+        for module, tree in trees.items():
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Assign):
+                    continue
+                value = node.value
+                is_callable = isinstance(value, ast.Lambda) or (
+                    isinstance(value, ast.Attribute) and value.attr in functions
+                )
+                for target in node.targets:
+                    if (
+                        is_callable
+                        and isinstance(target, ast.Attribute)
+                        and not (isinstance(target.value, ast.Name)
+                                 and target.value.id in ("self", "cls"))
+                        and (module, target.attr) not in REPLACEMENTS_ALLOWED
+                    ):
+                        patches.append(f"{module}:{node.lineno}: {ast.unparse(node)}")
+        self.assertEqual(patches, [])
 
 
 class OldPaths(SynchronousTestCase):
