@@ -89,6 +89,7 @@ The same through endpoint strings, where the dialer redials by itself::
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -887,6 +888,7 @@ class MeshTestCase(SynchronousTestCase):
 
     :meth:`make_mesh` takes :class:`MemoryMesh`'s arguments; a subclass sets
     ``mesh_config`` to give its meshes a :class:`ContextConfig` by default.
+    Being trial's, it runs under trial and under pytest alike.
     """
 
     #: the config of the meshes :meth:`make_mesh` builds, unless it is given one
@@ -899,3 +901,9 @@ class MeshTestCase(SynchronousTestCase):
         mesh = MemoryMesh(n, **kwargs)
         self.addCleanup(mesh.close)
         return mesh
+
+    def assert_increasing(self, values: list[int], what: str) -> None:
+        """No duplicate and no reordering: each value strictly above the one before
+        (sequence numbers a subscriber saw, say); ``what`` names them in the failure."""
+        for x, y in itertools.pairwise(values):
+            self.assertLess(x, y, f"{what}: {y} after {x} in {values}")
