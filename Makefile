@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-mesh bench-flow bench-forward bench-records clean sysdeps
+.PHONY: run test test-fast test-ring1 test-ring2 lint bench bench-mesh bench-flow bench-forward bench-records clean sysdeps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,14 @@ sysdeps:
 test: $(STAMP) sysdeps
 	$(BIN)/ruff check yotonnet tests benchmarks plugins
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# Rings 1 and 2 only (sans-IO and in memory: no socket, no process, no root; the rings
+# are markers, see tests/conftest.py), one pytest per ring so that two cores share them.
+test-fast: $(STAMP)
+	@$(MAKE) --no-print-directory -j2 -Otarget test-ring1 test-ring2
+
+test-ring1 test-ring2: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m $(subst test-,,$@) tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py

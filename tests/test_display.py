@@ -27,7 +27,7 @@ from yotonnet.cli.client_logs import client_log_line
 from yotonnet.cli.output import note, peer_text
 from yotonnet.cli.status_text import format_status
 from yotonnet.service.logs import make_observer, visible
-from yotonnet.testing import MemoryMesh
+from yotonnet.testing import MeshTestCase
 
 FAST = ContextConfig(heartbeat=1.0, busy_timeout=3.0, handshake_timeout=5.0)
 
@@ -35,10 +35,9 @@ FAST = ContextConfig(heartbeat=1.0, busy_timeout=3.0, handshake_timeout=5.0)
 EVIL_NAME = "evil\x1b]52;c;aGk=\x07\x1b[2J\nall links healthy"
 
 
-class HelloTests(SynchronousTestCase):
+class HelloTests(MeshTestCase):
     def test_a_name_with_terminal_escapes_makes_no_link(self) -> None:
-        mesh = MemoryMesh(names=["a", EVIL_NAME], config=FAST)
-        self.addCleanup(mesh.close)
+        mesh = self.make_mesh(names=["a", EVIL_NAME], config=FAST)
         a, evil = mesh
         seen: list[LinkEvent] = []
         evil.watch_links(seen.append)

@@ -18,7 +18,7 @@ from zope.interface import implementer
 from yotonnet import BINARY, OBJECT, ContextConfig, FlowControlError, PubChannel, SubChannel
 from yotonnet.core.flow import CreditError, Hold, PeerFlow
 from yotonnet.core.wire import HEADER, HEADER_TAIL, FrameKind
-from yotonnet.testing import MemoryMesh
+from yotonnet.testing import MemoryMesh, MeshTestCase
 
 WINDOW = 16 * 1024
 SMALL = ContextConfig(flow_window=WINDOW, publish_backlog=4 * WINDOW)
@@ -170,11 +170,12 @@ class PushProducer:
         self.stopped = True
 
 
-class FlowMeshTestCase(SynchronousTestCase):
+class FlowMeshTestCase(MeshTestCase):
+    """Meshes for flow control: chains, a publisher run until it pauses, queued bytes."""
+
     def chain(self, n: int = 3, config: ContextConfig = SMALL) -> MemoryMesh:
         """``n`` contexts in a line, n0 - n1 - ... (the publisher goes on n0)."""
-        mesh = MemoryMesh(n, config=config)
-        self.addCleanup(mesh.close)
+        mesh = self.make_mesh(n, config=config)
         mesh.link_chain()
         return mesh
 
@@ -502,8 +503,7 @@ class CreditFrameTests(FlowMeshTestCase):
 
     def test_hello_window_out_of_range_is_refused(self) -> None:
         small = ContextConfig(flow_window=100)  # below the protocol's minimum of 4096
-        mesh = MemoryMesh(2, config=small)
-        self.addCleanup(mesh.close)
+        mesh = self.make_mesh(2, config=small)
         conn = mesh.link(mesh["n0"], mesh["n1"])
         self.assertTrue(conn.closed)
         self.assertIn("window must be an integer from 4096", conn.link_of("n0").reason)

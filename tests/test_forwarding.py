@@ -20,7 +20,7 @@ from yotonnet import BINARY, ContextConfig, PubChannel, SubChannel
 from yotonnet.core import wire
 from yotonnet.core.wire import HEADER_SIZE, Frame, FrameDecoder, FrameKind, ProtocolError, Run
 from yotonnet.identity import IdentifiedSubChannel
-from yotonnet.testing import MemoryMesh
+from yotonnet.testing import MemoryMesh, MeshTestCase
 
 DATA = int(FrameKind.DATA)
 
@@ -179,10 +179,9 @@ class RunDecoderTests(SynchronousTestCase):
         self.assertEqual(expand(got_runs), frames)
 
 
-class ForwardingTests(SynchronousTestCase):
+class ForwardingTests(MeshTestCase):
     def chain(self, config: ContextConfig | None = None, trace: bool = False) -> MemoryMesh:
-        mesh = MemoryMesh(3, seed=3, config=config, trace=trace)
-        self.addCleanup(mesh.close)
+        mesh = self.make_mesh(3, seed=3, config=config, trace=trace)
         mesh.link_chain()
         return mesh
 

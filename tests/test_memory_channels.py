@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 from twisted.internet import defer, task
-from twisted.trial.unittest import SynchronousTestCase
 
 from yotonnet import (
     BINARY,
@@ -29,7 +28,7 @@ from yotonnet import (
     TimeoutError,
     register_message_type,
 )
-from yotonnet.testing import MemoryMesh
+from yotonnet.testing import MemoryMesh, MeshTestCase
 
 
 def _json_encode(value: object) -> bytes:
@@ -42,15 +41,6 @@ def _json_decode(data: bytes) -> object:
 
 # Registered once at import, as an application would; every "node" here shares the registry.
 JSON = register_message_type("test.memory.json", _json_encode, _json_decode)
-
-
-class MeshTestCase(SynchronousTestCase):
-    """A mesh of ``n`` contexts that is closed after the test."""
-
-    def make_mesh(self, n: int, **kwargs: object) -> MemoryMesh:
-        mesh = MemoryMesh(n, **kwargs)
-        self.addCleanup(mesh.close)
-        return mesh
 
 
 class PubSubTests(MeshTestCase):

@@ -11,12 +11,11 @@ from __future__ import annotations
 import rawwire
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
 
 from yotonnet import ContextConfig, LinkEvent, PubChannel, StateChannel, SubChannel
 from yotonnet.core import wire
 from yotonnet.core.wire import FrameKind
-from yotonnet.testing import MemoryMesh
+from yotonnet.testing import MemoryMesh, MeshTestCase
 
 FAST = ContextConfig(heartbeat=1.0, busy_timeout=3.0, handshake_timeout=5.0)
 
@@ -71,12 +70,8 @@ def hello(node_id: int, name: str = "foreign") -> bytes:
     return wire.encode_hello(wire.Hello(node_id, name, (), wire.DEFAULT_MAX_FRAME, 1.0, {}))
 
 
-class MeshTestCase(SynchronousTestCase):
-    def make_mesh(self, n: int, **kwargs: object) -> MemoryMesh:
-        kwargs.setdefault("config", FAST)
-        mesh = MemoryMesh(n, **kwargs)
-        self.addCleanup(mesh.close)
-        return mesh
+class LinkStatusTests(MeshTestCase):
+    mesh_config = FAST
 
     def check_handshake_failed(self, d: object, fatal: bool) -> None:
         """An accepting link's handshake Deferred must not leave an unhandled failure.
@@ -88,8 +83,6 @@ class MeshTestCase(SynchronousTestCase):
             return
         self.assertIsNone(self.successResultOf(d))
 
-
-class LinkStatusTests(MeshTestCase):
     def test_up_on_handshake(self) -> None:
         mesh = self.make_mesh(2)
         a, b = mesh
@@ -356,6 +349,8 @@ class LinkStatusTests(MeshTestCase):
 
 
 class ReannounceTests(MeshTestCase):
+    mesh_config = FAST
+
     def test_subscription_survives_cut_and_relink(self) -> None:
         mesh = self.make_mesh(2)
         a, b = mesh
@@ -396,6 +391,8 @@ class ReannounceTests(MeshTestCase):
 
 
 class MemoryMeshTests(MeshTestCase):
+    mesh_config = FAST
+
     def _scenario(self, seed: int) -> tuple[list[int], list[tuple[str, int, int]], list[object]]:
         mesh = self.make_mesh(6, seed=seed, shuffle=True, trace=True)
         mesh.link_random(extra=3)
@@ -519,12 +516,11 @@ def _connected_without(mesh: MemoryMesh, skip: object) -> bool:
     return len(seen) == len(mesh)
 
 
-class LinkCostTests(SynchronousTestCase):
+class LinkCostTests(MeshTestCase):
     """A square n0-n1-n3 / n0-n2-n3 where n0-n1 costs 10: traffic takes n2 while it can."""
 
     def setUp(self) -> None:
-        self.mesh = mesh = MemoryMesh(4, seed=3)
-        self.addCleanup(mesh.close)
+        self.mesh = mesh = self.make_mesh(4, seed=3)
         self.costly = mesh.link("n0", "n1", cost=10)
         mesh.link("n1", "n3")
         self.cheap = mesh.link("n0", "n2")

@@ -29,7 +29,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
 
 from yotonnet import (
     OBJECT,
@@ -44,7 +43,7 @@ from yotonnet import (
     TimeoutError,
 )
 from yotonnet.core.wire import FrameKind
-from yotonnet.testing import MemoryConnection, MemoryMesh
+from yotonnet.testing import MemoryConnection, MemoryMesh, MeshTestCase
 
 DATA = int(FrameKind.DATA)
 REQUEST = int(FrameKind.REQUEST)
@@ -137,18 +136,6 @@ def data_edges(mesh: MemoryMesh, channel: int, action: Callable[[], object]) -> 
 
 def channel_frames(conn: MemoryConnection, kind: int, channel: int) -> int:
     return sum(1 for _, f in conn.frames or () if f.kind == kind and f.channel == channel)
-
-
-class MeshTestCase(SynchronousTestCase):
-    def make_mesh(self, n: int = 0, **kwargs: object) -> MemoryMesh:
-        mesh = MemoryMesh(n, **kwargs)
-        self.addCleanup(mesh.close)
-        return mesh
-
-    def assert_increasing(self, values: list[int], what: str) -> None:
-        """No duplicate and no reordering: each value strictly above the one before."""
-        for x, y in itertools.pairwise(values):
-            self.assertLess(x, y, f"{what}: {y} after {x} in {values}")
 
 
 # --- 1. the property: random graphs, live stream, random cuts and heals

@@ -16,14 +16,13 @@ import dataclasses
 
 from certs_fixture import LogCapture
 from twisted.internet import defer
-from twisted.trial.unittest import SynchronousTestCase
 
 from yotonnet import ConnectionLost, ContextConfig, RepChannel, ReqChannel, StateChannel, SubChannel
 from yotonnet.core import wire
 from yotonnet.core.messages import encode_object
 from yotonnet.core.names import channel_id
 from yotonnet.core.wire import FrameKind
-from yotonnet.testing import MemoryMesh
+from yotonnet.testing import MeshTestCase
 
 FAKE_BASE = 1 << 62
 #: limits high enough for any flood here to be taken whole (the batching is what is tested)
@@ -39,11 +38,10 @@ class Echo(RepChannel):
         return value
 
 
-class FloodTestCase(SynchronousTestCase):
+class FloodTestCase(MeshTestCase):
     def make(self, config: ContextConfig = ROOMY):
         """The mesh; ``config`` is t's (p and q keep the defaults)."""
-        mesh = MemoryMesh(seed=3)
-        self.addCleanup(mesh.close)
+        mesh = self.make_mesh(seed=3)
         t, p, q = mesh.add("t", config), mesh.add("p"), mesh.add("q")
         self.conn = mesh.link(p, t)
         mesh.link(q, t)
@@ -200,8 +198,7 @@ class BatchedRecomputationTests(FloodTestCase):
         # Clients use a call as a barrier: a holder's record then a call, in one read at
         # the node; the state value the record makes the node push must arrive before
         # the reply (as when each record was acted on at once), not at the dispatch's end.
-        mesh = MemoryMesh(names=["n", "c"], seed=4)
-        self.addCleanup(mesh.close)
+        mesh = self.make_mesh(names=["n", "c"], seed=4)
         n, c = mesh
         StateChannel(n, "settings").send({"volume": 5})
         Echo(n, "echo")
@@ -295,8 +292,7 @@ class RecordLimitTests(FloodTestCase):
 
     def test_own_record_over_the_limits_is_reported(self):
         log = LogCapture(self)
-        mesh = MemoryMesh(names=["big"], config=ContextConfig(max_record_interests=2))
-        self.addCleanup(mesh.close)
+        mesh = self.make_mesh(names=["big"], config=ContextConfig(max_record_interests=2))
         (big,) = mesh
         subs = [SubChannel(big, f"c{i}") for i in range(4)]
         mesh.settle()

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from yotonnet import Context, RemoteError, RepChannel, ReqChannel, TimeoutError
 from yotonnet.core.calls import Call, CallTable
-from yotonnet.testing import MemoryMesh
+from yotonnet.testing import MeshTestCase
 
 
 class CallTableTests(SynchronousTestCase):
@@ -100,10 +100,9 @@ class Echo(RepChannel):
         return defer.succeed(value)
 
 
-class MeshPathTests(SynchronousTestCase):
+class MeshPathTests(MeshTestCase):
     def setUp(self) -> None:
-        self.mesh = MemoryMesh(2, seed=5)
-        self.addCleanup(self.mesh.close)
+        self.mesh = self.make_mesh(2, seed=5)
         self.a, self.b = self.mesh
 
     def test_every_argument_shape_on_the_remote_path(self) -> None:

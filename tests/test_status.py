@@ -23,7 +23,7 @@ from yotonnet import ContextConfig, PubChannel, RepChannel, ReqChannel, StateCha
 from yotonnet.core.names import printable
 from yotonnet.service.logs import make_observer, start_logging
 from yotonnet.service.status import node_status, prometheus_text
-from yotonnet.testing import MemoryMesh
+from yotonnet.testing import MemoryMesh, MeshTestCase
 
 FAST = ContextConfig(heartbeat=1.0, busy_timeout=3.0)
 
@@ -198,15 +198,11 @@ _CHANNEL_NAMES = st.lists(
 ).map(".".join)
 
 
-class StatusTests(SynchronousTestCase):
-    def make_mesh(self, names: list[str], **kwargs: object) -> MemoryMesh:
-        kwargs.setdefault("config", FAST)
-        mesh = MemoryMesh(names=names, **kwargs)
-        self.addCleanup(mesh.close)
-        return mesh
+class StatusTests(MeshTestCase):
+    mesh_config = FAST
 
     def test_links_routes_and_mesh(self) -> None:
-        mesh = self.make_mesh(["a", "b", "c", "d"])
+        mesh = self.make_mesh(names=["a", "b", "c", "d"])
         mesh.link_chain()  # a - b - c - d
         status = node_status(mesh["b"])
         self.assertEqual(status["name"], "b")
@@ -228,7 +224,7 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(status["counters"], mesh["b"].counters)
 
     def test_counters_move_with_traffic(self) -> None:
-        mesh = self.make_mesh(["a", "b", "c", "d"])
+        mesh = self.make_mesh(names=["a", "b", "c", "d"])
         mesh.link_chain()
         SubChannel(mesh["d"], "news")
         mesh.settle()
@@ -274,7 +270,7 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(sample(prom_d, "yotonnet_channel_received_total", channel="news"), 20)
 
     def test_request_and_state_channels(self) -> None:
-        mesh = self.make_mesh(["a", "b"])
+        mesh = self.make_mesh(names=["a", "b"])
         mesh.link("a", "b")
 
         class Math(RepChannel):
@@ -306,7 +302,7 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(node_status(mesh["a"])["calls_pending"], 0)
 
     def test_busy_link_is_reported(self) -> None:
-        mesh = self.make_mesh(["a", "b", "c"])
+        mesh = self.make_mesh(names=["a", "b", "c"])
         mesh.link_chain()
         conn = mesh.connection("a", "b")
         conn.hold(mesh["b"])  # b looks stuck to a: its socket is open but nothing arrives
@@ -327,7 +323,7 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(sample(prom, "yotonnet_link_busy", peer_name="b"), 0)
 
     def test_cut_link_leaves_the_status(self) -> None:
-        mesh = self.make_mesh(["a", "b", "c"])
+        mesh = self.make_mesh(names=["a", "b", "c"])
         mesh.link_chain()
         mesh.cut("b", "c")
         mesh.settle()  # b's new record reaches a
@@ -339,7 +335,7 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(sample(prom, "yotonnet_nodes_reachable"), 1)
 
     def test_every_counter_key_is_reported(self) -> None:
-        mesh = self.make_mesh(["a", "b"])
+        mesh = self.make_mesh(names=["a", "b"])
         mesh.link("a", "b")
         ctx = mesh["a"]
         # Keys the flow-control work may add; and a value that is not a number.
@@ -357,7 +353,7 @@ class StatusTests(SynchronousTestCase):
         self.assertFalse([name for name in prom if "not_a_number" in name])
 
     def test_drops_by_policy_per_channel(self) -> None:
-        mesh = self.make_mesh(["a", "b"])
+        mesh = self.make_mesh(names=["a", "b"])
         mesh.link("a", "b")
         SubChannel(mesh["b"], "ticks", policy="latest", keep=2)
         SubChannel(mesh["b"], "ticks")  # lossless: keeps all five
@@ -377,7 +373,7 @@ class StatusTests(SynchronousTestCase):
         )
 
     def test_new_link_fields_are_exported(self) -> None:
-        mesh = self.make_mesh(["a", "b"])
+        mesh = self.make_mesh(names=["a", "b"])
         mesh.link("a", "b")
         link = mesh["a"].links[mesh["b"].node_id]
         info = link.info
@@ -395,7 +391,7 @@ class StatusTests(SynchronousTestCase):
         self.assertNotIn("yotonnet_link_label", prom)
 
     def test_uptime_follows_the_context_clock(self) -> None:
-        mesh = self.make_mesh(["a"])
+        mesh = self.make_mesh(names=["a"])
         first = node_status(mesh["a"])["uptime"]
         mesh.advance(12.5)
         self.assertEqual(node_status(mesh["a"])["uptime"] - first, 12.5)

@@ -20,7 +20,6 @@ import struct
 
 from certs_fixture import path
 from twisted.internet import defer
-from twisted.trial.unittest import SynchronousTestCase
 
 from yotonnet import ContextConfig, PubChannel, RepChannel, ReqChannel, StateChannel, SubChannel
 from yotonnet.core import wire
@@ -28,7 +27,7 @@ from yotonnet.core.messages import OBJECT, encode_object
 from yotonnet.core.stateclock import MAX_STATE_CLOCK, STATE_CLOCK_JUMP
 from yotonnet.core.wire import FrameKind
 from yotonnet.security.settings import Security
-from yotonnet.testing import MemoryMesh
+from yotonnet.testing import MeshTestCase
 
 FAST = ContextConfig(heartbeat=1.0, busy_timeout=5.0)
 
@@ -40,15 +39,12 @@ def state_frame(channel: int, source: int, clock: int, writer: int, value: objec
                              hops=8, tag=OBJECT.tag)
 
 
-class Base(SynchronousTestCase):
-    def mesh(self, n: int = 0) -> MemoryMesh:
-        mesh = MemoryMesh(n, config=FAST)
-        self.addCleanup(mesh.close)
-        return mesh
+class Base(MeshTestCase):
+    mesh_config = FAST
 
     def hub_and_client(self, user: str = "eve"):
         """A hub that checks tokens and a client logged in as ``user`` (a gated link)."""
-        mesh = self.mesh()
+        mesh = self.make_mesh()
         hub = mesh.add("hub", security=Security(tokens=path("tokens.txt")))
         client = mesh.add(user, security=Security(token_file=path(f"{user}.token")))
         conn = mesh.link(client, hub)
@@ -58,7 +54,7 @@ class Base(SynchronousTestCase):
 
 class Replies(Base):
     def test_only_the_replier_asked_completes_a_call(self) -> None:
-        mesh = self.mesh(3)
+        mesh = self.make_mesh(3)
         a, b, c = mesh
         ab = mesh.link(a, b)
         cb = mesh.link(c, b)
@@ -94,7 +90,7 @@ class Replies(Base):
 
 class StateVersions(Base):
     def test_each_channel_has_its_own_clock(self) -> None:
-        mesh = self.mesh(2)
+        mesh = self.make_mesh(2)
         a, b = mesh
         mesh.link(a, b)
         busy, quiet = StateChannel(a, "busy"), StateChannel(a, "quiet")
@@ -109,7 +105,7 @@ class StateVersions(Base):
         self.assertEqual(b.state_clock(busy.channel_id), 5)
 
     def test_an_out_of_range_version_closes_only_the_link_that_sent_it(self) -> None:
-        mesh = self.mesh(3)
+        mesh = self.make_mesh(3)
         a, b, c = mesh
         mesh.link(a, b)
         conn = mesh.link(c, b)
@@ -155,7 +151,7 @@ class StateVersions(Base):
 
 class Credit(Base):
     def test_credit_beyond_what_was_sent_closes_the_link(self) -> None:
-        mesh = self.mesh(2)
+        mesh = self.make_mesh(2)
         a, b = mesh
         conn = mesh.link(a, b)
         pub = PubChannel(a, "news")
@@ -173,7 +169,7 @@ class Credit(Base):
         self.assertIn(f"only {sent} sent bytes", conn.link_of(a).reason)
 
     def test_a_peers_window_is_capped_at_ours(self) -> None:
-        mesh = self.mesh()
+        mesh = self.make_mesh()
         small = mesh.add("small", config=ContextConfig(flow_window=64 * 1024))
         large = mesh.add("large", config=ContextConfig(flow_window=1 << 30))
         conn = mesh.link(small, large)
@@ -181,7 +177,7 @@ class Credit(Base):
         self.assertEqual(conn.link_of(large).flow.window, 64 * 1024)
 
     def test_a_paused_transport_holds_data_back_and_a_silent_reader_is_cut(self) -> None:
-        mesh = self.mesh()
+        mesh = self.make_mesh()
         a = mesh.add("a", config=ContextConfig(flow_window=4096, max_link_buffer=16384))
         b = mesh.add("b", config=ContextConfig(flow_window=1 << 20))
         conn = mesh.link(a, b)

@@ -43,7 +43,7 @@ from yotonnet import ContextConfig, PubChannel, SubChannel
 from yotonnet.service import config
 from yotonnet.service.node import ListenError, make_service
 from yotonnet.service.web import PAGE_JS, StatusAccess, status_site
-from yotonnet.testing import MemoryMesh
+from yotonnet.testing import MemoryMesh, MeshTestCase
 
 CHROMIUM = "/usr/bin/chromium"
 #: a local secret, as localsecret.ensure_secret returns it (64 hex characters)
@@ -52,7 +52,7 @@ FAST = ContextConfig(heartbeat=1.0, busy_timeout=3.0)
 EVIL = '<b id="x">evil</b>&"'  # a node name that is also markup
 
 
-class WebTestCase(TestCase):
+class WebTestCase(MeshTestCase, TestCase):
     """Serves a site on 127.0.0.1 and leaves the reactor clean afterwards."""
 
     async def serve(self, site: Site) -> str:
@@ -89,10 +89,9 @@ class WebTestCase(TestCase):
         response.deliverBody(body)
         return response, await body.done
 
-    def make_mesh(self) -> MemoryMesh:
+    def sample_mesh(self) -> MemoryMesh:
         """alpha - beta (held: busy), alpha - gamma - EVIL; a subscriber on EVIL."""
-        mesh = MemoryMesh(names=["alpha", "beta", "gamma", EVIL], config=FAST)
-        self.addCleanup(mesh.close)
+        mesh = self.make_mesh(names=["alpha", "beta", "gamma", EVIL], config=FAST)
         mesh.link("alpha", "beta")
         mesh.link("alpha", "gamma")
         mesh.link("gamma", EVIL)
@@ -108,7 +107,7 @@ class EndpointTests(WebTestCase):
         return defer.ensureDeferred(self._status_json())
 
     async def _status_json(self) -> None:
-        mesh = self.make_mesh()
+        mesh = self.sample_mesh()
         base = await self.serve(status_site(mesh["alpha"]))
         response, body = await self.get(base + "/status")
         self.assertEqual(response.code, 200)
@@ -140,7 +139,7 @@ class EndpointTests(WebTestCase):
         return defer.ensureDeferred(self._metrics())
 
     async def _metrics(self) -> None:
-        mesh = self.make_mesh()
+        mesh = self.sample_mesh()
         base = await self.serve(status_site(mesh["alpha"]))
         response, body = await self.get(base + "/metrics")
         self.assertEqual(response.code, 200)
@@ -157,7 +156,7 @@ class EndpointTests(WebTestCase):
         return defer.ensureDeferred(self._errors())
 
     async def _errors(self) -> None:
-        mesh = self.make_mesh()
+        mesh = self.sample_mesh()
         base = await self.serve(status_site(mesh["alpha"]))
         for path in ("/nope", "/status/more", "/metrics/x/y"):
             response, body = await self.get(base + path)
@@ -190,7 +189,7 @@ class HostTests(WebTestCase):
         return defer.ensureDeferred(self._hosts())
 
     async def _hosts(self) -> None:
-        mesh = self.make_mesh()
+        mesh = self.sample_mesh()
         site = status_site(mesh["alpha"], StatusAccess(hosts=("Node-A.example",)))
         base = await self.serve(site)
         port = base.rsplit(":", 1)[1]
@@ -326,7 +325,7 @@ class TokenTests(WebTestCase):
         return defer.ensureDeferred(self._tokens())
 
     async def _tokens(self) -> None:
-        mesh = self.make_mesh()
+        mesh = self.sample_mesh()
         logged: list[str] = []
         observer = lambda event: logged.append(str(event.get("message") or event))  # noqa: E731
         globalLogPublisher.addObserver(observer)
@@ -536,7 +535,7 @@ class BrowserTests(WebTestCase):
         return defer.ensureDeferred(self._live_page())
 
     async def _live_page(self) -> None:
-        mesh = self.make_mesh()
+        mesh = self.sample_mesh()
         pub = PubChannel(mesh["alpha"], "news")
 
         def tick() -> None:
@@ -574,7 +573,7 @@ class BrowserTests(WebTestCase):
         return defer.ensureDeferred(self._with_token())
 
     async def _with_token(self) -> None:
-        mesh = self.make_mesh()
+        mesh = self.sample_mesh()
         access = StatusAccess(secret=SECRET, secret_path="/run/user/0/yotonnet/secret")
         base = await self.serve(status_site(mesh["alpha"], access))
         # Every request needs the token: the script and style sheet get it from the page's

@@ -23,6 +23,21 @@ is stuck) until :meth:`MemoryConnection.release`, and
 :meth:`MemoryMesh.attach` joins a context to any other protocol, e.g. one that
 sends hand-made bytes.
 
+``memory:NAME`` endpoints put ``Context.listen``, ``Context.connect`` and the
+dialer behind it (ClientService, its backoff, reconnection after a cut) in
+memory too, exactly as over TCP. Twisted's ``serverFromString`` and
+``clientFromString`` find them as plugins (``twisted/plugins/yotonnet_memory.py``)
+for any context whose reactor is a mesh's clock (``mesh.add()`` makes those):
+a listener holds NAME on that mesh's network (each mesh has its own), a dial to
+a name nobody holds is refused (ConnectionRefusedError, so the dialer backs
+off and tries again), and a connection is a :class:`MemoryConnection` like any
+other: the mesh moves its bytes, and ``cut``, ``hold`` and ``vanish`` work on
+it. :class:`MemoryServerEndpoint` and :class:`MemoryClientEndpoint` are the
+same endpoints for code that takes an endpoint object.
+
+:class:`MeshTestCase` is a trial test case whose ``make_mesh()`` builds a
+mesh that is closed when the test ends.
+
 Everything is deterministic: node ids come from ``random.Random(seed)``,
 delivery follows connection order (or, with ``shuffle=True``, an order drawn
 from the same seed, to explore interleavings while keeping each connection's
@@ -50,20 +65,50 @@ Example::
             self.assertEqual(self.successResultOf(sub.recv()), "hello")
             mesh.cut(a, b)                    # both ends see connectionLost
             mesh.advance(10)                  # heartbeats, timeouts, housekeeping
+
+The same through endpoint strings, where the dialer redials by itself::
+
+    from yotonnet import ContextConfig
+    from yotonnet.testing import MeshTestCase
+
+    class HubTests(MeshTestCase):
+        mesh_config = ContextConfig(reconnect_initial=1.0)
+
+        def test_redial(self):
+            mesh = self.make_mesh(names=["hub", "a"])
+            hub, a = mesh
+            self.successResultOf(hub.listen("memory:hub"))
+            link = a.connect("memory:hub")    # a dialer, as for "tcp:host:7117"
+            mesh.settle()
+            self.assertIs(self.successResultOf(link), a.dialers[0].link)
+            mesh.cut(a, hub)                  # the dialer backs off, then redials
+            mesh.advance(a.dialers[0].info()["last_delay"])
+            self.assertTrue(a.dialers[0].info()["connected"])
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from twisted.internet import error
-from twisted.internet.interfaces import IAddress, IProtocol
+from twisted.internet import defer, error
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from .core import wire
@@ -71,7 +116,19 @@ from .mesh.context import Context, ContextConfig
 from .mesh.link import Link, LinkFactory
 from .security.settings import Security
 
-__all__ = ["MemoryAddress", "MemoryTransport", "MemoryConnection", "MemoryMesh"]
+__all__ = [
+    "MemoryAddress",
+    "MemoryTransport",
+    "MemoryConnection",
+    "MemoryMesh",
+    "MemoryPort",
+    "MemoryServerEndpoint",
+    "MemoryClientEndpoint",
+    "memory_server_endpoint",
+    "memory_client_endpoint",
+    "mesh_of",
+    "MeshTestCase",
+]
 
 
 @implementer(IAddress)
@@ -121,9 +178,12 @@ class MemoryConnection:
 
     ``client`` dialled, ``server`` accepted; ``client_context`` and
     ``server_context`` are their contexts (None for a foreign protocol).
-    ``closed`` and ``reason`` tell whether and why it ended. The mesh plays
-    the dialler, so a dialling link's failed handshake lands in
-    ``handshake_failure`` rather than in the log.
+    ``closed`` and ``reason`` tell whether and why it ended. On a connection
+    made by :meth:`MemoryMesh.link` the mesh plays the dialler, so a dialling
+    link's failed handshake lands in ``handshake_failure`` rather than in the
+    log; on one dialled through a ``memory:`` endpoint the dialler (e.g. the
+    context's) has that part, and ``client`` is whatever its factory built
+    (ClientService's proxy around the link, for ``Context.connect``).
     With tracing on, ``frames`` lists ``(sender_name, Frame)`` for every frame
     delivered, preambles excluded.
     """
@@ -159,6 +219,8 @@ class MemoryConnection:
         #: why the dialling link's handshake failed (a Failure), if it did
         self.handshake_failure: Failure | None = None
         self.bytes_moved = 0
+        # each end's Link, when it is one (see _note_links)
+        self._links: dict[MemoryTransport, Link] = {}
         self._held: set[MemoryTransport] = set()
         self._gone: set[MemoryTransport] = set()  # ends already told connectionLost
         self._vanished: set[MemoryTransport] = set()  # ends that left without a word
@@ -170,6 +232,18 @@ class MemoryConnection:
 
     def _handshake_failed(self, failure: Failure) -> None:
         self.handshake_failure = failure
+
+    def _note_links(self) -> None:
+        """Remember each end's Link once connected.
+
+        A dialer's link reaches the transport wrapped in ClientService's proxy; the
+        link registers itself as its transport's producer, which is how it is found.
+        """
+        for t in (self.client_transport, self.server_transport):
+            for candidate in (t.protocol, t.producer):
+                if isinstance(candidate, Link):
+                    self._links[t] = candidate
+                    break
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -183,16 +257,21 @@ class MemoryConnection:
             (self.client_transport, self.client, self.client_context, self.client_name),
             (self.server_transport, self.server, self.server_context, self.server_name),
         ):
-            if end is proto or (ctx is not None and end is ctx) or end == name:
+            if (
+                end is proto
+                or end is self._links.get(transport)
+                or (ctx is not None and end is ctx)
+                or end == name
+            ):
                 return transport
         raise ValueError(f"{end!r} is not an end of {self!r}")
 
     def link_of(self, end: Context | str) -> Link:
         """The :class:`Link` protocol of the given context's end."""
-        proto = self._transport_of(end).protocol
-        if not isinstance(proto, Link):
+        link = self._links.get(self._transport_of(end))
+        if link is None:
             raise TypeError(f"{end!r}'s end of {self!r} is not a Link")
-        return proto
+        return link
 
     def peer_of(self, end: Any) -> IProtocol:
         """The protocol at the other end from ``end``."""
@@ -354,8 +433,11 @@ class MemoryMesh:
         self.max_rounds = max_rounds
         self.contexts: list[Context] = []
         self.connections: list[MemoryConnection] = []
+        #: names listened on through ``memory:NAME`` endpoints on this mesh's clock
+        self.listeners: dict[str, MemoryPort] = {}
         self._dirty: dict[MemoryConnection, None] = {}
         self._used_ids: set[int] = set()
+        _meshes[id(self.clock)] = self
         name_list = list(names) if names is not None else []
         for i in range(max(n, len(name_list))):
             self.add(name_list[i] if i < len(name_list) else None)
@@ -474,12 +556,16 @@ class MemoryMesh:
         if isinstance(client, Link) and client.handshake_done is not None:
             # The mesh dials, so it takes the dialler's part: it consumes the outcome.
             client.handshake_done.addErrback(conn._handshake_failed)
-        self.connections.append(conn)
-        server.makeConnection(conn.server_transport)
-        client.makeConnection(conn.client_transport)
+        self._open(conn)
         if settle:
             self.settle()
         return conn
+
+    def _open(self, conn: MemoryConnection) -> None:
+        self.connections.append(conn)
+        conn.server.makeConnection(conn.server_transport)
+        conn.client.makeConnection(conn.client_transport)
+        conn._note_links()
 
     def connection(self, a: Context | int | str, b: Context | int | str) -> MemoryConnection:
         """The newest open connection between ``a`` and ``b`` (either direction)."""
@@ -632,3 +718,192 @@ class MemoryMesh:
             conn.cut("mesh closed")
         for d in results:
             d.addErrback(lambda _f: None)  # close() never fails in memory; don't log it
+
+
+# --- memory: endpoints
+
+#: id(clock) -> the mesh that owns that clock; weak, so a finished mesh is forgotten
+_meshes: weakref.WeakValueDictionary[int, MemoryMesh] = weakref.WeakValueDictionary()
+
+
+def mesh_of(reactor: Any) -> MemoryMesh:
+    """The :class:`MemoryMesh` whose clock ``reactor`` is: the network of its ``memory:`` names.
+
+    Raises ValueError for any other reactor: only a mesh moves in-memory bytes.
+    """
+    mesh = _meshes.get(id(reactor))
+    if mesh is None or mesh.clock is not reactor:
+        raise ValueError(
+            "memory: endpoints work only on a MemoryMesh's clock (give the context "
+            f"mesh.clock as its reactor, or create it with mesh.add()); not on {reactor!r}"
+        )
+    return mesh
+
+
+def _endpoint_name(args: tuple[Any, ...], options: dict[str, Any]) -> str:
+    if len(args) != 1 or not args[0]:
+        raise ValueError("a memory endpoint is memory:NAME, one non-empty name")
+    if options:
+        raise ValueError(f"memory:NAME takes no options, not {', '.join(sorted(options))}")
+    return str(args[0])
+
+
+def memory_server_endpoint(reactor: Any, *args: Any, **options: Any) -> MemoryServerEndpoint:
+    """What ``serverFromString(reactor, "memory:NAME")`` returns (the plugin calls this)."""
+    return MemoryServerEndpoint(mesh_of(reactor), _endpoint_name(args, options))
+
+
+def memory_client_endpoint(reactor: Any, *args: Any, **options: Any) -> MemoryClientEndpoint:
+    """What ``clientFromString(reactor, "memory:NAME")`` returns (the plugin calls this)."""
+    return MemoryClientEndpoint(mesh_of(reactor), _endpoint_name(args, options))
+
+
+def _context_of(protocol: Any) -> Context | None:
+    # A Link's context; ClientService's proxy forwards attribute reads to its link.
+    ctx = getattr(protocol, "context", None)
+    return ctx if isinstance(ctx, Context) else None
+
+
+@implementer(IListeningPort)
+class MemoryPort:
+    """A name listened on in a mesh's memory network, as a TCP port is on an address.
+
+    Stopping it frees the name; connections already made stay up, as over TCP.
+    """
+
+    def __init__(self, mesh: MemoryMesh, name: str, factory: IProtocolFactory) -> None:
+        self.mesh = mesh
+        self.name = name
+        self.factory = factory
+        self.listening = False
+
+    def __repr__(self) -> str:
+        return f"<MemoryPort memory:{self.name} {'open' if self.listening else 'closed'}>"
+
+    def startListening(self) -> None:
+        if self.listening:
+            return
+        if self.name in self.mesh.listeners:
+            raise error.CannotListenError(
+                "memory", self.name, "another listener has this name on this mesh"
+            )
+        self.mesh.listeners[self.name] = self
+        self.listening = True
+        self.factory.doStart()
+
+    def stopListening(self) -> None:
+        if not self.listening:
+            return
+        self.listening = False
+        del self.mesh.listeners[self.name]
+        self.factory.doStop()
+
+    def getHost(self) -> MemoryAddress:
+        return MemoryAddress(f"memory:{self.name}")
+
+
+@implementer(IStreamServerEndpoint)
+class MemoryServerEndpoint:
+    """Listens on ``memory:NAME`` in ``mesh``'s memory network."""
+
+    def __init__(self, mesh: MemoryMesh, name: str) -> None:
+        self.mesh = mesh
+        self.name = name
+
+    def listen(self, protocolFactory: IProtocolFactory) -> defer.Deferred[MemoryPort]:
+        port = MemoryPort(self.mesh, self.name, protocolFactory)
+        try:
+            port.startListening()
+        except error.CannotListenError:
+            return defer.fail()
+        return defer.succeed(port)
+
+
+class _HangUp(Protocol):
+    """Accepts for a listener whose factory built no protocol, and closes at once (TCP's way)."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
+@implementer(IStreamClientEndpoint)
+class MemoryClientEndpoint:
+    """Dials ``memory:NAME`` in ``mesh``'s memory network.
+
+    As over TCP, the outcome comes later (on the mesh's next pump): the
+    connection, or ConnectionRefusedError when nobody listens on NAME.
+    """
+
+    def __init__(self, mesh: MemoryMesh, name: str) -> None:
+        self.mesh = mesh
+        self.name = name
+
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+        pending: list[Any] = []
+
+        def cancel(_d: defer.Deferred[IProtocol]) -> None:
+            if pending and pending[0].active():
+                pending[0].cancel()  # Deferred.cancel then fails it with CancelledError
+
+        d: defer.Deferred[IProtocol] = defer.Deferred(cancel)
+
+        def arrive() -> None:
+            try:
+                d.callback(self._arrive(protocolFactory))
+            except Exception:  # noqa: BLE001 - the dialler gets every failure
+                d.errback()
+
+        pending.append(self.mesh.clock.callLater(0, arrive))
+        return d
+
+    def _arrive(self, factory: IProtocolFactory) -> IProtocol:
+        mesh = self.mesh
+        port = mesh.listeners.get(self.name)
+        if port is None:
+            raise error.ConnectionRefusedError(string=f"nobody listens on memory:{self.name}")
+        client = factory.buildProtocol(MemoryAddress(f"memory:{self.name}"))
+        if client is None:
+            raise error.ConnectError(
+                string=f"the factory dialling memory:{self.name} built no protocol"
+            )
+        client_ctx = _context_of(client)
+        client_name = client_ctx.name if client_ctx is not None else "client"
+        server = port.factory.buildProtocol(MemoryAddress(f"memory:{client_name}"))
+        if server is None:
+            server = _HangUp()
+        conn = MemoryConnection(
+            mesh, client, client_name, server, self.name, client_ctx, _context_of(server),
+            trace=mesh.trace,
+        )
+        mesh._open(conn)
+        return client
+
+
+# --- one test case class for mesh tests
+
+
+class MeshTestCase(SynchronousTestCase):
+    """A trial test case whose meshes are closed when the test ends.
+
+    :meth:`make_mesh` takes :class:`MemoryMesh`'s arguments; a subclass sets
+    ``mesh_config`` to give its meshes a :class:`ContextConfig` by default.
+    Being trial's, it runs under trial and under pytest alike.
+    """
+
+    #: the config of the meshes :meth:`make_mesh` builds, unless it is given one
+    mesh_config: ContextConfig | None = None
+
+    def make_mesh(self, n: int = 0, **kwargs: Any) -> MemoryMesh:
+        """A :class:`MemoryMesh` of ``n`` contexts, closed after the test."""
+        if self.mesh_config is not None:
+            kwargs.setdefault("config", self.mesh_config)
+        mesh = MemoryMesh(n, **kwargs)
+        self.addCleanup(mesh.close)
+        return mesh
+
+    def assert_increasing(self, values: list[int], what: str) -> None:
+        """No duplicate and no reordering: each value strictly above the one before
+        (sequence numbers a subscriber saw, say); ``what`` names them in the failure."""
+        for x, y in itertools.pairwise(values):
+            self.assertLess(x, y, f"{what}: {y} after {x} in {values}")
