@@ -11,13 +11,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory, Protocol
 
 from .. import errors
 from ..channels import PubChannel, ReqChannel
 from ..mesh.context import Context, ContextConfig
+from ..mesh.dialer import DialerEvent
 from ..mesh.link import HandshakeError
 from ..security.settings import SecurityError
 from ..service.config import DEFAULT_LISTEN, Settings
@@ -101,13 +102,11 @@ class Session:
         d.addCallbacks(up, refused)
 
         # A client fails fast: the first failed attempt ends it (the dialer would retry).
-        def check() -> None:
-            if dialer.attempts >= 1 and not outcome.called:
-                outcome.errback(_Unreachable(dialer.last_error))
+        def attempt(event: DialerEvent) -> None:
+            if event.kind == "retry" and event.attempt >= 1 and not outcome.called:
+                outcome.errback(_Unreachable(event.error))
 
-        poll = task.LoopingCall(check)
-        poll.clock = self.reactor
-        poll.start(0.01, now=False)
+        unwatch = dialer.watch(attempt)
         try:
             return await _wait(
                 self.reactor, outcome, self.timeout,
@@ -124,7 +123,7 @@ class Session:
         except HandshakeError as e:
             raise CliError(f"{self.endpoint} refused the link: {peer_text(e)}") from None
         finally:
-            poll.stop()
+            unwatch()
 
     async def _probe(self) -> str:
         """Why a TCP/unix connection to the endpoint fails (the dialer keeps no reason)."""
@@ -155,7 +154,7 @@ class Session:
             return state is not None and me in state.links
 
         await _wait(
-            self.reactor, _until(self.reactor, settled), self.timeout,
+            self.reactor, _until(self.ctx, settled), self.timeout,
             lambda: f"{self.endpoint} linked but sent no routing records within "
                     f"{self.timeout:g} s",
         )
@@ -200,19 +199,18 @@ class _Unreachable(Exception):
         self.reason = reason
 
 
-def _until(reactor: Any, predicate: Callable[[], bool], every: float = 0.005) -> defer.Deferred:
-    """Fires once ``predicate()`` is true (routing records have no arrival callback)."""
+def _until(ctx: Context, predicate: Callable[[], bool]) -> defer.Deferred:
+    """Fires once ``predicate()`` is true, asked again at every change of the mesh's
+    picture (a record, a link)."""
     d: defer.Deferred = defer.Deferred()
 
     def check() -> None:
-        if predicate() and not d.called:
-            loop.stop()
+        if not d.called and predicate():
             d.callback(None)
 
-    loop = task.LoopingCall(check)
-    loop.clock = reactor
-    loop.start(every, now=True)
-    d.addErrback(lambda f: (loop.running and loop.stop(), f)[1])
+    unwatch = ctx.watch_routes(check)
+    d.addBoth(lambda result: (unwatch(), result)[1])
+    check()
     return d
 
 
