@@ -56,7 +56,10 @@ class Bench:
 
     def __init__(self) -> None:
         from yotonnet import BINARY, PubChannel, SubChannel
-        from yotonnet.core import wire
+        try:
+            from yotonnet.core import wire
+        except ImportError:  # a tree from before the core/ folder (for --compare)
+            from yotonnet import wire
         from yotonnet.testing import MemoryMesh
 
         self.wire = wire
@@ -111,7 +114,13 @@ class Bench:
         elif not on and self.local is not None:
             self.local.close()
             self.local = None
-        self.n1._forget_paths()
+        # the fan-out caches hold the subscriber set: drop them (older trees: a method of
+        # the context; now the core's topology)
+        node = getattr(self.n1, "node", None)
+        if node is not None:
+            node.topology.forget_paths()
+        else:
+            self.n1._forget_paths()
 
     def run(self, case: str, frames: int) -> float:
         """Seconds per frame for one pass of ``case`` over fresh reads."""

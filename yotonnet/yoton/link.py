@@ -22,10 +22,12 @@ Translation, per pattern:
   unreleased, it tells the Yoton publishers ``full``, and ``ok`` below 1/2.
   Past ``publish_backlog`` unreleased bytes it drops (counted) what a Yoton
   publisher sends regardless (Yoton's PubChannel blocks at most 1 s per send).
-* state: a package on a ``state`` slot is a write by the virtual node, with a
-  Lamport version like any; the link keeps the newest value it has seen and
-  gives it to state holders that appear later (a late joiner), as a node
-  holding the channel would; the Yoton side only ever gets newer versions.
+* state: a package on a ``state`` slot is a write by the virtual node, made
+  through the node's one state store (:class:`~yotonnet.core.statesync.StateSync`)
+  with a Lamport version like any. The Yoton side's hold on the channel is a
+  local holder of that store (:class:`YotonStateHolder`): the store keeps the
+  value, tells late joiners and passes each newer value on, so the Yoton side
+  only ever gets newer versions.
 * request/reply: Yoton asks who will serve (``req?``, dest seq = request id +
   2**63) before sending a request. The link answers ``req!`` in the name of
   the nearest replier the mesh knows, then turns the request into a REQUEST
@@ -50,14 +52,17 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ..core import wire
 from ..core.codec import decode_object, decode_values, encode_object, encode_values
+from ..core.interfaces import IStateEnd
+from ..core.messages import message_type
 from ..core.names import printable
 from ..core.routing import REP, STATE, NodeState
 from ..core.wire import HEADER_SIZE, FrameKind
-from ..errors import DecodeError, MessageTypeError, ProtocolError
-from ..mesh.link import CLOSED, HANDSHAKING, UP, HandshakeError, LinkBase
+from ..errors import DecodeError, MessageTypeError, ProtocolError, YotonnetError
+from ..mesh.link import HANDSHAKING, UP, HandshakeError, LinkBase
 from . import objects
 from . import wire as ywire
 from .slots import FLOW, PUB, REPL, REQ, STATE_SLOT, Carried, SlotMap
@@ -81,12 +86,10 @@ FULL_REPEAT, FULL_LAPSE = 4.0, 10.0
 MAX_PENDING = 10000
 #: distinct Yoton subscribers per channel whose "full" is tracked (a bound, not a need)
 MAX_FULL_SOURCES = 1024
-_STATE_VERSION_SIZE = 16
 
 _DATA = int(FrameKind.DATA)
 _REQUEST = int(FrameKind.REQUEST)
 _REPLY = int(FrameKind.REPLY)
-_STATE = int(FrameKind.STATE)
 _CREDIT = int(FrameKind.CREDIT)
 
 
@@ -134,10 +137,9 @@ class YotonLink(LinkBase):
         # bytes injected and not yet credited by the node; channels told "full"
         self._unreleased: dict[int, int] = {}
         self._told_full: dict[int, float] = {}
-        # state: newest (version, tag, payload) seen per channel, and holders given it
-        self._state: dict[int, tuple[tuple[int, int], int, bytes]] = {}
-        self._state_told: dict[int, set[int]] = {}
-        self._routing_seen = -1
+        # state: the Yoton side's hold on each carried state channel, registered with the
+        # node once the link is up (the node's one state store keeps the values)
+        self._holders: list[YotonStateHolder] = []
         # req/rep: requests from the mesh in negotiation, by Yoton request id
         self._outgoing: dict[int, _Outgoing] = {}
         self._next_request = 0
@@ -227,6 +229,7 @@ class YotonLink(LinkBase):
         # as soon as the context lists it.
         self._announce(self.slots.interests(), {ctx.node_id: 1})
         ctx.link_up(self)
+        self._hold_state()
         # As a Yoton client does after connecting: every Yoton context that hears this
         # re-sends its state channels' values, which the mesh then learns.
         self._write(
@@ -246,6 +249,7 @@ class YotonLink(LinkBase):
         was = self.status
         super().connectionLost(reason)
         self._outgoing.clear()
+        self._release_state()
         if was is not HANDSHAKING and self.context.accepting() is None \
                 and self._topology.peers.get(self.peer_id) is None:
             # Nothing routes to the virtual node any more: say so at once instead of
@@ -299,10 +303,6 @@ class YotonLink(LinkBase):
             if not sources:
                 del self._full_from[channel]
                 self._schedule_grant()
-        generation = self._topology.routing.generation
-        if generation != self._routing_seen and self.status is not CLOSED:
-            self._routing_seen = generation
-            self._push_state()
 
     # --- writing Yoton packages
 
@@ -339,12 +339,11 @@ class YotonLink(LinkBase):
                 self._data_to_yoton(frame, out)
             elif kind == _CREDIT:
                 self._credit_in(frame[3], frame[6])
-            elif kind == _STATE:
-                self._state_to_yoton(frame, out)
             elif kind == _REQUEST:
                 self._request_to_yoton(frame, out)
             elif kind == _REPLY:
                 self._reply_to_yoton(frame, out)
+            # STATE: the node's state store tells this link's holders (YotonStateHolder).
             # CONTROL (records), PING/PONG, CLOSE, ERROR: nothing for a Yoton context.
         if out:
             self._write(b"".join(out) if len(out) > 1 else out[0])
@@ -443,7 +442,10 @@ class YotonLink(LinkBase):
                 elif kind == FLOW:
                     self._flow_from_yoton(carried, package)
                 elif kind == STATE_SLOT:
-                    self._state_from_yoton(carried, package, frames)
+                    if frames:  # what came before the write goes first
+                        self._dispatch_frames(frames)
+                        frames = []
+                    self._state_from_yoton(carried, package)
                 elif kind == REQ:
                     self._req_from_yoton(carried, package, frames)
                 elif kind == REPL:
@@ -484,67 +486,58 @@ class YotonLink(LinkBase):
 
     # --- state
 
-    def _state_from_yoton(self, carried: Carried, package: ywire.Package, frames: list) -> None:
+    def _state_from_yoton(self, carried: Carried, package: ywire.Package) -> None:
+        """A Yoton context set a state channel: a write by the virtual node."""
         payload = carried.to_mesh(package.data)
-        channel = carried.channel
-        held = self._state.get(channel)
-        clock = max(self.context.node.state.clock(channel), held[0][0] if held else 0) + 1
-        version = (clock, self.peer_id)
-        self._state[channel] = (version, carried.tag, payload)
-        frames.append(self._state_frame(channel, version, carried.tag, payload, 0))
+        try:
+            self.context.node.state.set(carried.channel, carried.tag, payload,
+                                        writer=self.peer_id)
+        except YotonnetError as e:  # the channel's clock ran out
+            raise ValueError(str(e)) from None
 
-    def _state_frame(
-        self, channel: int, version: tuple[int, int], tag: int, payload: bytes, dest: int
-    ) -> wire.Frame:
-        body = version[0].to_bytes(8, "little") + version[1].to_bytes(8, "little") + payload
-        return wire.Frame(_STATE, self._hops(), tag, channel, self.peer_id, dest, 0, body, b"")
-
-    def _state_to_yoton(self, frame: wire.Frame, out: list[bytes]) -> None:
-        channel, payload = frame[3], frame[7]
-        carried = self.slots.by_channel.get(channel)
-        if (
-            carried is None
-            or carried.pattern != "state"
-            or frame[5] not in (0, self.peer_id)
-            or len(payload) < _STATE_VERSION_SIZE
-        ):
+    def state_changed(self, carried: Carried, tag: int, payload: bytes) -> None:
+        """The node holds a newer value of a state channel this link carries: give it to
+        the Yoton side (Yoton has no versions: it only ever gets newer values)."""
+        if self.closing or self.status is HANDSHAKING:
             return
-        version = (
-            int.from_bytes(payload[:8], "little"),
-            int.from_bytes(payload[8:16], "little"),
-        )
-        held = self._state.get(channel)
-        if held is not None and held[0] >= version:
-            return  # Yoton has no versions: give it only what is newer
-        value = payload[_STATE_VERSION_SIZE:]
-        self._state[channel] = (version, frame[2], value)
-        if frame[2] != carried.tag:
+        current = self.context.node.state.current(carried.channel)
+        writer = current[0][1] if current is not None else self.context.node_id
+        if writer == self.peer_id:
+            return  # its own write, back from the store
+        if tag != carried.tag:
             self.counters["untranslatable"] += 1
             return
         try:
-            data = carried.to_yoton(value)
+            data = carried.to_yoton(payload)
         except (DecodeError, MessageTypeError):
             self.counters["untranslatable"] += 1
             return
-        # Everything reachable now holds this version or a newer one in flight.
-        out.append(self._package(carried.slots[STATE_SLOT], data, frame[4]))
+        self._write(self._package(carried.slots[STATE_SLOT], data, writer))
 
-    def _push_state(self) -> None:
-        """Give the newest value this link knows to state holders it has not told yet."""
-        routing = self._topology.routing
-        frames = []
-        for channel, (version, tag, payload) in self._state.items():
-            holders = set(routing.holders(channel, STATE))
-            holders.discard(self.peer_id)
-            told = self._state_told.get(channel, set())
-            for node in holders - told:
-                if version[1] != node:  # not back to its writer
-                    frames.append(self._state_frame(channel, version, tag, payload, node))
-            self._state_told[channel] = holders
-        if frames:
-            # As if the virtual node sent them: the node routes each to its holder,
-            # or applies it when the holder is the node itself.
-            self._dispatch_frames(frames)
+    def _hold_state(self) -> None:
+        """Hold each carried state channel in the node's state store, for the Yoton side;
+        give it the value already held."""
+        node = self.context.node
+        for carried in self.slots.carried:
+            if carried.pattern != "state":
+                continue
+            holder = YotonStateHolder(self, carried)
+            try:
+                node.register(STATE, carried.channel, holder)
+            except MessageTypeError as e:
+                self.counters["untranslatable"] += 1
+                log.warn("Yoton link {link}: state channel {name} not carried: {e}",
+                         link=self.describe(), name=printable(carried.name), e=str(e))
+                continue
+            self._holders.append(holder)
+            current = node.state.current(carried.channel)
+            if current is not None:
+                self.state_changed(carried, current[1], current[2])
+
+    def _release_state(self) -> None:
+        holders, self._holders = self._holders, []
+        for holder in holders:
+            self.context.node.unregister(STATE, holder.channel_id, holder)
 
     # --- request/reply: Yoton requesters, mesh repliers
 
@@ -720,6 +713,25 @@ class YotonLink(LinkBase):
         info["yoton_pid"] = self.yoton_pid
         info["yoton"] = dict(self.counters)
         return info
+
+
+@implementer(IStateEnd)
+class YotonStateHolder:
+    """A Yoton context's hold on a state channel, as a local holder of the node's state
+    store: the store orders writes, keeps the value and tells late joiners, as for any
+    holder; this end passes each newer value to the Yoton side."""
+
+    pattern = "state"
+
+    def __init__(self, link: YotonLink, carried: Carried) -> None:
+        self.link = link
+        self.carried = carried
+        self.channel_id = carried.channel
+        self.name = carried.name
+        self.message_type = message_type(carried.type_name)
+
+    def changed(self, tag: int, payload: bytes) -> None:
+        self.link.state_changed(self.carried, tag, payload)
 
 
 class YotonLinkFactory(Factory):
