@@ -24,6 +24,7 @@ RINGS: dict[str, int | dict[str, int]] = {
     # ring 1: sans-IO
     "test_config": 1,
     "test_control_limits": 1,
+    "test_core": 1,
     "test_docker": 1,
     "test_kernel_protocol": 1,
     "test_layers": 1,

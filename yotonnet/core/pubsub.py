@@ -199,16 +199,7 @@ class PubSub:
             if parts:
                 self.counters["forwarded"] += len(parts) * len(peers)
                 hold = self._relay(peer, channel, size, b"".join(parts), peers)
-        subs = self.subscribers.get(channel)
-        if subs:
-            if hold is None:
-                hold = Hold(peer, channel, size, self.release)
-            for sub in subs:
-                sub.deliver_run(run, peer, hold)
-        if hold is None:
-            self.credit(peer, channel, size)
-        else:
-            hold.unref()
+        self._deliver(peer, channel, size, hold, run, False)
         return j
 
     def on_run(self, peer: IPeer, run: Run, i: int) -> int:
@@ -224,17 +215,28 @@ class PubSub:
         if peers and topology.onward(hops, count):
             self.counters["forwarded"] += count * len(peers)
             hold = self._relay(peer, channel, size, run.relayed(), peers)
+        self._deliver(peer, channel, size, hold, run, True)
+        return i + 1
+
+    def _deliver(
+        self, peer: IPeer, channel: int, size: int, hold: Hold | None, run: Any, block: bool
+    ) -> None:
+        """Give received frames (a Run when ``block``, else a list) to the local
+        subscribers; ``peer``'s credit for their ``size`` bytes comes back once every
+        relay and subscriber has let go of them."""
         subs = self.subscribers.get(channel)
         if subs:
             if hold is None:
                 hold = Hold(peer, channel, size, self.release)
             for sub in subs:
-                sub.deliver_block(run, peer, hold)
+                if block:
+                    sub.deliver_block(run, peer, hold)
+                else:
+                    sub.deliver_run(run, peer, hold)
         if hold is None:
             self.credit(peer, channel, size)
         else:
             hold.unref()
-        return i + 1
 
     def _relay(
         self, peer: IPeer, channel: int, size: int, blob: bytes, targets: list[IPeer]

@@ -257,21 +257,17 @@ class Requests:
             # Late (cancelled or timed out), or not from the replier we asked: dropped.
             self.counters["replies_dropped"] += 1
             return
-        if status != REPLY_OK:
-            self._fail(call, status, payload)
-            return
-        try:
-            value = decode_object(payload)
-        except Exception as e:  # noqa: BLE001 - a malformed reply fails only its call
-            call[1].errback(errors.DecodeError(f"malformed reply: {e}"))
-            return
-        call[1].callback(value)  # the waiter
+        self._outcome(call, status, payload)
 
     def accept(self, req_id: int, status: int, payload: bytes) -> None:
         """A reply made on this node to a request made on this node."""
         call = self.calls.pop(req_id)
         if call is None:
             return  # cancelled or timed out: the late reply is dropped
+        self._outcome(call, status, payload)
+
+    def _outcome(self, call: Call, status: int, payload: bytes) -> None:
+        """A call's reply: its value to the waiter, or the error it says."""
         if status != REPLY_OK:
             self._fail(call, status, payload)
             return

@@ -120,8 +120,8 @@ class Context:
 
         def listening(port: Any) -> Any:
             self.ports.append(port)
-            log.info("{node} listening on {where}", node=self.name, where=_port_text(port))
-            self.guard.listening(_port_text(port))
+            log.info("{node} listening on {where}", node=self.name, where=port_text(port))
+            self.guard.listening(port_text(port))
             return port
 
         return d.addCallback(listening)
@@ -365,11 +365,13 @@ class Context:
                 log.failure("link watcher failed")
 
 
-def _port_text(port: Any) -> str:
+def port_text(port: Any) -> str:
+    """``host:port`` of a listening TCP port, the path of a unix one."""
     try:
         host = port.getHost()
     except Exception:  # noqa: BLE001
         return repr(port)
     if hasattr(host, "port"):
         return f"{host.host}:{host.port}"
-    return str(getattr(host, "name", host))
+    name = getattr(host, "name", host)
+    return name.decode() if isinstance(name, bytes) else str(name)

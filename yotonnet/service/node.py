@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from .. import errors
 from ..channels import RepChannel, StateChannel
 from ..core.names import channel_id, printable, validate_channel_name
-from ..mesh.context import Context, ContextConfig
+from ..mesh.context import Context, ContextConfig, port_text
 from ..security.settings import Security
 from .config import DEFAULT_CONNECT, DEFAULT_LISTEN, Settings
 
@@ -337,15 +337,3 @@ def _url_host(port: Any) -> str:
     if host is not None and ":" in host:
         return f"[{host}]:{port.getHost().port}"
     return port_text(port)
-
-
-def port_text(port: Any) -> str:
-    """``host:port`` of a listening TCP port, the path of a unix one."""
-    try:
-        host = port.getHost()
-    except Exception:  # noqa: BLE001
-        return repr(port)
-    if hasattr(host, "port"):
-        return f"{host.host}:{host.port}"
-    name = getattr(host, "name", host)
-    return name.decode() if isinstance(name, bytes) else str(name)
