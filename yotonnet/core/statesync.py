@@ -117,20 +117,23 @@ class StateSync:
     def routes_changed(self) -> None:
         """Tell holders we have not told yet (late joiners, healed partitions) our value."""
         routing = self.topology.routing
-        # A holder told before can need telling again only if it was cut off meanwhile,
-        # which takes a loss; otherwise only holders never told matter, and knowing there
-        # are none needs no route computation (records that only add nodes cost none).
+        # A holder told before needs telling again only if it was cut off meanwhile (which
+        # takes a loss) or stopped holding the channel; otherwise only holders never told
+        # matter, and knowing there are none needs no route computation (records that
+        # only add nodes cost none).
         lost = routing.losses != self._losses_seen
         self._losses_seen = routing.losses
         for channel, (version, tag, payload) in self._values.items():
             if channel not in self.holders:
                 continue
-            told = self._told.get(channel, set())
-            if not lost:
-                listed = routing.listed_holders(channel, STATE)
-                listed.discard(self.node_id)
-                if listed <= told:
-                    continue
+            listed = routing.listed_holders(channel, STATE)
+            listed.discard(self.node_id)
+            # A node that stopped holding the channel missed what was written meanwhile:
+            # once it holds it again, it is told anew.
+            told = self._told.get(channel, set()) & listed
+            if not lost and listed <= told:
+                self._told[channel] = told
+                continue
             reachable = set(routing.holders(channel, STATE))
             reachable.discard(self.node_id)
             for node in reachable - told:
