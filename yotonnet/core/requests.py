@@ -115,6 +115,7 @@ class Requests:
             peer.send(data)  # unicast's common case written out
         elif not topology.unicast(dest, data):
             self.finish(req_id, errors.NoResponders(f"replier for {channel_name!r} unreachable"))
+            return 0
         return req_id
 
     def cancel(self, req_id: int) -> None:
