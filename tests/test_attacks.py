@@ -48,6 +48,7 @@ import procs
 from asuser import run_as_stranger, spawn_as_stranger, stranger_unavailable
 from certs_fixture import PASSWORDS, TOKENS, path
 from kernel_support import FAST, Recorder
+from nodeproc import rss
 from twisted.internet import defer, reactor, threads, utils
 from twisted.trial.unittest import SkipTest, TestCase
 from waits import bounded, sleep, until
@@ -77,14 +78,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class AttackTestCase(TestCase):

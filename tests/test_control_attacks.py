@@ -27,13 +27,12 @@ from __future__ import annotations
 import json
 import os
 import select
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 
-from certs_fixture import TOKENS, bundle, path
+from certs_fixture import TOKENS, path
+from nodeproc import LoggedNode
 from twisted.trial.unittest import SynchronousTestCase
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,52 +41,12 @@ MiB = 1024 * 1024
 ENV = dict(os.environ, PYTHONPATH=REPO_ROOT)
 
 
-class LiveNode:
+class LiveNode(LoggedNode):
     """``yotonnet node`` on a loopback port with token logins; user b is a mesh node."""
 
     def __init__(self, context: str = "") -> None:
         """``context``: lines of the config file's [context] table."""
-        bundle()
-        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-        config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-        config.write(f'[context]\n{context}\n[security]\nnodes = ["b"]\n')
-        config.close()
-        self.config_path = config.name
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-c", "from yotonnet.cli import main; main()", "node",
-             "--name", "target", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-             "--tokens", path("tokens.txt"), "--config", self.config_path],
-            stdout=self.log, stderr=subprocess.STDOUT, env=ENV, cwd=REPO_ROOT,
-        )
-        deadline = time.monotonic() + 30
-        while "ready on" not in self.text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"node did not start:\n{self.text()[-3000:]}")
-            time.sleep(0.05)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def text(self) -> str:
-        with open(self.log.name, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def cpu(self) -> float:
-        """User plus system CPU seconds the node process has used."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def rss(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        super().__init__(f'[context]\n{context}\n[security]\nnodes = ["b"]\n')
 
     def idle_cpu(self, timeout: float = 60.0) -> float:
         """The CPU figure once the node has stopped working (two quiet samples)."""
@@ -113,17 +72,6 @@ class LiveNode:
         if result.returncode != 0:
             raise AssertionError(f"status failed: {result.stderr}")
         return json.loads(result.stdout)["node"]["counters"]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for name in (self.log.name, self.config_path):
-            os.unlink(name)
 
 
 def read_line(proc: subprocess.Popen, timeout: float = 60.0) -> str:

@@ -22,13 +22,13 @@ import random
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import rawwire
-from certs_fixture import TOKENS, bundle, path
+from certs_fixture import TOKENS, path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nodeproc import LoggedNode
 from twisted.trial.unittest import SynchronousTestCase
 
 from yotonnet.core import wire
@@ -55,60 +55,13 @@ def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     )
 
 
-class NodeProcess:
-    """``yotonnet node`` on a loopback port, its log in a file."""
-
-    def __init__(self) -> None:
-        bundle()
-        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-c", "from yotonnet.cli import main; main()", "node",
-             "--name", "target", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-             "--tokens", path("tokens.txt"), "--config", self._config()],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
-        )
-        deadline = time.monotonic() + 30
-        while "ready on" not in self.text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"node did not start:\n{self.text()[-3000:]}")
-            time.sleep(0.05)
-
-    def _config(self) -> str:
-        f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-        f.write(
-            "[context]\nmax_frame = 65536\nhandshake_timeout = 2.0\n"
-            "[security]\nmax_links = 64\nmax_channels_per_link = 50\n"
-            "max_pending_per_link = 20\n"
-        )
-        f.close()
-        self.config_path = f.name
-        return f.name
-
-    def text(self) -> str:
-        with open(self.log.name, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def rss(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for name in (self.log.name, self.config_path):
-            os.unlink(name)
+def node_process() -> LoggedNode:
+    """``yotonnet node`` with small limits, so that the attacks reach them."""
+    return LoggedNode(
+        "[context]\nmax_frame = 65536\nhandshake_timeout = 2.0\n"
+        "[security]\nmax_links = 64\nmax_channels_per_link = 50\n"
+        "max_pending_per_link = 20\n"
+    )
 
 
 def blind_login(method: str) -> bytes:
@@ -239,7 +192,7 @@ class HostileInput(SynchronousTestCase):
     figures: dict[str, int] = {}
 
     def setUp(self) -> None:
-        self.node = NodeProcess()
+        self.node = node_process()
         self.addCleanup(self.node.stop)
         self.good = GoodLink(self.node.port)
         self.addCleanup(self.good.sock.close)
