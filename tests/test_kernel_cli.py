@@ -218,7 +218,11 @@ class TmuxConsoleTests(TestCase):
         self.keys("%who", "Enter")
         await self.shows("tmuxer  collaborator (you)", "%who")
 
-        # The other attached user saw the console's code, tagged with its user.
+        # The other attached user saw the console's code, tagged with its user (its
+        # stream runs on its own: it may be a message or two behind the console's screen).
+        await until(lambda: any(m["text"].rstrip("\n") == "name.upper()"
+                                for m in rec.kinds(p.EXECUTE)),
+                    "the other user to see the console's last statement")
         ran = [(m["user"], m["text"].rstrip("\n")) for m in rec.kinds(p.EXECUTE)]
         self.assertIn(("tmuxer", "x = 6 * 7"), ran)
         self.assertIn(("tmuxer", "for i in range(3):\n    print('row', i)"), ran)
