@@ -320,6 +320,8 @@ class SocketPeer:
                 data = self.sock.recv(65536)
             except TimeoutError:
                 continue
+            except ConnectionResetError:
+                break
             if not data:
                 break
             self.dialler.feed(data)

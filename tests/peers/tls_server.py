@@ -14,9 +14,9 @@ any yotonnet frame. It stops by itself if its parent goes away.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
+from peer import watch_parent  # the peers' one parent check (this script's folder)
 from twisted.internet import defer, protocol, ssl, task
 from twisted.internet.endpoints import SSL4ServerEndpoint
 
@@ -41,16 +41,6 @@ async def run(reactor, cert_path: str, key_path: str) -> None:
     port = await endpoint.listen(protocol.Factory.forProtocol(Silent))
     emit(f"READY {port.getHost().port}")
     await defer.Deferred()  # serve until killed
-
-
-def watch_parent(reactor) -> None:
-    parent = os.getppid()
-
-    def check() -> None:
-        if os.getppid() != parent:
-            reactor.stop()
-
-    task.LoopingCall(check).start(0.5, now=False)
 
 
 def main() -> None:
