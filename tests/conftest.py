@@ -37,6 +37,7 @@ RINGS: dict[str, int | dict[str, int]] = {
     # ring 2: in memory, on a fake clock
     "test_memory_channels": 2,
     "test_memory_endpoint": 2,
+    "test_leaves": 2,
     "test_memory_links": 2,
     "test_mesh_healing": 2,
     "test_record_flood": 2,
@@ -55,6 +56,7 @@ RINGS: dict[str, int | dict[str, int]] = {
     "test_kernel": 3,
     "test_kernel_auth": 3,
     "test_kernel_cli": 3,
+    "test_leaves_processes": 3,
     "test_limits": 3,
     "test_processes": 3,
     "test_tls": 3,

@@ -46,8 +46,9 @@ def node_security(**kw) -> Security:
 
 
 class Base(TestCase):
-    def make(self, name: str, security: Security | None = None) -> y.Context:
-        ctx = y.Context(name, reactor, security=security)
+    def make(self, name: str, security: Security | None = None,
+             role: str | None = None) -> y.Context:
+        ctx = y.Context(name, reactor, security=security, role=role)
         self.addCleanup(ctx.close)
         return ctx
 
@@ -312,7 +313,7 @@ class Identities(Base):
     async def two_nodes(self):
         """Node a (authenticates; b is a node user), node b dialled into it, alice on a."""
         a, ep = await self.node("a", nodes=["b"])
-        b = self.make("b", Security(token_file=path("b.token")))
+        b = self.make("b", Security(token_file=path("b.token")), role="node")
         await b.connect(ep).addTimeout(WAIT, reactor)
         alice, _ = await self.client(ep, name="alice", token_file=path("alice.token"))
         return a, b, alice
@@ -328,6 +329,31 @@ class Identities(Base):
             self.assertEqual(got, Received("hi", "alice", alice.node_id))
             self.assertEqual(sender_of(b, alice.node_id), "alice")
             self.assertEqual(sender_of(b, b.node_id), "b")  # a bound b when it logged in
+
+        return defer.ensureDeferred(go())
+
+    def test_leaves_learn_the_identities_of_what_reaches_them(self):
+        async def go():
+            a, ep = await self.node("a")
+            alice, _ = await self.client(ep, name="alice", token_file=path("alice.token"))
+            bob, _ = await self.client(ep, name="bob", token_file=path("bob.token"))
+            self.assertEqual((alice.role, bob.role), ("leaf", "leaf"))
+            sub = IdentifiedSubChannel(bob, "news")
+
+            class Who(y.RepChannel):
+                def whoami(self):
+                    return caller(self)
+
+            Who(bob, "who")
+            pub = y.PubChannel(alice, "news")
+            req = y.ReqChannel(alice, "who", timeout=WAIT)
+            await pub.wait_for_subscribers().addTimeout(WAIT, reactor)
+            pub.send("hi")
+            got = await sub.recv().addTimeout(WAIT, reactor)
+            # bob's node told bob who alice is, once, before her first message reached him
+            self.assertEqual(got, Received("hi", "alice", alice.node_id))
+            self.assertEqual(await req.whoami(), "alice")
+            self.assertEqual(sender_of(alice, bob.node_id), None, "told only what reaches it")
 
         return defer.ensureDeferred(go())
 

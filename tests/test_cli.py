@@ -401,10 +401,15 @@ class NodeTests(CliTestCase):
                 self.assertIn(key, node)
             self.assertIn("test-watcher", [link["peer_name"] for link in node["links"]])
             self.assertIn("forwarded", node["counters"])
+            # The watcher is a leaf of the node: named there, counted in its record, and no
+            # node of the mesh; its subscription is in the node's record.
+            self.assertIn("test-watcher", [leaf["name"] for leaf in node["leaves"]])
+            self.assertEqual(report["mesh"]["seen_by"], "clinode")
             mesh = {n["name"]: n for n in report["mesh"]["nodes"]}
+            self.assertNotIn("test-watcher", mesh)
             self.assertTrue(mesh["clinode"]["reachable"])
-            # The watcher's subscription is in its record, as this client sees the mesh.
-            self.assertTrue(mesh["test-watcher"]["interests"])
+            self.assertGreaterEqual(mesh["clinode"]["leaves"], 2)  # the watcher, this command
+            self.assertTrue(mesh["clinode"]["interests"])
             out, _ = self.assertExit(as_text, 0)
             self.assertIn("node clinode", out)
             self.assertIn("test-watcher", out)

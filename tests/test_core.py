@@ -41,7 +41,7 @@ from yotonnet.core.interfaces import (
     ISubscriberEnd,
     IWaiter,
 )
-from yotonnet.core.messages import BINARY, OBJECT
+from yotonnet.core.messages import BINARY, OBJECT, TEXT
 from yotonnet.core.names import channel_id
 from yotonnet.core.node import PUB, REP, STATE, SUB, Node
 from yotonnet.core.routing import Interest, NodeState
@@ -107,6 +107,7 @@ class FakePeer:
     ) -> None:
         self.peer_id = peer_id
         self.cost = cost
+        self.role = "node"
         self.status = "up"
         self.closing = False
         self.flow = PeerFlow(window, window if receive_window is None else receive_window)
@@ -164,8 +165,11 @@ class FakeSubscriber:
 
 @implementer(IPublisherEnd)
 class FakePublisher:
-    def __init__(self) -> None:
+    def __init__(self, channel: int = 0) -> None:
         self.events: list[str] = []
+        self.channel_id = channel
+        self.latest_id = channel ^ 1
+        self.message_type = TEXT
 
     def pause(self) -> None:
         self.events.append("pause")

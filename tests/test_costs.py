@@ -66,7 +66,7 @@ class RealLinkTests(TestCase):
     @defer.inlineCallbacks
     def test_costs_from_endpoint_strings_reach_the_links_and_the_routes(self) -> None:
         server = Context("server", reactor)
-        client = Context("client", reactor)
+        client = Context("client", reactor, role="node")  # link costs are the mesh's
         self.addCleanup(client.close)
         self.addCleanup(server.close)
         port = yield server.listen("tcp:0:interface=127.0.0.1:cost=7")

@@ -40,9 +40,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 from waits import bounded, until
 
-from yotonnet import Context, RepChannel
-from yotonnet.core.names import channel_id
-from yotonnet.core.routing import REP
+from yotonnet import Context, RepChannel, ReqChannel
 from yotonnet.errors import RemoteError
 from yotonnet.kernel import KernelClient
 from yotonnet.kernel import protocol as p
@@ -238,7 +236,10 @@ class AuthenticatedKernelTests(TestCase):
         # either: the broker asks nobody, and bob's input() fails saying why.
         self.spy(eve_ctx, bob.caller.client, prompts)
         chan = p.client_channel_name("shared", bob.caller.client)
-        await until(lambda: len(self.holders(bob.context, chan)) == 2, "eve's copy known")
+        # (bob is a leaf: asking who serves the channel has his node tell him)
+        watch = ReqChannel(bob.context, chan)
+        self.addCleanup(watch.close)
+        await until(lambda: watch.responders == 2, "eve's copy known")
         r = await bounded(bob.execute("input('pin? ')"), "bob's refused input()")
         self.assertFalse(r.ok)
         self.assertIn("also served by", r.message)
@@ -256,9 +257,6 @@ class AuthenticatedKernelTests(TestCase):
         spy.register("input", lambda prompt, password: prompts["eve"].append(prompt) or "x")
         self.addCleanup(spy.close)
 
-    @staticmethod
-    def holders(ctx: Context, name: str) -> list[int]:
-        return ctx.routing.holders(channel_id("reqrep", name), REP)
 
     async def test_consoles_log_in_with_their_own_tokens(self) -> None:
         ep = await self.start_mesh()

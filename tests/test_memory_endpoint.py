@@ -208,7 +208,8 @@ class ContextTests(MeshTestCase):
             link = self.successResultOf(d)
             self.assertIsInstance(link, Link)
             self.assertIs(link, ctx.dialers[0].link)
-            self.assertIn(ctx.node_id, hub.links)
+            self.assertIn(ctx.node_id, hub.leaf_links)  # a context that only dials is a leaf
+            self.assertEqual((ctx.role, link.role), ("leaf", "hub"))
         return mesh, hub, others
 
     def test_pubsub_and_reqrep_run_over_dialled_links(self) -> None:
@@ -231,7 +232,7 @@ class ContextTests(MeshTestCase):
         conn = mesh.connection(a, hub)
         self.assertEqual((conn.client_context, conn.server_context), (a, hub))
         self.assertIs(conn.link_of(a), a.dialers[0].link)
-        self.assertIs(conn.link_of(hub), hub.links[a.node_id])
+        self.assertIs(conn.link_of(hub), hub.leaf_links[a.node_id])
         self.assertIs(conn.link_of(a.dialers[0].link), a.dialers[0].link)
 
     def test_a_cut_link_is_dialled_again_after_the_backoff_delay(self) -> None:
@@ -255,7 +256,7 @@ class ContextTests(MeshTestCase):
         self.assertTrue(dialer.info()["connected"])
         self.assertIsNot(dialer.link, before)
         self.assertIs(mesh.connection(a, hub).link_of(a), dialer.link)
-        self.assertIn(a.node_id, hub.links)
+        self.assertIn(a.node_id, hub.leaf_links)
         pub.send("after the cut")
         mesh.settle()
         self.assertEqual(self.successResultOf(sub.recv()), "after the cut")
@@ -279,7 +280,7 @@ class ContextTests(MeshTestCase):
         mesh.advance(dialer.info()["last_delay"])
         link = self.successResultOf(first)
         self.assertIs(link, dialer.link)
-        self.assertIn(a.node_id, late.links)
+        self.assertIn(a.node_id, late.leaf_links)
         self.assertTrue(dialer.info()["connected"])
 
     def test_wrong_credentials_stop_the_dialer(self) -> None:
@@ -297,7 +298,7 @@ class ContextTests(MeshTestCase):
         mesh.advance(120.0)  # far past any backoff delay: no second try
         self.assertEqual(hub.guard.counters["auth_failed"], 1)
         self.assertEqual(mesh.connections, [])
-        self.assertEqual(hub.links, {})
+        self.assertEqual(hub.leaf_links, {})
         self.assertFalse(dialer.info()["connected"])
         self.assertTrue(log.matching("authentication failed"))
 
@@ -322,7 +323,7 @@ class ContextTests(MeshTestCase):
         self.assertFalse(dialer.info()["connected"])
         self.assertTrue(mesh.run_until(lambda: dialer.info()["connected"], timeout=5.0))
         self.assertIsNot(dialer.link, before)
-        self.assertIs(hub.links[a.node_id], mesh.connection(a, hub).link_of(hub))
+        self.assertIs(hub.leaf_links[a.node_id], mesh.connection(a, hub).link_of(hub))
 
     def test_closing_the_mesh_stops_dialers_and_frees_names(self) -> None:
         mesh = MemoryMesh(names=["hub", "a", "b"], config=CONFIG)

@@ -294,14 +294,22 @@ class ReqRepTests(ProcessTestCase):
         self.assertEqual(await req.add(20, 22), 42)  # not wedged, unlike a ZeroMQ REQ socket
 
     def test_no_responders(self) -> defer.Deferred:
-        """A call on a channel that nobody serves fails at once with NoResponders."""
+        """A call on a channel that nobody serves fails with NoResponders as soon as the
+        node has said who serves it (a leaf asks its node), not after the call's timeout."""
         return defer.ensureDeferred(self._no_responders())
 
     async def _no_responders(self) -> None:
-        d = yotonnet.ReqChannel(self.ctx, "nobody-serves-this").anything(1)
-        self.assertTrue(d.called, "NoResponders must be immediate, not after a timeout")
+        self.assertEqual(self.ctx.role, "leaf")
+        req = yotonnet.ReqChannel(self.ctx, "nobody-serves-this", timeout=3600)
+        d = req.anything(1)
         with self.assertRaises(yotonnet.NoResponders):
-            await d
+            await d.addTimeout(10, reactor)  # an hour's timeout: the answer, not the clock
+        # Once the node has answered, the next call fails at once.
+        self.assertTrue(self.ctx.view_current)
+        again = req.anything(2)
+        self.assertTrue(again.called, "NoResponders at once once the view is known")
+        with self.assertRaises(yotonnet.NoResponders):
+            await again
 
 
 class StateTests(ProcessTestCase):

@@ -479,13 +479,16 @@ class NodeStateWireTests(SynchronousTestCase):
     def test_malformed(self):
         good = [1, "n", 1, [[2, 1]], [[NEWS, SUB, "TEXT", 1]]]
         self.assertEqual(NodeState.from_wire(good).links, {2: 1})
+        self.assertEqual(NodeState.from_wire([*good, 7]).leaves, 7)
         bad = [
             None,
             5,
             "abc",
             [],
             good[:4],
-            [*good, 0],
+            [*good, 0, 0],
+            [*good, -1],
+            [*good, "many"],
             {"node_id": 1},
             ["x", "n", 1, [], []],
             [1, "n", "v", [], []],

@@ -384,8 +384,10 @@ class _Outbox:
 class Context:
     """A mesh node driven from any thread: ``listen``, ``connect``, ``close``, ``topology``.
 
-    ``context`` is the underlying :class:`yotonnet.Context`: use it only in
-    the reactor thread (e.g. through :func:`call_in_reactor`).
+    ``role`` is as for :class:`yotonnet.Context`: by default a context that only dials
+    joins as a leaf of the node it dials. ``context`` is the underlying
+    :class:`yotonnet.Context`: use it only in the reactor thread (e.g. through
+    :func:`call_in_reactor`).
     """
 
     def __init__(
@@ -395,6 +397,7 @@ class Context:
         *,
         node_id: int | None = None,
         security: Any = None,
+        role: str | None = None,
     ) -> None:
         self._runner = runner = reactor_runner("Context()")
         self._lock = threading.Lock()
@@ -403,7 +406,8 @@ class Context:
         self.context: _context.Context = runner.call(
             "Context()",
             lambda: _context.Context(
-                name, runner.reactor, config=config, node_id=node_id, security=security
+                name, runner.reactor, config=config, node_id=node_id, security=security,
+                role=role,
             ),
         )
         # Plain copies, so the caller's thread never reads the Twisted object.

@@ -67,6 +67,8 @@ class Session:
         self.me = self.peer.dialler.node_id
         self.hub = self.peer.dialler.peer_id
         self.records: dict[int, list] = {}
+        #: node ids the mesh bound to users: clients too, leaves of their nodes included
+        self.bound: set[int] = set()
         self.frames: list[tuple] = []
 
     def listen(self, seconds: float) -> list[tuple]:
@@ -79,6 +81,8 @@ class Session:
                     continue
                 if message and message[0] == "node":
                     self.records[message[1][0]] = message[1]
+                elif message and message[0] == "ident":
+                    self.bound.update(b[0] for b in message[1] if b[1])
         self.frames.extend(got)
         return got
 
@@ -242,7 +246,8 @@ def spray(target: str, auth: str, channel: str, count: str) -> None:
     session.send(rawwire.control(["claim", "serve", "reqrep", channel]))
     session.announce([[cid, "rep", "OBJECT", 1]])
     session.listen(1.0)
-    targets = [n for n in session.records if n != session.me]
+    # Every node, and every context bound to a user (leaves are in no record).
+    targets = [n for n in {*session.records, *session.bound} if n != session.me]
     sent = 0
     rounds = 0
     end = time.monotonic() + float(os.environ.get("SPRAY_SECONDS", "3"))

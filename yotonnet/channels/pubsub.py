@@ -38,7 +38,7 @@ from ..core.messages import (
     MessageTypeError,
     type_name_for_tag,
 )
-from ..core.names import channel_id
+from ..core.names import channel_id, validate_channel_name
 from ..core.node import PUB
 from ..core.routing import SUB
 from ..core.wire import HEADER_SIZE, SEQ_OFFSET
@@ -98,6 +98,9 @@ class PubChannel(Channel):
         self._paused = False
         self._pull_scheduled = False
         self._ready_waiters: list[defer.Deferred[None]] = []
+        #: the id of this channel's flow to ``latest`` subscribers (known before the end
+        #: registers: a leaf tells its hub of both flows)
+        self.latest_id = channel_id("latest", validate_channel_name(name))
         super().__init__(context, name, message_type)
         self._encode = self.message_type.encode
         self._tag = self.message_type.tag
@@ -107,8 +110,6 @@ class PubChannel(Channel):
         self._publish_latest = pubsub.publish_latest
         self._latest_idle = pubsub.latest_idle
         self._not_ready = pubsub.not_ready
-        #: the id of this channel's flow to ``latest`` subscribers
-        self.latest_id = channel_id("latest", self.name)
 
     def send(self, message: Any) -> None:
         """Publish one message to every current subscriber."""

@@ -20,6 +20,7 @@ from zope.interface import implementer
 from .. import errors
 from ..core.codec import decode_object, decode_values, encode_object, encode_values
 from ..core.interfaces import IReplierEnd
+from ..core.leaves import REQ
 from ..core.messages import OBJECT, DecodeError
 from ..core.routing import REP
 from ..core.wire import REQUEST_KWARGS, REQUEST_MAX_ARGS
@@ -37,6 +38,7 @@ class ReqChannel(Channel):
     """The calling end: ``req.call("method", *args, **kwargs)`` or ``req.method(*args)``."""
 
     pattern = "reqrep"
+    role = REQ
     operations = ((CALL, "reqrep"),)
 
     def __init__(

@@ -150,8 +150,9 @@ class Session:
 
         def settled() -> bool:
             state = routing.nodes.get(peer)
-            # The node sends every record it holds before its own new one, which lists us.
-            return state is not None and me in state.links
+            # A node sends every record it holds before its own new one, which lists us; to
+            # a leaf, the view that answers what it uses (the control channel included).
+            return state is not None and me in state.links and self.ctx.view_current
 
         await _wait(
             self.reactor, _until(self.ctx, settled), self.timeout,
@@ -178,6 +179,13 @@ class Session:
                 raise CliError(
                     f"the node at {self.endpoint} did not answer: {peer_text(e)}"
                 ) from None
+
+    async def view_settled(self) -> None:
+        """Wait until the node has answered what this command uses (see
+        Context.view_current): channels just opened count in what it knows."""
+        await _wait(self.reactor, self.ctx.view_settled(), self.timeout,
+                    lambda: f"the node at {self.endpoint} did not say who holds the channels "
+                            f"this command uses within {self.timeout:g} s")
 
     async def node_call(self, method: str, *args: Any) -> Any:
         """Call the node's control channel (see yotonnet.service.NodeControl)."""

@@ -27,9 +27,13 @@ async def cmd_status(reactor: Any, args: argparse.Namespace, settings: Settings)
         await session.join()
         topology = session.ctx.topology()
         if args.node:
+            if session.ctx.role == "leaf":
+                # A leaf sees only its node: the node's picture says who else there is.
+                topology = _as_topology(await session.node_call("status"))
             target = _find_node(topology, args.node, session)
             control = ReqChannel(session.ctx, control_channel_name(int(target["id"], 16)),
                                  timeout=session.timeout)
+            await session.view_settled()
             if not control.responders:
                 raise CliError(f"node {args.node!r} serves no control channel (a plain context, "
                                "not a node service), so it cannot report its status")
@@ -44,12 +48,20 @@ async def cmd_status(reactor: Any, args: argparse.Namespace, settings: Settings)
     finally:
         await session.close()
     me = f"{session.ctx.node_id:016x}"
+    if session.ctx.role == "leaf" and isinstance(status, dict) and "nodes" in status:
+        # This command joined as a leaf: the mesh is as its node sees it.
+        topology = _as_topology(status)
+        seen_by = status.get("name")
+    else:
+        seen_by = None
     mesh = {
         "nodes": [
-            {k: n[k] for k in ("id", "name", "reachable", "distance", "links", "interests")}
+            {k: n.get(k) for k in ("id", "name", "reachable", "distance", "links", "interests",
+                                   "leaves")}
             for n in topology["nodes"] if n["id"] != me
         ],
         "routes": {d: h for d, h in topology["routes"].items()},
+        "seen_by": seen_by,
     }
     report = {
         "endpoint": session.endpoint,
@@ -71,6 +83,22 @@ async def cmd_status(reactor: Any, args: argparse.Namespace, settings: Settings)
         ) from None
     sys.stdout.write(text)
     return EXIT_OK
+
+
+def _as_topology(status: dict) -> dict:
+    """A node's status reply in the shape of ``Context.topology()`` (nodes and routes)."""
+    try:
+        nodes = [
+            {"id": n["id"], "name": n["name"], "reachable": n["reachable"],
+             "distance": n["distance"], "links": dict.fromkeys(n["neighbours"], 1),
+             "interests": n["interests"], "leaves": n.get("leaves", 0)}
+            for n in status["nodes"]
+        ]
+        routes = {r["dest"]: r["next_hop"] for r in status.get("routes", [])}
+    except (TypeError, KeyError, AttributeError) as e:
+        raise CliError(f"the status reply of the node is not in the form this version of "
+                       f"yotonnet reads ({type(e).__name__}: {peer_text(e)})") from None
+    return {"nodes": nodes, "routes": routes}
 
 
 def _find_node(topology: dict, name: str, session: Session) -> dict:

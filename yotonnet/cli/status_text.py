@@ -58,11 +58,13 @@ def format_status(report: dict) -> str:
     links = st.get("links", [])
     lines.append(f"links ({len(links)}):")
     for link in links:
+        role = "leaf " if link.get("role") == "leaf" else ""
         who = _t(link.get("peer_name") or "?")
         if link.get("peer") == client:
             who += " (this command)"
         lines.append(
-            f"  {who:<32} {_t(link.get('status', '?')):<6} {_t(link.get('direction', '')):<3}  "
+            f"  {role}{who:<32} {_t(link.get('status', '?')):<6} "
+            f"{_t(link.get('direction', '')):<3}  "
             f"frames {_n(link.get('frames_in', 0))}/{_n(link.get('frames_out', 0))} in/out  "
             f"bytes {_size(link.get('bytes_in', 0))}/{_size(link.get('bytes_out', 0))}"
         )
@@ -87,12 +89,15 @@ def format_status(report: dict) -> str:
         f"{_t(k)} {_n(v)}" for k, v in sorted(counters.items(), key=lambda kv: str(kv[0]))
     ) or "-"))
     nodes = report["mesh"]["nodes"]
-    lines.append(f"mesh, as this command sees it ({len(nodes)} other nodes):")
+    seen_by = report["mesh"].get("seen_by")
+    who = f"node {_t(seen_by)}" if seen_by else "this command"
+    lines.append(f"mesh, as {who} sees it ({len(nodes)} other nodes):")
     names = {n["id"]: n["name"] for n in nodes}
     for n in sorted(nodes, key=lambda n: (not n["reachable"], str(n["name"]))):
         peers = ", ".join(
             _t(names.get(p, "this command" if p == client else p)) for p in sorted(n["links"])
         )
         where = f"distance {_t(n['distance'])}" if n["reachable"] else "unreachable"
-        lines.append(f"  {_t(n['name']):<32} {where:<12} links: {peers or '-'}")
+        leaves = f"  leaves: {_n(n['leaves'])}" if n.get("leaves") else ""
+        lines.append(f"  {_t(n['name']):<32} {where:<12} links: {peers or '-'}{leaves}")
     return "\n".join(lines) + "\n"

@@ -100,6 +100,21 @@ class CallTable:
         load[dest] = load.get(dest, 0) + 1
         return call
 
+    def retarget(self, req_id: int, dest: int) -> None:
+        """Send open call ``req_id`` to node ``dest`` (it waited before being sent)."""
+        call = self._calls[req_id]
+        load = self._load
+        left = load[call[2]] - 1
+        if left:
+            load[call[2]] = left
+        else:
+            del load[call[2]]
+        load[dest] = load.get(dest, 0) + 1
+        call = _new(Call, (call[0], call[1], dest, *call[3:]))
+        self._calls[req_id] = call
+        if call[5] is not None:
+            self._groups[call[4]][req_id] = call
+
     def answer(self, req_id: int, source: int, channel: int) -> Call | None:
         """The call a reply from node ``source`` on ``channel`` completes (now closed), or
         None when it matches none: unknown id (late, or guessed), or another sender."""

@@ -37,6 +37,10 @@ class IPeer(Interface):
     status = Attribute('"up", or "busy" while the neighbour is silent')
     closing = Attribute("True once the link is going: nothing more should be sent")
     flow = Attribute("its yotonnet.core.flow.PeerFlow: credit both ways, queued data")
+    role = Attribute(
+        'what the neighbour is to this node (yotonnet.core.leaves): "node" (of the mesh), '
+        '"leaf" (a leaf of this node) or "hub" (this node is its leaf)'
+    )
 
     def send(data: bytes) -> None:  # noqa: N805 - zope interfaces have no self
         """Send one or more encoded frames (a link may batch them)."""
@@ -63,6 +67,10 @@ class ISubscriberEnd(Interface):
 
 class IPublisherEnd(Interface):
     """A local publisher: paused while some target cannot take more."""
+
+    channel_id = Attribute("the id of its channel's lossless flow")
+    latest_id = Attribute("the id of its channel's flow to latest subscribers")
+    message_type = Attribute("its yotonnet.core.messages.MessageType")
 
     def pause() -> None:  # noqa: N805
         """Some target's credit ran out."""

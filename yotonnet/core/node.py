@@ -30,6 +30,7 @@ from typing import Any
 from .. import errors
 from .config import ContextConfig
 from .interfaces import ILog, IPeer
+from .leaves import LEAF, PUB, REQ
 from .pubsub import PubSub
 from .requests import Requests
 from .routing import REP, STATE, SUB, Interest
@@ -37,10 +38,8 @@ from .statesync import StateSync
 from .topology import Topology
 from .wire import FrameKind, decode_control
 
-__all__ = ["Node", "PUB", "SUB", "REP", "STATE"]
+__all__ = ["Node", "PUB", "SUB", "REP", "STATE", "REQ"]
 
-#: the role of a local publisher (it holds no interest: it is not in routing records)
-PUB = "pub"
 
 
 class Node:
@@ -77,7 +76,8 @@ class Node:
             "replies_dropped": 0,
             "slow_consumers": 0,
         }
-        self.topology = Topology(node_id, name, config, self.counters, log, self.routes_changed)
+        self.topology = Topology(node_id, name, config, self.counters, log, self.routes_changed,
+                                 self.local_interests, self.leaf_items)
         self.pubsub = PubSub(node_id, config, self.topology, self.counters, log)
         self.requests = Requests(node_id, self.topology, self.counters, clock, on_deadline)
         self.state = StateSync(node_id, self.topology)
@@ -87,6 +87,8 @@ class Node:
         self._route_watchers: list[Callable[[], None]] = []
         self._control_handlers: dict[str, Callable[[IPeer, list], None]] = {
             "node": self.topology.on_record,
+            "leaf": self.topology.on_leaf,
+            "view": self.topology.on_view,
         }
         # channel id -> message type name of its local ends (two kinds on one id clash)
         self._channel_types: dict[int, str] = {}
@@ -108,6 +110,11 @@ class Node:
         self.topology.peer_up(peer)
 
     def peer_down(self, peer: IPeer) -> None:
+        if peer.role == LEAF:
+            leaf = self.topology.leaves.entries.get(peer.peer_id)
+            if leaf is not None and leaf.peer is peer:
+                # Its callers hear why before the record that no longer lists it.
+                self.requests.leaf_gone(leaf)
         if self.topology.peer_down(peer, closed=self.closed):
             self.pubsub.drop(peer)
 
@@ -150,6 +157,8 @@ class Node:
         self.pubsub.recheck()
         self.requests.routes_changed()
         self.state.routes_changed()
+        changed, links = topology.routing.take_changes()
+        topology.leaves.refresh(changed, links)
         for watcher in list(self._route_watchers):
             watcher()
 
@@ -185,12 +194,13 @@ class Node:
             PUB: self.pubsub.publishers,
             REP: self.requests.repliers,
             STATE: self.state.holders,
+            REQ: self.requests.callers,
         }[role]
 
     def register(self, role: str, channel: int, end: Any) -> None:
-        """A local end of ``channel`` opened (``role``: SUB, PUB, REP or STATE)."""
+        """A local end of ``channel`` opened (``role``: SUB, PUB, REP, STATE or REQ)."""
         table = self._table(role)
-        if role != PUB:
+        if role not in (PUB, REQ):
             self.pubsub.latest_idle.clear()
             known = self._channel_types.get(channel)
             type_name = end.message_type.name
@@ -200,9 +210,12 @@ class Node:
                     f"{known}; this one is {type_name}"
                 )
             self._channel_types[channel] = type_name
+        first = not table.get(channel)
         table.setdefault(channel, []).append(end)
-        if role != PUB:
+        if role not in (PUB, REQ):
             self.topology.update_local(interests=self.local_interests())
+        elif first:
+            self.topology.tell_hub()  # a leaf's hub says who holds what it uses
 
     def unregister(self, role: str, channel: int, end: Any) -> None:
         table = self._table(role)
@@ -213,21 +226,44 @@ class Node:
             ends.remove(end)
             if not ends:
                 del table[channel]
-            if role != PUB and not self.closed:
+            if self.closed:
+                return
+            if role not in (PUB, REQ):
                 self.topology.update_local(interests=self.local_interests())
+            elif not ends:
+                self.topology.tell_hub()
 
     def channel_type(self, channel: int) -> str | None:
         """The message type of the local ends of ``channel`` (None: no local end)."""
         return self._channel_types.get(channel)
 
     def local_interests(self) -> dict[int, Interest]:
-        interests: dict[int, Interest] = {}
+        """What this node's record lists: its own ends, and what its leaves hold."""
+        interests = self.topology.leaves.totals()
         for role, table in ((SUB, self.pubsub.subscribers), (REP, self.requests.repliers),
                             (STATE, self.state.holders)):
             for chan, ends in table.items():
                 if ends:
-                    interests[chan] = Interest(role, ends[0].message_type.name, len(ends))
+                    mine = Interest(role, ends[0].message_type.name, len(ends))
+                    theirs = interests.get(chan)
+                    if theirs is not None and theirs.role == role:
+                        mine = Interest(role, mine.type_name, mine.count + theirs.count)
+                    interests[chan] = mine
         return interests
+
+    def leaf_items(self) -> list:
+        """What this node holds and uses, as a leaf tells its hub (yotonnet.core.leaves)."""
+        items = [[chan, i.role, i.type_name, i.count]
+                 for chan, i in sorted(self.routing.local.interests.items())]
+        for role, table in ((PUB, self.pubsub.publishers), (REQ, self.requests.callers)):
+            for chan, ends in sorted(table.items()):
+                if ends:
+                    items.append([chan, role, ends[0].message_type.name, len(ends)])
+                    if role == PUB:
+                        # its subscribers of the latest flow too
+                        items.append([ends[0].latest_id, role, ends[0].message_type.name,
+                                      len(ends)])
+        return items
 
     def local_ends(self) -> list[Any]:
         """Every local end that holds interest (subscribers, repliers, state holders)."""

@@ -17,6 +17,10 @@ One place decides whether a channel published here can take more
 transport, and no local lossless subscriber holds a window's worth. The
 publish path marks a channel not ready as soon as a send spends the last
 credit, so a producer pauses before anything has to wait in memory.
+
+A leaf (:mod:`.leaves`) is in no picture, so its messages name the node
+whose tree they follow, its hub, in their ``dest`` field (the *root*); they
+keep their source, so subscribers know who published them.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .config import ContextConfig
 from .flow import CreditError, Hold
 from .interfaces import ILog, IPeer
+from .routing import SUB
 from .wire import HEADER_SIZE, Frame, FrameKind, ProtocolError, Run, credit_frame, data_frame
 from .wire import reencode as _reencode
 
@@ -87,7 +92,7 @@ class PubSub:
             peers = topology.targets(me, channel)
         if peers:
             data = data_frame(topology.hops or topology.hop_limit(), tag, channel, me, seq,
-                              payload)
+                              payload, _DATA, topology.root)
             size = len(data)
             not_ready = self.not_ready
             for peer in peers:
@@ -131,7 +136,7 @@ class PubSub:
         self._seq[channel] = seq
         if peers:
             data = data_frame(topology.hops or topology.hop_limit(), tag, channel, me, seq,
-                              payload, _LATEST)
+                              payload, _LATEST, topology.root)
             self._send_newest(peers, channel, data)
         if subs:
             frame = Frame(_LATEST, 1, tag, channel, me, 0, seq, payload)
@@ -165,7 +170,7 @@ class PubSub:
         their newest messages, so nothing here holds it), forwarded, delivered."""
         channel = frame[3]
         self.credit(peer, channel, HEADER_SIZE + len(frame[8]) + len(frame[7]))
-        peers = self.topology.targets(frame[4], channel)
+        peers = self.topology.targets(frame[4], channel, SUB, frame[5])
         if peers and self.topology.onward(frame[1]):
             self.counters["forwarded"] += len(peers)
             self._send_newest(peers, channel, _reencode(frame, frame[1] - 1))
@@ -182,17 +187,18 @@ class PubSub:
             return self.on_run(peer, first, i)
         # DATA frames the decoder did not group (with an extension, or handed in by
         # another layer): the rare path, each frame encoded again to go on.
-        channel, source = first[3], first[4]
+        channel, source, root = first[3], first[4], first[5]
         j = i + 1
         while j < n:
             f = frames[j]
-            if f[0] != _DATA or f[3] != channel or f[4] != source or type(f) is Run:
+            if (f[0] != _DATA or f[3] != channel or f[4] != source or f[5] != root
+                    or type(f) is Run):
                 break
             j += 1
         run = frames[i:j]
         size = sum(HEADER_SIZE + len(f[8]) + len(f[7]) for f in run)
         hold = None
-        peers = self.topology.targets(source, channel)
+        peers = self.topology.targets(source, channel, SUB, root)
         if peers:
             onward = self.topology.onward
             parts = [_reencode(f, f[1] - 1) for f in run if onward(f[1])]
@@ -207,11 +213,11 @@ class PubSub:
         field but ``seq``, so one hop check covers them all and the bytes go on as
         received, hop counts patched in one step. Subscribers here read the payloads
         from the same buffer."""
-        _, hops, _, channel, source, _, _, _, start, end, count, _, _ = run
+        _, hops, _, channel, source, root, _, _, start, end, count, _, _ = run
         size = end - start
         hold = None
         topology = self.topology
-        peers = topology.targets(source, channel)
+        peers = topology.targets(source, channel, SUB, root)
         if peers and topology.onward(hops, count):
             self.counters["forwarded"] += count * len(peers)
             hold = self._relay(peer, channel, size, run.relayed(), peers)

@@ -12,6 +12,11 @@ Deadlines share one timer: the core says when it must next fire
 what is due when told (:meth:`Requests.expire`). Whatever waits for a call is
 an :class:`~.interfaces.IWaiter` (a Deferred fits): the core calls its
 ``callback`` or ``errback`` and knows nothing more of it.
+
+A node serves the calls addressed to it with its own repliers and those of
+its leaves (:mod:`.leaves`), the least busy first: a call passed to a leaf
+keeps its caller as source, and the leaf's reply is taken only for a call
+the node passed it, and goes on in the node's name.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .. import errors
 from .calls import Call, CallTable
 from .codec import decode_object, encode_object
 from .interfaces import IPeer, IWaiter
+from .leaves import LEAF, LeafEntry
 from .routing import REP
 from .wire import (
     REPLY_DENIED,
@@ -61,6 +67,8 @@ class Requests:
         self.calls = CallTable()
         #: channel id -> local replier ends (IReplierEnd)
         self.repliers: dict[int, list[Any]] = {}
+        #: channel id -> local calling ends (a leaf's hub tells it who serves them)
+        self.callers: dict[int, list[Any]] = {}
         # channel -> reachable repliers, nearest first; dropped when the picture changes
         self.holders: dict[int, list[int]] = {}
         topology.dependent_caches.append(self.holders)
@@ -68,6 +76,9 @@ class Requests:
         self.deadline_at = _NEVER
         #: node id of the caller whose request a local replier is serving
         self.current_caller = 0
+        #: a leaf's calls waiting for its hub's view to say who serves them:
+        #: request id -> (channel, channel name, tag, method, payload)
+        self.parked: dict[int, tuple[int, str, int, bytes, bytes]] = {}
         self._losses_seen = 0
 
     # --- calls made here
@@ -88,21 +99,21 @@ class Requests:
         if holders is None:
             # A scan of the channel's holders: done once per routing change, not per call.
             holders = self.holders[channel] = self.topology.routing.holders(channel, REP)
-        if not holders:
-            waiter.errback(
-                errors.NoResponders(f"no replier for channel {channel_name!r} is reachable")
-            )
-            return 0
         calls = self.calls
+        if not holders:
+            if self.topology.hub is None or self.topology.view_current:
+                waiter.errback(
+                    errors.NoResponders(f"no replier for channel {channel_name!r} is reachable")
+                )
+                return 0
+            # A leaf whose hub has not yet said who serves this channel: the call waits
+            # for its view (within its timeout).
+            req_id = self._open(waiter, 0, channel_name, timeout, channel)
+            self.parked[req_id] = (channel, channel_name, tag, method, payload)
+            return req_id
         # One replier (the usual case) needs no comparison of loads.
         dest = holders[0] if len(holders) == 1 else calls.pick(holders)
-        req_id, _, _, _, _, deadline, _ = calls.open(
-            waiter, dest, channel_name, timeout, self.clock(), channel
-        )
-        # Calls with the usual timeout expire after the one the timer waits for.
-        if deadline is not None and deadline < self.deadline_at:
-            self.deadline_at = deadline
-            self.on_deadline(deadline)
+        req_id = self._open(waiter, dest, channel_name, timeout, channel)
         me = self.node_id
         if dest == me:
             self.serve(channel, me, req_id, tag, method, payload)
@@ -118,11 +129,45 @@ class Requests:
             return 0
         return req_id
 
+    def _open(self, waiter: IWaiter, dest: int, channel_name: str, timeout: float | None,
+              channel: int) -> int:
+        req_id, _, _, _, _, deadline, _ = self.calls.open(
+            waiter, dest, channel_name, timeout, self.clock(), channel
+        )
+        # Calls with the usual timeout expire after the one the timer waits for.
+        if deadline is not None and deadline < self.deadline_at:
+            self.deadline_at = deadline
+            self.on_deadline(deadline)
+        return req_id
+
+    def _send_parked(self) -> None:
+        """A leaf's view came: the calls that waited for it go, or fail."""
+        parked, self.parked = self.parked, {}
+        routing = self.topology.routing
+        for req_id, (channel, name, tag, method, payload) in parked.items():
+            if req_id not in self.calls:
+                continue  # cancelled or timed out meanwhile
+            holders = routing.holders(channel, REP)
+            if not holders:
+                self.finish(req_id, errors.NoResponders(
+                    f"no replier for channel {name!r} is reachable"))
+                continue
+            dest = self.calls.pick(holders)
+            self.calls.retarget(req_id, dest)
+            topology = self.topology
+            data = request_frame(topology.hop_limit(), tag, channel, self.node_id, dest,
+                                 req_id, method, payload)
+            if not topology.unicast(dest, data):
+                self.finish(req_id, errors.NoResponders(f"replier for {name!r} unreachable"))
+
     def cancel(self, req_id: int) -> None:
         """Forget a call (its waiter was cancelled): a late reply is dropped."""
         self.calls.pop(req_id)
+        self.parked.pop(req_id, None)
 
     def finish(self, req_id: int, result: Any) -> None:
+        if self.parked:
+            self.parked.pop(req_id, None)
         call: Call | None = self.calls.pop(req_id)
         if call is None:
             return
@@ -155,6 +200,8 @@ class Requests:
     def routes_changed(self) -> None:
         """Fail the calls whose replier became unreachable. Only a lost link or record
         can cut one off, and the check needs the routes: none when the mesh only grew."""
+        if self.parked and self.topology.view_current:
+            self._send_parked()
         routing = self.topology.routing
         if routing.losses == self._losses_seen or not self.calls:
             self._losses_seen = routing.losses
@@ -162,7 +209,7 @@ class Requests:
         self._losses_seen = routing.losses
         reachable = routing.reachable()
         for call in self.calls:
-            if call.dest not in reachable:
+            if call.dest not in reachable and call.req_id not in self.parked:
                 self.finish(
                     call.req_id,
                     errors.ConnectionLost(
@@ -174,6 +221,8 @@ class Requests:
 
     def on_request(self, peer: IPeer | None, frame: Frame) -> None:
         _, hops, tag, channel, source, dest, req_id, payload, method = frame
+        if peer is not None:
+            self.topology.learn(source, peer)
         if dest != self.node_id:
             if self.topology.onward(hops):
                 self.topology.unicast(dest, reencode(frame, hops - 1))
@@ -183,8 +232,17 @@ class Requests:
     def serve(
         self, channel: int, source: int, req_id: int, tag: int, method: bytes, payload: bytes
     ) -> None:
-        """Serve a request addressed to this node with a local replier."""
+        """Serve a request addressed to this node with a local replier, or pass it to a
+        leaf's."""
         reps = self.repliers.get(channel)
+        leaves = self.topology.leaves
+        if leaves.entries:
+            leaf = leaves.pick_replier(channel)
+            if leaf is not None and (
+                not reps or leaf.in_flight < min(r.in_flight for r in reps)
+            ):
+                self.pass_to_leaf(leaf, channel, source, req_id, tag, method, payload)
+                return
         if not reps:
             self.reply(channel, source, req_id, REPLY_NO_REPLIER, b"no replier here any more")
             return
@@ -212,6 +270,19 @@ class Requests:
             out.send(data)
         else:
             topology.unicast(source, data)
+
+    def pass_to_leaf(self, leaf: LeafEntry, channel: int, source: int, req_id: int,
+                     tag: int, method: bytes, payload: bytes) -> None:
+        self.topology.leaves.passed(leaf, source, req_id, channel)
+        leaf.peer.send(request_frame(self.topology.hop_limit(), tag, channel, source,
+                                     leaf.peer.peer_id, req_id, method, payload))
+
+    def leaf_gone(self, leaf: LeafEntry) -> None:
+        """A leaf left: the calls passed to it fail at once."""
+        for (caller, req_id), channel in list(leaf.serving.items()):
+            self.reply(channel, caller, req_id, REPLY_NO_REPLIER,
+                       b"the replier (a leaf of this node) left before answering")
+        leaf.serving.clear()
 
     def reply_ok(self, channel: int, dest: int, req_id: int, value: Any) -> None:
         """Answer a request served here with ``value``."""
@@ -248,6 +319,13 @@ class Requests:
 
     def on_reply(self, peer: IPeer, frame: Frame) -> None:
         _, hops, status, channel, source, dest, req_id, payload, _ = frame
+        if peer.role == LEAF:
+            # Only for a call this node passed that leaf; on in this node's name.
+            if self.topology.leaves.answered(peer, dest, req_id, channel):
+                self.reply(channel, dest, req_id, status, payload)
+            else:
+                self.counters["replies_dropped"] += 1
+            return
         if dest != self.node_id:
             if self.topology.onward(hops):
                 self.topology.unicast(dest, reencode(frame, hops - 1))

@@ -108,15 +108,20 @@ class NodeState:
     version: int
     links: dict[int, int] = field(default_factory=dict)
     interests: dict[int, Interest] = field(default_factory=dict)
+    #: leaf contexts attached to this node (yotonnet.core.leaves); they are not nodes
+    leaves: int = 0
 
     def to_wire(self) -> list:
-        return [
+        record = [
             self.node_id,
             self.name,
             self.version,
             [[n, c] for n, c in sorted(self.links.items())],
             [[ch, i.role, i.type_name, i.count] for ch, i in sorted(self.interests.items())],
         ]
+        if self.leaves:
+            record.append(self.leaves)
+        return record
 
     @classmethod
     def from_wire(cls, data: object) -> NodeState:
@@ -127,7 +132,12 @@ class NodeState:
         terminals, logs and web pages.
         """
         try:
-            node_id, name, version, links, interests = data  # type: ignore[misc]
+            node_id, name, version, links, interests, *more = data  # type: ignore[misc]
+            if len(more) > 1:
+                raise ValueError(f"{5 + len(more)} fields, at most 6")
+            leaves = int(more[0]) if more else 0
+            if not 0 <= leaves <= _MAX_U64:
+                raise ValueError(f"leaf count {leaves} out of range")
             state = cls(
                 int(node_id),
                 name,
@@ -137,6 +147,7 @@ class NodeState:
                     int(ch): Interest(_ROLE.get(role, role), str(tname), int(count))
                     for ch, role, tname, count in interests
                 },
+                leaves,
             )
         except (TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"malformed node state record: {e}") from None
@@ -192,6 +203,10 @@ class RoutingTable:
         self.route_computations = 0
         #: records refused, per limit name
         self.refused: dict[str, int] = {}
+        #: channels whose holders changed since the last :meth:`take_changes`, and whether
+        #: some record's links changed (which may change who is reachable)
+        self.changed_channels: set[int] = set()
+        self.links_changed = False
 
     # --- changing the picture
 
@@ -203,14 +218,18 @@ class RoutingTable:
         self,
         links: Mapping[int, int] | None = None,
         interests: Mapping[int, Interest] | None = None,
+        leaves: int | None = None,
     ) -> NodeState | None:
         """Change this node's own record; return it (to flood) if anything changed."""
         old = self.local
         new_links = dict(links) if links is not None else old.links
         new_interests = dict(interests) if interests is not None else old.interests
-        if new_links == old.links and new_interests == old.interests:
+        new_leaves = leaves if leaves is not None else old.leaves
+        if (new_links == old.links and new_interests == old.interests
+                and new_leaves == old.leaves):
             return None
-        state = NodeState(old.node_id, old.name, old.version + 1, new_links, new_interests)
+        state = NodeState(old.node_id, old.name, old.version + 1, new_links, new_interests,
+                          new_leaves)
         self._store(state)
         self._invalidate()
         return state
@@ -234,7 +253,8 @@ class RoutingTable:
             )
             if stale:
                 self.nodes[self.node_id] = NodeState(
-                    mine.node_id, mine.name, state.version + 1, mine.links, mine.interests
+                    mine.node_id, mine.name, state.version + 1, mine.links, mine.interests,
+                    mine.leaves,
                 )
                 return True
             return False
@@ -301,11 +321,23 @@ class RoutingTable:
         node_id = state.node_id
         old = self.nodes.get(node_id)
         by_channel = self._by_channel
-        if old is not None:
+        changed = self.changed_channels
+        if old is None:
+            self.links_changed = True
+            changed.update(state.interests)
+        else:
             self.entries -= len(old.links) + len(old.interests)
-            if old.links is not state.links and any(n not in state.links for n in old.links):
-                self.losses += 1
+            if old.links is not state.links and old.links != state.links:
+                self.links_changed = True
+                if any(n not in state.links for n in old.links):
+                    self.losses += 1
             if old.interests is not state.interests:
+                for chan, interest in old.interests.items():
+                    if state.interests.get(chan) != interest:
+                        changed.add(chan)
+                for chan in state.interests:
+                    if chan not in old.interests:
+                        changed.add(chan)
                 for chan in old.interests:
                     holders = by_channel.get(chan)
                     if holders is not None:
@@ -330,6 +362,8 @@ class RoutingTable:
             if state is None:
                 continue
             self.losses += 1
+            self.links_changed = True
+            self.changed_channels.update(state.interests)
             self.entries -= len(state.links) + len(state.interests)
             for chan in state.interests:
                 holders = by_channel.get(chan)
@@ -344,6 +378,30 @@ class RoutingTable:
                     self._introduced[via] = left
                 else:
                     del self._introduced[via]
+        self._invalidate()
+
+    def take_changes(self) -> tuple[set[int], bool]:
+        """The channels whose holders changed, and whether links changed, since the last
+        call (the leaves' views are redrawn from these: yotonnet.core.leaves)."""
+        changed, links = self.changed_channels, self.links_changed
+        self.changed_channels = set()
+        self.links_changed = False
+        return changed, links
+
+    def set_view(self, hub: int, states: list[NodeState]) -> None:
+        """A leaf's whole picture of the mesh: its hub, and the nodes its hub says hold
+        the channels it uses, each drawn as a neighbour of the hub. Replaces every record
+        but this node's own (a leaf floods none of them)."""
+        me = self.node_id
+        before = set(self.nodes)
+        star = {s.node_id: s for s in states if s.node_id != me}
+        gone = [n for n in self.nodes if n != me and n not in star]
+        if gone:
+            self.forget(gone)
+        for state in star.values():
+            self._store(state)
+        if before - set(self.nodes):
+            self.losses += 1
         self._invalidate()
 
     def introduced_by(self, peer: int) -> int:
@@ -538,6 +596,7 @@ class RoutingTable:
                     "reachable": s.node_id in dist,
                     "distance": dist.get(s.node_id),
                     "links": {f"{n:016x}": c for n, c in s.links.items()},
+                    "leaves": s.leaves,
                     "interests": {
                         f"{ch:016x}": {"role": i.role, "type": i.type_name, "count": i.count}
                         for ch, i in s.interests.items()

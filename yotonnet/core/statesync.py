@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from .interfaces import IPeer
+from .leaves import LEAF
 from .routing import STATE
 from .stateclock import MAX_STATE_CLOCK, VERSION, state_version
 from .wire import Frame, reencode, state_frame
@@ -78,6 +79,9 @@ class StateSync:
                            dest, VERSION.pack(*version), payload)
 
     def on_state(self, peer: IPeer | None, frame: Frame) -> None:
+        if peer is not None and peer.role == LEAF:
+            self.from_leaf(peer, frame)
+            return
         channel = frame[3]
         version = state_version(frame[7], channel)
         topology = self.topology
@@ -95,7 +99,30 @@ class StateSync:
                 for target in peers:
                     target.send(data)
         self._note_clock(channel, version[0])
-        self.apply(channel, version, frame[2], frame[7][VERSION.size:])
+        if self.apply(channel, version, frame[2], frame[7][VERSION.size:]) and dest:
+            # Told as a new holder: the leaves holding it here are told too.
+            self._tell_leaves(channel, frame[7], frame[2])
+
+    def from_leaf(self, peer: IPeer, frame: Frame) -> None:
+        """A value from a leaf of ours (its write, or what it held before it came here):
+        this node holds it for its leaves and sends it on as its own, its version kept."""
+        channel = frame[3]
+        version = state_version(frame[7], channel)
+        self._note_clock(channel, version[0])
+        tag, payload = frame[2], frame[7][VERSION.size:]
+        if not self.apply(channel, version, tag, payload):
+            return
+        data = self.frame(channel, version, tag, payload, dest=0)
+        for target in self.topology.targets(peer.peer_id, channel, STATE, self.node_id):
+            target.send(data)
+
+    def _tell_leaves(self, channel: int, body: bytes, tag: int) -> None:
+        leaves = list(self.topology.leaves.holding(channel, STATE))
+        if leaves:
+            data = state_frame(self.topology.hop_limit(), tag, channel, self.node_id, 0,
+                               body[:VERSION.size], body[VERSION.size:])
+            for leaf in leaves:
+                leaf.send(data)
 
     def _note_clock(self, channel: int, clock: int) -> None:
         if clock > self._clocks.get(channel, 0):
@@ -104,13 +131,13 @@ class StateSync:
     def apply(self, channel: int, version: tuple[int, int], tag: int, payload: bytes) -> bool:
         """Keep ``payload`` if its version beats the one held; True if it did."""
         holders = self.holders.get(channel)
-        if not holders:
+        if not holders and not self.topology.leaves.holding(channel, STATE):
             return False  # only passing through this node
         current = self._values.get(channel)
         if current is not None and current[0] >= version:
             return False
         self._values[channel] = (version, tag, payload)
-        for holder in holders:
+        for holder in holders or ():
             holder.changed(tag, payload)
         return True
 
@@ -123,11 +150,17 @@ class StateSync:
         # only add nodes cost none).
         lost = routing.losses != self._losses_seen
         self._losses_seen = routing.losses
+        leaves = self.topology.leaves
         for channel, (version, tag, payload) in self._values.items():
-            if channel not in self.holders:
+            leaf_holders = {p.peer_id: p for p in leaves.holding(channel, STATE)}
+            if channel not in self.holders and not leaf_holders:
                 continue
             listed = routing.listed_holders(channel, STATE)
             listed.discard(self.node_id)
+            listed.update(leaf_holders)
+            hub = self.topology.hub
+            if hub is not None:
+                listed.add(hub.peer_id)  # a leaf's hub holds its values for its leaves
             # A node that stopped holding the channel missed what was written meanwhile:
             # once it holds it again, it is told anew.
             told = self._told.get(channel, set()) & listed
@@ -136,6 +169,9 @@ class StateSync:
                 continue
             reachable = set(routing.holders(channel, STATE))
             reachable.discard(self.node_id)
+            reachable.update(leaf_holders)
+            if hub is not None:
+                reachable.add(hub.peer_id)
             for node in reachable - told:
                 self.topology.unicast(node, self.frame(channel, version, tag, payload, node))
             self._told[channel] = reachable

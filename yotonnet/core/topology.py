@@ -12,6 +12,13 @@ changes. How many hops a new frame may take is decided here too
 (:meth:`Topology.onward`: the single hop check, which always counts what it
 stops).
 
+Leaves (:mod:`.leaves`) are neighbours outside the picture: a hub keeps
+them in :attr:`Topology.leaves` (their holdings counted into its own record,
+its frames to them chosen here beside the mesh's), and a leaf keeps its hub
+as its only neighbour, the picture it has being the hub's ``view``. Replies
+to a caller that is no node of the picture (a leaf of another hub) go back
+the way its request came (:meth:`Topology.learn`).
+
 Records from neighbours change the picture at once (the caches are
 dropped), but what follows from a change (waiters, requests, state holders,
 paused publishers: each a look at the whole table) runs once per run of
@@ -26,8 +33,9 @@ from typing import Any
 
 from .config import ContextConfig
 from .interfaces import ILog, IPeer
+from .leaves import HUB, LEAF, Leaves, parse_leaf, parse_view, star
 from .messages import encode_object
-from .routing import SUB, Interest, NodeState, RecordRefused, RoutingTable
+from .routing import STATE, SUB, Interest, NodeState, RecordRefused, RoutingTable
 from .wire import FrameKind, ProtocolError, encode_frame
 
 __all__ = ["Topology", "BUSY_LINK_COST", "HOP_MARGIN", "control_frame"]
@@ -38,6 +46,8 @@ BUSY_LINK_COST = 1000
 HOP_MARGIN = 4
 _BUSY = "busy"
 _CONTROL = int(FrameKind.CONTROL)
+#: return paths learned for callers outside the picture (see Topology.learn)
+MAX_LEARNED = 65_536
 
 
 def control_frame(body: list) -> bytes:
@@ -54,6 +64,8 @@ class Topology:
         counters: dict[str, int],
         log: ILog,
         on_change: Callable[[], None],
+        interests: Callable[[], dict[int, Interest]] = dict,
+        leaf_items: Callable[[], list] = list,
     ) -> None:
         self.node_id = node_id
         self.name = name
@@ -81,11 +93,45 @@ class Topology:
         self._refusals_told: set[tuple[int, str]] = set()
         # the limit this node's own record breaks, once told (None: within them)
         self._own_record_problem: str | None = None
+        #: the leaves attached here (this node is their hub)
+        self.leaves = Leaves(node_id, self.routing, self.hop_limit, self.send_control)
+        #: this node's hub when it is a leaf (its only neighbour), else None
+        self.hub: IPeer | None = None
+        #: what this node's record lists: its own ends and its leaves'
+        self.interests = interests
+        #: what this node holds and uses, as a leaf tells its hub
+        self.leaf_items = leaf_items
+        # a leaf: the hop limit its hub asked for; views drawn so far
+        self._view_hops = 0
+        self._views = 0
+        #: a leaf: the number of its last leaf message, and of the last its hub answered
+        self.leaf_told = 0
+        self.leaf_answered = -1
+        #: a leaf: the node whose tree its messages follow (its hub), else 0
+        self.root = 0
+        #: caller node id -> the neighbour its request came from (callers not in the
+        #: picture: leaves of other hubs)
+        self.learned: dict[int, IPeer] = {}
 
     # --- neighbours
 
     def peer_up(self, peer: IPeer) -> None:
-        """A link is up: send our record (listing it) and every record we hold."""
+        """A link is up: send our record (listing it) and every record we hold (a leaf's
+        link: nothing until it says what it uses; our hub's: what we use)."""
+        if peer.role == LEAF:
+            self.forget_paths()
+            self.leaves.add(peer)
+            self.update_local(leaves=len(self.leaves))
+            return
+        if peer.role == HUB:
+            self.peers[peer.peer_id] = peer
+            self.hub = peer
+            self.root = peer.peer_id
+            self.forget_paths()
+            self.routing.set_local(links=self.link_costs())
+            self.tell_hub()
+            self.on_change()
+            return
         self.peers[peer.peer_id] = peer
         self.forget_paths()  # a replaced link may leave the routes unchanged
         if self._refusals_told:
@@ -103,10 +149,23 @@ class Topology:
 
     def peer_down(self, peer: IPeer, closed: bool) -> bool:
         """A link went down; False if it was not the current link to that peer."""
+        if peer.role == LEAF:
+            if self.leaves.remove(peer) is None:
+                return False
+            self.forget_paths()
+            if not closed:
+                self.update_local(interests=self.interests(), leaves=len(self.leaves))
+            return True
         if self.peers.get(peer.peer_id) is not peer:
             return False
         del self.peers[peer.peer_id]
         self.forget_paths()
+        if self.learned:
+            self.learned = {n: p for n, p in self.learned.items() if p is not peer}
+        if peer is self.hub:
+            self.hub = None
+            self.root = 0
+            self.routing.set_view(peer.peer_id, [])
         if not closed:
             self.update_local(links=self.link_costs())
         return True
@@ -126,15 +185,82 @@ class Topology:
     # --- this node's record
 
     def update_local(
-        self, links: dict[int, int] | None = None, interests: dict[int, Interest] | None = None
+        self, links: dict[int, int] | None = None, interests: dict[int, Interest] | None = None,
+        leaves: int | None = None,
     ) -> bool:
-        """Change this node's own record; True if it changed (and went to every neighbour)."""
-        state = self.routing.set_local(links=links, interests=interests)
+        """Change this node's own record; True if it changed (and went to every neighbour,
+        or, on a leaf, what it uses to its hub)."""
+        state = self.routing.set_local(links=links, interests=interests, leaves=leaves)
         if state is None:
             return False
-        self.flood(state, exclude=None)
+        if self.hub is not None:
+            self.tell_hub()
+        else:
+            self.flood(state, exclude=None)
         self.on_change()
         return True
+
+    def tell_hub(self) -> None:
+        """A leaf: say what it holds and uses (again) to its hub."""
+        hub = self.hub
+        if hub is not None and not hub.closing:
+            self.leaf_told += 1
+            self.send_control(hub, ["leaf", self.leaf_items(), self.leaf_told])
+
+    def send_control(self, peer: IPeer, body: list) -> None:
+        peer.send(control_frame(body))
+        self.counters["control_out"] += 1
+
+    # --- leaves and hubs
+
+    def on_leaf(self, peer: IPeer, message: list,
+                may_hold: Callable[[int, str], bool] | None = None) -> None:
+        """``["leaf", items]`` from a leaf of ours: what it holds joins our record, and it
+        is told what it needs to know (``may_hold`` filters what a client was granted)."""
+        if peer.role != LEAF:
+            return  # only a leaf speaks of itself this way
+        items, number = parse_leaf(message)
+        entry = self.leaves.entries.get(peer.peer_id)
+        if entry is None:
+            return
+        if self.leaves.take(peer, items, number, may_hold):
+            self.forget_paths()
+            self.update_local(interests=self.interests())
+        self.leaves.send_view(entry)
+
+    def on_view(self, peer: IPeer, message: list) -> None:
+        """``["view", hops, holders]`` from our hub: the leaf's whole picture."""
+        if peer is not self.hub:
+            return
+        hops, holders, number = parse_view(message)
+        self.leaf_answered = number
+        self._views += 1
+        self._view_hops = hops
+        name = getattr(peer, "peer_name", "") or f"{peer.peer_id:016x}"
+        self.routing.set_view(peer.peer_id, star(peer.peer_id, name, self.node_id,
+                                                 self._views, holders))
+        self.forget_paths()
+        self.on_change()
+
+    @property
+    def view_current(self) -> bool:
+        """Whether this node's picture answers what it last said it uses: always on a
+        node; on a leaf, once its hub's view answers its last leaf message."""
+        if self.hub is None:
+            return not self.leaf_told
+        return self.leaf_answered == self.leaf_told
+
+    def learn(self, caller: int, peer: IPeer) -> None:
+        """A request from ``caller`` came from ``peer``: if the caller is no node of the
+        picture (a leaf of another hub), its reply goes back that way."""
+        if (caller in self.routing.nodes or caller in self.leaves.entries
+                or self.hub is not None):
+            return
+        learned = self.learned
+        if learned.get(caller) is not peer:
+            if len(learned) >= MAX_LEARNED:
+                del learned[next(iter(learned))]
+            learned[caller] = peer
 
     def flood(self, state: NodeState, exclude: IPeer | None) -> None:
         frame = control_frame(["node", state.to_wire()])
@@ -180,6 +306,8 @@ class Topology:
 
     def on_record(self, peer: IPeer, message: list) -> None:
         """A ``["node", record]`` control message from ``peer``."""
+        if peer.role == LEAF or self.hub is not None:
+            return  # a leaf says what it uses otherwise; a leaf's picture is its hub's view
         if len(message) < 2:
             raise ProtocolError("malformed control message: a node message, no record")
         try:
@@ -256,7 +384,8 @@ class Topology:
         hops = self.hops
         if not hops:
             hops = self.hops = max(
-                1, min(self.config.max_hops, self.routing.max_hops() + HOP_MARGIN)
+                1, self._view_hops,
+                min(self.config.max_hops, self.routing.max_hops() + HOP_MARGIN),
             )
         return hops
 
@@ -268,17 +397,30 @@ class Topology:
         self.counters["hop_limit"] += count
         return False
 
-    def targets(self, source: int, channel: int, role: str = SUB) -> list[IPeer]:
-        """The neighbours a ``source``'s frame of ``channel`` goes to (cached)."""
+    def targets(self, source: int, channel: int, role: str = SUB, root: int = 0) -> list[IPeer]:
+        """The neighbours a ``source``'s frame of ``channel`` goes to (cached): along the
+        tree of ``root``, the hub of a source that is a leaf, else of the source itself;
+        and to the leaves of this node that hold the channel (but the source)."""
+        if self.hub is not None and source == self.node_id and (
+            role == STATE or not self.view_current
+        ):
+            # A leaf's state values go to its hub, which holds them for its leaves; and
+            # while its hub has not answered what it uses, the hub decides.
+            return [self.hub]
         key = (source, channel) if role is SUB else (source, ~channel)
+        if root:
+            key = (*key, root)
         peers = self.fanout.get(key)
         if peers is None:
             peers = []
             known = self.peers
-            for node in self.routing.multicast_targets(source, channel, role):
+            leaves = self.leaves
+            for node in self.routing.multicast_targets(root or source, channel, role):
                 peer = known.get(node)
                 if peer is not None:
                     peers.append(peer)
+            if leaves.entries:
+                peers.extend(p for p in leaves.holding(channel, role) if p.peer_id != source)
             self.fanout[key] = peers
         return peers
 
@@ -286,14 +428,30 @@ class Topology:
         """Send ``data`` toward node ``dest``; False (counted) when it is unreachable."""
         peer = self.hop_links.get(dest)
         if peer is None:
-            hop = self.routing.next_hop(dest)
-            peer = self.peers.get(hop) if hop is not None else None
+            peer = self.first_hop(dest)
             if peer is None:
                 self.counters["no_route"] += 1
                 return False
             self.hop_links[dest] = peer
         peer.send(data)
         return True
+
+    def first_hop(self, dest: int) -> IPeer | None:
+        """The neighbour toward ``dest``: a leaf of ours, the next hop of the picture, the
+        way a caller's request came, or (on a leaf) the hub; None if there is none."""
+        peer = self.leaves.peer(dest)
+        if peer is not None:
+            return peer
+        hop = self.routing.next_hop(dest)
+        if hop is not None:
+            return self.peers.get(hop)
+        if self.hub is not None:
+            return self.hub
+        peer = self.learned.get(dest)
+        if peer is not None and (peer.closing or self.peers.get(peer.peer_id) is not peer):
+            del self.learned[dest]
+            return None
+        return peer
 
     # --- interest
 

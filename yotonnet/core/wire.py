@@ -233,10 +233,15 @@ _KIND_STATE, _KIND_CREDIT = int(FrameKind.STATE), int(FrameKind.CREDIT)
 
 def data_frame(
     hops: int, tag: int, channel: int, source: int, seq: int, payload: bytes,
-    kind: int = _KIND_DATA,
+    kind: int = _KIND_DATA, root: int = 0,
 ) -> bytes:
-    """A publisher's message (``kind`` LATEST for the flow to latest subscribers)."""
-    return _pack(HEADER_TAIL + len(payload), kind, hops, 0, tag, channel, source, 0, seq) + payload
+    """A publisher's message (``kind`` LATEST for the flow to latest subscribers).
+
+    ``root`` (in the ``dest`` field, unused by multicast otherwise) is the node whose
+    tree the message follows when its source is a leaf of that node (see
+    yotonnet.core.leaves); 0: the source's own tree."""
+    return _pack(HEADER_TAIL + len(payload), kind, hops, 0, tag, channel, source, root,
+                 seq) + payload
 
 
 def request_frame(

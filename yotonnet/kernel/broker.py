@@ -595,11 +595,18 @@ class KernelBroker:
         chan.call("input", prompt, password).addCallbacks(answer, error)
 
     def _other_input_holders(self, caller: Caller) -> list[int]:
-        """Nodes other than the runner's that serve the runner's input channel."""
+        """Nodes other than the runner's that serve the runner's input channel (its own
+        node when the runner is a leaf and another leaf of that node serves it too)."""
         if not caller.node:
             return []  # a client that did not say where it is: nothing to compare with
         chan = channel_id("reqrep", p.client_channel_name(self.name, caller.client))
-        return [n for n in self.context.routing.holders(chan, REP) if n != caller.node]
+        routing = self.context.routing
+        home = self.context.guard.home_of(caller.node)
+        others = [n for n in routing.holders(chan, REP) if n != home]
+        mine = routing.interest_of(home, chan) if home is not None else None
+        if mine is not None and mine.count > 1:
+            others.append(home)  # (its one replier is the runner's; more are not)
+        return others
 
     def _reply_input(self, message: dict) -> None:
         try:
@@ -650,8 +657,9 @@ class KernelBroker:
         their input channel left the mesh (once seen; or never seen within the grace)."""
         now = self.reactor.seconds()
         reachable = self.context.routing.reachable()
+        home_of = self.context.guard.home_of
         for client, info in list(self._clients.items()):
-            node = info["node"]
+            node = info["node"] and home_of(info["node"])
             if node and node in reachable:
                 info["node_seen"] = True
             elif node and info["node_seen"]:
@@ -666,8 +674,9 @@ class KernelBroker:
         """Right after an attach: note whether the new client's node is known now (so its
         vanishing is seen even if it happens before the next periodic check)."""
         reachable = self.context.routing.reachable()
+        home_of = self.context.guard.home_of
         for info in self._clients.values():
-            if info["node"] in reachable:
+            if info["node"] and home_of(info["node"]) in reachable:
                 info["node_seen"] = True
 
     # --- control operations (req/rep handlers; the first argument is the caller)

@@ -151,8 +151,11 @@ async def _kernel_main(reactor: Any, args: argparse.Namespace, settings: Any,
         role_of = table_roles(owner, roles, args.default_role or VIEWER)
     else:
         role_of = default_roles(owner)
+    # A broker is a node of the mesh, even when it only dials: callers reach it by its
+    # own record, and it reads its clients' identities from the mesh's bindings.
     ctx = Context(args.node_name or f"kernel-{name}", reactor,
-                  config=ContextConfig(**vars(settings.context)), **_security(settings))
+                  config=ContextConfig(**vars(settings.context)), role="node",
+                  **_security(settings))
     if args.listen:
         # A broker that accepts peers is a node of the mesh: it answers `yotonnet status`
         # (and so health checks) like one.

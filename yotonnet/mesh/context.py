@@ -9,13 +9,19 @@ Twisted: endpoints to listen on and dial (with the security layer's
 deadlines), Deferreds for what applications wait on, and watchers of link
 and route changes. Channels open on it as their
 :class:`~yotonnet.mesh.interfaces.IChannelHost`.
+
+A context is a *node* of the mesh or a *leaf* of one node (see
+:mod:`yotonnet.core.leaves`): ``role="node"`` or ``role="leaf"`` says which;
+by default a context that has listened is a node, and one that dials
+without listening (every client: CLI commands, consoles, scripts) joins as a
+leaf of the node it dials.
 """
 
 from __future__ import annotations
 
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from twisted.internet import defer
@@ -29,12 +35,16 @@ from ..core.costs import check_cost
 from ..core.node import Node
 from ..security.guard import Guard
 from ..security.settings import Security, SecurityError
-from .dialer import Dialer, endpoint_cost
+from .dialer import Dialer, FirstOf, endpoint_cost
 from .interfaces import IChannelHost, ILinkOwner
 from .link import BUSY, CLOSED, UP, Link, LinkFactory
 from .writer import Batch
 
-__all__ = ["Context", "ContextConfig", "LinkEvent", "Dialer"]
+__all__ = ["Context", "ContextConfig", "LinkEvent", "Dialer", "NODE", "LEAF"]
+
+#: Context roles (see the module docstring)
+NODE = "node"
+LEAF = "leaf"
 
 log = Logger(namespace="yotonnet.context")
 
@@ -59,7 +69,14 @@ class Context:
         config: ContextConfig | None = None,
         node_id: int | None = None,
         security: Security | None = None,
+        role: str | None = None,
     ) -> None:
+        if role not in (None, NODE, LEAF):
+            raise ValueError(f"role must be {NODE!r}, {LEAF!r} or None (decided by use), "
+                             f"not {role!r}")
+        #: "node", "leaf", or None until decided (a context that listens is a node)
+        self.role = role
+        self._role_given = role is not None
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -77,8 +94,9 @@ class Context:
         #: the routing table and the counters (introspection)
         self.routing = self.node.routing
         self.counters = self.node.counters
-        #: neighbour node id -> the link to it (up or busy)
-        self.links: dict[int, Link] = self.node.topology.peers  # type: ignore[assignment]
+        #: neighbour node id -> the link to it (up or busy): the mesh's links, and a
+        #: leaf's link to its hub (see links for every link, leaves' too)
+        self.neighbours: dict[int, Link] = self.node.topology.peers  # type: ignore[assignment]
         #: the dispatch in progress, shared by this context's links (see mesh.writer)
         self.batch = Batch(self.node.end_dispatch, self.node.begin_dispatch)
         self.dialers: list[Dialer] = []
@@ -108,6 +126,10 @@ class Context:
         if cost is not None:
             check_cost(cost)  # a wrong argument is the caller's bug: raised at once
         try:
+            self.become_node("it listens")
+        except ValueError as e:
+            return defer.fail(e)
+        try:
             endpoint, cost = endpoint_cost(endpoint, cost)
             ep = self.guard.server_endpoint(endpoint)
         except (ValueError, KeyError, TypeError) as e:
@@ -126,8 +148,14 @@ class Context:
 
         return d.addCallback(listening)
 
-    def connect(self, endpoint: str, *, cost: int | None = None) -> defer.Deferred[Link]:
+    def connect(
+        self, endpoint: str | Sequence[str], *, cost: int | None = None
+    ) -> defer.Deferred[Link]:
         """Dial a peer; the Deferred fires with the link once the handshake is done.
+
+        ``endpoint`` may be a list of endpoints (of several nodes of one mesh): each
+        attempt tries them in turn, from the one that answered last, so a leaf whose
+        node goes away joins the next one by itself.
 
         The link reconnects by itself with exponential backoff until the
         context closes. A handshake the peer refuses outright (wrong protocol,
@@ -142,16 +170,60 @@ class Context:
         self.check_open()
         if cost is not None:
             check_cost(cost)  # a wrong argument is the caller's bug: raised at once
+        if self.role is None:
+            self.role = LEAF
+        leaf = self.role == LEAF
+        if leaf and any(d.protocol == "yotonnet" and not d.stopped for d in self.dialers):
+            return defer.fail(ValueError(
+                f"{self.name} is a leaf context: it joins the mesh through one node and "
+                "already dials one; make it a node to link to several: "
+                "Context(..., role='node')"
+            ))
         try:
-            endpoint, cost = endpoint_cost(endpoint, cost)
+            texts, costs = [], set()
+            for one in [endpoint] if isinstance(endpoint, str) else list(endpoint):
+                text, one_cost = endpoint_cost(one, cost)
+                texts.append(text)
+                costs.add(one_cost)
+            if not texts:
+                raise ValueError("no endpoint given")
+            if len(costs) > 1:
+                raise ValueError(f"the endpoints give different costs ({sorted(costs)}); "
+                                 "give one with cost=")
+            ends = [self.guard.client_endpoint(text) for text in texts]
+            text = " | ".join(texts)
             dialer = self.dialer(
-                endpoint, self.guard.client_endpoint(endpoint),
-                LinkFactory(self, outgoing=True, endpoint_text=endpoint, cost=cost),
+                text, ends[0] if len(ends) == 1 else FirstOf(ends, texts),
+                LinkFactory(self, outgoing=True, endpoint_text=text, cost=costs.pop(),
+                            leaf=leaf),
             )
         except (ValueError, KeyError, TypeError) as e:
             return defer.fail(ValueError(f"bad connect endpoint {endpoint!r}: {e}"))
         dialer.start()
         return dialer.first
+
+    def become_node(self, why: str) -> None:
+        """Make this context a node of the mesh (``why``: for the log), as listening does:
+        a context that joined as a leaf by default dials its node again as a node. A
+        context made a leaf (``role="leaf"``) cannot: ValueError."""
+        if self.role == NODE:
+            return
+        if self.role == LEAF and self._role_given:
+            raise ValueError(
+                f"{self.name} was made a leaf context (role='leaf') but {why}, which takes a "
+                "node: make it one, Context(..., role='node')"
+            )
+        was_leaf = self.role == LEAF
+        self.role = NODE
+        if not was_leaf:
+            return
+        log.info("{node}: {why}, so it is a node of the mesh, no longer a leaf",
+                 node=self.name, why=why)
+        for dialer in self.dialers:
+            if isinstance(dialer.factory, LinkFactory) and dialer.factory.leaf:
+                dialer.factory.leaf = False
+                if dialer.link is not None and not dialer.link.closing:
+                    dialer.link.close("this context listens now: dialling again as a node")
 
     def dialer(
         self, endpoint_text: str, endpoint: Any, factory: Any, protocol: str = "yotonnet"
@@ -214,6 +286,46 @@ class Context:
         watchers.append(drained)
         return d
 
+    @property
+    def links(self) -> dict[int, Link]:
+        """Peer node id -> the link to it, for every link up or busy: to neighbours, and to
+        the leaves of this node (a copy: see :attr:`neighbours` and :attr:`leaf_links`)."""
+        links = dict(self.neighbours)
+        if self.node.topology.leaves.entries:
+            links.update(self.leaf_links)
+        return links
+
+    @property
+    def leaf_links(self) -> dict[int, Link]:
+        """Leaf node id -> the link to that leaf (this node is its hub)."""
+        return {leaf: e.peer for leaf, e in  # type: ignore[misc]
+                self.node.topology.leaves.entries.items()}
+
+    @property
+    def hub(self) -> Link | None:
+        """A leaf's link to its node (None: not a leaf, or not linked now)."""
+        return self.node.topology.hub  # type: ignore[return-value]
+
+    @property
+    def view_current(self) -> bool:
+        """On a leaf: whether its hub has answered what it last said it uses (channels
+        opened or closed), so that interest counts and repliers are up to date. Always
+        True on a node, whose picture is its own."""
+        return self.node.topology.view_current
+
+    def view_settled(self) -> defer.Deferred[None]:
+        """Fire once :attr:`view_current` holds (at once on a node)."""
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def check() -> None:
+            if not d.called and (self.view_current or self.closed):
+                unwatch()
+                d.callback(None)
+
+        unwatch = self.node.watch_routes(check)
+        check()
+        return d
+
     def watch_links(self, callback: Callable[[LinkEvent], None]) -> Callable[[], None]:
         """Call ``callback(LinkEvent)`` on every link status change; returns an unwatch function."""
         self._watchers.append(callback)
@@ -228,7 +340,9 @@ class Context:
         """Nodes, links, routes and channels as plain data."""
         snap = self.routing.snapshot()
         snap["name"] = self.name
+        snap["role"] = self.role or NODE
         snap["links"] = [link.info() for link in self.links.values()]
+        snap["leaves"] = self.node.topology.leaves.snapshot()
         snap["dialers"] = [d.info() for d in self.dialers]
         channels: dict[str, dict] = {}
         for end in self.node.local_ends():
@@ -347,6 +461,7 @@ class Context:
         if self.links.get(link.peer_id) is link:
             log.info("{node}: link down to {peer}: {reason}", node=self.name,
                      peer=link.describe(), reason=link.reason)
+        self.guard.link_down(link)
         self.node.peer_down(link)
 
     def link_status(self, link: Link, status: str, reason: str | None) -> None:

@@ -6,6 +6,10 @@ watchers of every attempt and of the link coming up or failing
 (:meth:`Dialer.watch`), and stops for good on a refusal that retrying cannot
 fix (wrong protocol, version, credentials). It knows links only by their
 ``handshake_done`` Deferred, so a foreign protocol (Yoton's) uses it too.
+
+A leaf may be given several nodes to dial (:class:`FirstOf`): each attempt
+tries them in turn, from the one that last answered, so a leaf whose node
+goes away joins another on its next attempt.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from typing import Any, NamedTuple
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ..core.costs import split_cost
 
-__all__ = ["Dialer", "DialerEvent", "endpoint_cost"]
+__all__ = ["Dialer", "DialerEvent", "FirstOf", "endpoint_cost"]
 
 log = Logger(namespace="yotonnet.dialer")
 
@@ -45,6 +51,45 @@ def endpoint_cost(endpoint: str, cost: int | None) -> tuple[str, int]:
     return text, cost if cost is not None else written if written is not None else 1
 
 
+@implementer(IStreamClientEndpoint)
+class FirstOf:
+    """Several client endpoints as one: a connection attempt tries each in turn,
+    starting from the one that last connected, and fails only when all do."""
+
+    def __init__(self, endpoints: list[Any], texts: list[str]) -> None:
+        if not endpoints:
+            raise ValueError("no endpoint to dial")
+        self.endpoints = endpoints
+        self.texts = texts
+        #: the index of the endpoint that connected last (tried first)
+        self.current = 0
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        order = [(self.current + i) % len(self.endpoints) for i in range(len(self.endpoints))]
+        errors: list[str] = []
+        result: defer.Deferred[Any] = defer.Deferred()
+
+        def attempt(left: list[int]) -> None:
+            if not left:
+                result.errback(ConnectionError("; ".join(errors)))
+                return
+            i = left[0]
+            d = self.endpoints[i].connect(factory)
+
+            def connected(protocol: Any) -> None:
+                self.current = i
+                result.callback(protocol)
+
+            def failed(failure: Any) -> None:
+                errors.append(f"{self.texts[i]}: {failure.getErrorMessage()}")
+                attempt(left[1:])
+
+            d.addCallbacks(connected, failed)
+
+        attempt(order)
+        return result
+
+
 class Dialer:
     """An outgoing link that reconnects with exponential backoff and jitter.
 
@@ -62,6 +107,8 @@ class Dialer:
         protocol: str = "yotonnet",
     ) -> None:
         self.endpoint_text = endpoint_text
+        #: what builds each connection's protocol
+        self.factory = factory
         #: what info() calls the link's protocol
         self.protocol = protocol
         self.attempts = 0

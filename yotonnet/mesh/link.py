@@ -35,6 +35,7 @@ from zope.interface import implementer
 from ..core import wire
 from ..core.flow import DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW, PeerFlow
 from ..core.interfaces import IPeer
+from ..core.leaves import HUB, LEAF, LEAF_CAPABILITY, NODE
 from ..core.names import printable
 from ..core.wire import FrameKind, ProtocolError
 from ..security import tls
@@ -88,6 +89,9 @@ class LinkBase(Protocol):
         self.peer_name = ""
         self.peer_capabilities: tuple[str, ...] = ()
         self.peer_address = ""
+        #: what the peer is to this node: a node of the mesh, a leaf of ours, or our hub
+        #: (yotonnet.core.leaves); decided by the handshake
+        self.role = NODE
         self.handshake_done: defer.Deferred[Any] | None = defer.Deferred()
         if not outgoing:
             # Nobody waits on an incoming handshake; its failure is a link event.
@@ -106,6 +110,8 @@ class LinkBase(Protocol):
         #: a client link (yotonnet.security.guard.LinkGate); both None for trusted peers
         self.identity: Any = None
         self.gate: Any = None
+        #: a leaf's link: the identities it is told (yotonnet.security.guard.IdentityFeed)
+        self.feed: Any = None
         #: the peer proved it is a node: it may speak for others
         self.trusted = False
         #: the user a listener that authenticates said we are (outgoing links)
@@ -350,6 +356,8 @@ class LinkBase(Protocol):
             "address": self.peer_address,
             "endpoint": self.endpoint_text,
             "direction": "out" if self.outgoing else "in",
+            # "node": a neighbour in the mesh; "leaf": a leaf of ours; "hub": our hub
+            "role": self.role,
             # who the peer logged in as here (in), or who the peer says we are (out)
             "user": self.identity.user if self.identity is not None else self.authenticated_as,
             "status": self.status,
@@ -366,9 +374,12 @@ class Link(LinkBase):
     """The connection to one yotonnet peer (see the module docstring)."""
 
     def __init__(
-        self, context: ILinkOwner, outgoing: bool, endpoint_text: str = "", cost: int = 1
+        self, context: ILinkOwner, outgoing: bool, endpoint_text: str = "", cost: int = 1,
+        leaf: bool = False,
     ) -> None:
         super().__init__(context, outgoing, endpoint_text, cost)
+        #: this end dials as a leaf (its HELLO says so; the peer becomes its hub)
+        self.leaf = leaf
         # runs: DATA frames come grouped as wire.Run records (see yotonnet.core.pubsub)
         self._decoder = wire.FrameDecoder(
             max_frame=wire.HANDSHAKE_MAX_FRAME, runs=True,
@@ -392,6 +403,17 @@ class Link(LinkBase):
         """A client's link: its gate sees what goes to it (replies end its requests)."""
         self.gate.sending(data)
         self.writer.send(data)  # type: ignore[union-attr]
+
+    def _send_to_leaf(self, data: bytes) -> None:
+        """A leaf's link: the bindings of the nodes it hears from go first."""
+        if self.gate is not None:
+            self.gate.sending(data)
+        writer = self.writer
+        assert writer is not None
+        told = self.feed.before(data) if self.feed is not None else None
+        if told is not None:
+            writer.send(told)
+        writer.send(data)
 
     def _flush(self) -> None:
         if self.writer is not None:
@@ -436,7 +458,8 @@ class Link(LinkBase):
                 wire.Hello(
                     self.context.node_id,
                     self.context.name,
-                    self.context.capabilities,
+                    (*self.context.capabilities, LEAF_CAPABILITY) if self.leaf
+                    else self.context.capabilities,
                     cfg.max_frame,
                     cfg.heartbeat,
                     {"window": cfg.flow_window, **self._auth.hello_extra()},
@@ -586,6 +609,13 @@ class Link(LinkBase):
         self.peer_id = hello.node_id
         self.peer_name = hello.name
         self.peer_capabilities = hello.capabilities
+        if LEAF_CAPABILITY in hello.capabilities:
+            if self.outgoing:
+                self.fail("the peer is a leaf context: a leaf takes no links; dial a node")
+                return
+            self.role = LEAF
+        elif self.leaf:
+            self.role = HUB
         # Applied once the peer is admitted: until then frames stay within the handshake's
         # own small limit, whatever the peer announces.
         self._agreed_max_frame = min(self.context.config.max_frame, hello.max_frame)
@@ -623,7 +653,9 @@ class Link(LinkBase):
         handlers[FrameKind.CLOSE] = Link._on_close
         handlers[FrameKind.HELLO] = Link._on_second_hello
         self._handlers = handlers
-        if self.gate is not None:
+        if self.role == LEAF:
+            self.send = self._send_to_leaf  # type: ignore[method-assign]
+        elif self.gate is not None:
             self.send = self._send_to_client  # type: ignore[method-assign]
         self._up()
         self.context.guard.link_up(self)  # identities, claims: before any record
@@ -680,12 +712,14 @@ class LinkFactory(Factory):
     """Builds links for a context; ``outgoing`` tells which side dialled."""
 
     def __init__(
-        self, context: ILinkOwner, outgoing: bool, endpoint_text: str = "", cost: int = 1
+        self, context: ILinkOwner, outgoing: bool, endpoint_text: str = "", cost: int = 1,
+        leaf: bool = False,
     ) -> None:
         self.context = context
         self.outgoing = outgoing
         self.endpoint_text = endpoint_text
         self.cost = cost
+        self.leaf = leaf
 
     def buildProtocol(self, addr: Any) -> Link | None:  # noqa: N802 - Twisted's name
         if not self.outgoing:
@@ -693,7 +727,7 @@ class LinkFactory(Factory):
             if refusal:
                 log.warn("refusing connection from {addr}: {why}", addr=addr, why=refusal)
                 return None
-        link = Link(self.context, self.outgoing, self.endpoint_text, self.cost)
+        link = Link(self.context, self.outgoing, self.endpoint_text, self.cost, self.leaf)
         if not self.outgoing:
             link.counted = True
             self.context.guard.handshaking += 1

@@ -50,6 +50,9 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
 from ..core import handshake, wire
+from ..core.leaves import LEAF
+from ..core.leaves import PUB as PUB_ROLE
+from ..core.leaves import REQ as REQ_ROLE
 from ..core.messages import encode_object
 from ..core.names import channel_id, validate_channel_name
 from ..core.ratelog import LogBudget
@@ -74,6 +77,11 @@ _DATA = int(FrameKind.DATA)
 _REPLY = int(FrameKind.REPLY)
 _CONTROL = int(FrameKind.CONTROL)
 _SEQ = struct.Struct("<Q")
+_SOURCE_OFFSET = 20
+#: frames whose source a leaf may ask the identity of (IdentifiedSubChannel, caller())
+_SOURCED = frozenset((_DATA, int(FrameKind.LATEST), int(FrameKind.REQUEST)))
+#: bindings remembered as told, per leaf
+_MAX_TOLD = 65_536
 #: which patterns each operation may claim
 _PATTERNS = {
     PUBLISH: ("pubsub",),
@@ -102,6 +110,8 @@ class LinkGate:
         self.pending: dict[int, float] = {}
         self.dropped = 0
         self.denied_claims = 0
+        #: the trees a client's messages may follow: its own, or (a leaf) this node's
+        self.roots = (0, guard.ctx.node_id)
 
     # --- the filter a client link's frames go through
 
@@ -140,7 +150,8 @@ class LinkGate:
     def on_frames(self, link: Link, frames: list[wire.Frame], i: int, n: int) -> int:
         first = frames[i]
         channel, source = first[3], first[4]
-        if source == link.peer_id and channel in self.grants[PUBLISH]:
+        if (source == link.peer_id and channel in self.grants[PUBLISH]
+                and first[5] in self.roots):
             return self._node_frames(link, frames, i, n)
         j = i + 1
         while j < n:
@@ -153,7 +164,8 @@ class LinkGate:
 
     def _publish_gate(self, handler: Any) -> Any:
         def gate(link: Link, frame: wire.Frame) -> None:
-            if frame.source == link.peer_id and frame.channel in self.grants[PUBLISH]:
+            if (frame.source == link.peer_id and frame.channel in self.grants[PUBLISH]
+                    and frame.dest in self.roots):
                 handler(link, frame)
             else:
                 self._refuse(PUBLISH, frame.channel, frame.source, 1)
@@ -252,6 +264,9 @@ class LinkGate:
                 ch: i for ch, i in state.interests.items() if self._may_hold(ch, i.role)
             }
             ctx.node.topology.on_record(link, ["node", state.to_wire()])
+        elif kind == "leaf":
+            # A leaf client: what it holds and uses, within what it was granted.
+            ctx.node.topology.on_leaf(link, message, self._may_use)
         # anything else (identity bindings above all) from a client is not believed
 
     # --- claims and refusals
@@ -299,6 +314,14 @@ class LinkGate:
             self.guard.log_limited("denied", "info", "{peer}: {text}", peer=self.link.describe(),
                                    text=text)
             self._tell(op, name, text)
+
+    def _may_use(self, channel: int, role: str) -> bool:
+        """May a leaf client list ``channel`` under ``role`` (yotonnet.core.leaves)? What
+        it holds, only as granted; what it uses, always: that only asks who holds it (a
+        denied call still fails at once, with the denial)."""
+        if role in (PUB_ROLE, REQ_ROLE):
+            return True
+        return self._may_hold(channel, role)
 
     def _may_hold(self, channel: int, role: str) -> bool:
         if role == SUB:
@@ -350,6 +373,31 @@ class LinkGate:
         )
 
 
+class IdentityFeed:
+    """The identities a leaf of this node is told: a leaf gets no floods of bindings
+    (there would be one per join of anyone), so each binding goes to it once, just
+    before the first message or call of that node that reaches it."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+        self.told: set[int] = set()
+
+    def before(self, data: bytes) -> bytes | None:
+        """The control frame to send before ``data`` (None: nothing to tell)."""
+        if len(data) < HEADER_SIZE or data[4] not in _SOURCED:
+            return None
+        source = _SEQ.unpack_from(data, _SOURCE_OFFSET)[0]
+        if source in self.told:
+            return None
+        binding = self.guard.idents.get(source)
+        if binding is None or not binding[0]:
+            return None
+        if len(self.told) >= _MAX_TOLD:
+            self.told.clear()  # told again if needed: a binding sent twice costs little
+        self.told.add(source)
+        return _control(["ident", [[source, *binding]]])
+
+
 class Guard:
     """A context's security at run time; see the module docstring."""
 
@@ -378,8 +426,11 @@ class Guard:
         self.serving = False
         context.capabilities = (*context.capabilities, CAPABILITY)
         security.dial_credentials()  # a missing or empty secret file fails here, not later
-        #: node id -> (user, version, origin node)
+        #: node id -> (user, version, origin node); user "" for a leaf that left (kept a
+        #: while, so that a binding still on its way cannot come back after it)
         self.idents: dict[int, tuple[str, int, int]] = {}
+        # leaves that left: node id -> when their unbinding came (forgotten after a while)
+        self._unbound: dict[int, float] = {}
         #: (operation, channel name) -> the denial a node sent us
         self.denials: dict[tuple[str, str], PermissionDenied] = {}
         self._opened: dict[str, weakref.WeakSet] = {}
@@ -513,10 +564,11 @@ class Guard:
     def check_capacity(self, link: Link) -> str | None:
         ctx = self.ctx
         limit = self.security.max_links
-        if len(ctx.links) >= limit and link.peer_id not in ctx.links:
+        count = len(ctx.neighbours) + len(ctx.node.topology.leaves)
+        if count >= limit and link.peer_id not in ctx.links:
             return self.breach(
                 link, "max_links",
-                f"this node has {len(ctx.links)} links, its max_links; link to another node",
+                f"this node has {count} links, its max_links; link to another node",
             )
         return None
 
@@ -616,6 +668,8 @@ class Guard:
         if not admission.trusted:
             assert identity is not None
             link.gate = LinkGate(self, link, identity)
+        if link.role == LEAF:
+            link.feed = IdentityFeed(self)
 
     def check_caller(self, node_id: int, operation: str, channel: str) -> str | None:
         """May the node whose request a handler serves do ``operation`` on ``channel``
@@ -647,8 +701,9 @@ class Guard:
         identity = link.identity
         if identity is not None and identity.method != handshake.ANONYMOUS:
             self._bind(link.peer_id, identity.user, exclude=None)
-        if self.idents:
-            link.send(_control(["ident", [[n, *v] for n, v in self.idents.items()]]))
+        if self.idents and link.role != LEAF:
+            # (A leaf is told none but those it needs: see IdentityFeed.)
+            link.send(_control(["ident", [[n, *v] for n, v in self.idents.items() if v[0]]]))
         if CAPABILITY in link.peer_capabilities:
             for name, chans in list(self._opened.items()):
                 for chan in list(chans):
@@ -669,21 +724,57 @@ class Guard:
 
     def _flood_idents(self, bindings: list, exclude: Link | None) -> None:
         frame = _control(["ident", bindings])
-        for link in self.ctx.links.values():
+        for link in self.ctx.neighbours.values():  # (a leaf is told none)
             if link is not exclude and not link.closing:
                 link.send(frame)
         self._prune_idents()
 
+    def link_down(self, link: Link) -> None:
+        """A leaf of ours left: its binding goes from the mesh with it."""
+        binding = self.idents.get(link.peer_id)
+        if (link.role == LEAF and binding is not None and binding[0]
+                and binding[2] == self.ctx.node_id
+                and self.ctx.leaf_links.get(link.peer_id) is link):
+            unbinding = ("", max(time.time_ns(), binding[1] + 1), self.ctx.node_id)
+            self.idents[link.peer_id] = unbinding
+            self._unbound[link.peer_id] = self.ctx.reactor.seconds()
+            self._flood_idents([[link.peer_id, *unbinding]], exclude=None)
+
     def _prune_idents(self) -> None:
-        nodes = self.ctx.routing.nodes
+        unbound = self._unbound
+        if unbound:
+            # An unbinding stays long enough for any binding still in flight to meet it.
+            old = self.ctx.reactor.seconds() - max(60.0, self.ctx.config.stale_after)
+            for node_id in [n for n, when in unbound.items() if when < old]:
+                del unbound[node_id]
+                if self.idents.get(node_id, ("x",))[0] == "":
+                    del self.idents[node_id]
+        routing = self.ctx.routing
+        nodes = routing.nodes
         if len(self.idents) > 2 * len(nodes) + 1024:
-            for node_id in [n for n in self.idents if n not in nodes]:
+            # Bindings of nodes gone, and of leaves whose hub is gone.
+            for node_id in [n for n, (_, _, origin) in self.idents.items()
+                            if n not in nodes and not routing.is_reachable(origin)]:
                 del self.idents[node_id]
+
+    def home_of(self, node_id: int) -> int | None:
+        """The node through which ``node_id`` is reached: itself when it is a node of the
+        picture, its hub when it is a leaf (known to the hub by its link, elsewhere by the
+        binding its hub flooded); None when unknown."""
+        ctx = self.ctx
+        if node_id in ctx.routing.nodes:
+            return node_id
+        if node_id in ctx.node.topology.leaves.entries:
+            return ctx.node_id
+        binding = self.idents.get(node_id)
+        if binding is not None and binding[0] and binding[2] in ctx.routing.nodes:
+            return binding[2]
+        return None
 
     def identity_of(self, node_id: int) -> str | None:
         binding = self.idents.get(node_id)
         if binding is not None:
-            return binding[0]
+            return binding[0] or None
         if node_id == self.ctx.node_id:
             return self.security.user
         return None
@@ -709,8 +800,11 @@ class Guard:
                     raise ValueError("bad binding")
                 current = self.idents.get(node_id)
                 if current is None or (version, origin) > current[1:]:
+                    # (user "": an unbinding, the leaf left its hub)
                     self.idents[node_id] = (user, version, origin)
                     changed.append([node_id, user, version, origin])
+                    if not user:
+                        self._unbound[node_id] = self.ctx.reactor.seconds()
         except (ValueError, TypeError, IndexError) as e:
             raise ProtocolError(f"malformed ident message: {e}") from None
         if changed:
@@ -726,7 +820,7 @@ class Guard:
             denial = self.denials.get((op, name))
             if denial is not None:
                 channel.deny(op, denial)
-        for link in self.ctx.links.values():
+        for link in self.ctx.neighbours.values():
             if CAPABILITY in link.peer_capabilities and not link.closing:
                 self._send_claims(link, channel, name)
 

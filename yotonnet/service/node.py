@@ -156,7 +156,7 @@ class NodeService(Service):
         super().startService()
         ctx = self.context = Context(
             self.node_name, self.reactor, config=self.config, node_id=self.node_id,
-            security=self.security,
+            security=self.security, role="node",
         )
         self.control = NodeControl(ctx)
         failures: list[Failure] = []

@@ -138,6 +138,8 @@ def _mesh(snapshot: dict) -> tuple[list[dict], list[dict], list[dict]]:
             "local": n["id"] == snapshot["node"],
             "neighbours": sorted(n["links"]),
             "interests": len(n["interests"]),
+            # leaf contexts attached to it (they are not nodes of the mesh)
+            "leaves": n.get("leaves", 0),
         })
         for peer, cost in n["links"].items():
             half[(n["id"], peer)] = cost
@@ -272,6 +274,8 @@ def node_status(context: Context) -> dict:
         "links": links,
         "links_up": sum(1 for link in links if link["up"]),
         "links_busy": sum(1 for link in links if link["busy"]),
+        # this node's leaves (their links are in "links" too, with role "leaf")
+        "leaves": _plain(context.node.topology.leaves.snapshot()),
         # Summed over the links open now: a closed link's traffic leaves the totals.
         "traffic": totals,
         "dialers": [_plain(d.info()) for d in context.dialers],

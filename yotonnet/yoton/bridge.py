@@ -42,6 +42,8 @@ class YotonBridge:
     def __init__(self, context: Context, channels: Iterable[YotonChannel]) -> None:
         self.context = context
         self.slots = SlotMap(channels)
+        # It speaks for the Yoton contexts it links: that takes a node of the mesh.
+        context.become_node("it bridges Yoton contexts")
 
     @property
     def links(self) -> list[YotonLink]:
