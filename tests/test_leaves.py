@@ -115,6 +115,52 @@ class Joining(MeshTestCase):
         self.assertEqual({len(n.routing.nodes) for n in m.nodes}, {10})
 
 
+class AThousandLeaves(MeshTestCase):
+    mesh_config = CONFIG
+
+    def test_every_kind_of_leaf_at_once_on_ten_nodes(self) -> None:
+        m = LeafMesh(self, nodes=10)
+        at = iter(range(10**6))
+        # 400 subscribers, 100 publishers, 100 repliers, 300 callers, 100 state holders
+        logs: list[list[tuple[int, int]]] = []
+        for _ in range(400):
+            log: list[tuple[int, int]] = []
+            SubChannel(m.leaf(next(at) % 10), "all", "OBJECT").subscribe(log.append)
+            logs.append(log)
+        pubs = [PubChannel(m.leaf(next(at) % 10), "all", "OBJECT") for _ in range(100)]
+        for i in range(100):
+            rep = RepChannel(m.leaf(next(at) % 10), "work")
+            rep.register("double", lambda x, i=i: (i, 2 * x))
+        callers = [ReqChannel(m.leaf(next(at) % 10), "work") for _ in range(300)]
+        holders = [StateChannel(m.leaf(next(at) % 10), "shared") for _ in range(100)]
+        m.settle()
+        self.assertEqual(len(m.leaves), 1000)
+        self.assertEqual({len(n.routing.nodes) for n in m.nodes}, {10}, "no leaf in a table")
+        self.assertEqual({p.subscribers for p in pubs}, {400})
+        self.assertEqual({c.responders for c in callers}, {100})
+        for k in range(3):
+            for i, pub in enumerate(pubs):
+                pub.send((i, k))
+        calls = [c.call("double", j) for j, c in enumerate(callers)]
+        holders[7].send({"round": 1})
+        m.settle()
+        expected = sorted((i, k) for i in range(100) for k in range(3))
+        for log in logs:
+            self.assertEqual(sorted(map(tuple, log)), expected)
+            for i in range(100):
+                self.assert_increasing([k for p, k in log if p == i], f"publisher {i}")
+        served = set()
+        for j, d in enumerate(calls):
+            who, doubled = self.successResultOf(d)
+            self.assertEqual(doubled, 2 * j)
+            served.add(who)
+        self.assertGreater(len(served), 50, "the calls were spread over the repliers")
+        self.assertEqual({repr(h.recv()) for h in holders}, {repr({"round": 1})})
+        late = StateChannel(m.leaf(3), "shared")
+        m.settle()
+        self.assertEqual(late.recv(), {"round": 1})
+
+
 class PubSubOfLeaves(MeshTestCase):
     mesh_config = CONFIG
 
@@ -331,6 +377,40 @@ class StateOfLeaves(MeshTestCase):
 
 class LeavesMoving(MeshTestCase):
     mesh_config = CONFIG
+
+    def test_leaves_of_a_node_that_goes_away_join_the_next_node_of_their_list(self) -> None:
+        m = LeafMesh(self, nodes=3)
+        doomed, spare = m.nodes[1], m.nodes[2]
+        leaves, logs = [], []
+        for i in range(20):
+            ctx = m.mesh.add(f"mover{i}")
+            ctx.connect([f"memory:{doomed.name}", f"memory:{spare.name}"])
+            log: list[str] = []
+            SubChannel(ctx, "feed").subscribe(log.append)
+            leaves.append(ctx)
+            logs.append(log)
+        replier = m.mesh.add("replier")
+        replier.connect([f"memory:{doomed.name}", f"memory:{spare.name}"])
+        RepChannel(replier, "math").register("add", lambda x, y: x + y)
+        pub = PubChannel(m.nodes[0], "feed")
+        req = ReqChannel(m.nodes[0], "math")
+        m.settle()
+        self.assertEqual({leaf.hub.peer_id for leaf in leaves}, {doomed.node_id})
+        pub.send("before")
+        m.settle()
+        doomed.close()
+        m.settle()
+        self.assertEqual(pub.subscribers, 0)
+        m.mesh.advance(CONFIG.reconnect_max + 1.0)
+        m.settle()
+        self.assertEqual({leaf.hub.peer_id for leaf in leaves}, {spare.node_id})
+        self.assertEqual(pub.subscribers, 20)
+        self.assertEqual(spare.routing.local.leaves, 21)
+        pub.send("after")
+        call = req.call("add", 2, 2)
+        m.settle()
+        self.assertEqual({tuple(log) for log in logs}, {("before", "after")})
+        self.assertEqual(self.successResultOf(call), 4)
 
     def test_a_leaf_cut_from_its_hub_dials_again_and_its_interest_moves_with_it(self) -> None:
         m = LeafMesh(self, nodes=3)
