@@ -19,14 +19,25 @@ import signal
 import sys
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, utils
 from twisted.internet.protocol import ProcessProtocol
+from waits import bounded
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_SCRIPT = os.path.join(REPO_ROOT, "tests", "peers", "peer.py")
 
 #: seconds a test waits for a child's line before failing; generous for slow CI machines
 DEFAULT_WAIT = 20.0
+
+
+async def yotonnet_command(*args: str, module: str = "yotonnet") -> tuple[str, str, int]:
+    """``python -m yotonnet ARGS`` run to its end: (stdout, stderr, exit status)."""
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    out, err, code = await bounded(
+        utils.getProcessOutputAndValue(sys.executable, ["-m", module, *args], env=env,
+                                       path=REPO_ROOT),
+        f"yotonnet {' '.join(args)}")
+    return out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), code
 
 
 class ChildOutputTimeout(Exception):
@@ -39,6 +50,9 @@ class ChildExited(Exception):
 
 class PeerProcess(ProcessProtocol):
     """Collects a child's stdout lines and lets a test wait for them."""
+
+    #: what ``wait_for`` matches: a line starting with the text, or (True) containing it
+    anywhere = False
 
     def __init__(self, reactor: Any, label: str) -> None:
         self.reactor = reactor
@@ -123,7 +137,8 @@ class PeerProcess(ProcessProtocol):
     def _take(self, prefix: str) -> str | None:
         start = self._cursor.get(prefix, 0)
         for i in range(start, len(self.lines)):
-            if self.lines[i].startswith(prefix):
+            line = self.lines[i]
+            if prefix in line if self.anywhere else line.startswith(prefix):
                 self._cursor[prefix] = i + 1
                 return self.lines[i]
         self._cursor[prefix] = len(self.lines)

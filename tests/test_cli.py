@@ -104,14 +104,7 @@ class NodeProcess(procs.PeerProcess):
     """A node's output: ``wait_for`` matches a substring anywhere in a line (log lines
     start with a timestamp)."""
 
-    def _take(self, text: str) -> str | None:
-        start = self._cursor.get(text, 0)
-        for i in range(start, len(self.lines)):
-            if text in self.lines[i]:
-                self._cursor[text] = i + 1
-                return self.lines[i]
-        self._cursor[text] = len(self.lines)
-        return None
+    anywhere = True
 
 
 def spawn_node(testcase: Any, argv: list[str], label: str, cwd: str = REPO_ROOT) -> NodeProcess:

@@ -53,12 +53,7 @@ class KernelCommandTests(TestCase):
         return "tcp:" + line.rsplit(" ", 1)[1]
 
     async def cli(self, *args: str) -> tuple[str, str, int]:
-        env = dict(os.environ, PYTHONPATH=procs.REPO_ROOT)
-        out, err, code = await bounded(
-            utils.getProcessOutputAndValue(sys.executable, ["-m", "yotonnet.cli", *args],
-                                           env=env, path=procs.REPO_ROOT),
-            f"yotonnet {' '.join(args)}")
-        return out.decode(), err.decode(), code
+        return await procs.yotonnet_command(*args, module="yotonnet.cli")
 
     async def test_two_consoles_through_two_hops(self) -> None:
         ep = await self.start_kernel()

@@ -31,7 +31,7 @@ import sys
 from typing import Any
 
 import procs
-from twisted.internet import defer, reactor, utils
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import SkipTest, TestCase
 from waits import WAIT, bounded, until
 
@@ -51,14 +51,7 @@ class Lines(procs.PeerProcess):
     """A child's output where ``wait_for`` matches text anywhere in a line (a node's log
     lines start with a timestamp)."""
 
-    def _take(self, text: str) -> str | None:
-        start = self._cursor.get(text, 0)
-        for i in range(start, len(self.lines)):
-            if text in self.lines[i]:
-                self._cursor[text] = i + 1
-                return self.lines[i]
-        self._cursor[text] = len(self.lines)
-        return None
+    anywhere = True
 
 
 def payload(line: str) -> Any:
@@ -113,12 +106,8 @@ class LeavesTestCase(TestCase):
 
     async def cli(self, *args: str) -> tuple[int, str, str]:
         """``python -m yotonnet ARGS`` to its end: (exit status, stdout, stderr)."""
-        env = dict(os.environ, PYTHONPATH=procs.REPO_ROOT)
-        out, err, code = await bounded(
-            utils.getProcessOutputAndValue(sys.executable, ["-m", "yotonnet", *args],
-                                           env=env, path=procs.REPO_ROOT),
-            f"yotonnet {' '.join(args)}")
-        return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        out, err, code = await procs.yotonnet_command(*args)
+        return code, out, err
 
     async def status(self, endpoint: str) -> dict:
         """``yotonnet status --json`` of the node at ``endpoint``."""
