@@ -537,6 +537,10 @@ class BrowserTests(WebTestCase):
     async def _live_page(self) -> None:
         mesh = self.sample_mesh()
         pub = PubChannel(mesh["alpha"], "news")
+        # a leaf of gamma: counted on gamma, no node of the drawing
+        self.successResultOf(mesh["gamma"].listen("memory:gamma"))
+        mesh.add("a-leaf").connect("memory:gamma")
+        mesh.settle()
 
         def tick() -> None:
             for i in range(10):
@@ -551,7 +555,8 @@ class BrowserTests(WebTestCase):
 
         self.assertEqual(dom.body.get("data-state"), "ok", dom_text[-2000:])
         self.assertGreaterEqual(int(dom.body.get("data-polls") or 0), 2)
-        self.assertEqual(sorted(dom.node_names), sorted(["alpha", "beta", "gamma", EVIL]))
+        # the leaf is no node of the drawing: gamma carries it
+        self.assertEqual(sorted(dom.node_names), sorted(["alpha", "beta", "gamma +1", EVIL]))
         # The hostile name is text: no element the name spells was created in the SVG.
         self.assertNotIn("b", dom.tags_in_svg)
         pairs = {

@@ -98,6 +98,10 @@ class ExecuteResult:
         )
 
 
+#: seconds before a failed history fetch that someone waits for is tried again
+FETCH_RETRY = 0.5
+
+
 def login_of(context: Context) -> str | None:
     """The user a node we dialled says we logged in as (None: not authenticated)."""
     for link in list(context.links.values()):
@@ -158,6 +162,7 @@ class KernelClient:
         self._status_watchers: list[Callable[[dict], Any]] = []
         self._presence_watchers: list[Callable[[list], Any]] = []
         self._seq_waiters: list[tuple[int, defer.Deferred]] = []
+        self._fetch_retry: Any = None
         # the Deferred of the message on_output is busy with, and what waits behind it
         self._pace: defer.Deferred | None = None
         self._backlog: deque[dict] = deque()
@@ -224,6 +229,8 @@ class KernelClient:
         """Leave: the others see us go; our channels close."""
         if self._link_loop is not None and self._link_loop.running:
             self._link_loop.stop()
+        if self._fetch_retry is not None and self._fetch_retry.active():
+            self._fetch_retry.cancel()
         if self.attached and self.link == "up" and not self.context.closed:
             try:
                 await self.control.call("detach", self.caller.to_wire())
@@ -338,13 +345,7 @@ class KernelClient:
         if seq is not None:
             self.shown = seq
         if self._seq_waiters and seq is not None:
-            still = []
-            for want, d in self._seq_waiters:
-                if want <= seq:
-                    d.callback(None)
-                else:
-                    still.append((want, d))
-            self._seq_waiters = still
+            self._fire_waiters(seq)
 
     def _paced(self, result: Any) -> Any:
         """The program is done with a message: show what waited meanwhile."""
@@ -366,22 +367,35 @@ class KernelClient:
             log.warn("kernel {name}: history fetch failed: {why}", name=self.name,
                      why=printable(failure.getErrorMessage(), 1000))  # the broker's words
             self.merger.on_fetch_failed()
+            retry = self._fetch_retry
+            if self._seq_waiters and self.attached and not (retry and retry.active()):
+                # Someone waits for what it would have brought, and no live message may
+                # come to try again (the kernel may be done): try again shortly.
+                self._fetch_retry = self.reactor.callLater(FETCH_RETRY, self._retry_fetch)
 
         d.addCallbacks(got, failed)
+
+    def _retry_fetch(self) -> None:
+        if self.attached and self.link == "up" and not self.context.closed:
+            self._release_waiters()
 
     def _release_waiters(self) -> None:
         # With an empty history and nothing live, waiters for seq <= last fire here
         # (those for messages still waiting behind a busy on_output fire as they show).
         shown = self.shown if self._backlog or self._pace is not None else self.merger.last
-        still = []
-        for want, d in self._seq_waiters:
-            if want <= shown:
-                d.callback(None)
-            else:
-                still.append((want, d))
-        self._seq_waiters = still
-        for want, _ in still:
+        for want, _ in self._fire_waiters(shown):
             self.merger.want(want)
+
+    def _fire_waiters(self, shown: int) -> list[tuple[int, defer.Deferred]]:
+        """Fire the waiters for messages up to ``shown``; the others stay (returned). The
+        list is taken first: what a fired waiter runs may show more, or wait again."""
+        waiters, self._seq_waiters = self._seq_waiters, []
+        still = [(want, d) for want, d in waiters if want > shown]
+        self._seq_waiters[:0] = still
+        for want, d in waiters:
+            if want <= shown and not d.called:
+                d.callback(None)
+        return still
 
     def _lost(self, count: int) -> None:
         if self.on_output is not None:

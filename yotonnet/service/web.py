@@ -715,10 +715,12 @@ function drawMesh(st, dt) {
     const g = s("g", {class: cls.join(" "), "data-id": n.id, "data-name": n.name});
     const r = n.local ? size + 4 : size;
     g.appendChild(s("circle", {cx: p.x, cy: p.y, r: r}));
-    g.appendChild(s("text", {x: p.x, y: p.y + r + (size < 10 ? 9 : 13)}, n.name));
+    // Leaves are no nodes of the mesh: each node shows how many it carries.
+    g.appendChild(s("text", {x: p.x, y: p.y + r + (size < 10 ? 9 : 13)},
+                    n.name + (n.leaves ? " +" + n.leaves : "")));
     g.appendChild(s("title", {}, n.name + " (" + n.id + ")" +
                     (n.reachable ? ", distance " + n.distance : ", unreachable") +
-                    ", " + n.interests + " channel(s)"));
+                    ", " + n.interests + " channel(s), " + (n.leaves || 0) + " leaves"));
     nodes.appendChild(g);
   }
   svg.appendChild(nodes);
@@ -751,7 +753,8 @@ function render(st) {
                   {label: "status"}, {label: "silent", num: 1}, {label: "frames in", num: 1},
                   {label: "frames out", num: 1}, {label: "bytes in", num: 1},
                   {label: "bytes out", num: 1}],
-    st.links.map(l => ({cls: "status-" + l.status, cells: [l.peer_name, l.peer, l.direction,
+    st.links.map(l => ({cls: "status-" + l.status, cells: [l.peer_name, l.peer,
+      l.direction + (l.role && l.role !== "node" ? " (" + l.role + ")" : ""),
       l.address || l.endpoint, l.status, l.silent_for.toFixed(1) + " s", num(l.frames_in),
       num(l.frames_out), bytes(l.bytes_in), bytes(l.bytes_out)]})));
 
