@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-ring1 test-ring2 lint bench bench-mesh bench-flow bench-forward bench-records clean sysdeps
+.PHONY: run test test-fast test-ring1 test-ring2 lint bench bench-mesh bench-leaves bench-flow bench-forward bench-records clean sysdeps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench: $(STAMP)
 
 bench-mesh: $(STAMP)
 	$(BIN)/python benchmarks/bench_mesh.py
+
+bench-leaves: $(STAMP)
+	$(BIN)/python benchmarks/bench_leaves.py
 
 bench-flow: $(STAMP)
 	$(BIN)/python benchmarks/bench_flow.py

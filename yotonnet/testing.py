@@ -706,8 +706,8 @@ class MemoryMesh:
     flush = settle  # iosim's name for the same thing
 
     def _due_now(self) -> bool:
-        now = self.clock.seconds()
-        return any(call.getTime() <= now for call in self.clock.getDelayedCalls())
+        calls = self.clock.in_order()  # the earliest first: one look, not a scan
+        return bool(calls) and calls[0].getTime() <= self.clock.seconds()
 
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, stopping at every timer on the way.

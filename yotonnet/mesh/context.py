@@ -295,6 +295,13 @@ class Context:
             links.update(self.leaf_links)
         return links
 
+    def link_to(self, peer_id: int) -> Link | None:
+        """The link to ``peer_id`` (a neighbour or a leaf of this node), or None."""
+        link = self.neighbours.get(peer_id)
+        if link is None:
+            link = self.node.topology.leaves.peer(peer_id)  # type: ignore[assignment]
+        return link
+
     @property
     def leaf_links(self) -> dict[int, Link]:
         """Leaf node id -> the link to that leaf (this node is its hub)."""
@@ -433,7 +440,7 @@ class Context:
         """Decide whether a link that finished its HELLO may join."""
         if self.closed:
             return "context is closed"
-        existing = self.links.get(link.peer_id)
+        existing = self.link_to(link.peer_id)
         if existing is not None and existing is not link and existing.status != CLOSED:
             if existing.status is BUSY:
                 # The peer is evidently alive on the new link: the silent one is stale.
@@ -458,7 +465,7 @@ class Context:
         self.link_event(link, UP, None)
 
     def link_down(self, link: Link) -> None:
-        if self.links.get(link.peer_id) is link:
+        if self.link_to(link.peer_id) is link:
             log.info("{node}: link down to {peer}: {reason}", node=self.name,
                      peer=link.describe(), reason=link.reason)
         self.guard.link_down(link)

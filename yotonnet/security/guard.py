@@ -431,6 +431,8 @@ class Guard:
         self.idents: dict[int, tuple[str, int, int]] = {}
         # leaves that left: node id -> when their unbinding came (forgotten after a while)
         self._unbound: dict[int, float] = {}
+        # bindings held past which they are looked at again for ones to forget
+        self._prune_at = 0
         #: (operation, channel name) -> the denial a node sent us
         self.denials: dict[tuple[str, str], PermissionDenied] = {}
         self._opened: dict[str, weakref.WeakSet] = {}
@@ -565,7 +567,7 @@ class Guard:
         ctx = self.ctx
         limit = self.security.max_links
         count = len(ctx.neighbours) + len(ctx.node.topology.leaves)
-        if count >= limit and link.peer_id not in ctx.links:
+        if count >= limit and ctx.link_to(link.peer_id) is None:
             return self.breach(
                 link, "max_links",
                 f"this node has {count} links, its max_links; link to another node",
@@ -677,7 +679,7 @@ class Guard:
         ctx = self.ctx
         if node_id == ctx.node_id or not self.security.authenticates:
             return None
-        link = ctx.links.get(node_id)
+        link = ctx.link_to(node_id)
         gate: LinkGate | None = getattr(link, "gate", None) if link is not None else None
         if gate is not None:
             if self.policy.allows(gate.identity, operation, channel):
@@ -734,28 +736,36 @@ class Guard:
         binding = self.idents.get(link.peer_id)
         if (link.role == LEAF and binding is not None and binding[0]
                 and binding[2] == self.ctx.node_id
-                and self.ctx.leaf_links.get(link.peer_id) is link):
+                and self.ctx.link_to(link.peer_id) is link):
             unbinding = ("", max(time.time_ns(), binding[1] + 1), self.ctx.node_id)
             self.idents[link.peer_id] = unbinding
+            self._unbound.pop(link.peer_id, None)
             self._unbound[link.peer_id] = self.ctx.reactor.seconds()
             self._flood_idents([[link.peer_id, *unbinding]], exclude=None)
 
     def _prune_idents(self) -> None:
         unbound = self._unbound
         if unbound:
-            # An unbinding stays long enough for any binding still in flight to meet it.
+            # An unbinding stays long enough for any binding still in flight to meet it;
+            # they are kept in the order they came, so only the expired are looked at.
             old = self.ctx.reactor.seconds() - max(60.0, self.ctx.config.stale_after)
-            for node_id in [n for n, when in unbound.items() if when < old]:
+            while unbound:
+                node_id, when = next(iter(unbound.items()))
+                if when >= old:
+                    break
                 del unbound[node_id]
                 if self.idents.get(node_id, ("x",))[0] == "":
                     del self.idents[node_id]
         routing = self.ctx.routing
         nodes = routing.nodes
-        if len(self.idents) > 2 * len(nodes) + 1024:
-            # Bindings of nodes gone, and of leaves whose hub is gone.
+        if len(self.idents) > max(2 * len(nodes) + 1024, self._prune_at):
+            # Bindings of nodes gone, and of leaves whose hub is gone. Leaves of live hubs
+            # stay, so the next look waits until the bindings have doubled: a scan per
+            # flood would make every join cost every node the whole mesh's leaves.
             for node_id in [n for n, (_, _, origin) in self.idents.items()
                             if n not in nodes and not routing.is_reachable(origin)]:
                 del self.idents[node_id]
+            self._prune_at = 2 * len(self.idents)
 
     def home_of(self, node_id: int) -> int | None:
         """The node through which ``node_id`` is reached: itself when it is a node of the
@@ -804,6 +814,7 @@ class Guard:
                     self.idents[node_id] = (user, version, origin)
                     changed.append([node_id, user, version, origin])
                     if not user:
+                        self._unbound.pop(node_id, None)
                         self._unbound[node_id] = self.ctx.reactor.seconds()
         except (ValueError, TypeError, IndexError) as e:
             raise ProtocolError(f"malformed ident message: {e}") from None
