@@ -429,10 +429,18 @@ class SortedClock(MemoryReactorClock):
             self.unsorted = False
         return calls
 
+    def cancelled(self, call: DelayedCall) -> None:
+        """Take a cancelled call out: found by its time, not by a scan of every call."""
+        calls = self.in_order()
+        i = bisect.bisect_left(calls, call.getTime(), key=_due)
+        while calls[i] is not call:
+            i += 1
+        del calls[i]
+
     def callLater(  # noqa: N802 - Twisted's name
         self, delay: float, callable: Any, *args: object, **kw: object  # noqa: A002
     ) -> DelayedCall:
-        call = DelayedCall(self.seconds() + delay, callable, args, kw, self.calls.remove,
+        call = DelayedCall(self.seconds() + delay, callable, args, kw, self.cancelled,
                            self.moved, self.seconds)
         bisect.insort(self.in_order(), call, key=_due)
         return call
