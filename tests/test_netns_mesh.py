@@ -73,8 +73,9 @@ class SquareMeshTests(TestCase):
 
         self.hosts.cut(1)
         cut_at = (await self._until(d, "sub", lambda r: True))["count"]
-        # A sees its link to B go busy and the stream flows on through C.
-        await self._until(a, "topology", lambda r: r["links"].get("B") == "busy")
+        # A sees its link to B go busy (or closed, when the host's stack reports the dead
+        # route on a write, as it did once in CI) and the stream flows on through C.
+        await self._until(a, "topology", lambda r: r["links"].get("B") != "up")
         after = await self._until(d, "sub", lambda r: r["count"] >= cut_at + 200)
         self.assertEqual(after["disorder"], 0)
 
