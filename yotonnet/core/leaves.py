@@ -168,8 +168,6 @@ class Leaves:
         self._totals: dict[int, list] = {}
         # channel -> leaves that need its holders (their views show it)
         self._users: dict[int, set[int]] = {}
-        #: views sent (introspection and tests)
-        self.views_sent = 0
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -300,7 +298,6 @@ class Leaves:
         view = self.view(entry)
         if view != entry.view:
             entry.view = view
-            self.views_sent += 1
             self.send_control(entry.peer, view)
 
     def refresh(self, changed: set[int], everything: bool) -> None:
@@ -331,10 +328,6 @@ class Leaves:
         if not holding:
             return None
         return min((self.entries[leaf] for leaf in holding), key=lambda e: e.in_flight)
-
-    def serves(self, channel: int) -> int:
-        """Leaves serving ``channel``."""
-        return len(self._holding.get((channel, REP), ()))
 
     def passed(self, entry: LeafEntry, caller: int, req_id: int, channel: int) -> None:
         entry.serving[(caller, req_id)] = channel

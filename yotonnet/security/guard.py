@@ -754,8 +754,9 @@ class Guard:
                 if when >= old:
                     break
                 del unbound[node_id]
-                if self.idents.get(node_id, ("x",))[0] == "":
-                    del self.idents[node_id]
+                binding = self.idents.get(node_id)
+                if binding is not None and not binding[0]:
+                    del self.idents[node_id]  # still the unbinding: forget it
         routing = self.ctx.routing
         nodes = routing.nodes
         if len(self.idents) > max(2 * len(nodes) + 1024, self._prune_at):
