@@ -406,7 +406,9 @@ class MemoryConnection:
 
 
 def _due(call: DelayedCall) -> float:
-    return call.getTime()
+    # The time the call was set for: a reset() that pushes it later only adds a delay
+    # (DelayedCall.delayed_time), which advance() applies when that time comes.
+    return call.time
 
 
 class SortedClock(MemoryReactorClock):
@@ -432,7 +434,7 @@ class SortedClock(MemoryReactorClock):
     def cancelled(self, call: DelayedCall) -> None:
         """Take a cancelled call out: found by its time, not by a scan of every call."""
         calls = self.in_order()
-        i = bisect.bisect_left(calls, call.getTime(), key=_due)
+        i = bisect.bisect_left(calls, call.time, key=_due)
         while calls[i] is not call:
             i += 1
         del calls[i]
@@ -450,9 +452,14 @@ class SortedClock(MemoryReactorClock):
         now = self.rightNow
         while True:
             calls = self.in_order()
-            if not calls or calls[0].getTime() > now:
+            if not calls or calls[0].time > now:
                 return
             call = calls.pop(0)
+            if call.delayed_time:
+                # Pushed later by reset(): back in line at its new time (as the reactor does).
+                call.activate_delay()
+                bisect.insort(calls, call, key=_due)
+                continue
             call.called = 1
             call.func(*call.args, **call.kw)
 
@@ -715,7 +722,7 @@ class MemoryMesh:
 
     def _due_now(self) -> bool:
         calls = self.clock.in_order()  # the earliest first: one look, not a scan
-        return bool(calls) and calls[0].getTime() <= self.clock.seconds()
+        return bool(calls) and calls[0].time <= self.clock.seconds()
 
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, stopping at every timer on the way.

@@ -99,9 +99,10 @@ class StateSync:
                 for target in peers:
                     target.send(data)
         self._note_clock(channel, version[0])
-        if self.apply(channel, version, frame[2], frame[7][VERSION.size:]) and dest:
+        payload = frame[7][VERSION.size:]
+        if self.apply(channel, version, frame[2], payload) and dest:
             # Told as a new holder: the leaves holding it here are told too.
-            self._tell_leaves(channel, frame[7], frame[2])
+            self._tell_leaves(channel, version, frame[2], payload)
 
     def from_leaf(self, peer: IPeer, frame: Frame) -> None:
         """A value from a leaf of ours (its write, or what it held before it came here):
@@ -116,11 +117,11 @@ class StateSync:
         for target in self.topology.targets(peer.peer_id, channel, STATE, self.node_id):
             target.send(data)
 
-    def _tell_leaves(self, channel: int, body: bytes, tag: int) -> None:
+    def _tell_leaves(self, channel: int, version: tuple[int, int], tag: int,
+                     payload: bytes) -> None:
         leaves = list(self.topology.leaves.holding(channel, STATE))
         if leaves:
-            data = state_frame(self.topology.hop_limit(), tag, channel, self.node_id, 0,
-                               body[:VERSION.size], body[VERSION.size:])
+            data = self.frame(channel, version, tag, payload, dest=0)
             for leaf in leaves:
                 leaf.send(data)
 
