@@ -157,6 +157,9 @@ class FakeSubscriber:
         self.got.append(("block", run, peer))
         self._hold(hold)
 
+    def lost(self, gap) -> None:
+        self.got.append(("lost", gap))
+
     def release(self) -> None:
         holds, self.holds = self.holds, []
         for hold in holds:

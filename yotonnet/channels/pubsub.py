@@ -47,6 +47,7 @@ from .base import Channel
 
 if TYPE_CHECKING:
     from ..core.flow import Hold
+    from ..core.repair import Gap
     from ..core.wire import Frame, Run
     from ..mesh.interfaces import IChannelHost
 
@@ -249,9 +250,19 @@ class SubChannel(Channel):
     subscriber that lags slows its publishers. A callback that returns a
     Deferred gets the next message only once that Deferred fires.
     ``policy="latest"``: only the newest ``keep`` untaken messages are kept;
-    ``dropped`` counts the others. ``missed`` counts messages lost on the way
-    (a gap in a publisher's sequence, e.g. across a reroute or a dead link).
+    ``dropped`` counts the others.
+
+    A lossless subscriber gets every message of each publisher once and in order,
+    across cut links and re-dials, while the publisher's node can still send
+    again what went missing (see yotonnet.core.repair). A range it never will
+    is reported, never skipped silently: ``missed`` counts such messages,
+    ``gaps`` keeps the last :data:`MAX_GAPS` of them (each a
+    :class:`~yotonnet.core.repair.Gap`: source, first, last, count, reason), and
+    callbacks given to :meth:`watch_gaps` are called with each.
     """
+
+    #: how many recent gaps ``gaps`` keeps
+    MAX_GAPS = 100
 
     pattern = "pubsub"
     role = SUB
@@ -290,6 +301,9 @@ class SubChannel(Channel):
         self.discarded = 0
         self.dropped = 0
         self.missed = 0
+        #: the most recent ranges given up (yotonnet.core.repair.Gap), oldest first
+        self.gaps: list[Gap] = []
+        self._gap_watchers: list[Callable[[Gap], object]] = []
         #: bytes of lossless messages received but not yet taken
         self.backlog = 0
         self.errors: list[Exception] = []
@@ -435,6 +449,34 @@ class SubChannel(Channel):
             self.backlog -= size
             if hold is not None:
                 hold.unref()
+
+    def lost(self, gap: Gap) -> None:
+        """ISubscriberEnd: messages ``gap.first`` to ``gap.last`` of ``gap.source`` will
+        never come: counted in ``missed``, kept in ``gaps``, logged and told to watchers."""
+        if self.closed:
+            return
+        self.missed += gap.count
+        self.gaps.append(gap)
+        del self.gaps[:-self.MAX_GAPS]
+        if self._last_seq.get(gap.source, 0) < gap.last:
+            self._last_seq[gap.source] = gap.last  # what follows the gap is in order
+        log.warn(
+            "channel {name}: {count} messages of node {source:016x} (sequence {first} to "
+            "{last}) are lost ({reason})", name=self.name, count=gap.count, source=gap.source,
+            first=gap.first, last=gap.last, reason=gap.reason,
+        )
+        for watcher in list(self._gap_watchers):
+            try:
+                watcher(gap)
+            except Exception:  # noqa: BLE001 - a bad watcher must not stop delivery
+                log.failure("gap watcher on {name} failed", name=self.name)
+
+    def watch_gaps(self, callback: Callable[[Gap], object]) -> Callable[[], None]:
+        """Call ``callback(gap)`` for each range of messages that will never come; returns
+        a function that stops it."""
+        self._gap_watchers.append(callback)
+        return lambda: self._gap_watchers.remove(callback) if (
+            callback in self._gap_watchers) else None
 
     def bad_message(self, error: Exception) -> None:
         """A message could not be taken (wrong type, undecodable): keep the error, log it

@@ -46,6 +46,21 @@ class ContextConfig:
     flow_window: int = DEFAULT_WINDOW
     #: bytes a publisher may queue past its window before send() raises FlowControlError
     publish_backlog: int = 4 << 20
+    #: bytes of its recent messages a publisher's node keeps per lossless channel, to send
+    #: again to a subscriber that missed some (see yotonnet.core.repair); the publisher
+    #: pauses at half of it while a subscriber still owes acknowledgement; 0: no repair
+    retention_bytes: int = 8 << 20
+    #: bytes of messages that arrived out of order a node holds for its lossless
+    #: subscribers, all sources together, until the gap before them is filled
+    reorder_bytes: int = 4 << 20
+    #: the most bytes one answer to a repair request sends again (then the next is asked)
+    repair_batch: int = 1 << 20
+    #: how long a publisher keeps waiting for a silent lossless subscriber, and a
+    #: subscriber for a silent publisher, before the outage counts as beyond repair
+    repair_wait: float = 10.0
+    #: publishers and channels one node tracks for its lossless subscribers, and
+    #: subscribers one published channel tracks (past these, no repair: gaps counted)
+    max_repair_tracks: int = 65_536
     #: write small frames to a TCP socket at once when Twisted has nothing buffered for
     #: it, instead of in the next reactor turn (see yotonnet.mesh.writer); off: Twisted's
     eager_writes: bool = True

@@ -58,6 +58,10 @@ class ISubscriberEnd(Interface):
     def deliver(frame, hold) -> None:  # noqa: N805
         """One message (a wire.Frame); ``hold`` (or None) keeps its upstream credit."""
 
+    def lost(gap) -> None:  # noqa: N805
+        """A range of a publisher's messages that will never come (a
+        yotonnet.core.repair.Gap: source, first, last, count, reason)."""
+
     def deliver_run(frames, peer, hold) -> None:  # noqa: N805
         """Consecutive frames of one source, as decoded; stop if ``peer.closing``."""
 

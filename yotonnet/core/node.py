@@ -10,7 +10,8 @@ it was given and by calling the local channel ends
 protocols over one picture of the mesh:
 
 * :class:`~.topology.Topology`: neighbours, routing records, paths, hop limits;
-* :class:`~.pubsub.PubSub`: publishing, forwarding, delivery, credit, readiness;
+* :class:`~.pubsub.PubSub`: publishing, forwarding, delivery, credit, readiness,
+  and the end-to-end repair of lossless channels (:mod:`.repair`);
 * :class:`~.requests.Requests`: calls, serving, correlation, deadlines;
 * :class:`~.statesync.StateSync`: state values, clocks, last writer wins.
 
@@ -78,7 +79,7 @@ class Node:
         }
         self.topology = Topology(node_id, name, config, self.counters, log, self.routes_changed,
                                  self.local_interests, self.leaf_items)
-        self.pubsub = PubSub(node_id, config, self.topology, self.counters, log)
+        self.pubsub = PubSub(node_id, config, self.topology, self.counters, log, clock)
         self.requests = Requests(node_id, self.topology, self.counters, clock, on_deadline)
         self.state = StateSync(node_id, self.topology)
         #: the routing table (yotonnet.core.routing), for introspection
@@ -100,6 +101,9 @@ class Node:
             FrameKind.CONTROL: self.on_control,
             FrameKind.CREDIT: self.pubsub.on_credit,
             FrameKind.LATEST: self.pubsub.on_latest,
+            FrameKind.ACK: self.pubsub.repair.on_ack,
+            FrameKind.RESENT: self.pubsub.repair.on_resent,
+            FrameKind.TAIL: self.pubsub.repair.on_tail,
         }
         #: DATA frames and runs: handler(peer, frames, i, n) -> the next index
         self.on_frames = self.pubsub.on_frames
@@ -157,6 +161,7 @@ class Node:
         self.pubsub.recheck()
         self.requests.routes_changed()
         self.state.routes_changed()
+        self.pubsub.repair.routes_changed()
         changed, links = topology.routing.take_changes()
         topology.leaves.refresh(changed, links)
         for watcher in list(self._route_watchers):
@@ -185,6 +190,13 @@ class Node:
 
     def expire_records(self) -> None:
         self.topology.expire(self.clock())
+
+    def housekeeping(self) -> None:
+        """Once per heartbeat: forget stale records; acknowledge, retry and give up
+        what the repair of lossless channels waits for (yotonnet.core.repair)."""
+        now = self.clock()
+        self.topology.expire(now)
+        self.pubsub.repair.tick(now)
 
     # --- local channel ends
 
@@ -230,6 +242,8 @@ class Node:
                 return
             if role not in (PUB, REQ):
                 self.topology.update_local(interests=self.local_interests())
+                if role == SUB and not ends:
+                    self.pubsub.repair.unsubscribed(channel)
             elif not ends:
                 self.topology.tell_hub()
 

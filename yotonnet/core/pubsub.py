@@ -18,6 +18,11 @@ transport, and no local lossless subscriber holds a window's worth. The
 publish path marks a channel not ready as soon as a send spends the last
 credit, so a producer pauses before anything has to wait in memory.
 
+What a path lost on the way is repaired end to end (:mod:`.repair`): a
+message published here is also kept for its subscribers to ask again, and
+received messages reach the local subscribers through their publisher's
+:class:`~.repair.Reader`, in order, once each.
+
 A leaf (:mod:`.leaves`) is in no picture, so its messages name the node
 whose tree they follow, its hub, in their ``dest`` field (the *root*); they
 keep their source, so subscribers know who published them.
@@ -25,6 +30,7 @@ keep their source, so subscribers know who published them.
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -32,8 +38,18 @@ from typing import TYPE_CHECKING, Any
 from .config import ContextConfig
 from .flow import CreditError, Hold
 from .interfaces import ILog, IPeer
+from .repair import Repair
 from .routing import SUB
-from .wire import HEADER_SIZE, Frame, FrameKind, ProtocolError, Run, credit_frame, data_frame
+from .wire import (
+    HEADER_SIZE,
+    SEQ_OFFSET,
+    Frame,
+    FrameKind,
+    ProtocolError,
+    Run,
+    credit_frame,
+    data_frame,
+)
 from .wire import reencode as _reencode
 
 if TYPE_CHECKING:
@@ -46,6 +62,14 @@ MAX_CREDIT = 1 << 40
 _DATA = int(FrameKind.DATA)
 _LATEST = int(FrameKind.LATEST)
 _BUSY = "busy"
+_seq_at = struct.Struct("<Q").unpack_from
+
+
+def _last_seq(run: Run) -> int:
+    """The sequence number of a run's last frame."""
+    stride = run[11]
+    at = run[9] - stride if stride else run[12][-1]  # type: ignore[index]
+    return _seq_at(run[7], at + SEQ_OFFSET)[0]
 
 
 class PubSub:
@@ -56,6 +80,7 @@ class PubSub:
         topology: Topology,
         counters: dict[str, int],
         log: ILog,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node_id = node_id
         self.config = config
@@ -78,6 +103,13 @@ class PubSub:
         # fixed id continues above what subscribers last saw from it.
         self._seq_base = time.time_ns()
         self._seq: dict[int, int] = {}
+        #: retention, acknowledgement and reordering for lossless subscribers
+        self.repair = Repair(node_id, config, topology, counters, clock, self.subscribers,
+                             self.check_ready, self._seq_base, self.last_seq)
+        #: channel id -> what is kept of it to send again (the repair's table)
+        self.retained = self.repair.retained
+        #: (source, channel) -> what a publisher owes the subscribers here
+        self.readers = self.repair.readers
 
     # --- a local publisher's messages
 
@@ -105,6 +137,17 @@ class PubSub:
                         self._set_not_ready(channel)
                 else:
                     self._hold_back(peer, channel, data, size, None)
+        retained = self.retained.get(channel)
+        if retained is not None:
+            # Kept for subscribers to ask again (Repair.retain, written out).
+            retained.entries.append((seq, tag, payload))
+            retained.last = seq
+            retained.size += HEADER_SIZE + len(payload)
+            if retained.size * 2 >= self.config.retention_bytes and self.repair.retain_more(
+                    channel, retained) and channel not in self.not_ready:
+                self._set_not_ready(channel)
+        elif peers and self.repair.retain(channel, seq, tag, payload):
+            self._set_not_ready(channel)
         subs = self.subscribers.get(channel)
         if subs:
             frame = Frame(_DATA, 1, tag, channel, me, 0, seq, payload)
@@ -232,6 +275,32 @@ class PubSub:
         relay and subscriber has let go of them."""
         subs = self.subscribers.get(channel)
         if subs:
+            head = run if block else run[0]
+            source, root, first = head[4], head[5], head[6]
+            if block:
+                count = run[10]
+                last = first if count == 1 else _last_seq(run)
+            else:
+                count = len(run)
+                last = run[-1][6]
+            reader = self.readers.get((source, channel))
+            if reader is None:
+                reader = self.repair.reader(source, channel, root, first)
+            if reader is not None:
+                if (reader.next != first or last - first != count - 1 or reader.held
+                        or reader.via != root):
+                    # Not simply the next ones: a gap, a duplicate, a new path.
+                    frames = run.frames() if block else run
+                    self.repair.arrived(reader, head[2], [(f[6], f[7]) for f in frames], root)
+                    if hold is None:
+                        self.credit(peer, channel, size)
+                    else:
+                        hold.unref()
+                    return
+                reader.next = last + 1
+                reader.unacked += size
+                if reader.unacked >= self.repair.ack_every:
+                    self.repair.acknowledge(reader)
             if hold is None:
                 hold = Hold(peer, channel, size, self.release)
             for sub in subs:
@@ -348,7 +417,7 @@ class PubSub:
         for sub in self.subscribers.get(channel, ()):
             if sub.backlog >= window:
                 return False
-        return True
+        return not self.repair.holds_back(channel)
 
     def _set_not_ready(self, channel: int) -> None:
         self.not_ready.add(channel)
@@ -367,7 +436,10 @@ class PubSub:
             self.check_ready(channel)
 
     def backlog_exceeded(self, channel: int) -> bool:
-        """Whether more than ``publish_backlog`` bytes of ``channel`` wait for one target."""
+        """Whether more than ``publish_backlog`` bytes of ``channel`` wait for one target,
+        or one more message would push out of the retention one a subscriber still needs."""
+        if self.repair.full(channel):
+            return True
         limit = self.config.publish_backlog
         for peer in self.topology.targets(self.node_id, channel):
             if peer.flow.queued(channel) > limit:

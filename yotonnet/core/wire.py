@@ -95,6 +95,14 @@ class FrameKind(IntEnum):
     #: pub/sub data for ``latest`` subscribers: credited on arrival, and when credit
     #: runs out the oldest waiting frames give way to newer ones
     LATEST = 12
+    #: a lossless subscriber to a publisher (see yotonnet.core.repair): every message up to
+    #: ``seq`` arrived; ``tag`` holds ACK_* flags, the payload the publisher's node id
+    ACK = 13
+    #: a message sent again to one subscriber (``dest``): DATA's layout
+    RESENT = 14
+    #: a publisher to one subscriber: its last sequence number on the channel (``seq``),
+    #: and in the payload the oldest it still holds and where its numbering began
+    TAIL = 15
 
 
 _KINDS = frozenset(int(k) for k in FrameKind)
@@ -104,6 +112,13 @@ _CONTROL = int(FrameKind.CONTROL)
 #: REQUEST tag: positional argument count in the low 16 bits, this bit for kwargs
 REQUEST_KWARGS = 0x8000_0000
 REQUEST_MAX_ARGS = 0xFFFF
+#: ACK flags: send again what follows ``seq``; the subscriber leaves the channel
+ACK_WANT, ACK_BYE = 1, 2
+#: TAIL flag: the last frame of an answer to ACK_WANT
+TAIL_ANSWER = 1
+_U64 = struct.Struct("<Q")
+_TAIL_BODY = struct.Struct("<QQ")
+
 #: REPLY tag values (REPLY_DENIED: UTF-8 text of a PermissionDenied from the first node)
 REPLY_OK, REPLY_ERROR, REPLY_NO_REPLIER, REPLY_DENIED = 0, 1, 2, 3
 
@@ -280,6 +295,50 @@ def state_frame(
         version,
         payload,
     ))
+
+
+_KIND_ACK, _KIND_RESENT, _KIND_TAIL = int(FrameKind.ACK), int(FrameKind.RESENT), int(FrameKind.TAIL)
+
+
+def ack_frame(
+    hops: int, flags: int, channel: int, source: int, dest: int, seq: int, publisher: int
+) -> bytes:
+    """A subscriber's acknowledgement: every message of ``publisher`` up to ``seq`` arrived
+    (``dest``: the node it is routed to, the publisher or the hub of a publishing leaf)."""
+    return _pack(HEADER_TAIL + 8, _KIND_ACK, hops, 0, flags, channel, source, dest,
+                 seq) + _U64.pack(publisher)
+
+
+def ack_publisher(payload: bytes) -> int:
+    """The publisher an ACK frame is for."""
+    if len(payload) != 8:
+        raise ProtocolError(f"ACK frame with a {len(payload)}-byte payload (8 expected)")
+    return _U64.unpack(payload)[0]
+
+
+def resent_frame(
+    hops: int, tag: int, channel: int, source: int, dest: int, seq: int, payload: bytes
+) -> bytes:
+    """A retained message sent again to the subscriber ``dest``."""
+    return _pack(HEADER_TAIL + len(payload), _KIND_RESENT, hops, 0, tag, channel, source,
+                 dest, seq) + payload
+
+
+def tail_frame(
+    hops: int, flags: int, channel: int, source: int, dest: int, last: int, oldest: int,
+    base: int,
+) -> bytes:
+    """A publisher's tail: ``last`` sent, ``oldest`` the first it can still send again,
+    ``base`` the number its sequence began after (in this process)."""
+    return _pack(HEADER_TAIL + 16, _KIND_TAIL, hops, 0, flags, channel, source, dest,
+                 last) + _TAIL_BODY.pack(oldest, base)
+
+
+def tail_body(payload: bytes) -> tuple[int, int]:
+    """``(oldest, base)`` of a TAIL frame."""
+    if len(payload) != _TAIL_BODY.size:
+        raise ProtocolError(f"TAIL frame with a {len(payload)}-byte payload (16 expected)")
+    return _TAIL_BODY.unpack(payload)
 
 
 def reencode(frame: Frame, hops: int) -> bytes:

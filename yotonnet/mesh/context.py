@@ -105,7 +105,7 @@ class Context:
         self._watchers: list[Callable[[LinkEvent], None]] = []
         self._interest_waiters: list[tuple[Any, str, int, defer.Deferred]] = []
         self.node.watch_routes(self._check_interest_waiters)
-        self._housekeeping = LoopingCall(self.node.expire_records)
+        self._housekeeping = LoopingCall(self.node.housekeeping)
         self._housekeeping.clock = reactor
         self._deadline_timer: Any = None
         #: TLS, authentication, authorization, identities and limits (security.guard)
