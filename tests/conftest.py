@@ -40,6 +40,7 @@ RINGS: dict[str, int | dict[str, int]] = {
     "test_leaves": 2,
     "test_memory_links": 2,
     "test_mesh_healing": 2,
+    "test_repair": 2,
     "test_record_flood": 2,
     "test_trust": 2,
     "test_display": {"HelloTests": 2, "*": 1},

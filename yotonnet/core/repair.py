@@ -8,10 +8,11 @@ killed, a leaf re-dialling), from memory alone, end to end:
   (:class:`Retained`, at most ``retention_bytes``) and the acknowledgement of
   each subscriber that follows it (:class:`Follower`). What every live
   follower acknowledged is dropped past a quarter of the retention (the rest
-  serves a subscriber whose first acknowledgement has not arrived yet). While a follower is live (heard from
-  within ``repair_wait``), the channel is not ready once half the retention
-  waits for it, so a publisher that waits for ``ready()`` never runs ahead
-  of what a subscriber can still be sent again.
+  serves a subscriber whose first acknowledgement has not arrived yet).
+  While a follower is live (heard from within ``repair_wait``), the channel
+  is not ready once half the retention waits for it, so a publisher that
+  waits for ``ready()`` never runs ahead of what a subscriber can still be
+  sent again.
 * A subscribing node keeps, per publisher and channel, the next sequence
   number it owes its subscribers (:class:`Reader`). Messages past a gap wait
   (all readers together within ``reorder_bytes``) while it asks the publisher
@@ -259,9 +260,9 @@ class Repair:
             else:
                 topology.unicast(dest, data)
             return
-        self.acked(channel, subscriber, seq, flags)
+        self.take_ack(channel, subscriber, seq, flags)
 
-    def acked(self, channel: int, subscriber: int, seq: int, flags: int) -> None:
+    def take_ack(self, channel: int, subscriber: int, seq: int, flags: int) -> None:
         """``subscriber`` has every message of ``channel`` up to ``seq``."""
         now = self.clock()
         retained = self.retained.get(channel)
@@ -539,7 +540,7 @@ class Repair:
     def _send_ack(self, reader: Reader, flags: int, seq: int) -> bool:
         me = self.node_id
         if reader.source == me:
-            self.acked(reader.channel, me, seq, flags)
+            self.take_ack(reader.channel, me, seq, flags)
             return True
         topology = self.topology
         data = ack_frame(topology.hop_limit(), flags, reader.channel, me, reader.root, seq,
@@ -583,7 +584,7 @@ class Repair:
         """Once per heartbeat: acknowledge, retry, tell lagging followers the tail, and
         forget who has been silent longer than ``repair_wait``."""
         wait = self.config.repair_wait
-        for key, reader in list(self.readers.items()):
+        for reader in list(self.readers.values()):
             progressed = reader.next != reader.mark
             reader.mark = reader.next
             if progressed:

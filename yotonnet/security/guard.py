@@ -79,7 +79,8 @@ _CONTROL = int(FrameKind.CONTROL)
 _SEQ = struct.Struct("<Q")
 _SOURCE_OFFSET = 20
 #: frames whose source a leaf may ask the identity of (IdentifiedSubChannel, caller())
-_SOURCED = frozenset((_DATA, int(FrameKind.LATEST), int(FrameKind.REQUEST)))
+_SOURCED = frozenset((_DATA, int(FrameKind.LATEST), int(FrameKind.REQUEST),
+                      int(FrameKind.RESENT)))
 #: bindings remembered as told, per leaf
 _MAX_TOLD = 65_536
 #: which patterns each operation may claim
@@ -136,6 +137,12 @@ class LinkGate:
                 gated[kind] = self._publish_gate(handler)
             elif kind == FrameKind.CREDIT:
                 gated[kind] = handler  # credit is about our frames to it
+            elif kind == FrameKind.ACK:
+                # A client follows only what it may subscribe to (an ACK asking for a
+                # repair makes a publisher send it messages).
+                gated[kind] = self._granted(SUBSCRIBE, handler)
+            elif kind in (FrameKind.RESENT, FrameKind.TAIL):
+                gated[kind] = self._granted(PUBLISH, handler)
             else:
                 # A kind added later: at least the client may speak only for itself.
                 gated[kind] = self._own_only(handler)
@@ -169,6 +176,15 @@ class LinkGate:
                 handler(link, frame)
             else:
                 self._refuse(PUBLISH, frame.channel, frame.source, 1)
+
+        return gate
+
+    def _granted(self, operation: str, handler: Any) -> Any:
+        def gate(link: Link, frame: wire.Frame) -> None:
+            if frame.source == link.peer_id and frame.channel in self.grants[operation]:
+                handler(link, frame)
+            else:
+                self._refuse(operation, frame.channel, frame.source, 1)
 
         return gate
 

@@ -47,6 +47,27 @@ _COUNTER_HELP = {
     "flow_dropped": "Blocks dropped for a neighbour gone silent (busy) or closed.",
     "latest_dropped": "Frames for latest subscribers given up for newer ones (no credit).",
     "producer_pauses": "Times flow control paused a publisher's producer.",
+    "repair_asked": "Requests for missing messages this node's subscribers sent.",
+    "repair_answered": "Requests for missing messages this node's publishers answered.",
+    "repair_resent": "Messages sent again to a subscriber that missed them.",
+    "repair_lost": "Messages given up: told to subscribers as lost (a gap never repaired).",
+    "repair_discarded": "Duplicate messages dropped before reaching subscribers.",
+    "repair_reorder_dropped": "Messages past a gap not held (reorder_bytes full); sent again.",
+    "retention_evicted": "Retained messages pushed out by retention_bytes.",
+    "repair_acks": "Acknowledgements this node's subscribers sent to publishers.",
+    "repair_followers_lost": "Subscribers a publisher stopped waiting for (silent too long).",
+    "repair_untracked": "Publishers or subscribers not tracked (max_repair_tracks).",
+    "repair_refused": "Requests for missing messages refused (a subscriber asking too much).",
+}
+
+# What the repair of lossless channels holds now (Repair.stats), as gauges.
+_REPAIR_HELP = {
+    "retained_bytes": "Bytes of recent messages kept to send again to lossless subscribers.",
+    "retained_channels": "Channels published here whose recent messages are kept.",
+    "followers": "Lossless subscribers whose acknowledgements this node's publishers track.",
+    "reorder_bytes": "Bytes received past a gap, waiting for it to be repaired.",
+    "readers": "Publishers (per channel) this node's lossless subscribers follow.",
+    "repairs_pending": "Requests to send missing messages again not yet answered in full.",
 }
 
 # Keys of Link.info() exported above; any other number in it is exported as untyped.
@@ -284,6 +305,8 @@ def node_status(context: Context) -> dict:
         "edges": edges,
         "channels": _channels(context, snapshot),
         "calls_pending": len(context.node.requests.calls),
+        # what the repair of lossless channels holds now (yotonnet.core.repair)
+        "repair": context.node.pubsub.repair.stats(),
         "counters": _plain(dict(context.counters)),
     }
 
@@ -370,6 +393,8 @@ def prometheus_text(context: Context) -> str:
                [({}, len(status["nodes"]))])
     out.family("yotonnet_calls_pending", "gauge", "Requests sent and not yet answered.",
                [({}, status["calls_pending"])])
+    for key, text in _REPAIR_HELP.items():
+        out.family(f"yotonnet_repair_{key}", "gauge", text, [({}, status["repair"][key])])
 
     def link_labels(link: dict) -> dict[str, Any]:
         return {"peer": link["peer"] or "", "peer_name": link["peer_name"],
