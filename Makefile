@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-ring1 test-ring2 lint bench bench-mesh bench-leaves bench-flow bench-forward bench-records clean sysdeps
+.PHONY: run test test-fast test-ring1 test-ring2 lint bench bench-mesh bench-leaves bench-flow bench-forward bench-records bench-repair clean sysdeps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench-flow: $(STAMP)
 
 bench-forward: $(STAMP)
 	$(BIN)/python benchmarks/bench_forward.py
+
+bench-repair: $(STAMP)
+	$(BIN)/python benchmarks/bench_repair.py
 
 bench-records: $(STAMP)
 	$(BIN)/python benchmarks/bench_records.py --drip

@@ -27,7 +27,8 @@ The option ``profile`` (a file name) runs the reactor under cProfile and dumps
 the stats there; ``yotonnet_path`` puts that directory first on ``sys.path``
 (the benchmark passes the repository root, or a scratch copy to try a change);
 ``cpu`` pins the process to that CPU; ``eager_writes`` (default true) is the
-yotonnet contexts' ``ContextConfig.eager_writes``.
+yotonnet contexts' ``ContextConfig.eager_writes``, ``retention_bytes`` (if given)
+their ``ContextConfig.retention_bytes``.
 """
 
 from __future__ import annotations
@@ -56,8 +57,11 @@ STALL_TIMEOUT = 20.0
 
 
 def context(name: str, opts: dict) -> yotonnet.Context:
-    """A context with the benchmark's settings (``eager_writes``: default on, as yotonnet's)."""
+    """A context with the benchmark's settings (``eager_writes``: default on, as yotonnet's;
+    ``retention_bytes``: yotonnet's default unless given, 0 turning repair off)."""
     config = yotonnet.ContextConfig(eager_writes=opts.get("eager_writes", True))
+    if "retention_bytes" in opts:
+        config.retention_bytes = int(opts["retention_bytes"])
     return yotonnet.Context(name, config=config)
 
 

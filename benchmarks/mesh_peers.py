@@ -81,6 +81,9 @@ class ForwardWatch:
 async def mesh_fwd(opts: dict) -> None:
     ctx = bench_peers.context("bench-fwd", opts)
     watch = ForwardWatch(ctx, opts["count"])
+    # Listening first makes it a node from the start: a context that dials first is a
+    # leaf until it listens, and then dials again as a node (closing its first link).
+    port = await ctx.listen(f"tcp:0:interface={HOST}")
     downstream = await ctx.connect(f"tcp:{HOST}:{opts['port']}")
 
     def on_link(event) -> None:
@@ -92,7 +95,6 @@ async def mesh_fwd(opts: dict) -> None:
             ctx.close()
 
     ctx.watch_links(on_link)
-    port = await ctx.listen(f"tcp:0:interface={HOST}")
     emit("PORT", port.getHost().port)
 
 

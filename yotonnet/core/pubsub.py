@@ -138,15 +138,14 @@ class PubSub:
                 else:
                     self._hold_back(peer, channel, data, size, None)
         retained = self.retained.get(channel)
-        if retained is not None:
+        if retained is not None and tag == retained.tag:
             # Kept for subscribers to ask again (Repair.retain, written out).
-            retained.entries.append((seq, tag, payload))
-            retained.last = seq
+            retained.current.append(payload)
             retained.size += HEADER_SIZE + len(payload)
-            if retained.size * 2 >= self.config.retention_bytes and self.repair.retain_more(
+            if retained.size >= retained.check_at and self.repair.retain_more(
                     channel, retained) and channel not in self.not_ready:
                 self._set_not_ready(channel)
-        elif peers and self.repair.retain(channel, seq, tag, payload):
+        elif (peers or retained is not None) and self.repair.retain(channel, seq, tag, payload):
             self._set_not_ready(channel)
         subs = self.subscribers.get(channel)
         if subs:

@@ -10,9 +10,9 @@ killed, a leaf re-dialling), from memory alone, end to end:
   follower acknowledged is dropped past a quarter of the retention (the rest
   serves a subscriber whose first acknowledgement has not arrived yet).
   While a follower is live (heard from within ``repair_wait``), the channel
-  is not ready once half the retention waits for it, so a publisher that
-  waits for ``ready()`` never runs ahead of what a subscriber can still be
-  sent again.
+  is not ready once half the retention waits for its acknowledgement (beside
+  the kept quarter), so a publisher that waits for ``ready()`` never runs
+  ahead of what a subscriber can still be sent again.
 * A subscribing node keeps, per publisher and channel, the next sequence
   number it owes its subscribers (:class:`Reader`). Messages past a gap wait
   (all readers together within ``reorder_bytes``) while it asks the publisher
@@ -39,8 +39,7 @@ frames go back the way the ACK came (:meth:`~.topology.Topology.learn`).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
-from itertools import islice
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .config import ContextConfig
@@ -63,7 +62,7 @@ from .wire import (
 if TYPE_CHECKING:
     from .topology import Topology
 
-__all__ = ["Repair", "Retained", "Follower", "Reader", "Gap", "RETRY"]
+__all__ = ["Repair", "Retained", "Block", "Follower", "Reader", "Gap", "RETRY"]
 
 #: seconds before a repair request without an answer is made again
 RETRY = 1.0
@@ -101,25 +100,73 @@ class Follower:
         self.answered_at = -RETRY
 
 
-class Retained:
-    """The recent messages of one lossless channel published here, oldest first."""
+class Block:
+    """Consecutive messages of one channel, kept together: one append per message, and
+    what everyone has goes a block at a time."""
 
-    __slots__ = ("entries", "size", "last", "followers", "quiet_since")
+    __slots__ = ("first", "tag", "payloads", "size")
 
-    def __init__(self, last: int, now: float) -> None:
-        #: (seq, tag, payload); the sequence numbers are consecutive
-        self.entries: deque[tuple[int, int, bytes]] = deque()
+    def __init__(self, first: int, tag: int) -> None:
+        #: the sequence number of payloads[0] (the rest follow one by one)
+        self.first = first
+        self.tag = tag
+        self.payloads: list[bytes] = []
+        #: bytes, headers counted
         self.size = 0
-        self.last = last
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.payloads) - 1
+
+
+class Retained:
+    """The recent messages of one lossless channel published here, oldest first.
+
+    The publish path appends to :attr:`current` and adds to :attr:`size` (see
+    PubSub.publish); everything else happens once :attr:`size` reaches
+    :attr:`check_at` (a full block, a pause, the bound), in :meth:`Repair.retain_more`.
+    """
+
+    __slots__ = ("blocks", "current", "tag", "size", "closed", "check_at", "followers",
+                 "quiet_since")
+
+    def __init__(self, first: int, tag: int, now: float) -> None:
+        block = Block(first, tag)
+        self.blocks: deque[Block] = deque([block])
+        #: the newest block's payloads, and its tag
+        self.current = block.payloads
+        self.tag = tag
+        #: bytes kept, and of them those in blocks before the newest (whose ``size`` is
+        #: set when the next one starts)
+        self.size = 0
+        self.closed = 0
+        self.check_at = 0
         #: subscriber id -> Follower
         self.followers: dict[int, Follower] = {}
         #: since when no follower is live (None: some are)
         self.quiet_since: float | None = now
 
     @property
+    def last(self) -> int:
+        """The last sequence number kept (the last published here)."""
+        return self.blocks[-1].last
+
+    @property
     def oldest(self) -> int:
         """The first sequence number that can still be sent again."""
-        return self.entries[0][0] if self.entries else self.last + 1
+        for block in self.blocks:
+            if block.payloads:
+                return block.first
+        return self.last + 1
+
+    def after(self, seq: int) -> Iterator[tuple[int, int, bytes]]:
+        """(seq, tag, payload) of every message kept past ``seq``, in order."""
+        for block in self.blocks:
+            if block.last <= seq:
+                continue
+            start = max(0, seq + 1 - block.first)
+            for i, payload in enumerate(block.payloads[start:], block.first + start):
+                yield i, block.tag, payload
 
 
 class Reader:
@@ -186,8 +233,17 @@ class Repair:
         self.readers: dict[tuple[int, int], Reader] = {}
         #: bytes held past gaps, all readers together
         self.held_size = 0
-        #: a reader acknowledges after this many bytes (a quarter of the pause point)
-        self.ack_every = max(1, config.retention_bytes // 8)
+        limit = config.retention_bytes
+        #: the retention is kept in blocks of about this many bytes (what is dropped or
+        #: pushed out goes a block at a time)
+        self.block_bytes = max(512, limit // 32)
+        #: what is kept of what every follower acknowledged (see _trim)
+        self.keep = limit // 4
+        #: a channel is held back at this many retained bytes while a follower is live:
+        #: the kept quarter plus half the retention not yet acknowledged
+        self.pause_at = self.keep + limit // 2
+        #: a reader acknowledges after this many bytes (a quarter of what may be unacked)
+        self.ack_every = max(1, limit // 8)
         #: changes of the picture so far: a request made under an older one may have
         #: taken a path that no longer is, so a new gap asks again at once
         self.epoch = 0
@@ -207,33 +263,61 @@ class Repair:
         if retained is None:
             if not self.config.retention_bytes:
                 return False
-            retained = self.retained[channel] = Retained(seq - 1, self.clock())
-        retained.entries.append((seq, tag, payload))
-        retained.last = seq
+            retained = self.retained[channel] = Retained(seq, tag, self.clock())
+            self._check_at(retained)
+        if tag != retained.tag:
+            self._new_block(retained, seq, tag)
+        retained.current.append(payload)
         retained.size += HEADER_SIZE + len(payload)
-        if retained.size * 2 < self.config.retention_bytes:
+        if retained.size < retained.check_at:
             return False
         return self.retain_more(channel, retained)
 
     def retain_more(self, channel: int, retained: Retained) -> bool:
-        """The retention of ``channel`` passed half its bound: past the bound the oldest
-        go; True while a live follower holds the channel back."""
+        """``retained`` reached its :attr:`~Retained.check_at`: close a full block, push
+        out the oldest past the bound; True while a live follower holds the channel back."""
+        newest = retained.blocks[-1]
+        if retained.size - retained.closed >= self.block_bytes:
+            self._new_block(retained, newest.last + 1, retained.tag)
         if retained.size > self.config.retention_bytes:
             self._evict(retained)
-        return bool(retained.followers)
+        self._check_at(retained)
+        return bool(retained.followers) and retained.size >= self.pause_at
+
+    def _new_block(self, retained: Retained, first: int, tag: int) -> None:
+        newest = retained.blocks[-1]
+        if newest.payloads:
+            newest.size = retained.size - retained.closed
+            retained.closed = retained.size
+        else:
+            retained.blocks.pop()
+        block = Block(first, tag)
+        retained.blocks.append(block)
+        retained.current, retained.tag = block.payloads, tag
+        self._check_at(retained)
+
+    def _check_at(self, retained: Retained) -> None:
+        """When the publish path must next call retain_more: the current block full, the
+        pause point, or the bound."""
+        at = retained.closed + self.block_bytes
+        if retained.followers and retained.size < self.pause_at:
+            at = min(at, self.pause_at)
+        retained.check_at = min(at, self.config.retention_bytes + 1)
 
     def _evict(self, retained: Retained) -> None:
         limit = self.config.retention_bytes
-        entries = retained.entries
-        while retained.size > limit and len(entries) > 1:
-            retained.size -= HEADER_SIZE + len(entries.popleft()[2])
-            self.counters["retention_evicted"] += 1
+        blocks = retained.blocks
+        while retained.size > limit and len(blocks) > 1:
+            block = blocks.popleft()
+            retained.size -= block.size
+            retained.closed -= block.size
+            self.counters["retention_evicted"] += len(block.payloads)
 
     def holds_back(self, channel: int) -> bool:
         """Whether ``channel`` waits for a live follower's acknowledgement."""
         retained = self.retained.get(channel)
         return (retained is not None and bool(retained.followers)
-                and retained.size * 2 >= self.config.retention_bytes)
+                and retained.size >= self.pause_at)
 
     def full(self, channel: int) -> bool:
         """Whether one more message would push out one a live follower still needs."""
@@ -294,16 +378,20 @@ class Repair:
         followers = retained.followers
         if followers:
             floor = min(f.acked for f in followers.values())
-            entries = retained.entries
+            blocks = retained.blocks
             # A quarter of the retention keeps what everyone acknowledged: a subscriber
             # whose first ACK is still on its way (or was lost with a link) is in no
             # floor yet, and may need what the others have.
-            keep = self.config.retention_bytes // 4
-            while entries and entries[0][0] <= floor and retained.size > keep:
-                retained.size -= HEADER_SIZE + len(entries.popleft()[2])
+            keep = self.keep
+            while (len(blocks) > 1 and blocks[0].last <= floor
+                   and retained.size - blocks[0].size >= keep):
+                block = blocks.popleft()
+                retained.size -= block.size
+                retained.closed -= block.size
+            self._check_at(retained)
         elif retained.quiet_since is None:
             retained.quiet_since = now
-        if retained.size * 2 < self.config.retention_bytes or not followers:
+        if retained.size < self.pause_at or not followers:
             self.check_ready(channel)
 
     def _answer(self, channel: int, retained: Retained, subscriber: int, follower: Follower,
@@ -316,15 +404,13 @@ class Repair:
             return
         follower.answers += HEADER_SIZE + 16  # its TAIL
         self.counters["repair_answered"] += 1
-        entries = retained.entries
-        start = after + 1 - retained.oldest
-        if start < len(entries):
+        if after < retained.last:
             topology = self.topology
             hops = topology.hop_limit()
             budget = self.config.repair_batch
             me = self.node_id
             sent = 0
-            for seq, tag, payload in islice(entries, max(0, start), None):
+            for seq, tag, payload in retained.after(after):
                 if not topology.unicast(subscriber, resent_frame(
                         hops, tag, channel, me, subscriber, seq, payload)):
                     return  # no way there now: it asks again
@@ -543,9 +629,17 @@ class Repair:
             self.take_ack(reader.channel, me, seq, flags)
             return True
         topology = self.topology
-        data = ack_frame(topology.hop_limit(), flags, reader.channel, me, reader.root, seq,
+        root = reader.root
+        data = ack_frame(topology.hop_limit(), flags, reader.channel, me, root, seq,
                          reader.source)
-        if topology.unicast(reader.root, data):
+        if root == me:
+            # The publisher is a leaf of this node.
+            leaf = topology.leaves.peer(reader.source)
+            if leaf is None:
+                return False
+            leaf.send(data)
+            return True
+        if topology.unicast(root, data):
             return True
         hub = topology.hub
         if hub is not None and not hub.closing:
