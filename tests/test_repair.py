@@ -11,6 +11,8 @@ exact range, and ``missed`` says the same.
 
 from __future__ import annotations
 
+from typing import Any
+
 from yotonnet import ContextConfig, PubChannel, SubChannel
 from yotonnet.core.repair import GONE, RETENTION
 from yotonnet.core.wire import FrameDecoder, FrameKind, tail_frame
@@ -123,16 +125,21 @@ class Repair(MeshTestCase):
         mesh.advance(2.0)
         self.assert_everything(s)
 
-    def test_a_leaf_subscriber_that_dials_another_node_loses_nothing(self) -> None:
+    def leaf_stream(self, *hubs: str) -> tuple[MemoryMesh, Any, Stream]:
+        """Three listening nodes, a leaf dialling ``hubs``, n0 streaming 20 to it."""
         mesh = self.ring(3)
         for node in list(mesh):
             self.successResultOf(node.listen(f"memory:{node.name}"))
         leaf = mesh.add("leaf")
-        leaf.connect(["memory:n1", "memory:n2"])
+        leaf.connect([f"memory:{hub}" for hub in hubs])
         mesh.settle()
         s = Stream(mesh[0], leaf)
         mesh.settle()
         s.send(20, mesh)
+        return mesh, leaf, s
+
+    def test_a_leaf_subscriber_that_dials_another_node_loses_nothing(self) -> None:
+        mesh, leaf, s = self.leaf_stream("n1", "n2")
         hub = leaf.hub.peer_id
         # Its hub dies: the leaf dials the next node of its list, the stream goes on.
         next(c for c in mesh if c.node_id == hub).close()
@@ -145,15 +152,7 @@ class Repair(MeshTestCase):
         self.assert_everything(s)
 
     def test_a_leaf_subscriber_cut_from_its_hub_dials_it_again_and_loses_nothing(self) -> None:
-        mesh = self.ring(3)
-        for node in list(mesh):
-            self.successResultOf(node.listen(f"memory:{node.name}"))
-        leaf = mesh.add("leaf")
-        leaf.connect("memory:n1")
-        mesh.settle()
-        s = Stream(mesh[0], leaf)
-        mesh.settle()
-        s.send(20, mesh)
+        mesh, leaf, s = self.leaf_stream("n1")
         mesh.cut(leaf, mesh["n1"])
         s.send(20, mesh)
         mesh.advance(CONFIG.reconnect_max + 1.0)
