@@ -188,9 +188,6 @@ class Node:
         self.topology.dispatching = False
         self.settle()
 
-    def expire_records(self) -> None:
-        self.topology.expire(self.clock())
-
     def housekeeping(self) -> None:
         """Once per heartbeat: forget stale records; acknowledge, retry and give up
         what the repair of lossless channels waits for (yotonnet.core.repair)."""

@@ -153,11 +153,9 @@ class Retained:
 
     @property
     def oldest(self) -> int:
-        """The first sequence number that can still be sent again."""
-        for block in self.blocks:
-            if block.payloads:
-                return block.first
-        return self.last + 1
+        """The first sequence number that can still be sent again (only the newest block
+        is ever empty, and it starts after the last kept)."""
+        return self.blocks[0].first
 
     def after(self, seq: int) -> Iterator[tuple[int, int, bytes]]:
         """(seq, tag, payload) of every message kept past ``seq``, in order."""
@@ -276,9 +274,8 @@ class Repair:
     def retain_more(self, channel: int, retained: Retained) -> bool:
         """``retained`` reached its :attr:`~Retained.check_at`: close a full block, push
         out the oldest past the bound; True while a live follower holds the channel back."""
-        newest = retained.blocks[-1]
         if retained.size - retained.closed >= self.block_bytes:
-            self._new_block(retained, newest.last + 1, retained.tag)
+            self._new_block(retained, retained.last + 1, retained.tag)
         if retained.size > self.config.retention_bytes:
             self._evict(retained)
         self._check_at(retained)
@@ -445,7 +442,9 @@ class Repair:
     def reader(self, source: int, channel: int, root: int, first: int) -> Reader | None:
         """Start following ``source`` on ``channel`` from ``first`` (None: too many)."""
         readers = self.readers
-        if len(readers) >= self.config.max_repair_tracks or not self.config.retention_bytes:
+        if not self.config.retention_bytes:
+            return None  # repair is off
+        if len(readers) >= self.config.max_repair_tracks:
             self.counters["repair_untracked"] += 1
             return None
         reader = readers[(source, channel)] = Reader(source, channel, root, first, self.clock())
@@ -625,9 +624,6 @@ class Repair:
 
     def _send_ack(self, reader: Reader, flags: int, seq: int) -> bool:
         me = self.node_id
-        if reader.source == me:
-            self.take_ack(reader.channel, me, seq, flags)
-            return True
         topology = self.topology
         root = reader.root
         data = ack_frame(topology.hop_limit(), flags, reader.channel, me, root, seq,

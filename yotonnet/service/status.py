@@ -56,7 +56,7 @@ _COUNTER_HELP = {
     "retention_evicted": "Retained messages pushed out by retention_bytes.",
     "repair_acks": "Acknowledgements this node's subscribers sent to publishers.",
     "repair_followers_lost": "Subscribers a publisher stopped waiting for (silent too long).",
-    "repair_untracked": "Publishers or subscribers not tracked (max_repair_tracks).",
+    "repair_untracked": "Deliveries or acknowledgements not tracked (max_repair_tracks).",
     "repair_refused": "Requests for missing messages refused (a subscriber asking too much).",
 }
 
