@@ -135,6 +135,16 @@ class ConfigFileTests(SynchronousTestCase):
         self.assertIn("client.timeout must be > 0", self.error("[client]\ntimeout = 0\n"))
         self.assertIn("node.listen is empty", self.error("[node]\nlisten = []\n"))
 
+    def test_reroute_after_must_outlast_a_heartbeat(self) -> None:
+        message = self.error("[context]\nheartbeat = 2.0\nreroute_after = 1.5\n")
+        self.assertIn("context.reroute_after = 1.5 must be longer than heartbeat = 2.0", message)
+        with self.assertRaisesRegex(ValueError, "reroute_after = 1.0 must be longer"):
+            ContextConfig(reroute_after=1.0).check()
+        # 0 turns early rerouting off; any value above the heartbeat is taken.
+        path = self.write("[context]\nheartbeat = 2.0\nreroute_after = 0\n")
+        self.assertEqual(config.load(path).context.reroute_after, 0)
+        ContextConfig(heartbeat=0.2, reroute_after=0.3).check()
+
     def test_bad_endpoints_name_the_key(self) -> None:
         message = self.error('[node]\nlisten = ["tcp:notaport"]\n')
         self.assertIn("node.listen: 'tcp:notaport' is not a Twisted server endpoint", message)

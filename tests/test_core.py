@@ -109,6 +109,7 @@ class FakePeer:
         self.cost = cost
         self.role = "node"
         self.status = "up"
+        self.quiet = False
         self.closing = False
         self.flow = PeerFlow(window, window if receive_window is None else receive_window)
         self.sent: list[bytes] = []

@@ -541,14 +541,15 @@ class HundredNodeRerouteTests(MeshTestCase):
 
 
 class RerouteTimeTests(MeshTestCase):
-    """How long a silently failed link keeps eating traffic, in busy timeouts.
+    """How long a silently failed link keeps eating traffic.
 
-    The "heartbeat timeout" of the issue is ``ContextConfig.busy_timeout``: a
-    link sends a PING every ``heartbeat`` seconds and, at each of those ticks,
-    marks the link ``busy`` once nothing has come from the peer for
-    ``busy_timeout`` seconds (``Link._heartbeat``). A busy link costs
-    ``BUSY_LINK_COST`` (1000) instead of 1, so traffic takes any live detour
-    from then on. ``dead_timeout`` (0 by default: never) would close it.
+    A link sends a PING every ``heartbeat`` seconds. Once nothing has come from
+    the peer for ``reroute_after`` (1.5 s), the link is ``quiet``: it costs
+    ``BUSY_LINK_COST`` (1000) instead of 1, so traffic takes any live detour,
+    while its status stays "up". Past ``busy_timeout`` (5 s) the peer is
+    reported busy; ``dead_timeout`` (0 by default: never) would close the link.
+    Three signals, kept apart: a peer stuck in C code holding the GIL is routed
+    around early, reported busy later, and never declared dead.
     """
 
     STEP = 1 / 16  # a power of two: the fake clock lands exactly on every heartbeat
@@ -584,14 +585,14 @@ class RerouteTimeTests(MeshTestCase):
             mesh.advance(self.STEP)
         return float("inf")
 
-    def test_silent_failure_reroutes_within_three_busy_timeouts(self) -> None:
-        # Measured with the defaults (heartbeat 1 s, busy_timeout 5 s): the detour
-        # carries the stream 4.0 to 5.0 s after the failure, i.e. 0.8 to 1.0 busy
-        # timeout: busy is declared at the first heartbeat tick at least busy_timeout
-        # after the last byte heard, which came up to one heartbeat before the failure.
-        # The issue allows 3 heartbeat timeouts.
+    def test_silent_failure_reroutes_within_three_seconds_and_declares_nothing(self) -> None:
+        # With the defaults (heartbeat 1 s, reroute_after 1.5 s, busy_timeout 5 s) the
+        # detour carries the stream 0.5 to 1.5 s after the failure: the link turns quiet
+        # reroute_after after the last byte heard, which came up to one heartbeat before
+        # the failure (before reroute_after existed this took 4 to 5 s). Issue 16 asks
+        # for 3 s.
         config = ContextConfig()
-        limit = 3 * config.busy_timeout
+        limit = 3.0
         worst = 0.0
         for hop in ("first", "last"):
             for phase in (0.0, 0.25, 0.5, 0.75):
@@ -603,6 +604,10 @@ class RerouteTimeTests(MeshTestCase):
                 took = self.measure(mesh, pub, got, limit)
                 self.assertLessEqual(took, limit, f"{hop} hop, phase {phase}")
                 worst = max(worst, took)
+                # Routed around, and nothing declared: both ends still say "up".
+                ends = [x.link_to(y.node_id) for x, y in ((conn.client_context,
+                        conn.server_context), (conn.server_context, conn.client_context))]
+                self.assertEqual([(e.status, e.quiet) for e in ends], [("up", True)] * 2)
                 # The stream now goes round by the other side...
                 before = mesh.connection(a, other).count(DATA)
                 pub.send(-1)
@@ -614,7 +619,39 @@ class RerouteTimeTests(MeshTestCase):
                 mesh.advance(2)
                 self.assert_increasing(got[:-1], f"{hop} hop, phase {phase}")
                 mesh.close()
-        self.assertLessEqual(worst, config.busy_timeout + config.heartbeat)
+        self.assertLessEqual(worst, config.reroute_after + self.STEP)
+
+    def test_a_peer_stuck_holding_the_gil_is_routed_around_then_busy_never_dead(self) -> None:
+        # B's interpreter stops (C code holding the GIL): none of its links says anything,
+        # though their sockets stay open. Its neighbours route around it at reroute_after,
+        # report it busy at busy_timeout and never close a link for it.
+        config = ContextConfig()
+        mesh, pub, got, via, other = self.square(config, 0.5)
+        held = [conn for conn in mesh.connections if via in (conn.client_context,
+                                                             conn.server_context)]
+        for conn in held:
+            conn.hold(via)
+        neighbours = [c for c in mesh if c is not via and via.node_id in c.links]
+
+        def seen() -> set:
+            return {(c.links[via.node_id].status, c.links[via.node_id].quiet)
+                    for c in neighbours}
+
+        took = self.measure(mesh, pub, got, 3.0)
+        self.assertLessEqual(took, config.reroute_after)
+        self.assertEqual(seen(), {("up", True)})
+        mesh.advance(config.busy_timeout)
+        self.assertEqual(seen(), {("busy", True)})
+        mesh.advance(60)
+        self.assertEqual(seen(), {("busy", True)}, "a link was closed for a busy peer")
+        for conn in held:
+            conn.release(via)
+        mesh.advance(config.heartbeat * 2)
+        self.assertEqual(seen(), {("up", False)})
+        self.assert_increasing(got[:-1], "stuck peer")
+        # The shortest path is back through the woken node (lower id wins ties).
+        mesh.settle()
+        self.assertEqual(mesh["A"].routing.next_hop(mesh["C"].node_id), via.node_id)
 
     def test_half_open_link_reroutes_at_once(self) -> None:
         # One end loses the connection (a crash, an expired NAT entry): it drops the
@@ -634,18 +671,22 @@ class RerouteTimeTests(MeshTestCase):
 
     def test_link_silent_in_one_direction_is_avoided_in_that_direction(self) -> None:
         # A's frames to its next hop stop arriving, while the next hop's still reach A:
-        # the next hop marks A busy after busy_timeout; A hears pings and keeps the link
-        # up. The stream from A must still move to the detour within 3 busy timeouts.
+        # the next hop finds A quiet after reroute_after; A hears pings and keeps the
+        # link as it was. The stream from A must still move to the detour within 3 s,
+        # since a path is only as good as its worse direction.
         config = ContextConfig()
         mesh, pub, got, via, other = self.square(config, 0.0)
         a = mesh["A"]
         conn = mesh.connection(a, via)
         conn.hold(a)
-        took = self.measure(mesh, pub, got, 3 * config.busy_timeout)
-        self.assertEqual(via.links[a.node_id].status, "busy")
+        took = self.measure(mesh, pub, got, 3.0)
+        self.assertEqual((via.links[a.node_id].status, via.links[a.node_id].quiet),
+                         ("up", True))
+        self.assertEqual((a.links[via.node_id].status, a.links[via.node_id].quiet),
+                         ("up", False))
         self.assertLessEqual(
-            took, 3 * config.busy_timeout,
-            f"the stream from A still goes into the link {via.name} reports busy "
+            took, 3.0,
+            f"the stream from A still goes into the link {via.name} finds quiet "
             f"(A sees it {a.links[via.node_id].status})",
         )
 

@@ -62,8 +62,11 @@ def format_status(report: dict) -> str:
         who = _t(link.get("peer_name") or "?")
         if link.get("peer") == client:
             who += " (this command)"
+        status = _t(link.get("status", "?"))
+        if link.get("quiet") and not link.get("busy"):
+            status += " (quiet: routed around)"
         lines.append(
-            f"  {role}{who:<32} {_t(link.get('status', '?')):<6} "
+            f"  {role}{who:<32} {status:<6} "
             f"{_t(link.get('direction', '')):<3}  "
             f"frames {_n(link.get('frames_in', 0))}/{_n(link.get('frames_out', 0))} in/out  "
             f"bytes {_size(link.get('bytes_in', 0))}/{_size(link.get('bytes_out', 0))}"

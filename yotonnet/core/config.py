@@ -30,6 +30,11 @@ class ContextConfig:
     max_frame: int = DEFAULT_MAX_FRAME
     heartbeat: float = 1.0
     busy_timeout: float = 5.0
+    #: a node link whose peer has been silent this long costs as much as a busy one, so
+    #: traffic takes any detour at once; nothing is reported for it (status stays "up"
+    #: until busy_timeout). 0: only busy links are routed around. Keep it above the
+    #: heartbeat of both ends: a peer says something at least once per heartbeat
+    reroute_after: float = 1.5
     #: close a link whose peer stays silent this long (0: never; busy is reported meanwhile)
     dead_timeout: float = 0.0
     handshake_timeout: float = 10.0
@@ -83,6 +88,15 @@ class ContextConfig:
     max_record_interests: int = DEFAULT_MAX_RECORD_INTERESTS
     #: links plus interests over every record the routing table holds
     max_routing_entries: int = DEFAULT_MAX_ROUTING_ENTRIES
+
+    def check(self) -> None:
+        """Raise ValueError for settings that contradict each other."""
+        if 0 < self.reroute_after <= self.heartbeat:
+            raise ValueError(
+                f"reroute_after = {self.reroute_after!r} must be longer than heartbeat = "
+                f"{self.heartbeat!r} (a quiet peer speaks once per heartbeat, so every link "
+                "would be routed around between two), or 0 to route around busy links only"
+            )
 
     def routing_limits(self) -> RoutingLimits:
         """The routing record limits these settings give."""

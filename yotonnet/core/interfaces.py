@@ -35,6 +35,10 @@ class IPeer(Interface):
     peer_id = Attribute("the neighbour's node id")
     cost = Attribute("this end's routing cost of the link (1 to 255)")
     status = Attribute('"up", or "busy" while the neighbour is silent')
+    quiet = Attribute(
+        "True while the neighbour has been silent past reroute_after: routed around, "
+        "nothing declared"
+    )
     closing = Attribute("True once the link is going: nothing more should be sent")
     flow = Attribute("its yotonnet.core.flow.PeerFlow: credit both ways, queued data")
     role = Attribute(

@@ -76,6 +76,7 @@ class Node:
             "latest_dropped": 0,
             "replies_dropped": 0,
             "slow_consumers": 0,
+            "links_rerouted": 0,
         }
         self.topology = Topology(node_id, name, config, self.counters, log, self.routes_changed,
                                  self.local_interests, self.leaf_items)
@@ -130,6 +131,12 @@ class Node:
         self.topology.peer_status(peer)
 
     def peer_back(self, peer: IPeer) -> None:
+        self.topology.peer_status(peer)
+
+    def peer_quiet(self, peer: IPeer) -> None:
+        """``peer`` fell silent for a moment, or spoke again: only its link's cost
+        changes. What waits for it stays: a busy peer's goes, a quiet one may be
+        a link in a moment of congestion, and repair covers what a dead one took."""
         self.topology.peer_status(peer)
 
     def peer_writable(self, peer: IPeer) -> None:

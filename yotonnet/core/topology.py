@@ -171,14 +171,14 @@ class Topology:
         return True
 
     def peer_status(self, peer: IPeer) -> None:
-        """A link turned busy or came back: its cost changes."""
+        """A link turned quiet or busy, or came back: its cost changes."""
         if self.peers.get(peer.peer_id) is peer:
             self.update_local(links=self.link_costs())
 
     def link_costs(self) -> dict[int, int]:
-        # A busy link stays usable, but any live detour is preferred to it.
+        # A quiet or busy link stays usable, but any live detour is preferred to it.
         return {
-            node: BUSY_LINK_COST if peer.status == _BUSY else peer.cost
+            node: BUSY_LINK_COST if peer.quiet or peer.status == _BUSY else peer.cost
             for node, peer in self.peers.items()
         }
 

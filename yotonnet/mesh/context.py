@@ -85,6 +85,7 @@ class Context:
             raise TypeError("reactor must provide IReactorTime")
         self.reactor = reactor
         self.config = config or ContextConfig()
+        self.config.check()
         self.node_id = node_id or random.getrandbits(64) or 1
         self.name = name or f"{socket.gethostname()}-{id(self) & 0xFFFF:04x}"
         self.capabilities: tuple[str, ...] = ("routing-1", "state-1", "reqrep-1")
@@ -477,6 +478,16 @@ class Context:
         else:
             self.node.peer_back(link)
         self.link_event(link, status, reason)
+
+    def link_quiet(self, link: Link, reason: str | None) -> None:
+        if reason is not None:
+            self.counters["links_rerouted"] += 1
+            log.info("{node}: routing around the link to {peer}: {reason}", node=self.name,
+                     peer=link.describe(), reason=reason)
+        else:
+            log.info("{node}: the link to {peer} carries traffic again", node=self.name,
+                     peer=link.describe())
+        self.node.peer_quiet(link)
 
     def link_event(self, link: Link, status: str, reason: str | None) -> None:
         event = LinkEvent(link.peer_name, link.peer_id, status, reason, link)

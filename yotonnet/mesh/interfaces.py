@@ -46,6 +46,10 @@ class ILinkOwner(Interface):
     def link_status(link, status, reason) -> None:  # noqa: N805
         """The link's status changed (busy, up again)."""
 
+    def link_quiet(link, reason) -> None:  # noqa: N805
+        """``link.quiet`` changed: its peer fell silent past reroute_after (``reason``
+        says how long), or spoke again (``reason`` None)."""
+
     def link_event(link, status, reason) -> None:  # noqa: N805
         """Tell the link watchers (the link closed, even before it was up)."""
 

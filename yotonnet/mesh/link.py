@@ -3,10 +3,12 @@
 :class:`LinkBase` is the life every link of a node shares, whatever it
 speaks: a status (``handshaking``, ``up``, ``busy`` when the peer has been
 silent past ``busy_timeout`` (e.g. its interpreter is stuck in C code holding
-the GIL), ``closed`` with a reason), heartbeats and the silence that makes a
-peer busy or (with ``dead_timeout``) closes its link, counters, the way it
-fails or closes, and what it reports to its owner
-(:class:`~yotonnet.mesh.interfaces.ILinkOwner`). It is the core's
+the GIL), ``closed`` with a reason), heartbeats, counters, the way it fails or
+closes, and what it reports to its owner
+(:class:`~yotonnet.mesh.interfaces.ILinkOwner`). Silence gives three signals,
+kept apart: past ``reroute_after`` a node link is ``quiet`` (traffic goes
+around it at once, nothing is reported), past ``busy_timeout`` its peer is
+busy, and past ``dead_timeout`` (if set) its link is closed. It is the core's
 :class:`~yotonnet.core.interfaces.IPeer`.
 
 :class:`Link` speaks yotonnet: the preamble and HELLO, the authentication
@@ -58,6 +60,8 @@ HANDSHAKING = "handshaking"
 UP = "up"
 BUSY = "busy"
 CLOSED = "closed"
+#: seconds a timer may fire early by float rounding, for the silence it was set for
+_CLOCK_SLACK = 1e-6
 
 log = Logger(namespace="yotonnet.link")
 
@@ -84,6 +88,9 @@ class LinkBase(Protocol):
         #: this end's routing cost of the link (the mesh uses the higher of both ends')
         self.cost = cost
         self.status = HANDSHAKING
+        #: the peer has been silent past reroute_after: traffic goes around this link,
+        #: though its status stays "up" (see the module docstring)
+        self.quiet = False
         self.reason: str | None = None
         self.peer_id = 0
         self.peer_name = ""
@@ -123,6 +130,10 @@ class LinkBase(Protocol):
         self._timeout_call: Any = None
         self._heartbeat_call: Any = None
         self._abort_call: Any = None
+        self._quiet_call: Any = None
+
+    #: whether this kind of link can be routed around while its peer is quiet
+    reroutes = False
 
     # --- what each kind of link says
 
@@ -318,8 +329,11 @@ class LinkBase(Protocol):
         cfg = self.context.config
         now = self.clock.seconds()
         silent = now - self.last_seen
-        if silent >= cfg.busy_timeout and self.status is UP:
-            self._set_status(BUSY, f"peer silent for {silent:.1f} s")
+        if self.status is UP:
+            if silent >= cfg.busy_timeout:
+                self._set_status(BUSY, f"peer silent for {silent:.1f} s")
+            elif cfg.reroute_after and not self.quiet and self.reroutes and self.role == NODE:
+                self._watch_quiet(now, cfg.reroute_after)
         if cfg.dead_timeout and silent >= cfg.dead_timeout:
             self.fail(f"peer silent for {silent:.1f} s (dead_timeout)", fatal=False)
             return
@@ -327,16 +341,43 @@ class LinkBase(Protocol):
         self._keepalive()
         self._heartbeat_call = self.clock.callLater(self._heartbeat_interval(), self._heartbeat)
 
+    def _watch_quiet(self, now: float, after: float) -> None:
+        """Mark the link quiet once its peer has been silent ``after`` seconds: now, or
+        at that moment if it comes before the next heartbeat (checking only at
+        heartbeats would route around a silent link up to a heartbeat late)."""
+        due = self.last_seen + after
+        if now >= due - _CLOCK_SLACK:
+            self._set_quiet(now - self.last_seen)
+        elif due - now < self._heartbeat_interval() and self._quiet_call is None:
+            self._quiet_call = self.clock.callLater(due - now, self._quiet_due)
+
+    def _quiet_due(self) -> None:
+        self._quiet_call = None
+        if self.status is UP and not self.quiet:
+            now = self.clock.seconds()
+            if now - self.last_seen >= self.context.config.reroute_after - _CLOCK_SLACK:
+                self._set_quiet(now - self.last_seen)
+
+    def _set_quiet(self, silent: float) -> None:
+        self.quiet = True
+        self.context.link_quiet(self, f"peer silent for {silent:.1f} s")
+
     def _heard(self) -> None:
-        """The peer said something: a busy link is up again."""
+        """The peer said something: a quiet link carries traffic again, a busy one is
+        up again (one report for both)."""
+        was_quiet = self.quiet
+        self.quiet = False
         if self.status is BUSY:
             self._set_status(UP)
+        elif was_quiet:
+            self.context.link_quiet(self, None)
 
     def _stop_timers(self) -> None:
-        for call in (self._timeout_call, self._heartbeat_call, self._abort_call):
+        for call in (self._timeout_call, self._heartbeat_call, self._abort_call,
+                     self._quiet_call):
             if call is not None and call.active():
                 call.cancel()
-        self._timeout_call = self._heartbeat_call = self._abort_call = None
+        self._timeout_call = self._heartbeat_call = self._abort_call = self._quiet_call = None
 
     def _set_status(self, status: str, reason: str | None = None) -> None:
         self.status = status
@@ -372,6 +413,8 @@ class LinkBase(Protocol):
 @implementer(IPushProducer)
 class Link(LinkBase):
     """The connection to one yotonnet peer (see the module docstring)."""
+
+    reroutes = True
 
     def __init__(
         self, context: ILinkOwner, outgoing: bool, endpoint_text: str = "", cost: int = 1,
@@ -553,10 +596,13 @@ class Link(LinkBase):
                     self._heard()
                 else:
                     frames = []
+            elif self.quiet:
+                self._heard()
             if frames:
                 self._dispatch_frames(frames)
         self._whole_reads = (
-            self.status is UP and not self.closing and self._decoder.buffered == 0
+            self.status is UP and not self.quiet and not self.closing
+            and self._decoder.buffered == 0
         )
 
     # --- the handshake
@@ -702,6 +748,10 @@ class Link(LinkBase):
     def _set_status(self, status: str, reason: str | None = None) -> None:
         self._whole_reads = False  # a BUSY link's next read goes the long way, to come back UP
         super()._set_status(status, reason)
+
+    def _set_quiet(self, silent: float) -> None:
+        self._whole_reads = False  # likewise for a quiet one, to carry traffic again
+        super()._set_quiet(silent)
 
 
 def _not_yet(peer: Any, frames: list, i: int, n: int) -> int:

@@ -119,6 +119,7 @@ _CONTEXT_LIMITS: dict[str, tuple[float, float, bool]] = {
     "max_hops": (1, 255, True),
     "heartbeat": (0, math.inf, False),
     "busy_timeout": (0, math.inf, False),
+    "reroute_after": (0, math.inf, True),  # 0: only busy links are routed around
     "handshake_timeout": (0, math.inf, False),
     "reconnect_initial": (0, math.inf, False),
     "reconnect_max": (0, math.inf, False),
@@ -311,6 +312,10 @@ def validate(settings: Settings) -> None:
                 f"{where}: context.{key} = {value!r} is out of range ({bound} {low:g}"
                 + (f", <= {high:g})" if high != math.inf else ")")
             )
+    try:
+        settings.context.check()
+    except ValueError as e:
+        raise ConfigError(f"{where}: context.{e}") from None
 
 
 def check_node_name(name: str, key: str, where: str) -> None:

@@ -45,6 +45,7 @@ _COUNTER_HELP = {
     "credit_out": "Flow-control CREDIT frames sent to neighbours.",
     "flow_queued": "Blocks queued for a neighbour that had no credit left on their channel.",
     "flow_dropped": "Blocks dropped for a neighbour gone silent (busy) or closed.",
+    "links_rerouted": "Times a link's peer fell silent past reroute_after (routed around).",
     "latest_dropped": "Frames for latest subscribers given up for newer ones (no credit).",
     "producer_pauses": "Times flow control paused a publisher's producer.",
     "repair_asked": "Requests for missing messages this node's subscribers sent.",
@@ -72,7 +73,7 @@ _REPAIR_HELP = {
 
 # Keys of Link.info() exported above; any other number in it is exported as untyped.
 _LINK_KNOWN = {
-    "frames_in", "frames_out", "bytes_in", "bytes_out", "up", "busy", "silent_for",
+    "frames_in", "frames_out", "bytes_in", "bytes_out", "up", "busy", "quiet", "silent_for",
 }
 
 _ROLE_OF_TABLE = (("sub", "pubsub", "subscribers"), ("rep", "requests", "repliers"),
@@ -138,6 +139,8 @@ def _links(context: Context, now: float) -> list[dict]:
         info = link.info()
         info["up"] = link.status in (UP, BUSY)
         info["busy"] = link.status == BUSY
+        # Routed around for its silence, before (or without) being declared busy.
+        info["quiet"] = bool(link.quiet)
         # Seconds since the peer last sent anything: what "busy" is judged on.
         info["silent_for"] = round(max(0.0, now - link.last_seen), 3)
         links.append(_plain(info))
@@ -405,6 +408,9 @@ def prometheus_text(context: Context) -> str:
                [(link_labels(x), x["up"]) for x in links])
     out.family("yotonnet_link_busy", "gauge", "1 if the peer has been silent past busy_timeout.",
                [(link_labels(x), x["busy"]) for x in links])
+    out.family("yotonnet_link_quiet", "gauge",
+               "1 if the peer has been silent past reroute_after (traffic goes around it).",
+               [(link_labels(x), x["quiet"]) for x in links])
     out.family("yotonnet_link_silent_seconds", "gauge",
                "Seconds since the peer last sent anything.",
                [(link_labels(x), x["silent_for"]) for x in links])

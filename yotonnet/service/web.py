@@ -755,7 +755,8 @@ function render(st) {
                   {label: "bytes out", num: 1}],
     st.links.map(l => ({cls: "status-" + l.status, cells: [l.peer_name, l.peer,
       l.direction + (l.role && l.role !== "node" ? " (" + l.role + ")" : ""),
-      l.address || l.endpoint, l.status, l.silent_for.toFixed(1) + " s", num(l.frames_in),
+      l.address || l.endpoint, l.status + (l.quiet && !l.busy ? " (quiet: routed around)" : ""),
+      l.silent_for.toFixed(1) + " s", num(l.frames_in),
       num(l.frames_out), bytes(l.bytes_in), bytes(l.bytes_out)]})));
 
   table("channels", [{label: "name"}, {label: "id", mono: 1}, {label: "pattern"},
