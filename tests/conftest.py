@@ -30,6 +30,7 @@ RINGS: dict[str, int | dict[str, int]] = {
     "test_layers": 1,
     "test_localsecret": 1,
     "test_messages": 1,
+    "test_recent": 1,
     "test_names": 1,
     "test_routing": 1,
     "test_wire": 1,
@@ -77,6 +78,7 @@ RINGS: dict[str, int | dict[str, int]] = {
     "test_web": {"AccessTests": 1, "*": 3},
     # ring 4: network namespaces
     "test_netns_mesh": 4,
+    "test_repair_hosts": 4,
     "test_docker_mesh": {"ComposeRewriteTests": 1, "*": 4},
 }
 

@@ -161,6 +161,9 @@ class FakeSubscriber:
     def lost(self, gap) -> None:
         self.got.append(("lost", gap))
 
+    def restarted(self, source, last) -> None:
+        self.got.append(("restarted", source, last))
+
     def release(self) -> None:
         holds, self.holds = self.holds, []
         for hold in holds:
@@ -189,6 +192,7 @@ class FakeReplier:
     message_type = OBJECT
     name = "service"
     pattern = "reqrep"
+    idempotent: frozenset[str] = frozenset()
 
     def __init__(self, outcome: tuple | None = ("ok",)) -> None:
         self.in_flight = 0

@@ -328,6 +328,35 @@ class CallsOfLeaves(MeshTestCase):
         m.settle()
         self.failureResultOf(pending, ConnectionLost)
 
+    def test_a_leaf_repliers_idempotent_methods_ride_in_its_hubs_record(self) -> None:
+        m = LeafMesh(self, nodes=3)
+        runs: Counter = Counter()
+
+        def double(x: int) -> int:
+            runs[x] += 1
+            return 2 * x
+
+        first = self.serve(m.leaf(1))
+        first.register("double", double, idempotent=True)
+        caller = ReqChannel(m.nodes[0], "math")
+        m.settle()
+        hub = m.nodes[1]
+        interest = m.nodes[0].routing.interest_of(hub.node_id, caller.channel_id)
+        self.assertEqual(interest.idempotent, frozenset({"double"}))
+        # The request is lost with the link it waits on; the copy takes the detour and
+        # the hub passes it to the leaf, which runs it once.
+        d = caller.call("double", 21)
+        m.mesh.cut(m.nodes[0], hub)
+        self.assertEqual(self.successResultOf(self._settled(m, d)), 42)
+        self.assertEqual(runs, Counter({21: 1}))
+        self.assertEqual(m.nodes[0].counters["requests_resent"], 1)
+        # A second leaf replier on the hub that does not declare it: a copy may reach
+        # either, so the hub no longer announces it.
+        self.serve(m.leaf(1)).register("double", double)
+        m.settle()
+        interest = m.nodes[2].routing.interest_of(hub.node_id, caller.channel_id)
+        self.assertEqual(interest.idempotent, frozenset())
+
     def test_a_node_calls_a_leaf_replier_and_a_leaf_of_its_own(self) -> None:
         m = LeafMesh(self, nodes=3)
         self.serve(m.leaf(1))

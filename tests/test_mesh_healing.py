@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
 from yotonnet import (
     OBJECT,
@@ -40,7 +39,7 @@ from yotonnet import (
     ReqChannel,
     StateChannel,
     SubChannel,
-    TimeoutError,
+    idempotent,
 )
 from yotonnet.core.wire import FrameKind
 from yotonnet.testing import MemoryConnection, MemoryMesh, MeshTestCase
@@ -695,8 +694,18 @@ class RerouteTimeTests(MeshTestCase):
 
 
 class Calculator(RepChannel):
+    def __init__(self, context, name: str) -> None:
+        self.runs: Counter = Counter()  # method -> times its handler ran
+        super().__init__(context, name)
+
     def add(self, a: int, b: int) -> int:
+        self.runs["add"] += 1
         return a + b
+
+    @idempotent
+    def double(self, a: int) -> int:
+        self.runs["double"] += 1
+        return 2 * a
 
 
 class ReqRepRerouteTests(MeshTestCase):
@@ -711,6 +720,7 @@ class ReqRepRerouteTests(MeshTestCase):
         self.rep = Calculator(self.far, "calc")
         self.pending: list[defer.Deferred] = []
         self.rep.register("slow", self.slow)
+        self.rep.register("slow_idempotent", self.slow, idempotent=True)
         self.req = ReqChannel(self.caller, "calc", timeout=20)
         self.mesh.settle()
 
@@ -718,6 +728,9 @@ class ReqRepRerouteTests(MeshTestCase):
         """A handler that answers when the test fires its Deferred."""
         self.pending.append(defer.Deferred())
         return self.pending[-1]
+
+    def counter(self, name: str) -> int:
+        return sum(ctx.counters[name] for ctx in self.mesh)
 
     def path(self) -> list[str]:
         """The hops a request takes now, from the routing tables (next hop at each node)."""
@@ -752,15 +765,82 @@ class ReqRepRerouteTests(MeshTestCase):
         self.assertEqual(self.requests_over(detour[1], detour[2]), before + 5)
 
     def test_reply_in_flight_takes_the_detour(self) -> None:
-        d = self.req.slow()
+        # Idempotent: the copy sent over the detour finds the call being served and is
+        # dropped; the one reply takes the detour.
+        d = self.req.slow_idempotent()
         self.mesh.settle()
         self.assertEqual(len(self.pending), 1)
         path = self.path()
         self.mesh.cut(path[2], path[3])  # the reply's first hop, while the handler works
         self.mesh.settle()
+        self.assertEqual((self.counter("requests_resent"), self.counter("requests_duplicate")),
+                         (1, 1))
+        self.assertEqual(len(self.pending), 1, "the copy was served again")
         self.pending[0].callback("late but routed")
         self.mesh.settle()
         self.assertEqual(self.successResultOf(d), "late but routed")
+
+    def test_a_call_whose_path_breaks_fails_at_once_unless_idempotent(self) -> None:
+        d = self.req.slow()
+        self.mesh.settle()
+        path = self.path()
+        self.mesh.cut(path[2], path[3])
+        self.mesh.settle()
+        failure = self.failureResultOf(d, ConnectionLost)
+        self.assertIn("may or may not have run", str(failure.value))
+        self.assertIn("not declared idempotent", str(failure.value))
+        self.assertEqual(self.counter("requests_resent"), 0)
+
+    def test_idempotence_is_announced_with_the_interest(self) -> None:
+        interest = self.caller.routing.interest_of(self.far.node_id, self.req.channel_id)
+        self.assertEqual(interest.idempotent, frozenset({"double", "slow_idempotent"}))
+        # Another replier of the channel that does not declare it: no longer idempotent
+        # for the node, since a copy may reach either.
+        Calculator(self.far, "calc").register("slow_idempotent", self.slow)
+        self.mesh.settle()
+        interest = self.caller.routing.interest_of(self.far.node_id, self.req.channel_id)
+        self.assertEqual(interest.idempotent, frozenset({"double"}))
+
+    def test_a_lost_idempotent_request_is_sent_again_and_runs_once(self) -> None:
+        d = self.req.double(21)
+        hop = self.path()[1]
+        self.mesh.cut(self.caller.name, hop)  # before n0's queued frames are written
+        self.mesh.settle()
+        self.assertEqual(self.successResultOf(d), 42)
+        self.assertEqual(self.rep.runs["double"], 1)
+        self.assertEqual(self.counter("requests_resent"), 1)
+
+    def test_a_lost_reply_is_answered_again_without_running_twice(self) -> None:
+        d = self.req.double(5)
+        path = self.path()
+        # The request reaches the replier, which answers at once; its reply is lost
+        # with the link it was on.
+        far = self.mesh.connection(path[2], path[3])
+        far.hold(self.far)
+        self.mesh.settle()
+        self.assertEqual(self.rep.runs["double"], 1)
+        self.assertNoResult(d)
+        far.cut()
+        self.mesh.settle()
+        self.assertEqual(self.successResultOf(d), 10)
+        self.assertEqual(self.rep.runs["double"], 1, "the copy ran the handler again")
+        self.assertEqual(self.counter("requests_duplicate"), 1)
+
+    def test_a_call_on_a_silent_link_is_sent_round_it_if_idempotent_else_waits(self) -> None:
+        # The path's middle link falls silent: traffic goes round it after reroute_after.
+        plain, again = self.req.add(1, 1), self.req.double(4)
+        path = self.path()
+        middle = self.mesh.connection(path[1], path[2])
+        middle.hold(middle.client_context)
+        middle.hold(middle.server_context)
+        self.mesh.advance(self.mesh[0].config.reroute_after + 1)
+        self.assertEqual(self.successResultOf(again), 8)
+        self.assertNoResult(plain)  # it may still come: the link is silent, not gone
+        middle.release(middle.client_context)
+        middle.release(middle.server_context)
+        self.mesh.settle()
+        self.assertEqual(self.successResultOf(plain), 2)
+        self.assertEqual(self.rep.runs, Counter(add=1, double=1))
 
     def test_call_in_flight_fails_with_connection_lost_when_the_replier_is_cut_off(
         self,
@@ -780,21 +860,16 @@ class ReqRepRerouteTests(MeshTestCase):
         self.mesh.settle()
         self.assertEqual(self.successResultOf(d), 2)
 
-    def test_request_lost_on_a_cut_link_does_not_hang_past_its_timeout(self) -> None:
-        # The replier stays reachable, so nothing fails the call early: a request lost
-        # with the link it was queued on is allowed (losses during a reroute), but the
-        # call must end by its deadline. (With timeout=None it would wait for ever.)
+    def test_request_lost_on_a_cut_link_fails_at_once(self) -> None:
+        # The replier stays reachable, but the request went with the link it was queued
+        # on: a method not declared idempotent is not sent again, and the call fails
+        # at once rather than wait out its timeout.
         d = self.req.add(1, 2)
         hop = self.path()[1]
         self.mesh.cut(self.caller.name, hop)  # before n0's queued frames are written
-        self.mesh.advance(self.req.timeout)
-        outcome: list[object] = []
-        d.addBoth(outcome.append)
-        self.assertEqual(len(outcome), 1, "the call is still pending after its timeout")
-        if isinstance(outcome[0], Failure):
-            outcome[0].trap(TimeoutError)  # what happens today: the request was lost
-        else:
-            self.assertEqual(outcome[0], 3)  # a core that resends lost requests
+        self.mesh.settle()
+        self.failureResultOf(d, ConnectionLost)
+        self.assertEqual(self.rep.runs["add"], 0)
         d2 = self.req.add(2, 3)
         self.mesh.settle()
         self.assertEqual(self.successResultOf(d2), 5)

@@ -447,7 +447,8 @@ class TableTests(SynchronousTestCase):
 
 node_ids = st.integers(1, MAX_U64)
 interests_st = st.builds(
-    Interest, st.sampled_from(ROLES), st.text(max_size=10), st.integers(0, 2**31)
+    Interest, st.sampled_from(ROLES), st.text(max_size=10), st.integers(0, 2**31),
+    st.frozensets(st.text(min_size=1, max_size=8), max_size=3),
 )
 states = st.builds(
     NodeState,
@@ -500,10 +501,25 @@ class NodeStateWireTests(SynchronousTestCase):
             [1, "n", 1, [], [[NEWS, SUB, "TEXT"]]],
             [1, "n", 1, [], [[NEWS, SUB, "TEXT", "many"]]],
             [float("nan"), "n", 1, [], []],
+            # idempotent methods: a list of non-empty names, bounded
+            [1, "n", 1, [], [[NEWS, REP, "OBJECT", 1, "add"]]],
+            [1, "n", 1, [], [[NEWS, REP, "OBJECT", 1, [""]]]],
+            [1, "n", 1, [], [[NEWS, REP, "OBJECT", 1, [7]]]],
+            [1, "n", 1, [], [[NEWS, REP, "OBJECT", 1, ["x" * 1025]]]],
+            [1, "n", 1, [], [[NEWS, REP, "OBJECT", 1, [f"m{i}" for i in range(257)]]]],
+            [1, "n", 1, [], [[NEWS, REP, "OBJECT", 1, ["add"], "more"]]],
         ]
         for record in bad:
             e = self.assertRaises(ValueError, NodeState.from_wire, record)
             self.assertIn("malformed node state record", str(e), record)
+
+    def test_idempotent_methods_ride_with_the_interest_only_when_declared(self):
+        plain = NodeState(1, "n", 1, interests={NEWS: Interest(REP, "OBJECT", 1)})
+        self.assertEqual(plain.to_wire()[4], [[NEWS, REP, "OBJECT", 1]])  # as before
+        declared = NodeState(1, "n", 1, interests={
+            NEWS: Interest(REP, "OBJECT", 2, frozenset({"get", "add"}))})
+        self.assertEqual(declared.to_wire()[4], [[NEWS, REP, "OBJECT", 2, ["add", "get"]]])
+        self.assertEqual(NodeState.from_wire(declared.to_wire()), declared)
 
     def test_unknown_role(self):
         e = self.assertRaises(

@@ -5,7 +5,14 @@ over TCP, TLS or unix sockets into a mesh that routes each message only toward t
 contexts that want it.
 """
 
-from .channels import PubChannel, RepChannel, ReqChannel, StateChannel, SubChannel
+from .channels import (
+    PubChannel,
+    RepChannel,
+    ReqChannel,
+    StateChannel,
+    SubChannel,
+    idempotent,
+)
 from .core.messages import BINARY, OBJECT, TEXT, MessageType, register_message_type
 from .errors import (
     ConnectionLost,
@@ -37,6 +44,7 @@ __all__ = [
     "ReqChannel",
     "RepChannel",
     "StateChannel",
+    "idempotent",
     "TEXT",
     "BINARY",
     "OBJECT",

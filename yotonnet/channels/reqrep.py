@@ -5,6 +5,12 @@ in the frame's extension and the arguments follow as values back to back (see
 :mod:`yotonnet.core.wire`), so a call costs no nested list. A handler's exception
 comes back as :class:`~yotonnet.errors.RemoteError`; a call with no replier
 anywhere fails at once with :class:`~yotonnet.errors.NoResponders`.
+
+A replier may declare methods idempotent (:func:`idempotent`, or
+``register(..., idempotent=True)``): running one twice with the same
+arguments does no harm. The declaration travels with the channel's interest,
+and a call to such a method whose path breaks on the way is sent again over
+the new path instead of failing (see :mod:`yotonnet.core.requests`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,16 @@ if TYPE_CHECKING:
     from ..mesh.interfaces import IChannelHost
 
 _UNSET: Any = object()
+#: the attribute :func:`idempotent` sets on a function
+_IDEMPOTENT_MARK = "__yotonnet_idempotent__"
+
+
+def idempotent(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Declare a replier's method idempotent (a decorator): calling it twice with the
+    same arguments does no harm, so a call whose path broke may be sent again."""
+    setattr(fn, _IDEMPOTENT_MARK, True)
+    return fn
+
 _PLAIN_RESULTS = frozenset((type(None), bool, int, float, str, bytes, list, tuple, dict))
 
 
@@ -118,12 +134,26 @@ class RepChannel(Channel):
         self._by_wire_name: dict[bytes, Callable[..., Any]] = {}
         self.in_flight = 0
         self.served = 0
+        #: IReplierEnd: the methods declared idempotent (announced with the interest)
+        self.idempotent = frozenset(
+            method for method in dir(type(self))
+            if not method.startswith("_") and not hasattr(RepChannel, method)
+            and getattr(getattr(type(self), method), _IDEMPOTENT_MARK, False)
+        )
         super().__init__(context, name, OBJECT)
 
-    def register(self, name: str, fn: Callable[..., Any]) -> None:
-        """Serve ``fn`` as method ``name``; it may return a value or a Deferred."""
+    def register(self, name: str, fn: Callable[..., Any], idempotent: bool = False) -> None:
+        """Serve ``fn`` as method ``name``; it may return a value or a Deferred.
+        ``idempotent``: calling it twice with the same arguments does no harm (as is
+        ``fn`` marked with :func:`idempotent`), so a call whose path broke is sent
+        again rather than failed."""
         self._handlers[name] = fn
         self._by_wire_name.clear()
+        mark = idempotent or getattr(fn, _IDEMPOTENT_MARK, False)
+        declared = self.idempotent | {name} if mark else self.idempotent - {name}
+        if declared != self.idempotent:
+            self.idempotent = declared
+            self.context.node.repliers_changed()
 
     def handler_for(self, method: str) -> Callable[..., Any]:
         """The handler of ``method``: a registered one, else a public method of a

@@ -42,6 +42,9 @@ class Call(NamedTuple):
     deadline: float | None
     #: id of the channel the request went out on
     channel: int = 0
+    #: what a copy sent again needs: (tag, method, payload, the caller's route parents
+    #: when it was sent (yotonnet.core.routing.RoutingTable.parents), copies sent again)
+    request: Any = None
 
 
 class CallTable:
@@ -81,20 +84,23 @@ class CallTable:
 
     def open(
         self, waiter: Any, dest: int, channel_name: str, timeout: float | None, now: float,
-        channel: int = 0,
+        channel: int = 0, request: Any = None,
     ) -> Call:
         """Record a new call and give it the next request id."""
         self._last_id = req_id = (self._last_id + 1) & 0xFFFF_FFFF_FFFF_FFFF or 1
         if timeout:
             call = _new(
-                Call, (req_id, waiter, dest, channel_name, timeout, now + timeout, channel)
+                Call,
+                (req_id, waiter, dest, channel_name, timeout, now + timeout, channel, request),
             )
             group = self._groups.get(timeout)
             if group is None:
                 group = self._groups[timeout] = {}
             group[req_id] = call
         else:
-            call = _new(Call, (req_id, waiter, dest, channel_name, timeout, None, channel))
+            call = _new(
+                Call, (req_id, waiter, dest, channel_name, timeout, None, channel, request)
+            )
         self._calls[req_id] = call
         load = self._load
         load[dest] = load.get(dest, 0) + 1
@@ -111,6 +117,14 @@ class CallTable:
             del load[call[2]]
         load[dest] = load.get(dest, 0) + 1
         call = _new(Call, (call[0], call[1], dest, *call[3:]))
+        self._calls[req_id] = call
+        if call[5] is not None:
+            self._groups[call[4]][req_id] = call
+
+    def update(self, req_id: int, request: Any) -> None:
+        """Replace what open call ``req_id`` keeps to be sent again."""
+        call = self._calls[req_id]
+        call = _new(Call, (*call[:7], request))
         self._calls[req_id] = call
         if call[5] is not None:
             self._groups[call[4]][req_id] = call

@@ -66,6 +66,11 @@ class ContextConfig:
     #: publishers and channels one node tracks for its lossless subscribers, and
     #: subscribers one published channel tracks (past these, no repair: gaps counted)
     max_repair_tracks: int = 65_536
+    #: idempotent requests a replier node remembers (by caller and request id) so that
+    #: a copy sent again after a reroute is served once, and bytes of their replies kept
+    #: to answer such a copy (past either, the oldest are forgotten: served again)
+    recent_requests: int = 16_384
+    recent_reply_bytes: int = 4 << 20
     #: write small frames to a TCP socket at once when Twisted has nothing buffered for
     #: it, instead of in the next reactor turn (see yotonnet.mesh.writer); off: Twisted's
     eager_writes: bool = True

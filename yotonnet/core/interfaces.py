@@ -66,6 +66,10 @@ class ISubscriberEnd(Interface):
         """A range of a publisher's messages that will never come (a
         yotonnet.core.repair.Gap: source, first, last, count, reason)."""
 
+    def restarted(source, last) -> None:  # noqa: N805
+        """``source`` restarted: its messages are numbered anew after ``last``, and
+        nothing was sent between (what was lost came first, as a gap)."""
+
     def deliver_run(frames, peer, hold) -> None:  # noqa: N805
         """Consecutive frames of one source, as decoded; stop if ``peer.closing``."""
 
@@ -91,6 +95,10 @@ class IReplierEnd(Interface):
     """A local replier of a request/reply channel."""
 
     in_flight = Attribute("requests it is serving now (the least busy one is chosen)")
+    idempotent = Attribute(
+        "frozenset of the method names it declared idempotent: a call to one whose path "
+        "broke is sent again, and this node serves a copy it already has only once"
+    )
 
     def handle_request(source, req_id, tag, method, payload):  # noqa: N805
         """Serve a request from node ``source``: return ``(value,)`` for a result known

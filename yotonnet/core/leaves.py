@@ -44,7 +44,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .routing import REP, ROLES, STATE, SUB, Interest, NodeState
+from .routing import REP, ROLES, STATE, SUB, Interest, NodeState, interest_from_item
 from .wire import ProtocolError
 
 if TYPE_CHECKING:
@@ -92,8 +92,9 @@ class LeafEntry:
         self.told = 0
 
 
-def parse_leaf(message: list) -> tuple[list[tuple[int, str, str, int]], int]:
-    """The items and number of a ``leaf`` message; ProtocolError says what is wrong."""
+def parse_leaf(message: list) -> tuple[list[tuple[int, Interest]], int]:
+    """The items (channel and what is held or used there) and number of a ``leaf``
+    message; ProtocolError says what is wrong."""
     try:
         _, items, number = message
         if not (isinstance(number, int) and 0 <= number < 1 << 63):
@@ -101,14 +102,15 @@ def parse_leaf(message: list) -> tuple[list[tuple[int, str, str, int]], int]:
         if len(items) > MAX_LEAF_ITEMS:
             raise ValueError(f"{len(items)} channels, more than {MAX_LEAF_ITEMS}")
         parsed = []
-        for channel, role, type_name, count in items:
+        for item in items:
+            channel, role, type_name, count = item[:4]
             if _ROLE.get(role) is None:
                 raise ValueError(f"unknown role {role!r}")
             if not (isinstance(channel, int) and 0 <= channel < 1 << 64
                     and isinstance(count, int) and 0 < count < 1 << 32
                     and isinstance(type_name, str) and len(type_name) <= 64):
                 raise ValueError(f"bad item {[channel, role, type_name, count]!r}")
-            parsed.append((channel, _ROLE[role], type_name, count))
+            parsed.append(interest_from_item(item, _ROLE[role]))
     except (TypeError, ValueError, IndexError) as e:
         raise ProtocolError(f"malformed leaf message: {e}") from None
     return parsed, number
@@ -128,10 +130,12 @@ def parse_view(message: list) -> tuple[int, list[tuple[int, str, dict[int, Inter
             if not (isinstance(node, int) and 0 < node < 1 << 64 and isinstance(name, str)):
                 raise ValueError(f"bad node {node!r}")
             interests = {}
-            for channel, role, type_name, count in items:
+            for item in items:
+                channel, role = item[:2]
                 if role not in ROLES or not isinstance(channel, int):
                     raise ValueError(f"bad interest {[channel, role]!r}")
-                interests[channel] = Interest(_ROLE[role], str(type_name), int(count))
+                chan, interest = interest_from_item(item, _ROLE[role])
+                interests[chan] = interest
             parsed.append((node, name, interests))
     except (TypeError, ValueError) as e:
         raise ProtocolError(f"malformed view message: {e}") from None
@@ -196,7 +200,7 @@ class Leaves:
 
     # --- what leaves hold and use
 
-    def take(self, peer: IPeer, items: Iterable[tuple[int, str, str, int]], number: int,
+    def take(self, peer: IPeer, items: Iterable[tuple[int, Interest]], number: int,
              may_hold: Callable[[int, str], bool] | None = None) -> bool:
         """A ``leaf`` message from ``peer``; True if the totals the hub carries changed.
         ``may_hold(channel, role)`` filters what a client was not granted."""
@@ -206,13 +210,14 @@ class Leaves:
         entry.told = number
         holds: dict[int, Interest] = {}
         uses: dict[int, str] = {}
-        for channel, role, type_name, count in items:
+        for channel, interest in items:
+            role = interest.role
             if may_hold is not None and not may_hold(channel, role):
                 continue
             if role in _USES:
                 uses.setdefault(channel, _NEEDS[role])
             else:
-                holds[channel] = Interest(role, type_name, count)
+                holds[channel] = interest
                 if role == STATE:
                     uses[channel] = STATE
         return self._set(entry, holds, uses)
@@ -260,9 +265,18 @@ class Leaves:
         return changed
 
     def totals(self) -> dict[int, Interest]:
-        """What the leaves hold, per channel (summed counts), for the hub's record."""
-        return {chan: Interest(role, type_name, count)
-                for chan, (role, type_name, count) in self._totals.items()}
+        """What the leaves hold, per channel (summed counts; of a REP channel, the
+        methods every leaf serving it declared idempotent), for the hub's record."""
+        totals = {}
+        for chan, (role, type_name, count) in self._totals.items():
+            methods: frozenset[str] = frozenset()
+            if role == REP:
+                entries = self.entries
+                sets = [entries[leaf].holds[chan].idempotent
+                        for leaf in self._holding.get((chan, REP), ())]
+                methods = frozenset.intersection(*sets) if sets else frozenset()
+            totals[chan] = Interest(role, type_name, count, methods)
+        return totals
 
     def holding(self, channel: int, role: str = SUB) -> Iterable[IPeer]:
         """The links of the leaves holding ``channel`` in ``role``."""
@@ -289,7 +303,8 @@ class Leaves:
                         count -= own.count
                 if count > 0:
                     nodes.setdefault(node, []).append(
-                        [channel, interest.role, interest.type_name, count])
+                        Interest(interest.role, interest.type_name, count,
+                                 interest.idempotent).to_item(channel))
         names = routing.nodes
         return ["view", min(255, self.hop_limit() + 1),
                 [[n, names[n].name, items] for n, items in sorted(nodes.items())], entry.told]

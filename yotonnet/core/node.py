@@ -33,6 +33,7 @@ from .config import ContextConfig
 from .interfaces import ILog, IPeer
 from .leaves import LEAF, PUB, REQ
 from .pubsub import PubSub
+from .recent import RecentRequests
 from .requests import Requests
 from .routing import REP, STATE, SUB, Interest
 from .statesync import StateSync
@@ -77,11 +78,18 @@ class Node:
             "replies_dropped": 0,
             "slow_consumers": 0,
             "links_rerouted": 0,
+            # idempotent calls sent again after their path broke, and copies of such
+            # requests this node took only once (yotonnet.core.recent)
+            "requests_resent": 0,
+            "requests_duplicate": 0,
         }
         self.topology = Topology(node_id, name, config, self.counters, log, self.routes_changed,
                                  self.local_interests, self.leaf_items)
         self.pubsub = PubSub(node_id, config, self.topology, self.counters, log, clock)
-        self.requests = Requests(node_id, self.topology, self.counters, clock, on_deadline)
+        self.requests = Requests(
+            node_id, self.topology, self.counters, clock, on_deadline,
+            RecentRequests(config.recent_requests, config.recent_reply_bytes),
+        )
         self.state = StateSync(node_id, self.topology)
         #: the routing table (yotonnet.core.routing), for introspection
         self.routing = self.topology.routing
@@ -256,23 +264,38 @@ class Node:
         return self._channel_types.get(channel)
 
     def local_interests(self) -> dict[int, Interest]:
-        """What this node's record lists: its own ends, and what its leaves hold."""
+        """What this node's record lists: its own ends, and what its leaves hold. The
+        idempotent methods of its REP channels are also what its Requests serves once."""
         interests = self.topology.leaves.totals()
         for role, table in ((SUB, self.pubsub.subscribers), (REP, self.requests.repliers),
                             (STATE, self.state.holders)):
             for chan, ends in table.items():
                 if ends:
-                    mine = Interest(role, ends[0].message_type.name, len(ends))
+                    count = len(ends)
+                    # A method is idempotent here only if every replier a call may reach
+                    # says so: any of them may get the copy sent again.
+                    methods = (frozenset.intersection(*(end.idempotent for end in ends))
+                               if role == REP else frozenset())
                     theirs = interests.get(chan)
                     if theirs is not None and theirs.role == role:
-                        mine = Interest(role, mine.type_name, mine.count + theirs.count)
-                    interests[chan] = mine
+                        count += theirs.count
+                        methods &= theirs.idempotent
+                    interests[chan] = Interest(role, ends[0].message_type.name, count, methods)
+        # Requests arrive with their method names in UTF-8.
+        self.requests.idempotent_here = {
+            chan: frozenset(name.encode("utf-8", "surrogatepass") for name in i.idempotent)
+            for chan, i in interests.items() if i.idempotent
+        }
         return interests
+
+    def repliers_changed(self) -> None:
+        """A local replier declared a method idempotent: the record says so."""
+        if not self.closed:
+            self.topology.update_local(interests=self.local_interests())
 
     def leaf_items(self) -> list:
         """What this node holds and uses, as a leaf tells its hub (yotonnet.core.leaves)."""
-        items = [[chan, i.role, i.type_name, i.count]
-                 for chan, i in sorted(self.routing.local.interests.items())]
+        items = [i.to_item(chan) for chan, i in sorted(self.routing.local.interests.items())]
         for role, table in ((PUB, self.pubsub.publishers), (REQ, self.requests.callers)):
             for chan, ends in sorted(table.items()):
                 if ends:

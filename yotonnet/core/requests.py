@@ -17,6 +17,17 @@ A node serves the calls addressed to it with its own repliers and those of
 its leaves (:mod:`.leaves`), the least busy first: a call passed to a leaf
 keeps its caller as source, and the leaf's reply is taken only for a call
 the node passed it, and goes on in the node's name.
+
+Across a reroute: when the routes move off the path a call took (as this
+node's routes were when it was sent) because a link on it went, or fell
+silent and is routed around, while the replier stays reachable, the request
+or its reply may be lost or stuck. A method its repliers declared idempotent
+(announced with their interest) is sent once more, flagged
+:data:`~.wire.REQUEST_RESENT`, over the new path; the replier serves each
+request id once (:mod:`.recent`) and answers a copy of one already answered
+with the same reply. Any other call fails at once with ``ConnectionLost``,
+which says it may have run, when a link of its path went; one on a silent
+link waits, since the link may come back with it.
 """
 
 from __future__ import annotations
@@ -29,12 +40,15 @@ from .calls import Call, CallTable
 from .codec import decode_object, encode_object
 from .interfaces import IPeer, IWaiter
 from .leaves import LEAF, LeafEntry
-from .routing import REP
+from .recent import ANSWERED, RecentRequests
+from .routing import REP, path_in
+from .topology import BUSY_LINK_COST
 from .wire import (
     REPLY_DENIED,
     REPLY_ERROR,
     REPLY_NO_REPLIER,
     REPLY_OK,
+    REQUEST_RESENT,
     Frame,
     reencode,
     reply_frame,
@@ -57,6 +71,7 @@ class Requests:
         counters: dict[str, int],
         clock: Callable[[], float],
         on_deadline: Callable[[float], None],
+        recent: RecentRequests | None = None,
     ) -> None:
         self.node_id = node_id
         self.topology = topology
@@ -80,6 +95,14 @@ class Requests:
         #: request id -> (channel, channel name, tag, method, payload)
         self.parked: dict[int, tuple[int, str, int, bytes, bytes]] = {}
         self._losses_seen = 0
+        self._rises_seen = 0
+        #: channel -> the method names (UTF-8) this node serves as idempotent, its
+        #: leaves' included (set by Node.local_interests)
+        self.idempotent_here: dict[int, frozenset[bytes]] = {}
+        #: idempotent requests lately taken here, to serve each once
+        self.recent = recent or RecentRequests(16_384, 4 << 20)
+        # this node's route parents, kept with each call sent (None: ask the routing)
+        self._routes: Any = None
 
     # --- calls made here
 
@@ -113,11 +136,16 @@ class Requests:
             return req_id
         # One replier (the usual case) needs no comparison of loads.
         dest = holders[0] if len(holders) == 1 else calls.pick(holders)
-        req_id = self._open(waiter, dest, channel_name, timeout, channel)
         me = self.node_id
         if dest == me:
+            req_id = self._open(waiter, dest, channel_name, timeout, channel, None)
             self.serve(channel, me, req_id, tag, method, payload)
             return req_id
+        routes = self._routes
+        if routes is None:
+            routes = self._routes = self.topology.routing.parents()
+        req_id = self._open(waiter, dest, channel_name, timeout, channel,
+                            (tag, method, payload, routes, 0))
         topology = self.topology
         data = request_frame(topology.hops or topology.hop_limit(), tag, channel, me, dest,
                              req_id, method, payload)
@@ -130,9 +158,9 @@ class Requests:
         return req_id
 
     def _open(self, waiter: IWaiter, dest: int, channel_name: str, timeout: float | None,
-              channel: int) -> int:
-        req_id, _, _, _, _, deadline, _ = self.calls.open(
-            waiter, dest, channel_name, timeout, self.clock(), channel
+              channel: int, request: Any = None) -> int:
+        req_id, _, _, _, _, deadline, _, _ = self.calls.open(
+            waiter, dest, channel_name, timeout, self.clock(), channel, request
         )
         # Calls with the usual timeout expire after the one the timer waits for.
         if deadline is not None and deadline < self.deadline_at:
@@ -154,6 +182,8 @@ class Requests:
                 continue
             dest = self.calls.pick(holders)
             self.calls.retarget(req_id, dest)
+            if dest != self.node_id:
+                self.calls.update(req_id, (tag, method, payload, routing.parents(), 0))
             topology = self.topology
             data = request_frame(topology.hop_limit(), tag, channel, self.node_id, dest,
                                  req_id, method, payload)
@@ -198,24 +228,87 @@ class Requests:
             self.finish(call.req_id, errors.ConnectionLost(why))
 
     def routes_changed(self) -> None:
-        """Fail the calls whose replier became unreachable. Only a lost link or record
-        can cut one off, and the check needs the routes: none when the mesh only grew."""
+        """Fail the calls whose replier became unreachable, and send again (or fail)
+        those whose path broke (see the module docstring). Only a lost link or record
+        can do either, and the check needs the routes: none when the mesh only grew."""
+        self._routes = None
         if self.parked and self.topology.view_current:
             self._send_parked()
         routing = self.topology.routing
-        if routing.losses == self._losses_seen or not self.calls:
-            self._losses_seen = routing.losses
-            return
-        self._losses_seen = routing.losses
-        reachable = routing.reachable()
+        lost = routing.losses != self._losses_seen
+        rose = routing.rises != self._rises_seen
+        self._losses_seen, self._rises_seen = routing.losses, routing.rises
+        if not (lost or rose) or not self.calls:
+            return  # more nodes, links or cheaper ones: no path a call took is worse
+        reachable = routing.reachable() if lost else None
+        routes = None
         for call in self.calls:
-            if call.dest not in reachable and call.req_id not in self.parked:
+            if call.req_id in self.parked:
+                continue
+            if reachable is not None and call.dest not in reachable:
                 self.finish(
                     call.req_id,
                     errors.ConnectionLost(
                         f"replier node {call.dest:016x} became unreachable before replying"
                     ),
                 )
+                continue
+            request = call.request
+            if request is None:
+                continue
+            if routes is None:
+                routes = routing.parents()
+            if request[3] is not routes:
+                broken = self._path_broken(call.dest, request[3], routes)
+                if broken is not None:
+                    self._path_lost(call, broken)
+
+    def _path_broken(self, dest: int, then: Any, now: Any) -> bool | None:
+        """Whether the path to ``dest`` in the routes ``then`` broke in the routes
+        ``now``: True if a link of it went, False if traffic goes around a silent one,
+        None if it still carries the call (or is not known, as a leaf's, whose hub
+        does the routing)."""
+        me = self.node_id
+        path = path_in(then, me, dest)
+        if path is None or path == path_in(now, me, dest):
+            return None
+        routing = self.topology.routing
+        avoided = False
+        for a, b in zip(path, path[1:]):
+            cost = routing.link_cost(a, b)
+            if cost is None:
+                return True
+            avoided = avoided or cost >= BUSY_LINK_COST
+        return False if avoided else None
+
+    def _path_lost(self, call: Call, gone: bool) -> None:
+        """``call``'s path broke (``gone``: a link of it went; else one is silent) with
+        its replier still reachable: send it again over the new path if its method is
+        idempotent there (once); else fail it if a link went."""
+        tag, method, payload, _, copies = call.request
+        dest = call.dest
+        interest = self.topology.routing.interest_of(dest, call.channel)
+        name = method.decode("utf-8", "surrogatepass")
+        if copies == 0 and interest is not None and name in interest.idempotent:
+            topology = self.topology
+            self.calls.update(call.req_id,
+                              (tag, method, payload, topology.routing.parents(), 1))
+            self.counters["requests_resent"] += 1
+            data = request_frame(topology.hop_limit(), tag | REQUEST_RESENT, call.channel,
+                                 self.node_id, dest, call.req_id, method, payload)
+            if topology.unicast(dest, data):
+                return
+            why = "no path took it again"
+        elif not gone:
+            return  # the silent link may yet deliver it, and its reply come back
+        elif copies:
+            why = "it had been sent again once already"
+        else:
+            why = "its method is not declared idempotent, so it was not sent again"
+        self.finish(call.req_id, errors.ConnectionLost(
+            f"the path to replier node {dest:016x} broke while {name!r} on channel "
+            f"{call.channel_name!r} was in flight: it may or may not have run, and {why}"
+        ))
 
     # --- requests from neighbours, and replies to them
 
@@ -234,6 +327,13 @@ class Requests:
     ) -> None:
         """Serve a request addressed to this node with a local replier, or pass it to a
         leaf's."""
+        if tag & REQUEST_RESENT:
+            tag ^= REQUEST_RESENT
+        if self.idempotent_here and source != self.node_id:
+            methods = self.idempotent_here.get(channel)
+            if methods is not None and method in methods and self._copy(source, req_id,
+                                                                         channel):
+                return
         reps = self.repliers.get(channel)
         leaves = self.topology.leaves
         if leaves.entries:
@@ -262,6 +362,8 @@ class Requests:
         if source == me:
             self.accept(req_id, REPLY_OK, body)
             return
+        if self.recent.entries:
+            self.recent.answered((source, req_id), REPLY_OK, body)
         topology = self.topology
         data = reply_frame(topology.hops or topology.hop_limit(), REPLY_OK, channel, me,
                            source, req_id, body)
@@ -270,6 +372,26 @@ class Requests:
             out.send(data)
         else:
             topology.unicast(source, data)
+
+    def _copy(self, source: int, req_id: int, channel: int) -> bool:
+        """Whether an idempotent request is a copy of one taken here: dropped while it
+        is served, answered again once it was; else it is remembered as taken."""
+        recent = self.recent
+        key = (source, req_id)
+        if key not in recent:
+            recent.taken(key)
+            return False
+        reply = recent.get(key)
+        if reply == ANSWERED:  # its reply not kept: serving it again is harmless
+            recent.taken(key)
+            return False
+        self.counters["requests_duplicate"] += 1
+        if reply is not None:
+            status, payload = reply
+            topology = self.topology
+            topology.unicast(source, reply_frame(topology.hop_limit(), status, channel,
+                                                 self.node_id, source, req_id, payload))
+        return True
 
     def pass_to_leaf(self, leaf: LeafEntry, channel: int, source: int, req_id: int,
                      tag: int, method: bytes, payload: bytes) -> None:
@@ -312,6 +434,8 @@ class Requests:
         if dest == me:
             self.accept(req_id, status, payload)
             return
+        if self.recent.entries:
+            self.recent.answered((dest, req_id), status, payload)
         topology = self.topology
         topology.unicast(
             dest, reply_frame(topology.hop_limit(), status, channel, me, dest, req_id, payload)

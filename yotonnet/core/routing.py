@@ -33,6 +33,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .names import MAX_NODE_NAME, check_peer_name
 
@@ -97,6 +98,41 @@ class Interest:
     role: str
     type_name: str
     count: int
+    #: of a REP interest: methods every replier behind it declared idempotent (a call
+    #: to one whose path broke is sent again, see yotonnet.core.requests)
+    idempotent: frozenset[str] = frozenset()
+
+    def to_item(self, channel: int) -> list:
+        """``[channel, role, type, count]``, plus the idempotent methods if any."""
+        item: list = [channel, self.role, self.type_name, self.count]
+        if self.idempotent:
+            item.append(sorted(self.idempotent))
+        return item
+
+
+#: the most idempotent method names one interest may list, and the longest name
+MAX_IDEMPOTENT = 256
+MAX_METHOD_NAME = 1024
+
+
+def interest_from_item(item: Any, role: str) -> tuple[int, Interest]:
+    """``(channel, Interest)`` from ``[channel, role, type, count(, methods)]``; ValueError
+    or TypeError says what is wrong (``role`` is the item's, already checked)."""
+    channel, _, type_name, count, *more = item
+    if len(more) > 1:
+        raise ValueError(f"interest of {4 + len(more)} fields, at most 5")
+    methods: frozenset[str] = frozenset()
+    if more:
+        names = more[0]
+        if not isinstance(names, list) or len(names) > MAX_IDEMPOTENT or not all(
+            isinstance(n, str) and 0 < len(n) <= MAX_METHOD_NAME for n in names
+        ):
+            raise ValueError(
+                f"idempotent methods must be a list of at most {MAX_IDEMPOTENT} names of "
+                f"1 to {MAX_METHOD_NAME} characters"
+            )
+        methods = frozenset(names)
+    return int(channel), Interest(role, str(type_name), int(count), methods)
 
 
 @dataclass
@@ -117,7 +153,7 @@ class NodeState:
             self.name,
             self.version,
             [[n, c] for n, c in sorted(self.links.items())],
-            [[ch, i.role, i.type_name, i.count] for ch, i in sorted(self.interests.items())],
+            [i.to_item(ch) for ch, i in sorted(self.interests.items())],
         ]
         if self.leaves:
             record.append(self.leaves)
@@ -143,10 +179,8 @@ class NodeState:
                 name,
                 int(version),
                 {int(n): int(c) for n, c in links},
-                {
-                    int(ch): Interest(_ROLE.get(role, role), str(tname), int(count))
-                    for ch, role, tname, count in interests
-                },
+                dict(interest_from_item(item, _ROLE.get(item[1], item[1]))
+                     for item in interests),
                 leaves,
             )
         except (TypeError, ValueError, OverflowError) as e:
@@ -168,6 +202,20 @@ class NodeState:
             if interest.role not in _ROLE:
                 raise ValueError(f"unknown interest role {interest.role!r}")
         return state
+
+
+def path_in(parents: Mapping[int, int], source: int, dest: int) -> list[int] | None:
+    """The nodes from ``source`` to ``dest`` in a :meth:`RoutingTable.parents` mapping
+    of ``source``'s routes (None if ``dest`` was not reachable in it)."""
+    path = [dest]
+    node = dest
+    while node != source:
+        node = parents.get(node)  # type: ignore[assignment]
+        if node is None or len(path) > len(parents):
+            return None
+        path.append(node)
+    path.reverse()
+    return path
 
 
 class RoutingTable:
@@ -199,6 +247,9 @@ class RoutingTable:
         #: bumped by every change that may have cut nodes off (a link dropped from a record,
         #: a record forgotten); adding records or links never makes a node unreachable
         self.losses = 0
+        #: bumped by every rise of a link's cost in a record (a silent link is routed
+        #: around so): with losses, what may move a route off a path it took
+        self.rises = 0
         #: runs of the shortest-path computation (own routes and multicast trees)
         self.route_computations = 0
         #: records refused, per limit name
@@ -329,8 +380,11 @@ class RoutingTable:
             self.entries -= len(old.links) + len(old.interests)
             if old.links is not state.links and old.links != state.links:
                 self.links_changed = True
-                if any(n not in state.links for n in old.links):
+                new_links = state.links
+                if any(n not in new_links for n in old.links):
                     self.losses += 1
+                if any(new_links.get(n, c) > c for n, c in old.links.items()):
+                    self.rises += 1
             if old.interests is not state.interests:
                 for chan, interest in old.interests.items():
                     if state.interests.get(chan) != interest:
@@ -512,6 +566,24 @@ class RoutingTable:
         """The neighbour to send a unicast frame for ``dest`` to (None if unreachable)."""
         self._ensure_routes()
         return self._next_hop.get(dest)
+
+    def parents(self) -> Mapping[int, int]:
+        """Each reachable node's predecessor on this node's shortest path to it. A new
+        mapping each time the routes are computed, never changed after: holding it
+        keeps the paths of that moment (see :func:`path_in`)."""
+        self._ensure_routes()
+        return self._parent
+
+    def link_cost(self, a: int, b: int) -> int | None:
+        """The cost of the link a-b as routes count it (the higher of what its ends
+        announce), or None if it is not in the graph now."""
+        one, other = self.nodes.get(a), self.nodes.get(b)
+        if one is None or other is None:
+            return None
+        there, back = one.links.get(b), other.links.get(a)
+        if there is None or back is None:
+            return None
+        return there if there >= back else back
 
     # --- interest
 

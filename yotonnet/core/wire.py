@@ -112,6 +112,9 @@ _CONTROL = int(FrameKind.CONTROL)
 #: REQUEST tag: positional argument count in the low 16 bits, this bit for kwargs
 REQUEST_KWARGS = 0x8000_0000
 REQUEST_MAX_ARGS = 0xFFFF
+#: REQUEST tag: a copy of an idempotent request sent again after its path broke (the
+#: replier serves a request id it already has only once; see yotonnet.core.recent)
+REQUEST_RESENT = 0x4000_0000
 #: ACK flags: send again what follows ``seq``; the subscriber leaves the channel
 ACK_WANT, ACK_BYE = 1, 2
 #: TAIL flag: the last frame of an answer to ACK_WANT

@@ -46,6 +46,8 @@ _COUNTER_HELP = {
     "flow_queued": "Blocks queued for a neighbour that had no credit left on their channel.",
     "flow_dropped": "Blocks dropped for a neighbour gone silent (busy) or closed.",
     "links_rerouted": "Times a link's peer fell silent past reroute_after (routed around).",
+    "requests_resent": "Idempotent calls sent again after the path they took broke.",
+    "requests_duplicate": "Copies of idempotent requests taken only once (answered again).",
     "latest_dropped": "Frames for latest subscribers given up for newer ones (no credit).",
     "producer_pauses": "Times flow control paused a publisher's producer.",
     "repair_asked": "Requests for missing messages this node's subscribers sent.",
