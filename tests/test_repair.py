@@ -11,10 +11,13 @@ exact range, and ``missed`` says the same.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Any
+from unittest import mock
 
-from yotonnet import ContextConfig, PubChannel, SubChannel
-from yotonnet.core.repair import GONE, RETENTION
+from yotonnet import Context, ContextConfig, FlowControlError, PubChannel, SubChannel
+from yotonnet.core.repair import GONE, RESTARTED, RETENTION
 from yotonnet.core.wire import FrameDecoder, FrameKind, tail_frame
 from yotonnet.testing import MemoryMesh, MeshTestCase
 
@@ -251,3 +254,160 @@ class Limits(MeshTestCase):
         (gap,) = s.sub.gaps
         self.assertEqual((gap.first, gap.last, gap.count, gap.reason), (last - 2, last, 3, GONE))
         self.assertEqual(s.sub.missed, 3)
+
+    def test_a_publisher_ignoring_ready_gets_flow_control_error_before_a_loss(self) -> None:
+        mesh = self.make_mesh(2)
+        mesh.link(mesh[0], mesh[1])
+        s = Stream(mesh[0], mesh[1])
+        mesh.settle()
+        s.send(10, mesh)
+        mesh.advance(1.0)  # a heartbeat: the subscriber acknowledges the 10
+        repair = mesh[0].node.pubsub.repair
+        retained = repair.retained[s.pub.channel_id]
+        conn = mesh.connection(mesh[0], mesh[1])
+        conn.hold(mesh[0])  # frozen both ways, sockets open: live, but no ACK comes
+        conn.hold(mesh[1])
+        paused = None
+        with self.assertRaises(FlowControlError) as refused:
+            for _ in range(1000):  # ready() ignored
+                if paused is None and not s.pub.writable:
+                    paused = s.sent
+                s.send(1, mesh)
+        self.assertIn("retention", str(refused.exception))  # says why, and what to do
+        self.assertIn("wait for ready()", str(refused.exception))
+        self.assertIsNotNone(paused, "not paused before send() refused")
+        self.assertLess(paused, s.sent)
+        self.assertEqual(mesh[0].node.pubsub.last_seq(s.pub.channel_id) - repair.seq_base,
+                         s.sent, "the refused message was published")
+        # Refused once one more would push out what the subscriber has not acknowledged:
+        # nothing of it was, and the retention holds its bound plus one message at most.
+        self.assertTrue(repair.full(s.pub.channel_id))
+        self.assertEqual(mesh[0].counters["retention_evicted"], 0)
+        limit = self.mesh_config.retention_bytes
+        self.assertLessEqual(retained.size, limit + 48)
+        # Everything in flight is lost with the link; a new one comes up within
+        # repair_wait, and the subscriber gets it all again from the retention.
+        conn.cut()
+        mesh.link(mesh[0], mesh[1])
+        mesh.advance(2.0)
+        self.assertGreaterEqual(repaired(mesh), s.sent - 10)
+        self.assertEqual(s.got, list(range(s.sent)))
+        self.assertTrue(s.pub.writable)
+        s.send(10, mesh)  # and the publisher goes on
+        mesh.settle()
+        self.assertEqual(s.got, list(range(s.sent)))
+        self.assertEqual((s.sub.missed, s.sub.gaps), (0, []))
+
+    def test_a_follower_whose_first_ack_comes_past_the_pause_point_pauses_at_once(
+        self,
+    ) -> None:
+        mesh, s = self.cut_off()
+        repair = mesh[0].node.pubsub.repair
+        channel = s.pub.channel_id
+        retained = repair.retained[channel]
+        # Past repair_wait the cut-off subscriber is not waited for: the retention grows
+        # past the pause point (not to its bound), the channel writable throughout.
+        mesh.advance(self.mesh_config.repair_wait + 1.5)
+        self.assertFalse(retained.followers)
+        while retained.size < repair.pause_at + 200:
+            s.send(1, mesh)
+            self.assertTrue(s.pub.writable)
+        self.assertIs(repair.retained[channel], retained)
+        self.assertEqual(mesh[0].counters["retention_evicted"], 0)
+        # Back: its next ACK makes it a follower again, owed all that.
+        mesh.link(mesh[0], mesh[1])
+        self.assertTrue(mesh.run_until(lambda: retained.followers, timeout=5.0, step=0.05))
+        self.assertTrue(repair.holds_back(channel))
+        s.send(1, mesh)  # the next message pauses it (not the end of the current block)
+        self.assertFalse(s.pub.writable)
+        self.assertFalse(mesh[0].node.pubsub.ready(channel))
+        # The publisher tells it the tail, it asks, gets it all again, and the channel
+        # resumes.
+        self.assertTrue(mesh.run_until(lambda: s.pub.writable, timeout=5.0))
+        s.send(1, mesh)
+        mesh.settle()
+        self.assertEqual(s.got, list(range(s.sent)))
+        self.assertEqual((s.sub.missed, s.sub.gaps), (0, []))
+
+
+class Restart(MeshTestCase):
+    """A publisher's process restarted with the same node id: a new context whose numbering
+    starts above the old one's (PubSub's base is the wall clock in ns)."""
+
+    mesh_config = CONFIG
+
+    def setUp(self) -> None:
+        # n0 publishes to n2, directly; n1 is the other way round the triangle.
+        self.mesh = mesh = self.make_mesh(3)
+        for a, b in ((mesh[0], mesh[1]), (mesh[1], mesh[2]), (mesh[2], mesh[0])):
+            mesh.link(a, b, settle=False)
+        mesh.settle()
+        self.s = s = Stream(mesh[0], mesh[2])
+        mesh.settle()
+        s.send(10, mesh)
+        mesh.settle()
+        self.assertEqual(s.got, list(range(10)))
+        self.assertEqual(mesh[0].routing.next_hop(mesh[2].node_id), mesh[2].node_id)
+
+    def restart(self, old: Context) -> tuple[Context, PubChannel]:
+        """``old``'s process dies (every link at once) and a new one starts with its name
+        and node id, a second later by the wall clock, links to the others and publishes
+        on the stream again."""
+        mesh = self.mesh
+        base = old.node.pubsub.repair.seq_base
+        mesh.isolate(old)
+        old.close()
+        with mock.patch.object(time, "time_ns", return_value=base + 10**9):
+            new = Context(old.name, mesh.clock, config=dataclasses.replace(mesh.config),
+                          node_id=old.node_id)
+        mesh.contexts[mesh.contexts.index(old)] = new
+        for other in mesh:
+            if other is not new:
+                mesh.link(new, other, settle=False)
+        mesh.settle()
+        self.assertGreater(new.node.pubsub.repair.seq_base, base + self.s.sent)
+        return new, PubChannel(new, self.s.pub.name)
+
+    def assert_nothing_left(self, ctx: Context) -> None:
+        stats = ctx.node.pubsub.repair.stats()
+        self.assertEqual((stats["reorder_bytes"], stats["repairs_pending"]), (0, 0))
+
+    def test_a_restart_gives_up_what_the_subscriber_knew_was_sent_and_goes_on(self) -> None:
+        mesh, s = self.mesh, self.s
+        n0, n1, n2 = mesh
+        base = n0.node.pubsub.repair.seq_base
+        mesh.connection(n0, n1).hold(n1)  # n2's repair requests (ACKs) never reach n0
+        direct = mesh.connection(n0, n2)
+        direct.hold(n0)
+        s.send(5, mesh)  # 10..14: lost with the direct link
+        direct.cut()
+        s.send(5, mesh)  # 15..19: round by n1, held past the gap while n2 asks in vain
+        mesh.settle()
+        self.assertEqual(s.got, list(range(10)))
+        self.assertEqual(n2.node.pubsub.repair.stats()["repairs_pending"], 1)
+        # n0 dies before it hears the request, and comes back within repair_wait.
+        new, pub = self.restart(n0)
+        for i in range(100, 105):
+            pub.send(str(i))
+            mesh.pump()
+        mesh.settle()
+        # What n2 knew was sent and never got (10..14, by the old numbering) is given up
+        # as the restart's; then the held 15..19, then the new run, in order.
+        (gap,) = s.sub.gaps
+        self.assertEqual(gap, (n0.node_id, base + 11, base + 15, 5, RESTARTED))
+        self.assertEqual(s.sub.missed, 5)
+        self.assertEqual(s.got, list(range(10)) + list(range(15, 20)) + list(range(100, 105)))
+        self.assertEqual(s.sub.discarded, 0)
+        self.assert_nothing_left(n2)
+
+    def test_a_restart_with_nothing_outstanding_is_no_gap(self) -> None:
+        mesh, s = self.mesh, self.s
+        new, pub = self.restart(mesh[0])
+        for i in range(100, 110):
+            pub.send(str(i))
+            mesh.pump()
+        mesh.settle()
+        mesh.advance(2.0)
+        self.assertEqual(s.got, list(range(10)) + list(range(100, 110)))
+        self.assertEqual((s.sub.missed, s.sub.gaps), (0, []))
+        self.assert_nothing_left(mesh[2])

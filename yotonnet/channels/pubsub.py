@@ -118,14 +118,12 @@ class PubChannel(Channel):
             raise RuntimeError(f"publisher on {self.name!r} is closed")
         if self.denied is not None:
             raise self.denied
-        if self.channel_id in self._not_ready and self._pubsub.backlog_exceeded(
-            self.channel_id
-        ):
-            raise errors.FlowControlError(
-                f"channel {self.name!r}: more than {self.context.config.publish_backlog} bytes "
-                "wait for a lossless subscriber that lags; wait for ready() or register a "
-                "producer"
-            )
+        if self.channel_id in self._not_ready:
+            why = self._pubsub.backlog_exceeded(self.channel_id)
+            if why is not None:
+                raise errors.FlowControlError(
+                    f"channel {self.name!r}: {why}; wait for ready() or register a producer"
+                )
         self.send_encoded(self._encode(message))
         if not self._streaming and self._producer is not None:
             self._schedule_pull()
@@ -470,6 +468,11 @@ class SubChannel(Channel):
                 watcher(gap)
             except Exception:  # noqa: BLE001 - a bad watcher must not stop delivery
                 log.failure("gap watcher on {name} failed", name=self.name)
+
+    def restarted(self, source: int, last: int) -> None:
+        """ISubscriberEnd: ``source`` restarted and numbers its messages anew after
+        ``last``; the jump is not a gap (see yotonnet.core.repair)."""
+        self._last_seq[source] = last
 
     def watch_gaps(self, callback: Callable[[Gap], object]) -> Callable[[], None]:
         """Call ``callback(gap)`` for each range of messages that will never come; returns

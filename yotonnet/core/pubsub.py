@@ -434,16 +434,18 @@ class PubSub:
         for channel in list(self.not_ready):
             self.check_ready(channel)
 
-    def backlog_exceeded(self, channel: int) -> bool:
-        """Whether more than ``publish_backlog`` bytes of ``channel`` wait for one target,
-        or one more message would push out of the retention one a subscriber still needs."""
+    def backlog_exceeded(self, channel: int) -> str | None:
+        """Why ``channel`` may take no more now (None: it may): more than
+        ``publish_backlog`` bytes wait for one target, or one more message would push out
+        of the retention one a subscriber still needs."""
         if self.repair.full(channel):
-            return True
+            return (f"its retention ({self.config.retention_bytes} bytes) holds only messages "
+                    "a lossless subscriber has not acknowledged yet")
         limit = self.config.publish_backlog
         for peer in self.topology.targets(self.node_id, channel):
             if peer.flow.queued(channel) > limit:
-                return True
-        return False
+                return f"more than {limit} bytes wait for a lossless subscriber that lags"
+        return None
 
     # --- what waits
 

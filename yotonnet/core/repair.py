@@ -12,7 +12,9 @@ killed, a leaf re-dialling), from memory alone, end to end:
   While a follower is live (heard from within ``repair_wait``), the channel
   is not ready once half the retention waits for its acknowledgement (beside
   the kept quarter), so a publisher that waits for ``ready()`` never runs
-  ahead of what a subscriber can still be sent again.
+  ahead of what a subscriber can still be sent again; one that does not is
+  refused (``send()`` raises FlowControlError, see :meth:`Repair.full`) once
+  one more message would push out what a live follower still needs.
 * A subscribing node keeps, per publisher and channel, the next sequence
   number it owes its subscribers (:class:`Reader`). Messages past a gap wait
   (all readers together within ``reorder_bytes``) while it asks the publisher
@@ -274,10 +276,13 @@ class Repair:
     def retain_more(self, channel: int, retained: Retained) -> bool:
         """``retained`` reached its :attr:`~Retained.check_at`: close a full block, push
         out the oldest past the bound; True while a live follower holds the channel back."""
+        current = retained.current
+        # (the newest message: the last of the current block, which may close now)
+        newest = HEADER_SIZE + len(current[-1]) if current else 0
         if retained.size - retained.closed >= self.block_bytes:
             self._new_block(retained, retained.last + 1, retained.tag)
         if retained.size > self.config.retention_bytes:
-            self._evict(retained)
+            self._evict(retained, newest)
         self._check_at(retained)
         return bool(retained.followers) and retained.size >= self.pause_at
 
@@ -295,16 +300,38 @@ class Repair:
 
     def _check_at(self, retained: Retained) -> None:
         """When the publish path must next call retain_more: the current block full, the
-        pause point, or the bound."""
+        pause point, or the bound.
+
+        While a follower is live the pause point is armed even when the retention is
+        already past it (a follower whose first ACK came late, or one still behind after
+        a trim): the next message then pauses the channel, where arming nothing would
+        leave it writable until the current block fills. Past the pause point every
+        message comes here, but only from a publisher that ignores ``ready()``.
+        """
         at = retained.closed + self.block_bytes
-        if retained.followers and retained.size < self.pause_at:
+        if retained.followers:
             at = min(at, self.pause_at)
         retained.check_at = min(at, self.config.retention_bytes + 1)
 
-    def _evict(self, retained: Retained) -> None:
+    def _evict(self, retained: Retained, newest: int) -> None:
+        """Push the oldest blocks out until the retention is within its bound.
+
+        What a live follower has not acknowledged stays while the retention without its
+        ``newest`` message (bytes) is within the bound: the publisher checked
+        :meth:`full` before sending it (PubChannel.send does), so it loses no live
+        follower anything, and the retention exceeds its bound by that one message at
+        most until the follower acknowledges (the next send raises). A publisher that
+        sends past :meth:`full` pushes out what it must, and the follower is told of
+        the range as a gap (RETENTION).
+        """
         limit = self.config.retention_bytes
         blocks = retained.blocks
+        followers = retained.followers
+        floor = min(f.acked for f in followers.values()) if followers else None
         while retained.size > limit and len(blocks) > 1:
+            if (floor is not None and blocks[0].last > floor
+                    and retained.size - newest <= limit):
+                break  # a live follower still needs it
             block = blocks.popleft()
             retained.size -= block.size
             retained.closed -= block.size
@@ -317,10 +344,14 @@ class Repair:
                 and retained.size >= self.pause_at)
 
     def full(self, channel: int) -> bool:
-        """Whether one more message would push out one a live follower still needs."""
+        """Whether one more message would push out one a live follower still needs: the
+        retention is at its bound and its oldest block is not acknowledged by all."""
         retained = self.retained.get(channel)
-        return (retained is not None and bool(retained.followers)
-                and retained.size >= self.config.retention_bytes)
+        if (retained is None or not retained.followers
+                or retained.size < self.config.retention_bytes):
+            return False
+        floor = min(f.acked for f in retained.followers.values())
+        return retained.blocks[0].last > floor
 
     def on_ack(self, peer: IPeer, frame: Frame) -> None:
         """An ACK frame: for a publisher here, or passed on toward one."""
@@ -546,6 +577,17 @@ class Repair:
                 self._unhold(reader, seq)
             reader.next = base + 1
             reader.tail = 0
+            # The subscribers' own count of each source's order jumps with it: nothing
+            # between the runs was sent, so nothing is missed.
+            for sub in list(self.subscribers.get(channel, ())):
+                sub.restarted(source, base)
+            # The new run's messages that came before this TAIL (held past what was the
+            # gap) go now: left held, the first of them would stay there once the same
+            # message came again, and every later one would take the slow path and ask.
+            out: list[tuple[int, int, bytes]] = []
+            self._drain(reader, out)
+            if out:
+                self._deliver(reader, out)
         if oldest > reader.next:
             self._give_up(reader, oldest, RETENTION)
         if last > reader.tail:
