@@ -357,6 +357,67 @@ class CallsOfLeaves(MeshTestCase):
         interest = m.nodes[2].routing.interest_of(hub.node_id, caller.channel_id)
         self.assertEqual(interest.idempotent, frozenset())
 
+    def counting_replier(self, ctx: Context, runs: Counter) -> RepChannel:
+        """``double`` (declared idempotent) and ``add``, counting their runs."""
+        rep = RepChannel(ctx, "math")
+
+        def double(x: int) -> int:
+            runs["double"] += 1
+            return 2 * x
+
+        def add(x: int, y: int) -> int:
+            runs["add"] += 1
+            return x + y
+
+        rep.register("double", double, idempotent=True)
+        rep.register("add", add)
+        return rep
+
+    def test_a_hub_sends_its_leafs_idempotent_call_again_when_the_path_breaks(self) -> None:
+        m = LeafMesh(self, nodes=4)  # a ring: two paths from n0 to n2
+        runs: Counter = Counter()
+        self.counting_replier(m.nodes[2], runs)
+        caller = ReqChannel(m.leaf(0), "math")
+        m.settle()
+        hub, far = m.nodes[0], m.nodes[2]
+        via = next(n for n in m.nodes if n.node_id == hub.routing.next_hop(far.node_id))
+        conn = m.mesh.connection(via, far)
+        conn.hold(via)
+        again, plain = caller.call("double", 4), caller.call("add", 1, 2)
+        m.settle()
+        self.assertEqual(runs, Counter())  # both wait on the held link...
+        m.mesh.cut(via, far)  # ...and go with it
+        m.settle()
+        self.assertEqual(self.successResultOf(again), 8)
+        self.assertEqual(runs, Counter(double=1))
+        self.assertEqual(hub.counters["requests_resent"], 1)
+        self.assertEqual(hub.node.requests.relayed, {}, "answered: no longer watched")
+        # A leaf sees no path, and its hub watches only idempotent calls: this one
+        # waits for its timeout.
+        self.assertNoResult(plain)
+        m.mesh.advance(CONFIG.request_timeout)
+        self.failureResultOf(plain, TimeoutError)
+
+    def test_a_leaf_whose_hub_link_drops_sends_its_idempotent_call_after_dialling(
+        self,
+    ) -> None:
+        m = LeafMesh(self, nodes=3)
+        runs: Counter = Counter()
+        self.counting_replier(m.nodes[2], runs)
+        leaf = m.leaf(1)
+        caller = ReqChannel(leaf, "math", timeout=30)
+        m.settle()
+        again, plain = caller.call("double", 5), caller.call("add", 2, 2)
+        m.mesh.cut(leaf, m.nodes[1])  # before the leaf's frames are written
+        m.settle()
+        self.failureResultOf(plain, ConnectionLost)
+        self.assertNoResult(again)
+        m.mesh.advance(CONFIG.reconnect_max + 1.0)
+        m.settle()
+        self.assertEqual(self.successResultOf(again), 10)
+        self.assertEqual(runs, Counter(double=1))
+        self.assertEqual(leaf.counters["requests_resent"], 1)
+
     def test_a_node_calls_a_leaf_replier_and_a_leaf_of_its_own(self) -> None:
         m = LeafMesh(self, nodes=3)
         self.serve(m.leaf(1))

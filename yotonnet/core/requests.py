@@ -28,6 +28,12 @@ request id once (:mod:`.recent`) and answers a copy of one already answered
 with the same reply. Any other call fails at once with ``ConnectionLost``,
 which says it may have run, when a link of its path went; one on a silent
 link waits, since the link may come back with it.
+
+A leaf sees no paths (its hub routes for it), so its hub watches for it: the
+idempotent requests it passes on for its leaves (:attr:`Requests.relayed`,
+until their replies pass back) are sent again by the hub when their path
+from it breaks. A leaf whose own hub link goes keeps its idempotent calls
+and sends them again, to the same replier, once it is attached again.
 """
 
 from __future__ import annotations
@@ -93,7 +99,9 @@ class Requests:
         self.current_caller = 0
         #: a leaf's calls waiting for its hub's view to say who serves them:
         #: request id -> (channel, channel name, tag, method, payload)
-        self.parked: dict[int, tuple[int, str, int, bytes, bytes]] = {}
+        #: request id -> (channel, channel name, tag, method, payload, the replier a copy
+        #: sent again goes back to if it still serves the channel, else 0)
+        self.parked: dict[int, tuple[int, str, int, bytes, bytes, int]] = {}
         self._losses_seen = 0
         self._rises_seen = 0
         #: channel -> the method names (UTF-8) this node serves as idempotent, its
@@ -103,6 +111,10 @@ class Requests:
         self.recent = recent or RecentRequests(16_384, 4 << 20)
         # this node's route parents, kept with each call sent (None: ask the routing)
         self._routes: Any = None
+        #: (leaf, request id) -> [replier, channel, tag, method, payload, route parents,
+        #: copies]: idempotent requests passed on for a leaf and not yet answered, at
+        #: most as many as recent_requests (the oldest forgotten first)
+        self.relayed: dict[tuple[int, int], list] = {}
 
     # --- calls made here
 
@@ -132,7 +144,7 @@ class Requests:
             # A leaf whose hub has not yet said who serves this channel: the call waits
             # for its view (within its timeout).
             req_id = self._open(waiter, 0, channel_name, timeout, channel)
-            self.parked[req_id] = (channel, channel_name, tag, method, payload)
+            self.parked[req_id] = (channel, channel_name, tag, method, payload, 0)
             return req_id
         # One replier (the usual case) needs no comparison of loads.
         dest = holders[0] if len(holders) == 1 else calls.pick(holders)
@@ -144,9 +156,12 @@ class Requests:
         routes = self._routes
         if routes is None:
             routes = self._routes = self.topology.routing.parents()
-        req_id = self._open(waiter, dest, channel_name, timeout, channel,
-                            (tag, method, payload, routes, 0))
         topology = self.topology
+        # A leaf's picture of the replier goes with its hub link: whether a copy may be
+        # sent after it dials again is known now (a node looks when its path breaks).
+        idempotent = None if topology.hub is None else self._declared(dest, channel, method)
+        req_id = self._open(waiter, dest, channel_name, timeout, channel,
+                            (tag, method, payload, routes, 0, idempotent))
         data = request_frame(topology.hops or topology.hop_limit(), tag, channel, me, dest,
                              req_id, method, payload)
         peer = topology.hop_links.get(dest)
@@ -172,7 +187,7 @@ class Requests:
         """A leaf's view came: the calls that waited for it go, or fail."""
         parked, self.parked = self.parked, {}
         routing = self.topology.routing
-        for req_id, (channel, name, tag, method, payload) in parked.items():
+        for req_id, (channel, name, tag, method, payload, before) in parked.items():
             if req_id not in self.calls:
                 continue  # cancelled or timed out meanwhile
             holders = routing.holders(channel, REP)
@@ -180,10 +195,16 @@ class Requests:
                 self.finish(req_id, errors.NoResponders(
                     f"no replier for channel {name!r} is reachable"))
                 continue
-            dest = self.calls.pick(holders)
+            # A copy goes back to the replier that may have the first, to be served once.
+            dest = before if before in holders else self.calls.pick(holders)
             self.calls.retarget(req_id, dest)
             if dest != self.node_id:
-                self.calls.update(req_id, (tag, method, payload, routing.parents(), 0))
+                self.calls.update(req_id, (tag, method, payload, routing.parents(),
+                                           1 if before else 0,
+                                           self._declared(dest, channel, method)))
+            if before:
+                tag |= REQUEST_RESENT
+                self.counters["requests_resent"] += 1
             topology = self.topology
             data = request_frame(topology.hop_limit(), tag, channel, self.node_id, dest,
                                  req_id, method, payload)
@@ -238,14 +259,27 @@ class Requests:
         lost = routing.losses != self._losses_seen
         rose = routing.rises != self._rises_seen
         self._losses_seen, self._rises_seen = routing.losses, routing.rises
-        if not (lost or rose) or not self.calls:
+        if not (lost or rose):
             return  # more nodes, links or cheaper ones: no path a call took is worse
+        if self.relayed:
+            self._relayed_paths_changed()
+        if not self.calls:
+            return
         reachable = routing.reachable() if lost else None
         routes = None
         for call in self.calls:
             if call.req_id in self.parked:
                 continue
+            request = call.request
             if reachable is not None and call.dest not in reachable:
+                if (request is not None and not request[4] and request[5]
+                        and self.topology.hub is None and self.topology.leaf_told):
+                    # A leaf whose hub link went: the call is sent again once it is
+                    # attached again (within its timeout).
+                    self.parked[call.req_id] = (call.channel, call.channel_name,
+                                                request[0], request[1], request[2],
+                                                call.dest)
+                    continue
                 self.finish(
                     call.req_id,
                     errors.ConnectionLost(
@@ -253,7 +287,6 @@ class Requests:
                     ),
                 )
                 continue
-            request = call.request
             if request is None:
                 continue
             if routes is None:
@@ -281,18 +314,26 @@ class Requests:
             avoided = avoided or cost >= BUSY_LINK_COST
         return False if avoided else None
 
+    def _declared(self, node: int, channel: int, method: bytes) -> bool:
+        """Whether ``node``'s record says its repliers of ``channel`` declared
+        ``method`` idempotent."""
+        interest = self.topology.routing.interest_of(node, channel)
+        return interest is not None and bool(interest.idempotent) and (
+            method.decode("utf-8", "surrogatepass") in interest.idempotent)
+
     def _path_lost(self, call: Call, gone: bool) -> None:
         """``call``'s path broke (``gone``: a link of it went; else one is silent) with
         its replier still reachable: send it again over the new path if its method is
         idempotent there (once); else fail it if a link went."""
-        tag, method, payload, _, copies = call.request
+        tag, method, payload, _, copies, idempotent = call.request
         dest = call.dest
-        interest = self.topology.routing.interest_of(dest, call.channel)
         name = method.decode("utf-8", "surrogatepass")
-        if copies == 0 and interest is not None and name in interest.idempotent:
+        if idempotent is None:
+            idempotent = self._declared(dest, call.channel, method)
+        if copies == 0 and idempotent:
             topology = self.topology
-            self.calls.update(call.req_id,
-                              (tag, method, payload, topology.routing.parents(), 1))
+            self.calls.update(call.req_id, (tag, method, payload, topology.routing.parents(),
+                                            1, idempotent))
             self.counters["requests_resent"] += 1
             data = request_frame(topology.hop_limit(), tag | REQUEST_RESENT, call.channel,
                                  self.node_id, dest, call.req_id, method, payload)
@@ -318,9 +359,44 @@ class Requests:
             self.topology.learn(source, peer)
         if dest != self.node_id:
             if self.topology.onward(hops):
+                if peer is not None and peer.role == LEAF and self._declared(dest, channel,
+                                                                             method):
+                    self._relay(source, req_id, dest, channel, tag, method, payload)
                 self.topology.unicast(dest, reencode(frame, hops - 1))
             return
         self.serve(channel, source, req_id, tag, method, payload)
+
+    def _relay(self, leaf: int, req_id: int, dest: int, channel: int, tag: int,
+               method: bytes, payload: bytes) -> None:
+        """Watch the path of an idempotent request passed on for a leaf."""
+        relayed = self.relayed
+        key = (leaf, req_id)
+        if key in relayed:
+            return  # the leaf's own copy, sent again: already watched
+        relayed[key] = [dest, channel, tag & ~REQUEST_RESENT, method, payload,
+                        self.topology.routing.parents(), 0]
+        if len(relayed) > self.recent.max_entries:
+            del relayed[next(iter(relayed))]
+
+    def _relayed_paths_changed(self) -> None:
+        """Send again the leaves' idempotent requests whose path from here broke (once);
+        forget those whose replier is gone (the leaf's view says so)."""
+        routing = self.topology.routing
+        routes = routing.parents()
+        for key, entry in list(self.relayed.items()):
+            dest, channel, tag, method, payload, then, copies = entry
+            if dest not in routes:
+                del self.relayed[key]
+            elif then is not routes and self._path_broken(dest, then, routes) is not None:
+                if copies:
+                    del self.relayed[key]
+                    continue
+                entry[5], entry[6] = routes, 1
+                self.counters["requests_resent"] += 1
+                topology = self.topology
+                topology.unicast(dest, request_frame(topology.hop_limit(), tag | REQUEST_RESENT,
+                                                     channel, key[0], dest, key[1], method,
+                                                     payload))
 
     def serve(
         self, channel: int, source: int, req_id: int, tag: int, method: bytes, payload: bytes
@@ -451,6 +527,8 @@ class Requests:
                 self.counters["replies_dropped"] += 1
             return
         if dest != self.node_id:
+            if self.relayed:
+                self.relayed.pop((dest, req_id), None)
             if self.topology.onward(hops):
                 self.topology.unicast(dest, reencode(frame, hops - 1))
             return
