@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-ring1 test-ring2 lint bench bench-mesh bench-leaves bench-flow bench-forward bench-records bench-repair clean sysdeps
+.PHONY: run test test-fast test-ring1 test-ring2 lint bench bench-mesh bench-leaves bench-flow bench-forward bench-records bench-repair bench-outage clean sysdeps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -64,6 +64,11 @@ bench-forward: $(STAMP)
 
 bench-repair: $(STAMP)
 	$(BIN)/python benchmarks/bench_repair.py
+
+# Outage to resume on real hosts (network namespaces: needs root and iproute2, else it
+# says why it skipped).
+bench-outage: $(STAMP)
+	$(BIN)/python benchmarks/bench_outage.py
 
 bench-records: $(STAMP)
 	$(BIN)/python benchmarks/bench_records.py --drip

@@ -5,6 +5,11 @@ veth whose bridge end can be set down to cut the host off and up to heal it.
 Everything is created by :meth:`TestHosts.create` and removed by
 :meth:`TestHosts.destroy`; names carry the test run's pid so that parallel or
 crashed runs do not collide.
+
+Besides cutting a host off (:meth:`TestHosts.cut`), one pair of hosts can lose
+each other while both keep talking to the rest: :meth:`TestHosts.silence`
+(every packet between them vanishes, as with a pulled cable: nobody is told)
+and :meth:`TestHosts.reset` (their TCP connections are reset).
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import itertools
 import os
 import shutil
 import subprocess
+
+#: a MAC address no host has (locally administered): frames sent to it are lost
+NOBODY_MAC = "02:00:00:00:de:ad"
 
 #: why namespace tests cannot run here, or None when they can
 UNAVAILABLE: str | None = None
@@ -77,6 +85,32 @@ class TestHosts:
 
     def heal(self, i: int) -> None:
         _ip("link", "set", self._veths[i], "up")
+
+    def silence(self, i: int, j: int) -> None:
+        """Cut hosts ``i`` and ``j`` apart, both ways, telling neither: each resolves the
+        other's address to a MAC address nobody has (a permanent neighbour entry), so
+        their packets leave, cross the bridge and are dropped by every host that sees
+        them. Sockets stay open with no error, even a soft one (a blackhole route would
+        set one on the socket), and TCP retransmits with its usual backoff, as over a
+        pulled cable; the rest of the network is untouched. :meth:`unsilence` undoes it."""
+        for a, b in ((i, j), (j, i)):
+            _ip("neigh", "replace", self.address(b), "lladdr", NOBODY_MAC, "nud", "permanent",
+                "dev", "eth0", netns=self.names[a])
+
+    def unsilence(self, i: int, j: int) -> None:
+        """Undo :meth:`silence`: the neighbours are looked up again (ARP), and each
+        connection flows at its next TCP retransmission (up to its backoff later)."""
+        for a, b in ((i, j), (j, i)):
+            _ip("neigh", "del", self.address(b), "dev", "eth0", netns=self.names[a])
+
+    def reset(self, i: int, j: int) -> int:
+        """Reset every TCP connection between hosts ``i`` and ``j`` (``ss -K`` in host
+        ``i``: its sockets are aborted and ``j`` gets an RST); how many were."""
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.names[i], "ss", "-K", "-t", "-n", "dst",
+             self.address(j)], check=True, capture_output=True, text=True,
+        ).stdout
+        return sum(1 for line in out.splitlines() if line.startswith("ESTAB"))
 
     def destroy(self) -> None:
         for ns in self.names:
