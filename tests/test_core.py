@@ -48,13 +48,16 @@ from yotonnet.core.routing import Interest, NodeState
 from yotonnet.core.stateclock import VERSION
 from yotonnet.core.topology import HOP_MARGIN
 from yotonnet.core.wire import (
+    ACK_START,
     HEADER_SIZE,
     REPLY_ERROR,
     REPLY_OK,
+    TAIL_START,
     Frame,
     FrameDecoder,
     FrameKind,
     Run,
+    ack_holder,
     credit_frame,
     data_frame,
     decode_control,
@@ -62,6 +65,7 @@ from yotonnet.core.wire import (
     reply_frame,
     request_frame,
     state_frame,
+    tail_frame,
 )
 
 ME, A, B, R = 1, 2, 3, 9  # this node, two neighbours, a node behind A
@@ -667,14 +671,22 @@ class ForwardingTests(CoreCase):
         self.node.register(SUB, NEWS, sub)
         self.quiet()
         self.receive(self.frames(hops=1, seqs=(7, 8)))  # delivered here even at one hop
-        ((how, frames, peer),) = sub.got
-        self.assertEqual((how, [f.seq for f in frames], peer), ("run", [7, 8], self.a))
         self.assertEqual(self.b.sent, [])
-        # A tells the publisher it follows it (yotonnet.core.repair); no credit yet.
+        # A new follower of the publisher asks where its stream starts
+        # (yotonnet.core.repair): what came waits, and so does its credit.
         ((ack),) = self.a.take()
-        self.assertEqual((ack.kind, ack.seq, ack.dest), (FrameKind.ACK, 6, A))
-        sub.release()
+        self.assertEqual((ack.kind, ack.tag, ack.seq, ack.dest), (FrameKind.ACK, ACK_START,
+                                                                   0, A))
+        self.assertEqual(ack_holder(ack.payload), ME)
+        self.assertEqual(sub.got, [])
+        self.assertEqual(self.a.sent, [])
+        # At 7, says the publisher: both go, and their credit with them.
+        self.node.handlers[FrameKind.TAIL](self.a, one_frame(tail_frame(
+            4, TAIL_START, NEWS, A, ME, 8, 1, 0, 7)))
+        ((how, frames, peer),) = sub.got
+        self.assertEqual((how, [f.seq for f in frames]), ("run", [7, 8]))
         self.assert_credit(2 * self.SIZE)
+        sub.release()
         # A run from the decoder reaches the subscriber as a block, forwarded meanwhile.
         self.receive(self.frames(hops=5, seqs=(9, 10), runs=True))
         ((how, run, peer),) = sub.got[1:]

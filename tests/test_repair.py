@@ -101,6 +101,31 @@ class Repair(MeshTestCase):
         self.assertGreater(repaired(mesh), 0)
         self.assert_everything(s)
 
+    def test_first_messages_overtaken_by_later_ones_are_delivered_first(self) -> None:
+        # The first path freezes while it carries the first messages; the next ones take
+        # the detour and arrive before them. The subscriber does not take the first to
+        # arrive for the start of its stream: it asks the publisher where it starts, and
+        # for the first ten, which come again by the detour.
+        mesh = self.ring(4)
+        s = Stream(mesh[0], mesh[2])
+        mesh.settle()
+        first = mesh[0].link_to(mesh[0].routing.next_hop(mesh[2].node_id))
+        conn = mesh.connection(mesh[0], first.peer_name)
+        conn.hold(conn.client)
+        conn.hold(conn.server)
+        s.send(10, mesh)  # into the frozen link
+        mesh.advance(2.0)  # past reroute_after: the detour
+        s.send(10, mesh)  # round it, arriving first
+        mesh.settle()
+        self.assertEqual(s.got, list(range(20)))
+        self.assertGreaterEqual(repaired(mesh), 10)
+        conn.release(conn.client)  # the first copies come too late: dropped
+        conn.release(conn.server)
+        mesh.settle()
+        mesh.advance(3.0)
+        mesh.settle()
+        self.assert_everything(s)
+
     def test_a_forwarding_node_killed_mid_stream_loses_nothing(self) -> None:
         mesh = self.ring(4)  # a square: two paths from n0 to n2
         s = Stream(mesh[0], mesh[2])

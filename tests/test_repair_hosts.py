@@ -29,9 +29,9 @@ missed message and no gap.
   the detour); the middle link of the path is cut silently, then restored.
   Checked besides: the publisher was paced, and no node's memory grew by more
   than 50 MB.
-* ``FirstMessagesOvertaken`` (skipped: a known bug): a publisher's first
-  messages held up on the first path (its forwarder stopped) while later ones
-  take the detour must still be delivered, or reported lost.
+* ``FirstMessagesOvertaken``: a publisher's first messages held up on the
+  first path (its forwarder stopped) while later ones take the detour are
+  still delivered, first (a new subscriber asks where its stream starts).
 
 Publishers start once every node reaches every other and a second has passed,
 so that no route changes as the first messages go (see ``FirstMessagesOvertaken``).
@@ -411,12 +411,6 @@ class FlowAcrossACut(HostsTestCase):
 
 class FirstMessagesOvertaken(HostsTestCase):
     """A publisher's first messages overtaken by later ones on another path."""
-
-    skip = UNAVAILABLE or (
-        "known bug, reported: a subscriber's node follows a publisher from the first "
-        "message it sees, so messages published before it (after wait_for_subscribers) "
-        "that arrive later are dropped as duplicates, neither delivered nor reported"
-    )
 
     async def test_first_messages_that_arrive_late_are_delivered(self) -> None:
         # The first window (64 KiB: 979 messages) goes into the a-X link while X is

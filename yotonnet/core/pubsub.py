@@ -290,7 +290,12 @@ class PubSub:
                         or reader.via != root):
                     # Not simply the next ones: a gap, a duplicate, a new path.
                     frames = run.frames() if block else run
-                    self.repair.arrived(reader, head[2], [(f[6], f[7]) for f in frames], root)
+                    if self.repair.arrived(reader, head[2], [(f[6], f[7]) for f in frames],
+                                           root):
+                        # Kept until the reader starts, with the credit that paces it.
+                        self.repair.keep_credit(reader, hold or Hold(peer, channel, size,
+                                                              self.release))
+                        return
                     if hold is None:
                         self.credit(peer, channel, size)
                     else:

@@ -36,6 +36,16 @@ ask at once.
 ACK frames are routed to the publisher's node, or to the hub of a publishing
 leaf (the ``root`` its messages carry), which passes them on; RESENT and TAIL
 frames go back the way the ACK came (:meth:`~.topology.Topology.learn`).
+
+Where a subscriber's stream starts: its first messages may be overtaken by
+later ones (a route changed while they were on the way), so the first one to
+arrive says nothing of what came before. A new reader holds what arrives and
+asks (ACK_START, naming the node whose interest brings it the messages: its
+own, or its hub's); the publisher's node notes, for each node that holds the
+channel, the first message it published after that node's interest last
+grew (:attr:`Retained.starts`), and answers with it (TAIL_START). The
+subscriber starts there (or at the first it got, if earlier), asks for what
+it lacks, and delivers in order.
 """
 
 from __future__ import annotations
@@ -46,14 +56,18 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .config import ContextConfig
 from .interfaces import IPeer
+from .routing import SUB
 from .wire import (
     ACK_BYE,
+    ACK_START,
     ACK_WANT,
     HEADER_SIZE,
     TAIL_ANSWER,
+    TAIL_START,
     Frame,
     FrameKind,
     ack_frame,
+    ack_holder,
     ack_publisher,
     reencode,
     resent_frame,
@@ -130,7 +144,7 @@ class Retained:
     """
 
     __slots__ = ("blocks", "current", "tag", "size", "closed", "check_at", "followers",
-                 "quiet_since")
+                 "quiet_since", "starts", "counts")
 
     def __init__(self, first: int, tag: int, now: float) -> None:
         block = Block(first, tag)
@@ -147,6 +161,10 @@ class Retained:
         self.followers: dict[int, Follower] = {}
         #: since when no follower is live (None: some are)
         self.quiet_since: float | None = now
+        #: node holding the channel -> the first message published after its interest
+        #: last grew (where a new subscriber there starts), and its subscriber count
+        self.starts: dict[int, int] = {}
+        self.counts: dict[int, int] = {}
 
     @property
     def last(self) -> int:
@@ -173,7 +191,8 @@ class Reader:
     """What one publisher owes this node's subscribers of one channel."""
 
     __slots__ = ("source", "channel", "via", "next", "held", "held_size", "tail",
-                 "asked_at", "asked_epoch", "acked", "acked_at", "unacked", "mark", "heard")
+                 "asked_at", "asked_epoch", "acked", "acked_at", "unacked", "mark", "heard",
+                 "starting", "holds")
 
     def __init__(self, source: int, channel: int, via: int, first: int, now: float) -> None:
         self.source = source
@@ -196,6 +215,12 @@ class Reader:
         self.unacked = 0
         self.mark = first
         self.heard = now
+        #: while it waits to hear where its stream starts (ACK_START): the first sequence
+        #: number seen so far (``next`` is 0 meanwhile); 0 once started
+        self.starting = 0
+        #: the credit of what came while starting (yotonnet.core.flow.Hold), kept until
+        #: it starts, so the publisher is paced meanwhile as by any slow subscriber
+        self.holds: list[Any] = []
 
     @property
     def root(self) -> int:
@@ -265,6 +290,7 @@ class Repair:
                 return False
             retained = self.retained[channel] = Retained(seq, tag, self.clock())
             self._check_at(retained)
+            self._note_holders(channel, retained)
         if tag != retained.tag:
             self._new_block(retained, seq, tag)
         retained.current.append(payload)
@@ -357,6 +383,7 @@ class Repair:
         """An ACK frame: for a publisher here, or passed on toward one."""
         _, hops, flags, channel, subscriber, dest, seq, payload, _ = frame
         publisher = ack_publisher(payload)
+        holder = ack_holder(payload) if flags & ACK_START else 0
         topology = self.topology
         topology.learn(subscriber, peer)  # the way back for what is sent again
         if publisher != self.node_id:
@@ -372,16 +399,24 @@ class Repair:
             else:
                 topology.unicast(dest, data)
             return
-        self.take_ack(channel, subscriber, seq, flags)
+        self.take_ack(channel, subscriber, seq, flags, holder)
 
-    def take_ack(self, channel: int, subscriber: int, seq: int, flags: int) -> None:
-        """``subscriber`` has every message of ``channel`` up to ``seq``."""
+    def take_ack(self, channel: int, subscriber: int, seq: int, flags: int,
+                 holder: int = 0) -> None:
+        """``subscriber`` has every message of ``channel`` up to ``seq`` (or, with
+        ACK_START, asks where it starts: see the module docstring)."""
         now = self.clock()
         retained = self.retained.get(channel)
         if retained is None:
-            if flags & ACK_WANT:
-                self._tell_tail(channel, subscriber, None, TAIL_ANSWER)
+            if flags & (ACK_WANT | ACK_START):
+                # (a start not known: the subscriber starts where it is)
+                self._tell_tail(channel, subscriber, None,
+                                TAIL_START if flags & ACK_START else TAIL_ANSWER)
             return
+        if flags & ACK_START:
+            # Before what is kept, nothing can be sent again: a start there is unknown.
+            start = max(retained.starts.get(holder, retained.last + 1), retained.oldest)
+            seq = start - 1
         followers = retained.followers
         if flags & ACK_BYE:
             if followers.pop(subscriber, None) is not None:
@@ -394,11 +429,13 @@ class Repair:
                 return
             follower = followers[subscriber] = Follower(seq, now)
             retained.quiet_since = None
-        elif seq > follower.acked:
+        elif seq > follower.acked or flags & ACK_START:
             follower.acked = seq
         follower.heard = now
         self._trim(channel, retained, now)
-        if flags & ACK_WANT:
+        if flags & ACK_START:
+            self._tell_tail(channel, subscriber, retained, TAIL_START, seq + 1)
+        elif flags & ACK_WANT:
             self._answer(channel, retained, subscriber, follower, seq, now)
 
     def _trim(self, channel: int, retained: Retained, now: float) -> None:
@@ -452,7 +489,7 @@ class Repair:
         self._tell_tail(channel, subscriber, retained, TAIL_ANSWER)
 
     def _tell_tail(self, channel: int, subscriber: int, retained: Retained | None,
-                   flags: int) -> None:
+                   flags: int, start: int = 0) -> None:
         if retained is not None:
             last, oldest = retained.last, retained.oldest
         else:
@@ -462,7 +499,25 @@ class Repair:
         topology = self.topology
         topology.unicast(subscriber, tail_frame(topology.hop_limit(), flags, channel,
                                                 self.node_id, subscriber, last, oldest,
-                                                self.seq_base))
+                                                self.seq_base, start))
+
+    def _note_holders(self, channel: int, retained: Retained) -> None:
+        """Note where a new subscriber of each node holding ``channel`` starts: the next
+        message published, for a node whose subscribers grew in number."""
+        routing = self.topology.routing
+        counts = {}
+        for node in routing.listed_holders(channel, SUB):
+            interest = routing.interest_of(node, channel)
+            if interest is not None:
+                counts[node] = interest.count
+        starts, before = retained.starts, retained.counts
+        nxt = retained.last + 1
+        for node, count in counts.items():
+            if count > before.get(node, 0):
+                starts[node] = nxt
+        for node in [n for n in starts if n not in counts]:
+            del starts[node]
+        retained.counts = counts
 
     def _last_published(self, channel: int) -> int:
         last = self.last_published(channel)
@@ -479,17 +534,58 @@ class Repair:
             self.counters["repair_untracked"] += 1
             return None
         reader = readers[(source, channel)] = Reader(source, channel, root, first, self.clock())
-        self._ack(reader, 0)  # so the publisher waits for this subscriber from now on
+        # Where it starts is asked (see the module docstring); what comes meanwhile waits.
+        reader.starting, reader.next = first, 0
+        self._send_start(reader)
         return reader
 
+    def _send_start(self, reader: Reader) -> None:
+        hub = self.topology.hub
+        holder = hub.peer_id if hub is not None else self.node_id
+        self.counters["repair_acks"] += 1
+        if self._send_ack(reader, ACK_START, 0, holder):
+            reader.asked_at, reader.asked_epoch = self.clock(), self.epoch
+
+    def _started(self, reader: Reader, start: int) -> bool:
+        """The publisher said where ``reader``'s stream starts (0: it does not know):
+        there, or at the first message that came if that is earlier. True if some
+        messages before the first that came are owed."""
+        first = reader.starting
+        begin = min(start, first) if start else first
+        reader.starting = 0
+        reader.next = reader.mark = begin
+        reader.acked = begin - 1
+        reader.asked_at = None
+        out: list[tuple[int, int, bytes]] = []
+        self._drain(reader, out)
+        if out:
+            self._deliver(reader, out)
+        self._let_go(reader)
+        return begin < first or bool(reader.held)
+
     def arrived(self, reader: Reader, tag: int, items: Iterable[tuple[int, bytes]],
-                root: int | None = None) -> None:
+                root: int | None = None) -> bool:
         """Messages that are not simply the next ones (a gap, a duplicate, a repair):
-        the ones now in order go to the subscribers, later ones wait."""
+        the ones now in order go to the subscribers, later ones wait. True while the
+        reader waits to start: the caller then gives it their credit (:meth:`keep_credit`)."""
         if root is not None and root != reader.via:
             reader.via = root  # a publishing leaf moved to another hub
-        out: list[tuple[int, int, bytes]] = []
         limit = self.config.reorder_bytes
+        if reader.starting:
+            # Not started: everything waits (what does not fit comes again when asked).
+            for seq, payload in items:
+                if seq not in reader.held:
+                    size = HEADER_SIZE + len(payload)
+                    if self.held_size + size > limit:
+                        self.counters["repair_reorder_dropped"] += 1
+                    else:
+                        reader.held[seq] = (tag, bytes(payload))
+                        reader.held_size += size
+                        self.held_size += size
+                    if seq < reader.starting:
+                        reader.starting = seq
+            return True
+        out: list[tuple[int, int, bytes]] = []
         for seq, payload in items:
             nxt = reader.next
             if seq == nxt:
@@ -513,6 +609,17 @@ class Repair:
             self._ask(reader, False)
         elif reader.next > reader.tail:
             reader.asked_at = None  # nothing more is owed
+        return False
+
+    def keep_credit(self, reader: Reader, hold: Any) -> None:
+        """Keep ``hold`` (the credit of messages ``reader`` took while starting) until it
+        starts."""
+        reader.holds.append(hold)
+
+    def _let_go(self, reader: Reader) -> None:
+        holds, reader.holds = reader.holds, []
+        for hold in holds:
+            hold.unref()
 
     def _drain(self, reader: Reader, out: list[tuple[int, int, bytes]]) -> None:
         held = reader.held
@@ -562,10 +669,19 @@ class Repair:
             self._forward(frame)
             return
         _, _, flags, channel, source, _, last, payload, _ = frame
-        oldest, base = tail_body(payload)
+        oldest, base, start = tail_body(payload)
         reader = self.readers.get((source, channel))
         if reader is None:
             return
+        if reader.starting:
+            if flags & TAIL_START:
+                # What follows the first message that came is on its way, in order:
+                # only a hole before it is asked for.
+                reader.heard = self.clock()
+                reader.tail = max(reader.tail, last)
+                if self._started(reader, start):
+                    self._ask(reader, True)
+            return  # (other TAILs wait until it knows where it starts)
         reader.heard = self.clock()
         if reader.next <= base:
             # What is owed was sent by an earlier run of the publisher's process: what
@@ -646,13 +762,17 @@ class Repair:
         if (not now_anyway and reader.asked_at is not None and now - reader.asked_at < RETRY
                 and reader.asked_epoch == self.epoch):
             return
+        if reader.starting:
+            self._send_start(reader)
+            return
         self.counters["repair_asked"] += 1
         if self._ack(reader, ACK_WANT):
             reader.asked_at, reader.asked_epoch = now, self.epoch
 
     def acknowledge(self, reader: Reader) -> None:
         """Tell the publisher what ``reader`` has (its bytes since the last ACK add up)."""
-        self._ack(reader, 0)
+        if not reader.starting:
+            self._ack(reader, 0)
 
     def _ack(self, reader: Reader, flags: int) -> bool:
         """Acknowledge what ``reader`` has (asking for more with ACK_WANT); False when
@@ -664,12 +784,12 @@ class Repair:
         self.counters["repair_acks"] += 1
         return self._send_ack(reader, flags, seq)
 
-    def _send_ack(self, reader: Reader, flags: int, seq: int) -> bool:
+    def _send_ack(self, reader: Reader, flags: int, seq: int, holder: int = 0) -> bool:
         me = self.node_id
         topology = self.topology
         root = reader.root
         data = ack_frame(topology.hop_limit(), flags, reader.channel, me, root, seq,
-                         reader.source)
+                         reader.source, holder)
         if root == me:
             # The publisher is a leaf of this node.
             leaf = topology.leaves.peer(reader.source)
@@ -696,7 +816,8 @@ class Repair:
             reader = self.readers.pop(key)
             for seq in list(reader.held):
                 self._unhold(reader, seq)
-            self._send_ack(reader, ACK_BYE, reader.next - 1)
+            self._let_go(reader)
+            self._send_ack(reader, ACK_BYE, max(0, reader.next - 1))
 
     # --- the picture changed, time passed
 
@@ -705,6 +826,8 @@ class Repair:
         every reader asks for what follows the last it has."""
         topology = self.topology
         self.epoch += 1
+        for channel, retained in self.retained.items():
+            self._note_holders(channel, retained)
         losses, hub = topology.routing.losses, topology.hub
         if losses == self._losses_seen and hub is self._hub_seen:
             return
@@ -717,6 +840,12 @@ class Repair:
         forget who has been silent longer than ``repair_wait``."""
         wait = self.config.repair_wait
         for reader in list(self.readers.values()):
+            if reader.starting:
+                if now - reader.heard > wait:
+                    self._started(reader, 0)  # no answer: it starts where it is
+                else:
+                    self._ask(reader, False)  # asks again where it starts
+                continue
             progressed = reader.next != reader.mark
             reader.mark = reader.next
             if progressed:

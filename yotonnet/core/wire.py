@@ -115,12 +115,17 @@ REQUEST_MAX_ARGS = 0xFFFF
 #: REQUEST tag: a copy of an idempotent request sent again after its path broke (the
 #: replier serves a request id it already has only once; see yotonnet.core.recent)
 REQUEST_RESENT = 0x4000_0000
-#: ACK flags: send again what follows ``seq``; the subscriber leaves the channel
-ACK_WANT, ACK_BYE = 1, 2
-#: TAIL flag: the last frame of an answer to ACK_WANT
-TAIL_ANSWER = 1
+#: ACK flags: send again what follows ``seq``; the subscriber leaves the channel; a new
+#: subscriber asks where its stream starts (its payload then also names the node whose
+#: interest brought it the messages: its own, or its hub's)
+ACK_WANT, ACK_BYE, ACK_START = 1, 2, 4
+#: TAIL flags: the last frame of an answer to ACK_WANT; the answer to ACK_START (its
+#: body then also gives the first message the subscriber is owed)
+TAIL_ANSWER, TAIL_START = 1, 2
 _U64 = struct.Struct("<Q")
+_U64_PAIR = struct.Struct("<QQ")
 _TAIL_BODY = struct.Struct("<QQ")
+_TAIL_START_BODY = struct.Struct("<QQQ")
 
 #: REPLY tag values (REPLY_DENIED: UTF-8 text of a PermissionDenied from the first node)
 REPLY_OK, REPLY_ERROR, REPLY_NO_REPLIER, REPLY_DENIED = 0, 1, 2, 3
@@ -304,19 +309,34 @@ _KIND_ACK, _KIND_RESENT, _KIND_TAIL = int(FrameKind.ACK), int(FrameKind.RESENT),
 
 
 def ack_frame(
-    hops: int, flags: int, channel: int, source: int, dest: int, seq: int, publisher: int
+    hops: int, flags: int, channel: int, source: int, dest: int, seq: int, publisher: int,
+    holder: int = 0,
 ) -> bytes:
     """A subscriber's acknowledgement: every message of ``publisher`` up to ``seq`` arrived
-    (``dest``: the node it is routed to, the publisher or the hub of a publishing leaf)."""
+    (``dest``: the node it is routed to, the publisher or the hub of a publishing leaf;
+    ``holder``, with ACK_START only: the node whose interest brings it the messages)."""
+    if flags & ACK_START:
+        return _pack(HEADER_TAIL + 16, _KIND_ACK, hops, 0, flags, channel, source, dest,
+                     seq) + _U64_PAIR.pack(publisher, holder)
     return _pack(HEADER_TAIL + 8, _KIND_ACK, hops, 0, flags, channel, source, dest,
                  seq) + _U64.pack(publisher)
 
 
 def ack_publisher(payload: bytes) -> int:
     """The publisher an ACK frame is for."""
-    if len(payload) != 8:
-        raise ProtocolError(f"ACK frame with a {len(payload)}-byte payload (8 expected)")
-    return _U64.unpack(payload)[0]
+    if len(payload) == 8:
+        return _U64.unpack(payload)[0]
+    if len(payload) == 16:
+        return _U64_PAIR.unpack(payload)[0]
+    raise ProtocolError(f"ACK frame with a {len(payload)}-byte payload (8 or 16 expected)")
+
+
+def ack_holder(payload: bytes) -> int:
+    """The node whose interest brings an ACK_START's subscriber the messages."""
+    if len(payload) != 16:
+        raise ProtocolError(f"ACK_START frame with a {len(payload)}-byte payload "
+                            "(16 expected)")
+    return _U64_PAIR.unpack(payload)[1]
 
 
 def resent_frame(
@@ -329,19 +349,25 @@ def resent_frame(
 
 def tail_frame(
     hops: int, flags: int, channel: int, source: int, dest: int, last: int, oldest: int,
-    base: int,
+    base: int, start: int = 0,
 ) -> bytes:
     """A publisher's tail: ``last`` sent, ``oldest`` the first it can still send again,
-    ``base`` the number its sequence began after (in this process)."""
+    ``base`` the number its sequence began after (in this process); with TAIL_START,
+    ``start`` the first message the subscriber is owed (0: not known)."""
+    if flags & TAIL_START:
+        return _pack(HEADER_TAIL + 24, _KIND_TAIL, hops, 0, flags, channel, source, dest,
+                     last) + _TAIL_START_BODY.pack(oldest, base, start)
     return _pack(HEADER_TAIL + 16, _KIND_TAIL, hops, 0, flags, channel, source, dest,
                  last) + _TAIL_BODY.pack(oldest, base)
 
 
-def tail_body(payload: bytes) -> tuple[int, int]:
-    """``(oldest, base)`` of a TAIL frame."""
-    if len(payload) != _TAIL_BODY.size:
-        raise ProtocolError(f"TAIL frame with a {len(payload)}-byte payload (16 expected)")
-    return _TAIL_BODY.unpack(payload)
+def tail_body(payload: bytes) -> tuple[int, int, int]:
+    """``(oldest, base, start)`` of a TAIL frame (start 0 unless TAIL_START)."""
+    if len(payload) == _TAIL_BODY.size:
+        return (*_TAIL_BODY.unpack(payload), 0)
+    if len(payload) == _TAIL_START_BODY.size:
+        return _TAIL_START_BODY.unpack(payload)
+    raise ProtocolError(f"TAIL frame with a {len(payload)}-byte payload (16 or 24 expected)")
 
 
 def reencode(frame: Frame, hops: int) -> bytes:
