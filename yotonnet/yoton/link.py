@@ -91,6 +91,8 @@ _DATA = int(FrameKind.DATA)
 _REQUEST = int(FrameKind.REQUEST)
 _REPLY = int(FrameKind.REPLY)
 _CREDIT = int(FrameKind.CREDIT)
+_ACK = int(FrameKind.ACK)
+_TAIL = int(FrameKind.TAIL)
 
 
 @dataclass
@@ -343,12 +345,27 @@ class YotonLink(LinkBase):
                 self._request_to_yoton(frame, out)
             elif kind == _REPLY:
                 self._reply_to_yoton(frame, out)
+            elif kind == _ACK and frame[2] & wire.ACK_START:
+                self._no_start_known(frame)
+            # ACK otherwise: a Yoton context keeps nothing to send again (its subscribers
+            # are told of gaps after repair_wait, see yotonnet.core.repair).
             # STATE: the node's state store tells this link's holders (YotonStateHolder).
             # CONTROL (records), PING/PONG, CLOSE, ERROR: nothing for a Yoton context.
         if out:
             self._write(b"".join(out) if len(out) > 1 else out[0])
 
     # --- pub/sub
+
+    def _no_start_known(self, ack: wire.Frame) -> None:
+        """A subscriber asks where the Yoton side's stream starts: nobody knows (Yoton
+        numbers nothing per subscriber), so it starts at the first message it got."""
+        handler = self._handlers.get(_TAIL)
+        if handler is None:
+            return
+        data = wire.tail_frame(self._hops(), wire.TAIL_START, ack[3], self.peer_id, ack[4],
+                               0, 0, 0, 0)
+        handler(self, wire.Frame(_TAIL, self._hops(), wire.TAIL_START, ack[3], self.peer_id,
+                                 ack[4], 0, data[HEADER_SIZE:], b""))
 
     def _data_to_yoton(self, frame: wire.Frame, out: list[bytes]) -> None:
         channel = frame[3]
