@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-ring1 test-ring2 lint bench bench-mesh bench-leaves bench-flow bench-forward bench-records bench-repair bench-outage clean sysdeps
+.PHONY: run test test-fast test-ring1 test-ring2 lint bench bench-mesh bench-leaves bench-flow bench-forward bench-records bench-repair bench-peers bench-outage clean sysdeps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,6 +16,8 @@ $(STAMP): $(BIN)/python pyproject.toml $(shell find yotonnet plugins -name '*.py
 	# without its dependencies (Qt); `import yoton` then needs no Qt.
 	$(BIN)/pip install -q --no-deps "pyzo>=4.22"
 	$(BIN)/pip install -q ".[test]"
+	# bash_kernel's kernelspec, into the venv (ipykernel's python3 comes with its wheel)
+	$(BIN)/python -m bash_kernel.install --sys-prefix >/dev/null
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -72,6 +74,22 @@ bench-outage: $(STAMP)
 
 bench-records: $(STAMP)
 	$(BIN)/python benchmarks/bench_records.py --drip
+
+# Side by side against raw Twisted, pyzmq, NATS and Yoton 2.2; not part of `make test`.
+# Bench-only peers: the `bench` extra of pyproject.toml (pyzmq, nats-py) when missing, without
+# reinstalling yotonnet, and Debian's nats-server when root and missing (else its rows say
+# why they were skipped). Options through ARGS, e.g. `make bench-peers ARGS=--quick`.
+bench-peers: $(STAMP)
+	@$(BIN)/python -c "import zmq, nats" 2>/dev/null || $(BIN)/python -c "import tomllib; \
+		print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project'] \
+		['optional-dependencies']['bench']))" | xargs -d '\n' $(BIN)/pip install -q
+	@if ! command -v nats-server >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+		&& command -v apt-get >/dev/null; then \
+		echo "bench-peers: installing nats-server"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends nats-server >/dev/null || true; \
+	fi
+	$(BIN)/python benchmarks/bench_versus.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp .hypothesis

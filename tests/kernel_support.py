@@ -51,10 +51,11 @@ async def start_broker(testcase: Any, name: str, **config: Any) -> tuple[Context
     port = await ctx.listen("tcp:0:interface=127.0.0.1")
     testcase.addCleanup(ctx.close)
     owner = config.pop("owner", "alice")
+    backend = config.pop("backend", None)  # default: yotonnet's Python kernel
     # Unless a test says otherwise, every logged-in user may run code (as with
     # `yotonnet kernel --default-role collaborator`); the default is owner only.
     role_of = config.pop("role_of", None) or table_roles(owner, {}, COLLABORATOR)
-    broker = KernelBroker(ctx, name, owner=owner, role_of=role_of,
+    broker = KernelBroker(ctx, name, owner=owner, role_of=role_of, backend=backend,
                           config=BrokerConfig(**{"unresponsive_after": 0.5,
                                                  "presence_check": 0.2, **config}))
     testcase.addCleanup(broker.close)

@@ -1,7 +1,7 @@
 """Ring 3: a broker in the test process supervising a real kernel process; clients over TCP.
 
 * execute: a value, an exception with its traceback, output tagged with the
-  execution and its user, completion;
+  execution and its user, completion, inspection;
 * input() goes to the user who ran the code, and only to them; a password is
   not echoed to the others;
 * interrupt stops a running loop, and the kernel takes code again;
@@ -76,6 +76,12 @@ class KernelTests(TestCase):
         self.assertIn("os.path", await bounded(
             alice.execute("import os").addCallback(lambda _: alice.complete("os.pa")),
             "complete"))
+        found = await bounded(alice.inspect("print(os.path.join", 8), "inspect")
+        self.assertTrue(found["found"])
+        self.assertIn("signature: os.path.join(a, *p)", found["text"])
+        found = await bounded(alice.inspect("x"), "inspect a value")
+        self.assertIn("value: 21", found["text"])
+        self.assertFalse((await bounded(alice.inspect("nothing_here"), "inspect"))["found"])
         self.assertEqual(broker.state, p.IDLE)
         self.assertEqual(alice.status()["link"], "up")
 

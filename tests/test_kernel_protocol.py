@@ -3,7 +3,8 @@
 * ``MarkerSplitter`` finds every end marker however the pipe's bytes are cut
   into reads (random cuts, one byte at a time), and keeps look-alikes that
   are not markers as output;
-* ``OutputHistory`` stays within its bounds and pages from any ``since``;
+* ``OutputHistory`` stays within its bounds (rich data, such as a Jupyter
+  MIME bundle, counted) and pages from any ``since``;
 * ``OutputMerger`` delivers every message exactly once and in order for
   random interleavings of live messages (with some lost on the way) and
   history answers, and reports what the bounded history no longer held;
@@ -128,6 +129,21 @@ class OutputHistoryTests(SynchronousTestCase):
         self.assertEqual((page["first"], page["last"]), (1, 10))
         self.assertEqual(h.since(10)["messages"], [])
         self.assertEqual(len(h.since(0, page_bytes=1)["messages"]), 1)  # at least one
+
+    def test_rich_data_counts_toward_the_bytes(self) -> None:
+        # A Jupyter display: a short text, a big MIME bundle. Its bundle is what weighs.
+        image = {"seq": 1, "kind": p.DISPLAY, "text": "<Figure>\n", "exec": 1, "user": "a",
+                 "data": {"text/plain": "<Figure>", "image/png": "A" * 1000},
+                 "metadata": {"image/png": {"width": 10}}}
+        self.assertGreater(p.message_size(image), 1000)
+        h = p.OutputHistory(max_messages=100, max_bytes=1500)
+        h.append(image)
+        h.append(msg(2, "x"))
+        h.append(dict(image, seq=3))
+        self.assertEqual([m["seq"] for m in h.since(None)["messages"]], [2, 3])
+        self.assertEqual([m["seq"] for m in h.since(1, page_bytes=10)["messages"]], [2])
+        self.assertEqual(p.strip_ansi("\x1b[31mZeroDivisionError\x1b[39m: x"),
+                         "ZeroDivisionError: x")
 
     def test_bad_input(self) -> None:
         self.assertRaises(ValueError, p.OutputHistory, 0)

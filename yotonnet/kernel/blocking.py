@@ -191,6 +191,9 @@ class BlockingKernelClient:
     def complete(self, text: str) -> list[str]:
         return self._call("complete()", lambda: self.client.complete(text))
 
+    def inspect(self, code: str, cursor_pos: int | None = None, detail: int = 0) -> dict:
+        return self._call("inspect()", lambda: self.client.inspect(code, cursor_pos, detail))
+
     def status(self) -> dict[str, Any]:
         return self._runner.call("status()", self.client.status)
 

@@ -1,41 +1,38 @@
-"""The kernel broker: a mesh context that supervises one Python interpreter process.
+"""The kernel broker: a mesh context that supervises one kernel process.
 
-The kernel runs in its own process (``driver.py``, started with
-``reactor.spawnProcess``), so code stuck in C never stalls the broker, which
-keeps answering, publishing status and telling "very busy" from "dead".
+The kernel runs in its own process, so code stuck in C never stalls the
+broker, which keeps answering, publishing status and telling "very busy"
+from "dead". What kind of kernel it is, and how to speak to it, is the
+broker's :class:`~yotonnet.kernel.backend.KernelBackend`: a plain Python
+interpreter over pipes (:class:`~yotonnet.kernel.backend.PythonBackend`, the
+default) or any Jupyter kernel (:class:`~yotonnet.kernel.jupyter.JupyterBackend`);
+everything below is the same for both.
 
 Channels (see :func:`yotonnet.kernel.protocol.channel_names`):
 
 * ``kernel.NAME.output`` (pub/sub, OBJECT): every byte of stdout/stderr, the
   code each user ran, results, errors, input echoes, join/leave, in one
-  sequence-numbered stream. The pipes are read only while the channel is
-  writable: when a lossless subscriber lags, the broker stops reading, the
-  pipe fills and the kernel's ``print`` blocks. Nothing is dropped and memory
-  stays bounded. A bounded history of the stream serves late joiners.
+  sequence-numbered stream. The kernel's output is read only while the
+  channel is writable: when a lossless subscriber lags, the backend stops
+  reading (the pipes, or Jupyter's IOPub socket) and the kernel's own
+  buffers hold the rest. A bounded history of the stream serves late joiners.
 * ``kernel.NAME.status`` (state): the kernel's state and its process and
   interpreter signals (the third signal, the link, is each client's own).
 * ``kernel.NAME.presence`` (state): who is attached, with their role.
 * ``kernel.NAME.control`` (req/rep): attach, detach, history, execute,
-  interrupt, restart, shutdown, complete. Every call names its caller;
+  interrupt, restart, shutdown, complete, inspect. Every call names its caller;
   :mod:`yotonnet.kernel.roles` decides what that caller may do.
 """
 
 from __future__ import annotations
 
-import codecs
-import json
-import os
-import secrets
-import signal
 import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -50,18 +47,10 @@ from ..identity import caller as authenticated_caller
 from ..identity import caller_node as current_caller_node
 from ..mesh.context import Context
 from . import protocol as p
+from .backend import InputAnswer, KernelBackend, KernelGone, PythonBackend
 from .roles import Caller, RolePolicy, check, default_roles, default_user, unverified
 
 log = Logger(namespace="yotonnet.kernel")
-
-DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "driver.py")
-STDOUT_FD, STDERR_FD, CMD_FD, REPLY_FD, HEARTBEAT_FD = 1, 2, 3, 4, 5
-#: longest line the kernel may send on its reply pipe before the broker gives up on it
-MAX_REPLY_LINE = 64 << 20
-
-
-class KernelGone(errors.YotonnetError):
-    """The kernel process ended (or was restarted) before this finished."""
 
 
 @dataclass
@@ -70,9 +59,6 @@ class Execution:
     caller: Caller
     code: str
     done: defer.Deferred = field(default_factory=defer.Deferred)
-    reply: dict | None = None
-    #: the pipes (1, 2) whose end marker for this execution has not come yet
-    open_pipes: set = field(default_factory=lambda: {STDOUT_FD, STDERR_FD})
     started: bool = False
 
 
@@ -89,96 +75,31 @@ class BrokerConfig:
     presence_check: float = 1.0
     #: a console whose input channel the mesh never showed is dropped after this
     presence_grace: float = 10.0
-    #: SIGTERM, then SIGKILL after this, on restart and shutdown
+    #: a polite end (SIGTERM, or Jupyter's shutdown_request), then SIGKILL after this,
+    #: on restart and shutdown
     kill_after: float = 2.0
     #: text per history reply
     history_page: int = 1 << 20
 
 
 @implementer(IPushProducer)
-class _PipePauser:
-    """Pauses reading the kernel's stdout and stderr (never its control pipes)."""
+class _OutputPauser:
+    """Pauses reading the kernel's output (never its control messages)."""
 
-    def __init__(self, broker: KernelBroker) -> None:
-        self.broker = broker
+    def __init__(self, backend: KernelBackend) -> None:
+        self.backend = backend
         self.paused = False
 
     def pauseProducing(self) -> None:
         self.paused = True
-        self.broker._set_reading(False)
+        self.backend.pause_output()
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self.broker._set_reading(True)
+        self.backend.resume_output()
 
     def stopProducing(self) -> None:
         self.paused = True
-
-
-class _KernelProcess(ProcessProtocol):
-    def __init__(self, broker: KernelBroker, token: str) -> None:
-        self.broker = broker
-        self.splitters = {STDOUT_FD: p.MarkerSplitter(token), STDERR_FD: p.MarkerSplitter(token)}
-        self.decoders = {
-            fd: codecs.getincrementaldecoder("utf-8")(errors="replace")
-            for fd in (STDOUT_FD, STDERR_FD)
-        }
-        self._reply_buf = b""
-        self.ended = False
-        self.reason: Any = None
-        self.pid: int | None = None
-        #: fired when the process has exited (close() waits for it)
-        self.on_end: defer.Deferred[None] | None = None
-
-    def connectionMade(self) -> None:
-        self.pid = self.transport.pid
-        self.transport.closeChildFD(0)  # input() goes through the broker, not stdin
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        broker = self.broker
-        if broker._proc is not self:
-            return
-        if fd == HEARTBEAT_FD:
-            broker._on_heartbeat()
-        elif fd == REPLY_FD:
-            buf = self._reply_buf + data
-            *lines, self._reply_buf = buf.split(b"\n")
-            if len(self._reply_buf) > MAX_REPLY_LINE:
-                log.error("kernel {name}: reply line too long; killing it", name=broker.name)
-                self._reply_buf = b""
-                broker._kill(signal.SIGKILL)
-            for line in lines:
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    log.error("kernel {name}: unreadable reply {line!r}", name=broker.name,
-                              line=line[:200])
-                    continue
-                broker._on_kernel_message(message)
-        elif fd in (STDOUT_FD, STDERR_FD):
-            for item in self.splitters[fd].feed(data):
-                if isinstance(item, int):
-                    broker._on_marker(fd, item)
-                else:
-                    text = self.decoders[fd].decode(item)
-                    if text:
-                        broker._on_output(fd, text)
-
-    def childConnectionLost(self, fd: int) -> None:
-        if fd in (STDOUT_FD, STDERR_FD) and self.broker._proc is self:
-            rest = self.splitters[fd].flush()
-            text = self.decoders[fd].decode(rest, final=True)
-            if text:
-                self.broker._on_output(fd, text)
-
-    def processExited(self, reason: Failure) -> None:
-        # processExited, not processEnded: the latter also waits for every pipe to close,
-        # which a process the kernel started (and that inherited them) may delay for ever.
-        self.ended = True
-        self.reason = reason
-        self.broker._process_ended(self, reason)
-        if self.broker._proc is not self or self.broker.closed:
-            self.transport.loseConnection()  # late output of an old kernel is not wanted
 
 
 class KernelBroker:
@@ -192,6 +113,10 @@ class KernelBroker:
     a client's secret id (which names its input channel) stays between it
     and the broker, and ``input()`` is asked only when the runner's node
     alone serves that channel.
+
+    ``backend`` is the kind of kernel (a :class:`~yotonnet.kernel.backend.KernelBackend`);
+    by default a Python interpreter ``python`` in ``cwd`` with ``env``
+    (:class:`~yotonnet.kernel.backend.PythonBackend`).
     """
 
     def __init__(
@@ -205,38 +130,36 @@ class KernelBroker:
         cwd: str | None = None,
         env: dict[str, str] | None = None,
         config: BrokerConfig | None = None,
+        backend: KernelBackend | None = None,
     ) -> None:
         self.context = context
         self.reactor = context.reactor
         self.name = p.validate_kernel_name(name)
         self.owner = owner or default_user()
         self.role_of = role_of or default_roles(self.owner)
-        self.python = python
-        self.cwd = cwd
-        self.env = env
         self.config = config or BrokerConfig()
+        self.backend = backend or PythonBackend(python, cwd, env)
+        self.backend.bind(self, self.reactor, unresponsive_after=self.config.unresponsive_after,
+                          name=self.name)
         self.names = p.channel_names(name)
         self.history = p.OutputHistory(self.config.history, self.config.history_bytes)
         self.output = PubChannel(context, self.names["output"], OBJECT)
-        self._pauser = _PipePauser(self)
+        self._pauser = _OutputPauser(self.backend)
         self.output.registerProducer(self._pauser, True)
         self.status_channel = StateChannel(context, self.names["status"])
         self.presence_channel = StateChannel(context, self.names["presence"])
         self.control = RepChannel(context, self.names["control"])
         for op in ("attach", "detach", "history", "execute", "interrupt", "restart",
-                   "shutdown", "complete"):
+                   "shutdown", "complete", "inspect"):
             self.control.register(op, getattr(self, f"_op_{op}"))
         self.state = p.STARTING
         self.process_info: dict[str, Any] = {"alive": False, "pid": None}
         self.responsive: bool | None = None
         self.generation = 0
-        self._proc: _KernelProcess | None = None
         self._ready = False
-        self._last_beat = 0.0
         self._next_id = 0
         self._queue: deque[Execution] = deque()
         self._current: Execution | None = None
-        self._completions: dict[int, defer.Deferred] = {}
         self._restart_waiters: list[defer.Deferred] = []
         self._restarting = False
         self._shutting_down = False
@@ -246,8 +169,6 @@ class KernelBroker:
         self._last_status: dict | None = None
         #: fires once a shutdown was asked for and the kernel has ended
         self.stopped: defer.Deferred[None] = defer.Deferred()
-        self._heartbeat_check = LoopingCall(self._check_heartbeat)
-        self._heartbeat_check.clock = self.reactor
         self._presence_loop = LoopingCall(self._check_presence)
         self._presence_loop.clock = self.reactor
         self.closed = False
@@ -256,7 +177,6 @@ class KernelBroker:
 
     def start(self) -> defer.Deferred[None]:
         """Start the kernel; fires once it is ready (idle)."""
-        self._heartbeat_check.start(max(0.02, self.config.unresponsive_after / 4), now=False)
         self._presence_loop.start(self.config.presence_check, now=False)
         d: defer.Deferred[None] = defer.Deferred()
         self._restart_waiters.append(d)
@@ -268,18 +188,11 @@ class KernelBroker:
         if self.closed:
             return defer.succeed(None)
         self.closed = True
-        for loop in (self._heartbeat_check, self._presence_loop):
-            if loop.running:
-                loop.stop()
+        if self._presence_loop.running:
+            self._presence_loop.stop()
         if self._kill_timer is not None and self._kill_timer.active():
             self._kill_timer.cancel()
-        d: defer.Deferred[None] = defer.succeed(None)
-        proc = self._proc
-        if proc is not None and not proc.ended:
-            ended: defer.Deferred[None] = defer.Deferred()
-            proc.on_end = ended
-            self._kill(signal.SIGKILL)
-            d = ended
+        d = self.backend.close()
         self._fail_all(KernelGone(f"kernel {self.name!r} broker closed"))
         for chan in (self.output, self.status_channel, self.presence_channel, self.control,
                      *self._input_channels.values()):
@@ -288,80 +201,45 @@ class KernelBroker:
 
     def _spawn(self) -> None:
         self.generation += 1
-        token = secrets.token_hex(8)
-        env = dict(os.environ if self.env is None else self.env)
-        env["YOTONNET_KERNEL_TOKEN"] = token
-        env["PYTHONIOENCODING"] = "utf-8"
-        env.pop("PYTHONSTARTUP", None)
-        proc = _KernelProcess(self, token)
-        self._proc = proc
         self._ready = False
         self.responsive = None
-        self._last_beat = self.reactor.seconds()
         self.state = p.STARTING
         try:
-            self.reactor.spawnProcess(
-                proc, self.python, [self.python, "-u", DRIVER], env=env, path=self.cwd,
-                childFDs={0: "w", STDOUT_FD: "r", STDERR_FD: "r", CMD_FD: "w", REPLY_FD: "r",
-                          HEARTBEAT_FD: "r"},
-            )
-        except OSError as e:  # no such interpreter or working directory
-            proc.ended = True
+            info = self.backend.start()
+        except Exception as e:  # noqa: BLE001 - no such interpreter, kernelspec, directory
             self.process_info = {"alive": False, "pid": None, "error": str(e)}
             self.state = p.DEAD
             self._restarting = False
-            why = f"cannot start the kernel ({self.python!r}, cwd {self.cwd!r}): {e}"
+            why = str(e) if str(e).startswith("cannot start") else \
+                f"cannot start the kernel: {e}"
             log.error("kernel {name}: {why}", name=self.name, why=why)
             self._publish(p.SYSTEM, why + "\n")
             self._fail_all(KernelGone(why))
             self._publish_status()
             return
-        self.process_info = {"alive": True, "pid": proc.pid}
-        if self._pauser.paused:
-            self._set_reading(False)
+        self.process_info = {"alive": True, "pid": info.get("pid")}
         self._publish_status()
 
-    def _kill(self, sig: int) -> None:
-        proc = self._proc
-        if proc is None or proc.ended:
-            return
-        try:
-            proc.transport.signalProcess(sig)
-        except ProcessExitedAlready:
-            pass
-
     def _terminate(self) -> None:
-        """SIGTERM the kernel, and SIGKILL it if it is still there after kill_after."""
-        self._kill(signal.SIGTERM)
+        """End the kernel politely, and SIGKILL it if it is still there after kill_after."""
+        self.backend.terminate()
         if self._kill_timer is None or not self._kill_timer.active():
-            self._kill_timer = self.reactor.callLater(
-                self.config.kill_after, self._kill, signal.SIGKILL
-            )
+            self._kill_timer = self.reactor.callLater(self.config.kill_after, self.backend.kill)
 
-    def _process_ended(self, proc: _KernelProcess, reason: Failure) -> None:
-        if proc.on_end is not None and not proc.on_end.called:
-            proc.on_end.callback(None)
-        if proc is not self._proc:
-            return
+    def kernel_exited(self, info: dict[str, Any]) -> None:
+        """The backend's kernel process ended (see :mod:`.backend`)."""
         if self._kill_timer is not None and self._kill_timer.active():
             self._kill_timer.cancel()
-        value = reason.value
-        exit_code = getattr(value, "exitCode", None)
-        sig = getattr(value, "signal", None)
-        if isinstance(value, ProcessDone):
-            exit_code = 0
-        self.process_info = {"alive": False, "pid": proc.pid, "exit_code": exit_code,
-                             "signal": sig}
+        how = info.get("how") or "ended"
+        self.process_info = {"alive": False, "pid": info.get("pid"),
+                             "exit_code": info.get("exit_code"), "signal": info.get("signal")}
         self.responsive = None
         self._ready = False
-        how = f"signal {sig}" if sig is not None else f"exit code {exit_code}"
-        if not isinstance(value, (ProcessDone, ProcessTerminated)):
-            how = reason.getErrorMessage()
         self.process_info["reason"] = (
             "shut down" if self._shutting_down else "restarted" if self._restarting else how
         )
-        log.info("kernel {name}: process {pid} ended ({how})", name=self.name, pid=proc.pid,
-                 how=how)
+        log.info("kernel {name}: process {pid} ended ({how})", name=self.name,
+                 pid=info.get("pid"), how=how)
         if self.closed:
             return
         gone = KernelGone(f"the kernel process ended ({how})")
@@ -379,7 +257,7 @@ class KernelBroker:
             self.stopped.callback(None)
 
     def _fail_all(self, error: Exception) -> None:
-        """The process is gone: every execution, completion and waiter ends."""
+        """The process is gone: every execution and waiter ends."""
         pending = ([self._current] if self._current is not None else []) + list(self._queue)
         self._current = None
         self._queue.clear()
@@ -389,92 +267,61 @@ class KernelBroker:
                      "value": None}
             if not ex.done.called:
                 ex.done.callback(reply)
-        completions, self._completions = self._completions, {}
-        for d in completions.values():
-            d.callback([])
         if self.closed or not self._restarting:
             waiters, self._restart_waiters = self._restart_waiters, []
             for d in waiters:
                 d.errback(Failure(error))
 
-    # --- the kernel's pipes
+    # --- what the backend reports (see yotonnet.kernel.backend.KernelEvents)
 
-    def _set_reading(self, on: bool) -> None:
-        proc = self._proc
-        if proc is None or proc.ended or proc.transport is None:
-            return
-        for fd in (STDOUT_FD, STDERR_FD):
-            pipe = proc.transport.pipes.get(fd)
-            if pipe is not None:
-                if on:
-                    pipe.startReading()
-                else:
-                    pipe.stopReading()
+    def kernel_ready(self, info: dict[str, Any]) -> None:
+        """The kernel answers: it takes code from now on."""
+        self._ready = True
+        self.responsive = True
+        self.process_info.update({k: v for k, v in info.items() if k != "pid"})
+        self._publish(p.SYSTEM, f"kernel started (pid {info.get('pid')})\n")
+        waiters, self._restart_waiters = self._restart_waiters, []
+        self._update_state()
+        for d in waiters:
+            d.callback(None)
+        self._run_next()
 
-    def _on_heartbeat(self) -> None:
-        self._last_beat = self.reactor.seconds()
-        if self.responsive is not True:
-            self.responsive = True
+    def kernel_responsive(self, responsive: bool) -> None:
+        """The kernel's heartbeat came back (True) or went quiet (False)."""
+        if self.responsive is not responsive:
+            self.responsive = responsive
             self._update_state()
 
-    def _check_heartbeat(self) -> None:
-        proc = self._proc
-        if proc is None or proc.ended or not self._ready:
-            return
-        silent = self.reactor.seconds() - self._last_beat > self.config.unresponsive_after
-        if silent and self.responsive is not False:
-            self.responsive = False
-            self._update_state()
+    def kernel_busy(self, busy: bool) -> None:
+        """The kernel's own busy/idle changed."""
+        self._update_state()
 
-    def _on_output(self, fd: int, text: str) -> None:
+    def kernel_output(self, kind: str, text: str, exec_id: int | None = None,
+                      extra: dict[str, Any] | None = None) -> None:
+        """An output record; tagged with its execution and user while that one runs."""
         ex = self._current
-        kind = p.STDOUT if fd == STDOUT_FD else p.STDERR
-        if ex is not None and ex.started and fd in ex.open_pipes:
-            self._publish(kind, text, ex.id, ex.caller.user)
+        if exec_id is not None and ex is not None and ex.started and ex.id == exec_id:
+            self._publish(kind, text, ex.id, ex.caller.user, extra)
         else:
-            self._publish(kind, text)  # from a thread of earlier code, between executions
+            self._publish(kind, text, None, None, extra)  # of no (current) execution
 
-    def _on_marker(self, fd: int, exec_id: int) -> None:
+    def kernel_done(self, exec_id: int, reply: dict[str, Any]) -> None:
+        """Execution ``exec_id`` ended and all its output was reported."""
         ex = self._current
-        if ex is not None and ex.id == exec_id:
-            ex.open_pipes.discard(fd)
-            self._maybe_finished(ex)
-
-    def _on_kernel_message(self, message: dict) -> None:
-        op = message.get("op")
-        if op == "ready":
-            self._ready = True
-            self.responsive = True
-            self._last_beat = self.reactor.seconds()
-            self.process_info["python"] = message.get("python")
-            self._publish(p.SYSTEM, f"kernel started (pid {message.get('pid')})\n")
-            waiters, self._restart_waiters = self._restart_waiters, []
-            self._update_state()
-            for d in waiters:
-                d.callback(None)
-            self._run_next()
-        elif op == "done":
-            ex = self._current
-            if ex is not None and ex.id == message.get("id"):
-                ex.reply = message
-                self._maybe_finished(ex)
-        elif op == "completions":
-            d = self._completions.pop(message.get("id"), None)
-            if d is not None:
-                d.callback(list(message.get("matches") or []))
-        elif op == "input":
-            self._ask_input(message)
-
-    def _send(self, message: dict) -> None:
-        proc = self._proc
-        if proc is None or proc.ended:
-            raise KernelGone(f"kernel {self.name!r} is not running")
-        proc.transport.writeToChild(CMD_FD, json.dumps(message).encode() + b"\n")
+        if ex is None or ex.id != exec_id or ex.done.called:
+            return
+        reply = dict(reply)
+        reply["id"] = ex.id
+        reply["user"] = ex.caller.user
+        reply["last_seq"] = self.history.last_seq
+        self._current = None
+        ex.done.callback(reply)
+        self._run_next()
 
     # --- status
 
     def _update_state(self) -> None:
-        if self._proc is None or self._proc.ended:
+        if not self.backend.alive:
             return
         if self._restarting:
             state = p.RESTARTING
@@ -482,7 +329,7 @@ class KernelBroker:
             state = p.STARTING
         elif self.responsive is False:
             state = p.VERY_BUSY
-        elif self._current is not None:
+        elif self._current is not None or self.backend.busy:
             state = p.BUSY
         else:
             state = p.IDLE
@@ -503,6 +350,7 @@ class KernelBroker:
             "generation": self.generation,
             "owner": self.owner,
             "broker": f"{self.context.node_id:016x}",
+            "backend": self.backend.describe(),
         }
 
     def _publish_status(self) -> None:
@@ -514,17 +362,20 @@ class KernelBroker:
             self.status_channel.send(status)
 
     def _publish(self, kind: str, text: str, exec_id: int | None = None,
-                 user: str | None = None) -> None:
+                 user: str | None = None, extra: dict[str, Any] | None = None) -> None:
         message = {"seq": self.history.last_seq + 1, "kind": kind, "text": text,
                    "exec": exec_id, "user": user}
+        if extra:
+            for key, value in extra.items():
+                message.setdefault(key, value)
         self.history.append(message)
         if self.output.closed:
             return
         try:
             self.output.send(message)
         except errors.FlowControlError:
-            # Far past the window (only broker notes can get here: the pipes stop being
-            # read first). Kept in the history, which clients fill gaps from.
+            # Far past the window (only broker notes can get here: the kernel's output
+            # stops being read first). Kept in the history, which clients fill gaps from.
             log.warn("kernel {name}: output message {seq} only in history", name=self.name,
                      seq=message["seq"])
 
@@ -539,48 +390,29 @@ class KernelBroker:
         ex.started = True
         self._publish(p.EXECUTE, ex.code, ex.id, ex.caller.user)
         try:
-            self._send({"op": "execute", "id": ex.id, "code": ex.code})
+            self.backend.execute(ex.id, ex.code)
         except KernelGone:
-            return  # processEnded fails it
+            return  # kernel_exited fails it
         self._update_state()
 
-    def _maybe_finished(self, ex: Execution) -> None:
-        if ex.reply is None or ex.open_pipes or ex.done.called:
-            return
-        reply = dict(ex.reply)
-        reply.pop("op", None)
-        reply["user"] = ex.caller.user
-        if reply.get("status") == "ok":
-            if reply.get("value") is not None:
-                self._publish(p.RESULT, reply["value"] + "\n", ex.id, ex.caller.user)
-        else:
-            self._publish(p.ERROR, reply.get("traceback") or
-                          f"{reply.get('type')}: {reply.get('message')}\n", ex.id, ex.caller.user)
-        reply["last_seq"] = self.history.last_seq
-        self._current = None
-        ex.done.callback(reply)
-        self._run_next()
-
-    def _ask_input(self, message: dict) -> None:
+    def kernel_input(self, exec_id: int | None, prompt: str, password: bool,
+                     answer: InputAnswer) -> None:
+        """The running code asks for input: ask the user who ran it, and only them."""
         ex = self._current
-        req = message.get("req")
-        prompt = str(message.get("prompt", ""))
-        password = bool(message.get("password"))
 
-        def answer(value: Any) -> None:
+        def got(value: Any) -> None:
             if not isinstance(value, str):
                 error(Failure(TypeError(f"input answer must be a str, not {type(value)}")))
                 return
             if self._current is ex:
                 shown = "" if password else value
                 self._publish(p.STDIN, f"{prompt}{shown}\n", ex.id, ex.caller.user)
-            self._reply_input({"op": "input_reply", "req": req, "value": value})
+            answer(value)
 
         def error(failure: Failure) -> None:
-            self._reply_input({"op": "input_reply", "req": req,
-                               "error": f"no input: {failure.getErrorMessage()}"})
+            answer(None, f"no input: {failure.getErrorMessage()}")
 
-        if ex is None or ex.id != message.get("id"):
+        if ex is None or exec_id is None or ex.id != exec_id:
             error(Failure(KernelGone("input() outside a known execution")))
             return
         impostors = self._other_input_holders(ex.caller)
@@ -592,7 +424,7 @@ class KernelBroker:
             error(Failure(errors.PermissionDenied(why)))
             return
         chan = self._input_channel(ex.caller.client)
-        chan.call("input", prompt, password).addCallbacks(answer, error)
+        chan.call("input", prompt, password).addCallbacks(got, error)
 
     def _other_input_holders(self, caller: Caller) -> list[int]:
         """Nodes other than the runner's that serve the runner's input channel (its own
@@ -607,12 +439,6 @@ class KernelBroker:
         if mine is not None and mine.count > 1:
             others.append(home)  # (its one replier is the runner's; more are not)
         return others
-
-    def _reply_input(self, message: dict) -> None:
-        try:
-            self._send(message)
-        except KernelGone:
-            pass
 
     def _input_channel(self, client: str) -> ReqChannel:
         chan = self._input_channels.get(client)
@@ -746,9 +572,9 @@ class KernelBroker:
 
     def _op_interrupt(self, who: Any) -> bool:
         self._caller(who, "interrupt")
-        if self._current is None or self._proc is None or self._proc.ended:
+        if self._current is None or not self.backend.alive:
             return False
-        self._kill(signal.SIGINT)
+        self.backend.interrupt()
         return True
 
     def _op_restart(self, who: Any) -> defer.Deferred[None]:
@@ -760,9 +586,9 @@ class KernelBroker:
         return d.addCallback(lambda _: self.status())
 
     def restart(self) -> None:
-        """Kill the kernel (SIGTERM, then SIGKILL) and start a new one."""
+        """End the kernel (politely, then SIGKILL) and start a new one."""
         self._shutting_down = False
-        if self._proc is None or self._proc.ended:
+        if not self.backend.alive:
             self._spawn()
             return
         if not self._restarting:
@@ -780,7 +606,7 @@ class KernelBroker:
         """End the kernel for good; ``stopped`` fires once it has ended."""
         self._shutting_down = True
         self._restarting = False
-        if self._proc is None or self._proc.ended:
+        if not self.backend.alive:
             if not self.stopped.called:
                 self.stopped.callback(None)
             return
@@ -790,13 +616,34 @@ class KernelBroker:
         self._caller(who, "complete")
         if not isinstance(text, str):
             raise TypeError(f"complete: text must be a str, not {type(text).__name__}")
-        if not self._ready:
+        if not self._ready or not self.backend.alive:
             return defer.succeed([])
-        self._next_id += 1
-        d: defer.Deferred[list[str]] = defer.Deferred()
-        self._completions[self._next_id] = d
-        self._send({"op": "complete", "id": self._next_id, "text": text})
-        return d
+        return self.backend.complete(text).addErrback(_when_gone, [])
+
+    def _op_inspect(self, who: Any, code: Any, cursor_pos: Any = None,
+                    detail: Any = 0) -> defer.Deferred[dict]:
+        """What the kernel knows of the name at ``cursor_pos`` of ``code`` (default: its
+        end): ``{"found", "text", "data", "metadata"}`` (``data``: a MIME bundle)."""
+        self._caller(who, "inspect")
+        if not isinstance(code, str):
+            raise TypeError(f"inspect: code must be a str, not {type(code).__name__}")
+        if cursor_pos is None:
+            cursor_pos = len(code)
+        if type(cursor_pos) is not int or not 0 <= cursor_pos <= len(code):
+            raise ValueError(f"inspect: cursor_pos must be an int within the code, "
+                             f"not {cursor_pos!r}")
+        if detail not in (0, 1):
+            raise ValueError(f"inspect: detail must be 0 or 1, not {detail!r}")
+        nothing = {"found": False, "text": "", "data": {}, "metadata": {}}
+        if not self._ready or not self.backend.alive:
+            return defer.succeed(nothing)
+        return self.backend.inspect(code, cursor_pos, detail).addErrback(_when_gone, nothing)
+
+
+def _when_gone(failure: Failure, value: Any) -> Any:
+    """``value`` when the kernel ended before it answered (any other failure stays)."""
+    failure.trap(KernelGone)
+    return value
 
 
 __all__ = ["KernelBroker", "BrokerConfig", "KernelGone"]

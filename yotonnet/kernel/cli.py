@@ -6,7 +6,8 @@ by default the local node, like the client subcommands), starts the kernel
 process and serves it until SIGINT/SIGTERM or a ``shutdown`` from its owner.
 ``--peer`` (repeatable) links to more nodes, as ``yotonnet node`` does. It
 prints ``listening on HOST:PORT``, ``linked to ENDPOINT`` and ``ready`` lines
-on stdout.
+on stdout. ``--jupyter SPEC`` runs the Jupyter kernel of kernelspec SPEC
+instead of yotonnet's Python kernel (:mod:`yotonnet.kernel.jupyter`).
 
 ``console`` attaches an interactive terminal: ``>>>`` prompts (``...`` for
 continuation lines), everyone's output as it comes, code others run shown as
@@ -44,10 +45,11 @@ def add_kernel_parsers(
 ) -> None:
     """Add ``kernel`` and ``console`` with ``sub(name, help, description)`` of the main
     parser; ``client_options`` adds --connect/--timeout/--config/-v."""
-    k = sub("kernel", "run a shared Python kernel on the mesh",
-            "Start a Python kernel process and serve it to the mesh as NAME, until\n"
-            "interrupted or shut down by its owner. Consoles attach with\n"
-            "`yotonnet console NAME` from any node of the mesh.\n"
+    k = sub("kernel", "run a shared kernel (Python, or any Jupyter kernel) on the mesh",
+            "Start a Python kernel process (or, with --jupyter SPEC, the Jupyter kernel of\n"
+            "kernelspec SPEC) and serve it to the mesh as NAME, until interrupted or\n"
+            "shut down by its owner. Consoles attach with `yotonnet console NAME` from\n"
+            "any node of the mesh.\n"
             f"Without --listen or --peer it links to --connect (default {DEFAULT_CONNECT}).")
     k.add_argument("kernel_name", metavar="NAME", help="kernel name (dotted words)")
     k.add_argument("--name", dest="node_name", metavar="NODE",
@@ -63,8 +65,16 @@ def add_kernel_parsers(
     k.add_argument("--default-role", choices=ROLES, default=None,
                    help="role of users not named by --role (default viewer: only the "
                    "owner and users given a role may run code)")
-    k.add_argument("--python", metavar="EXE", default=sys.executable,
+    k.add_argument("--python", metavar="EXE", default=None,
                    help="interpreter of the kernel (default: this one)")
+    k.add_argument("--jupyter", metavar="KERNELSPEC",
+                   help="run the Jupyter kernel of this kernelspec (python3, bash, any "
+                   "installed one: `jupyter kernelspec list`) instead of yotonnet's "
+                   "Python kernel; needs the jupyter extra (pip install 'yotonnet[jupyter]')")
+    k.add_argument("--jupyter-transport", choices=("ipc", "tcp"), default="ipc",
+                   help="how the broker reaches the Jupyter kernel on this host: unix "
+                   "sockets in a private directory (ipc, default) or 127.0.0.1 (tcp, for "
+                   "kernels without ipc)")
     k.add_argument("--cwd", metavar="DIR", help="working directory of the kernel")
     k.add_argument("--history", type=int, default=10_000, metavar="N",
                    help="output messages kept for late joiners (default 10000)")
@@ -113,6 +123,13 @@ def _security(settings: Any) -> dict[str, Any]:
     return {} if security is None else {"security": security}
 
 
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def _note(text: str) -> None:
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
@@ -132,6 +149,9 @@ def run_kernel(args: argparse.Namespace, settings: Any) -> NoReturn:
         roles[user] = role
     if args.unresponsive <= 0:
         _usage(args, "--unresponsive must be > 0")
+    if args.jupyter is not None and args.python is not None:
+        _usage(args, "--python is for yotonnet's Python kernel; a Jupyter kernel's "
+                     "interpreter is its kernelspec's")
     from ..cli import _begin_client_logging
 
     _begin_client_logging(args.verbose)
@@ -184,8 +204,18 @@ async def _kernel_main(reactor: Any, args: argparse.Namespace, settings: Any,
                                                    flush=True))
         d.addErrback(lambda f, ep=endpoint: _note(f"yotonnet kernel: error: {ep}: "
                                                   f"{f.getErrorMessage()}"))
+    backend = None
+    if args.jupyter is not None:
+        try:
+            from .jupyter import JupyterBackend
+        except ImportError as e:
+            _note(f"yotonnet kernel: error: {e}")
+            await ctx.close()
+            raise SystemExit(EXIT_FAILURE) from None
+        backend = JupyterBackend(args.jupyter, transport=args.jupyter_transport, cwd=args.cwd)
     broker = KernelBroker(
-        ctx, name, owner=owner, role_of=role_of, python=args.python, cwd=args.cwd,
+        ctx, name, owner=owner, role_of=role_of, python=args.python or sys.executable,
+        cwd=args.cwd, backend=backend,
         config=BrokerConfig(history=args.history, unresponsive_after=args.unresponsive),
     )
     try:
@@ -195,7 +225,8 @@ async def _kernel_main(reactor: Any, args: argparse.Namespace, settings: Any,
         await broker.close()
         await ctx.close()
         raise SystemExit(EXIT_FAILURE) from None
-    print(f"yotonnet kernel {name}: ready (pid {broker.process_info.get('pid')}, "
+    what = f"Jupyter kernel {args.jupyter}, " if args.jupyter is not None else ""
+    print(f"yotonnet kernel {name}: ready ({what}pid {broker.process_info.get('pid')}, "
           f"owner {owner})", flush=True)
 
     async def stop() -> None:
@@ -239,11 +270,19 @@ class Console:
 
     def on_output(self, m: dict) -> None:
         kind, text, user = m["kind"], m["text"], m.get("user")
-        if self.args.code is not None and kind not in (p.STDOUT, p.STDERR, p.RESULT, p.ERROR):
+        if self.args.code is not None and kind not in (p.STDOUT, p.STDERR, p.RESULT, p.ERROR,
+                                                       p.DISPLAY, p.UPDATE_DISPLAY):
             return  # -c: only the output, as a script's
-        if kind == p.STDOUT or kind == p.RESULT:
+        if kind in (p.STDOUT, p.RESULT, p.DISPLAY, p.UPDATE_DISPLAY):
             self.write(text)
+            others = [t for t in (m.get("data") or {}) if t != "text/plain"]
+            if others:  # a terminal shows text/plain; say what else a frontend would show
+                self.write(f"[also sent as {', '.join(sorted(others))}]\n")
+        elif kind == p.CLEAR_OUTPUT:
+            pass  # a terminal's output stays
         elif kind in (p.STDERR, p.ERROR):
+            if kind == p.ERROR and not _isatty(self.err):
+                text = p.strip_ansi(text)  # a Jupyter kernel's colours, for a terminal only
             self.write(text, self.err)
         elif kind == p.EXECUTE:
             if user == self.user and text == self.pending_code:
@@ -432,9 +471,14 @@ class Console:
                            f"interpreter {status.get('interpreter')}\n")
             elif word == "complete":
                 self.write("  " + "  ".join(client.complete(rest.strip())) + "\n")
+            elif word == "inspect":
+                found = client.inspect(rest.strip())
+                text = found.get("text") if found.get("found") else None
+                self.write((text.rstrip("\n") if text else f"  nothing known of {rest.strip()!r}")
+                           + "\n")
             else:
                 self.write("  %interrupt  %restart  %shutdown  %who  %status  "
-                           "%complete PREFIX  %quit\n")
+                           "%complete PREFIX  %inspect NAME  %quit\n")
         except Exception as e:  # noqa: BLE001 - e.g. PermissionDenied from the broker
             self.write(f"* {word}: {e}\n", self.err)
             return "error"

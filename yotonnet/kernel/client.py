@@ -278,6 +278,15 @@ class KernelClient:
         self._check_attached()
         return self.control.call("complete", self.caller.to_wire(), text)
 
+    def inspect(self, code: str, cursor_pos: int | None = None,
+                detail: int = 0) -> defer.Deferred[dict]:
+        """What the kernel knows of the name at ``cursor_pos`` of ``code`` (default: the
+        end), as Jupyter's inspect: ``{"found", "text", "data", "metadata"}``, with
+        ``text`` for a terminal and ``data`` the kernel's MIME bundle; ``detail=1`` asks
+        for more (e.g. the source)."""
+        self._check_attached()
+        return self.control.call("inspect", self.caller.to_wire(), code, cursor_pos, detail)
+
     def status(self) -> dict[str, Any]:
         """The broker's last status plus this client's ``link`` ("up"/"down")."""
         status = dict(self.status_channel.recv() or {"state": "unknown"}) if self.output else {}
@@ -304,7 +313,7 @@ class KernelClient:
 
     def wait_for_seq(self, seq: int) -> defer.Deferred[None]:
         """Fires once every output message up to ``seq`` was delivered."""
-        if self.shown >= seq:
+        if self._done_up_to() >= seq:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         self._seq_waiters.append((seq, d))
@@ -379,11 +388,18 @@ class KernelClient:
         if self.attached and self.link == "up" and not self.context.closed:
             self._release_waiters()
 
+    def _done_up_to(self) -> int:
+        """The seq up to which every message was delivered or is not wanted (before the
+        history this client asked for, e.g. ``history=0``): while nothing waits behind a
+        busy ``on_output``, everything up to the merger's position."""
+        if self._backlog or self._pace is not None:
+            return self.shown
+        return max(self.shown, self.merger.last)
+
     def _release_waiters(self) -> None:
         # With an empty history and nothing live, waiters for seq <= last fire here
         # (those for messages still waiting behind a busy on_output fire as they show).
-        shown = self.shown if self._backlog or self._pace is not None else self.merger.last
-        for want, _ in self._fire_waiters(shown):
+        for want, _ in self._fire_waiters(self._done_up_to()):
             self.merger.want(want)
 
     def _fire_waiters(self, shown: int) -> list[tuple[int, defer.Deferred]]:

@@ -21,8 +21,8 @@ stdout and stderr, then the reply on fd 4, so the broker can tag every byte
 of output with the execution that wrote it.
 
 Code runs in the main thread, so SIGINT (the broker's interrupt) raises
-KeyboardInterrupt in it; while idle, SIGINT is ignored. Completion runs in
-the command thread, so it answers while code runs.
+KeyboardInterrupt in it; while idle, SIGINT is ignored. Completion and
+inspection run in the command thread, so they answer while code runs.
 """
 
 import ast
@@ -41,6 +41,14 @@ CMD_FD, REPLY_FD, HEARTBEAT_FD = 3, 4, 5
 HEARTBEAT_INTERVAL = 0.1
 FLUSH_INTERVAL = 0.05
 BUFFER_BYTES = 8192
+
+
+def reprlib_repr(value):
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 200
+    return short.repr(value)
 
 
 def write_all(fd, data):
@@ -161,6 +169,8 @@ class Driver:
                 op = message.get("op")
                 if op == "complete":
                     self.complete(message)
+                elif op == "inspect":
+                    self.inspect(message)
                 elif op == "input_reply":
                     self.inputs.put(message)
                 else:
@@ -185,6 +195,51 @@ class Driver:
         except Exception:  # noqa: BLE001 - the namespace may change meanwhile
             matches = []
         self.send({"op": "completions", "id": message["id"], "matches": matches})
+
+    def inspect(self, message):
+        """What the (dotted) name around the cursor is: its type, signature and
+        docstring (with detail > 0 its source too). Names are looked up, never
+        evaluated."""
+        code = str(message.get("code", ""))
+        pos = message.get("cursor_pos")
+        pos = len(code) if not isinstance(pos, int) else max(0, min(pos, len(code)))
+        start = end = pos
+        word = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")
+        while start > 0 and code[start - 1] in word:
+            start -= 1
+        while end < len(code) and code[end] in word:
+            end += 1
+        name = code[start:end].strip(".")
+        text, found = "", False
+        try:
+            parts = name.split(".")
+            if parts[0] in self.namespace:
+                obj = self.namespace[parts[0]]
+            else:
+                obj = getattr(builtins, parts[0])
+            for part in parts[1:]:
+                obj = getattr(obj, part)
+            import inspect
+
+            lines = [f"{name}: {type(obj).__name__}"]
+            try:
+                lines.append(f"signature: {name}{inspect.signature(obj)}")
+            except (TypeError, ValueError):
+                pass
+            if not callable(obj) and not inspect.ismodule(obj):
+                lines.append(f"value: {reprlib_repr(obj)}")
+            doc = inspect.getdoc(obj)
+            if doc:
+                lines.append(doc)
+            if message.get("detail"):
+                try:
+                    lines.append(inspect.getsource(obj))
+                except (OSError, TypeError):
+                    pass
+            text, found = "\n".join(lines) + "\n", True
+        except Exception:  # noqa: BLE001 - no such name, or a getattr that raised
+            pass
+        self.send({"op": "inspection", "id": message["id"], "found": found, "text": text})
 
     def ask(self, prompt, password=False):
         """input() and getpass(): ask the user who runs the code, through the broker."""

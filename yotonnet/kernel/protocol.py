@@ -9,13 +9,20 @@ into one stream with no gap and no duplicate (:class:`OutputMerger`).
 Every output message is a dict ``{"seq", "kind", "text", "exec", "user"}``:
 ``seq`` counts up by one per message of a broker, so a client can tell a
 message it has (drop it) from one it missed (fetch it from the history).
+``text`` is always what a terminal shows. Results and displays may carry
+more, as Jupyter sends them, intact (see :data:`RICH_FIELDS`): ``data`` (a
+MIME bundle such as ``{"text/plain": ..., "image/png": ...}``), ``metadata``,
+``transient`` (``display_id``), ``execution_count``, ``wait`` (of
+clear_output) and ``error`` (``ename``, ``evalue``, ``traceback``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 from ..core.names import validate_channel_name
@@ -47,7 +54,24 @@ JOIN = "join"
 LEAVE = "leave"
 #: the broker's own notes: kernel started, died, restarted
 SYSTEM = "system"
-KINDS = (STDOUT, STDERR, EXECUTE, RESULT, ERROR, STDIN, JOIN, LEAVE, SYSTEM)
+#: Jupyter's display_data (text: its text/plain; data: the MIME bundle)
+DISPLAY = "display"
+#: Jupyter's update_display_data: new data for the display of transient.display_id
+UPDATE_DISPLAY = "update_display"
+#: Jupyter's clear_output (text empty; wait: clear when the next output comes)
+CLEAR_OUTPUT = "clear_output"
+KINDS = (STDOUT, STDERR, EXECUTE, RESULT, ERROR, STDIN, JOIN, LEAVE, SYSTEM, DISPLAY,
+         UPDATE_DISPLAY, CLEAR_OUTPUT)
+#: the fields an output message may carry beside seq, kind, text, exec and user
+RICH_FIELDS = ("data", "metadata", "transient", "execution_count", "wait", "error")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal colour codes (Jupyter kernels colour their tracebacks)."""
+    return _ANSI.sub("", text)
 
 
 def channel_names(kernel: str) -> dict[str, str]:
@@ -169,6 +193,29 @@ class MarkerSplitter:
 # --- history on the broker
 
 
+def message_size(message: dict[str, Any]) -> int:
+    """What a message weighs in the history: its text and any rich data (strings and
+    bytes counted by length, other values a few bytes each)."""
+    size = len(message["text"])
+    for key in RICH_FIELDS:
+        value = message.get(key)
+        if value is not None:
+            size += _weight(value, 0)
+    return size
+
+
+def _weight(value: Any, depth: int) -> int:
+    if isinstance(value, str | bytes):
+        return len(value)
+    if depth > 20:
+        return 8
+    if isinstance(value, dict):
+        return sum(len(str(k)) + _weight(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_weight(v, depth + 1) for v in value) + len(value)
+    return 8
+
+
 class OutputHistory:
     """The recent output messages, bounded by count and by text size.
 
@@ -184,6 +231,7 @@ class OutputHistory:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self._messages: deque[dict[str, Any]] = deque()
+        self._sizes: deque[int] = deque()
         self._bytes = 0
         self.last_seq = 0
         #: messages pushed out of the buffer by newer ones
@@ -201,14 +249,16 @@ class OutputHistory:
         seq = message["seq"]
         if seq != self.last_seq + 1:
             raise ValueError(f"history expects seq {self.last_seq + 1}, got {seq}")
+        size = message_size(message)
         self._messages.append(message)
-        self._bytes += len(message["text"])
+        self._sizes.append(size)
+        self._bytes += size
         self.last_seq = seq
         while len(self._messages) > self.max_messages or (
             self._bytes > self.max_bytes and len(self._messages) > 1
         ):
-            old = self._messages.popleft()
-            self._bytes -= len(old["text"])
+            self._messages.popleft()
+            self._bytes -= self._sizes.popleft()
             self.evicted += 1
 
     def since(self, seq: int | None, page_bytes: int = 1 << 20,
@@ -216,8 +266,8 @@ class OutputHistory:
         """Messages after ``seq`` (None: the newest ``last`` messages, or all held).
 
         Returns ``{"first", "last", "messages"}``: the oldest seq held, the
-        newest seq published, and at most ``page_bytes`` of text (at least
-        one message) starting right after ``seq``.
+        newest seq published, and at most ``page_bytes`` of text and rich
+        data (see :func:`message_size`; at least one message) starting right after ``seq``.
         """
         msgs = self._messages
         if seq is None:
@@ -227,9 +277,8 @@ class OutputHistory:
             start = max(0, seq + 1 - self.first_seq)
         page: list[dict[str, Any]] = []
         size = 0
-        for i in range(start, len(msgs)):
-            message = msgs[i]
-            size += len(message["text"])
+        for message, weight in islice(zip(msgs, self._sizes), start, None):
+            size += weight
             if page and size > page_bytes:
                 break
             page.append(message)

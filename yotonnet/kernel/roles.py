@@ -30,6 +30,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "detach": frozenset(ROLES),
     "history": frozenset(ROLES),
     "complete": frozenset(ROLES),
+    "inspect": frozenset(ROLES),
     "execute": frozenset((OWNER, COLLABORATOR)),
     "interrupt": frozenset((OWNER, COLLABORATOR)),
     "restart": frozenset((OWNER,)),
