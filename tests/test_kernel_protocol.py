@@ -4,7 +4,8 @@
   into reads (random cuts, one byte at a time), and keeps look-alikes that
   are not markers as output;
 * ``OutputHistory`` stays within its bounds (rich data, such as a Jupyter
-  MIME bundle, counted) and pages from any ``since``;
+  MIME bundle, counted) and pages from any ``since``; a Jupyter header passes
+  as an execution's ``parent``, anything else or bigger does not;
 * ``OutputMerger`` delivers every message exactly once and in order for
   random interleavings of live messages (with some lost on the way) and
   history answers, and reports what the bounded history no longer held;
@@ -144,6 +145,17 @@ class OutputHistoryTests(SynchronousTestCase):
         self.assertEqual([m["seq"] for m in h.since(1, page_bytes=10)["messages"]], [2])
         self.assertEqual(p.strip_ansi("\x1b[31mZeroDivisionError\x1b[39m: x"),
                          "ZeroDivisionError: x")
+
+    def test_parent_headers(self) -> None:
+        # What a Jupyter frontend's execute_request header may carry through the broker.
+        header = {"msg_id": "abc", "session": "s", "username": "bob", "msg_type":
+                  "execute_request", "version": "5.3", "date": "2026-01-01T00:00:00+00:00"}
+        self.assertEqual(p.check_parent(header), header)
+        self.assertIsNone(p.check_parent(None))
+        for bad in ({"session": "s"}, {"msg_id": 1}, "abc", {"msg_id": "a", "x": b"bytes"},
+                    {"msg_id": "a", "x": "y" * p.MAX_PARENT}, {"msg_id": "a", "x": object()}):
+            self.assertRaises(ValueError, p.check_parent, bad)
+        self.assertIn(p.END, p.KINDS)
 
     def test_bad_input(self) -> None:
         self.assertRaises(ValueError, p.OutputHistory, 0)

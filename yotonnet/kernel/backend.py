@@ -143,6 +143,14 @@ class KernelBackend:
     def interrupt(self) -> None:
         raise NotImplementedError
 
+    def kernel_info(self) -> dict[str, Any]:
+        """What the kernel says of itself, as the content of Jupyter's ``kernel_info_reply``
+        (``language_info``, ``banner``, ``implementation``...): answered at once, from
+        what the kernel said when it started."""
+        return {"status": "ok", "protocol_version": "5.3", "implementation": self.kind,
+                "implementation_version": "", "language_info": {"name": "unknown"},
+                "banner": "", "help_links": []}
+
     def terminate(self) -> None:
         """Ask the kernel to end (it may not: the broker kills it after a while)."""
         raise NotImplementedError
@@ -275,9 +283,28 @@ class PythonBackend(KernelBackend):
         self._paused = False
         self.closed = False
         self._heartbeat_check: LoopingCall | None = None
+        #: the kernel interpreter's version, once it said (its "ready")
+        self.version: str | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.kind, "python": self.python}
+
+    def kernel_info(self) -> dict[str, Any]:
+        from .. import __version__
+
+        version = self.version or ""
+        return {
+            "status": "ok", "protocol_version": "5.3", "implementation": "yotonnet",
+            "implementation_version": __version__,
+            "language_info": {
+                "name": "python", "version": version, "mimetype": "text/x-python",
+                "file_extension": ".py", "pygments_lexer": "ipython3",
+                "codemirror_mode": {"name": "ipython", "version": 3},
+                "nbconvert_exporter": "python",
+            },
+            "banner": f"Python {version} (yotonnet's shared Python kernel, {self.python})\n",
+            "help_links": [],
+        }
 
     @property
     def alive(self) -> bool:
@@ -436,8 +463,13 @@ class PythonBackend(KernelBackend):
                 self.events.kernel_output(p.RESULT, value + "\n", cur.id,
                                           {"data": {"text/plain": value}, "metadata": {}})
         else:
-            self.events.kernel_output(p.ERROR, reply.get("traceback") or
-                                      f"{reply.get('type')}: {reply.get('message')}\n", cur.id)
+            text = (reply.get("traceback") or
+                    f"{reply.get('type')}: {reply.get('message')}\n")
+            self.events.kernel_output(p.ERROR, text, cur.id, {"error": {
+                "ename": str(reply.get("type") or "Error"),
+                "evalue": str(reply.get("message") or ""),
+                "traceback": text.rstrip("\n").split("\n"),
+            }})
         self.events.kernel_done(cur.id, reply)
 
     def _on_kernel_message(self, message: dict) -> None:
@@ -446,6 +478,7 @@ class PythonBackend(KernelBackend):
             self._ready = True
             self._responsive = True
             self._last_beat = self.reactor.seconds()
+            self.version = str(message.get("python") or "") or None
             self.events.kernel_ready({"pid": message.get("pid"),
                                       "python": message.get("python")})
         elif op == "done":

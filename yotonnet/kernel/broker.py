@@ -20,7 +20,8 @@ Channels (see :func:`yotonnet.kernel.protocol.channel_names`):
   interpreter signals (the third signal, the link, is each client's own).
 * ``kernel.NAME.presence`` (state): who is attached, with their role.
 * ``kernel.NAME.control`` (req/rep): attach, detach, history, execute,
-  interrupt, restart, shutdown, complete, inspect. Every call names its caller;
+  interrupt, restart, shutdown, complete, inspect, kernel_info (what the kernel
+  says of itself, as Jupyter's ``kernel_info_reply``). Every call names its caller;
   :mod:`yotonnet.kernel.roles` decides what that caller may do.
 """
 
@@ -58,6 +59,8 @@ class Execution:
     id: int
     caller: Caller
     code: str
+    #: the Jupyter header of the request that ran it (a frontend's; see protocol)
+    parent: dict | None = None
     done: defer.Deferred = field(default_factory=defer.Deferred)
     started: bool = False
 
@@ -150,7 +153,7 @@ class KernelBroker:
         self.presence_channel = StateChannel(context, self.names["presence"])
         self.control = RepChannel(context, self.names["control"])
         for op in ("attach", "detach", "history", "execute", "interrupt", "restart",
-                   "shutdown", "complete", "inspect"):
+                   "shutdown", "complete", "inspect", "kernel_info"):
             self.control.register(op, getattr(self, f"_op_{op}"))
         self.state = p.STARTING
         self.process_info: dict[str, Any] = {"alive": False, "pid": None}
@@ -262,6 +265,8 @@ class KernelBroker:
         self._current = None
         self._queue.clear()
         for ex in pending:
+            if ex.started:
+                self._publish(p.END, "", ex.id, ex.caller.user, {"status": "error"})
             reply = {"id": ex.id, "user": ex.caller.user, "status": "error",
                      "type": "KernelGone", "message": str(error), "traceback": "",
                      "value": None}
@@ -313,6 +318,8 @@ class KernelBroker:
         reply = dict(reply)
         reply["id"] = ex.id
         reply["user"] = ex.caller.user
+        # Everyone learns it ended (Jupyter frontends say idle); its runner waits for this too.
+        self._publish(p.END, "", ex.id, ex.caller.user, {"status": reply.get("status")})
         reply["last_seq"] = self.history.last_seq
         self._current = None
         ex.done.callback(reply)
@@ -388,7 +395,10 @@ class KernelBroker:
         ex = self._queue.popleft()
         self._current = ex
         ex.started = True
-        self._publish(p.EXECUTE, ex.code, ex.id, ex.caller.user)
+        extra: dict[str, Any] = {"client": p.public_client_id(ex.caller.client)}
+        if ex.parent is not None:
+            extra["parent"] = ex.parent
+        self._publish(p.EXECUTE, ex.code, ex.id, ex.caller.user, extra)
         try:
             self.backend.execute(ex.id, ex.code)
         except KernelGone:
@@ -557,15 +567,18 @@ class KernelBroker:
                 raise ValueError(f"history: {what} must be None or an int >= 0, not {value!r}")
         return self.history.since(since, self.config.history_page, last)
 
-    def _op_execute(self, who: Any, code: Any) -> defer.Deferred[dict]:
+    def _op_execute(self, who: Any, code: Any, parent: Any = None) -> defer.Deferred[dict]:
+        """Run ``code``; ``parent`` (optional) is the Jupyter header of the frontend request
+        that ran it, published with the code so every frontend can tag its output."""
         caller, role = self._caller(who, "execute")
         if not isinstance(code, str):
             raise TypeError(f"execute: code must be a str, not {type(code).__name__}")
+        parent = p.check_parent(parent)
         if self.state == p.DEAD:
             raise KernelGone(f"kernel {self.name!r} is dead; restart it first")
         self._join(caller, role)
         self._next_id += 1
-        ex = Execution(self._next_id, caller, code)
+        ex = Execution(self._next_id, caller, code, parent)
         self._queue.append(ex)
         self._run_next()
         return ex.done
@@ -638,6 +651,12 @@ class KernelBroker:
         if not self._ready or not self.backend.alive:
             return defer.succeed(nothing)
         return self.backend.inspect(code, cursor_pos, detail).addErrback(_when_gone, nothing)
+
+    def _op_kernel_info(self, who: Any) -> dict[str, Any]:
+        """What the kernel says of itself, as the content of Jupyter's ``kernel_info_reply``
+        (``language_info``, ``banner``, ``implementation``, ...)."""
+        self._caller(who, "kernel_info")
+        return self.backend.kernel_info()
 
 
 def _when_gone(failure: Failure, value: Any) -> Any:

@@ -278,8 +278,8 @@ class Console:
             others = [t for t in (m.get("data") or {}) if t != "text/plain"]
             if others:  # a terminal shows text/plain; say what else a frontend would show
                 self.write(f"[also sent as {', '.join(sorted(others))}]\n")
-        elif kind == p.CLEAR_OUTPUT:
-            pass  # a terminal's output stays
+        elif kind in (p.CLEAR_OUTPUT, p.END):
+            pass  # a terminal's output stays; the end of an execution shows as the prompt
         elif kind in (p.STDERR, p.ERROR):
             if kind == p.ERROR and not _isatty(self.err):
                 text = p.strip_ansi(text)  # a Jupyter kernel's colours, for a terminal only

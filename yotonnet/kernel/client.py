@@ -245,11 +245,14 @@ class KernelClient:
 
     # --- operations
 
-    def execute(self, code: str) -> defer.Deferred[ExecuteResult]:
+    def execute(self, code: str, parent: dict | None = None) -> defer.Deferred[ExecuteResult]:
         """Run ``code``; fires with its :class:`ExecuteResult` once every message of it
-        has been delivered to ``on_output``."""
+        has been delivered to ``on_output``. ``parent`` (a Jupyter message header, see
+        :mod:`yotonnet.kernel.frontend`) goes out with the code's ``execute`` record."""
         self._check_attached()
-        d = self.long_control.call("execute", self.caller.to_wire(), code)
+        args = (self.caller.to_wire(), code) if parent is None else \
+            (self.caller.to_wire(), code, parent)
+        d = self.long_control.call("execute", *args)
 
         def done(reply: dict) -> Any:
             result = ExecuteResult.from_reply(reply)
@@ -286,6 +289,12 @@ class KernelClient:
         for more (e.g. the source)."""
         self._check_attached()
         return self.control.call("inspect", self.caller.to_wire(), code, cursor_pos, detail)
+
+    def kernel_info(self) -> defer.Deferred[dict]:
+        """What the kernel says of itself: the content of a Jupyter ``kernel_info_reply``
+        (``language_info``, ``banner``, ``implementation``...), for any kind of kernel."""
+        self._check_attached()
+        return self.control.call("kernel_info", self.caller.to_wire())
 
     def status(self) -> dict[str, Any]:
         """The broker's last status plus this client's ``link`` ("up"/"down")."""

@@ -140,16 +140,25 @@ def kernelspec_names() -> list[str]:
 
 
 @implementer(IReadDescriptor)
-class _SocketReader:
-    """One zmq socket as a reactor reader (see the module docstring)."""
+class SocketReader:
+    """One zmq socket as a reactor reader (see the module docstring).
 
-    def __init__(self, backend: JupyterBackend, sock: Any, name: str,
-                 handle: Callable[[Any], None], raw: bool = False) -> None:
-        self.backend = backend
+    ``owner`` has the ``session`` (a jupyter_client ``Session``) that reads and
+    checks the messages, the ``reactor`` and a ``name`` for the logs: this
+    module's backend, or :class:`yotonnet.kernel.frontend.JupyterFrontend`.
+    ``handle(message)`` gets each message (``raw``: its frames, unchecked;
+    ``idents``: ``handle(identities, message)``, as a ROUTER socket needs to
+    answer).
+    """
+
+    def __init__(self, owner: Any, sock: Any, name: str, handle: Callable[..., None],
+                 raw: bool = False, idents: bool = False) -> None:
+        self.backend = owner
         self.sock = sock
         self.name = name
         self.handle = handle
         self.raw = raw
+        self.idents = idents
         self.fd = sock.getsockopt(zmq.FD)
         self.paused = False
         self.closed = False
@@ -190,9 +199,9 @@ class _SocketReader:
                 if not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     return
                 if self.raw:
-                    message = self.sock.recv(zmq.NOBLOCK)
+                    message = self.sock.recv_multipart(zmq.NOBLOCK)
                 else:
-                    _, message = self.backend.session.recv(self.sock, mode=zmq.NOBLOCK)
+                    idents, message = self.backend.session.recv(self.sock, mode=zmq.NOBLOCK)
             except zmq.Again:
                 return
             except zmq.ZMQError as e:
@@ -206,7 +215,10 @@ class _SocketReader:
             if message is None:
                 return
             try:
-                self.handle(message)
+                if self.idents and not self.raw:
+                    self.handle(idents, message)
+                else:
+                    self.handle(message)
             except Exception:  # noqa: BLE001 - one odd message must not stop the kernel
                 log.failure("kernel {name}: handling a {sock} message", name=self.backend.name,
                             sock=self.name)
@@ -288,7 +300,7 @@ class JupyterBackend(KernelBackend):
         self._dir: str | None = None
         self._spec: Any = None
         self._gen = 0
-        self._readers: dict[str, _SocketReader] = {}
+        self._readers: dict[str, SocketReader] = {}
         self._run: _Run | None = None
         self._requests: dict[str, tuple[str, defer.Deferred]] = {}
         self._monitor: LoopingCall | None = None
@@ -333,6 +345,16 @@ class JupyterBackend(KernelBackend):
     @property
     def busy(self) -> bool:
         return self._busy
+
+    def kernel_info(self) -> dict[str, Any]:
+        """The kernel's own ``kernel_info_reply`` content, as it answered at its start."""
+        if self._info_reply is not None:
+            return dict(self._info_reply)
+        info = super().kernel_info()
+        if self._spec is not None:
+            info["language_info"] = {"name": self._spec.language}
+            info["banner"] = f"{self._spec.display_name} (starting)\n"
+        return info
 
     @property
     def output_paused(self) -> bool:
@@ -396,12 +418,12 @@ class JupyterBackend(KernelBackend):
         self._started_at = self._hb_last = now
         identity = session.bsession
         self._readers = {
-            "shell": _SocketReader(self, km.connect_shell(identity=identity), "shell",
+            "shell": SocketReader(self, km.connect_shell(identity=identity), "shell",
                                    self._on_shell),
-            "iopub": _SocketReader(self, km.connect_iopub(), "iopub", self._on_iopub),
-            "stdin": _SocketReader(self, km.connect_stdin(identity=identity), "stdin",
+            "iopub": SocketReader(self, km.connect_iopub(), "iopub", self._on_iopub),
+            "stdin": SocketReader(self, km.connect_stdin(identity=identity), "stdin",
                                    self._on_stdin),
-            "hb": _SocketReader(self, km.connect_hb(), "hb", self._on_hb, raw=True),
+            "hb": SocketReader(self, km.connect_hb(), "hb", self._on_hb, raw=True),
         }
         for name, reader in self._readers.items():
             if name == "iopub" and self._paused:
@@ -524,7 +546,7 @@ class JupyterBackend(KernelBackend):
         elif now - self._hb_sent > self.unresponsive_after and self._ready:
             self._set_responsive(False)
 
-    def _on_hb(self, _echo: bytes) -> None:
+    def _on_hb(self, _echo: list[bytes]) -> None:
         self._hb_sent = None
         self._hb_last = self.reactor.seconds()
         if self._ready:
@@ -864,4 +886,4 @@ def _traceback_text(content: dict) -> str:
     return f"{content.get('ename') or 'Error'}: {content.get('evalue')}\n"
 
 
-__all__ = ["JupyterBackend", "kernelspec_names"]
+__all__ = ["JupyterBackend", "SocketReader", "kernelspec_names"]

@@ -13,7 +13,11 @@ message it has (drop it) from one it missed (fetch it from the history).
 more, as Jupyter sends them, intact (see :data:`RICH_FIELDS`): ``data`` (a
 MIME bundle such as ``{"text/plain": ..., "image/png": ...}``), ``metadata``,
 ``transient`` (``display_id``), ``execution_count``, ``wait`` (of
-clear_output) and ``error`` (``ename``, ``evalue``, ``traceback``).
+clear_output) and ``error`` (``ename``, ``evalue``, ``traceback``). The
+``execute`` record of an execution also names the client that ran it
+(``client``: its public id) and, when that client gave one, ``parent``: the
+Jupyter header of the request that ran the code (see :mod:`.frontend`); an
+``end`` record closes every execution that started, with its ``status``.
 """
 
 from __future__ import annotations
@@ -60,10 +64,16 @@ DISPLAY = "display"
 UPDATE_DISPLAY = "update_display"
 #: Jupyter's clear_output (text empty; wait: clear when the next output comes)
 CLEAR_OUTPUT = "clear_output"
+#: an execution ended, all its output was published before (text empty; status: "ok" or
+#: "error"): what tells everyone, not only its runner, that it is over (Jupyter's idle)
+END = "end"
 KINDS = (STDOUT, STDERR, EXECUTE, RESULT, ERROR, STDIN, JOIN, LEAVE, SYSTEM, DISPLAY,
-         UPDATE_DISPLAY, CLEAR_OUTPUT)
+         UPDATE_DISPLAY, CLEAR_OUTPUT, END)
 #: the fields an output message may carry beside seq, kind, text, exec and user
-RICH_FIELDS = ("data", "metadata", "transient", "execution_count", "wait", "error")
+RICH_FIELDS = ("data", "metadata", "transient", "execution_count", "wait", "error",
+               "parent", "client", "status")
+#: the most a request's ``parent`` (a Jupyter message header) may weigh
+MAX_PARENT = 4096
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -98,6 +108,31 @@ def public_client_id(client_id: str) -> str:
     """What others see of a client (presence): a digest of its id, not the id itself,
     which names its input channel and so must not be handed to every attached user."""
     return hashlib.sha256(b"yotonnet-kernel-client:" + client_id.encode()).hexdigest()[:16]
+
+
+def check_parent(value: Any) -> dict[str, Any] | None:
+    """``value`` if it may be an execution's ``parent``: None, or a Jupyter message header
+    (a dict with a str ``msg_id``, plain JSON values, at most :data:`MAX_PARENT`)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("msg_id"), str):
+        raise ValueError("execute: parent must be None or a Jupyter header (a dict with a "
+                         "str 'msg_id')")
+    if _weight(value, 0) > MAX_PARENT or not _plain(value, 0):
+        raise ValueError(f"execute: parent must be plain JSON of at most {MAX_PARENT} bytes")
+    return value
+
+
+def _plain(value: Any, depth: int) -> bool:
+    if value is None or isinstance(value, str | int | float | bool):
+        return True
+    if depth > 4:
+        return False
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v, depth + 1) for v in value)
+    return False
 
 
 def validate_kernel_name(name: str) -> str:

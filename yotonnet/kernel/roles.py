@@ -31,6 +31,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "history": frozenset(ROLES),
     "complete": frozenset(ROLES),
     "inspect": frozenset(ROLES),
+    "kernel_info": frozenset(ROLES),
     "execute": frozenset((OWNER, COLLABORATOR)),
     "interrupt": frozenset((OWNER, COLLABORATOR)),
     "restart": frozenset((OWNER,)),
