@@ -268,6 +268,11 @@ class _Run:
         #: when its execute_reply came without IOPub's idle, and the fence sent since
         self.replied_at: float | None = None
         self.fence: str | None = None
+        #: the kernel began running it (its execute_input, or output, came); an interrupt
+        #: asked before then waits for it (a kernel ignores SIGINT between executions)
+        self.started = False
+        self.interrupt_pending = False
+        self.busy_timer: Any = None
 
 
 class JupyterBackend(KernelBackend):
@@ -570,6 +575,9 @@ class JupyterBackend(KernelBackend):
         self._alive = False
         self._ready = False
         self._busy = False
+        if self._run is not None and self._run.busy_timer is not None \
+                and self._run.busy_timer.active():
+            self._run.busy_timer.cancel()
         self._run = None
         self._drop_kernel()
         self._fail_requests()
@@ -660,6 +668,25 @@ class JupyterBackend(KernelBackend):
         }).addCallback(found)
 
     def interrupt(self) -> None:
+        run = self._run
+        if run is not None and not run.started:
+            # The kernel has not begun this code yet: interrupting now would hit it between
+            # executions, where it ignores SIGINT. Interrupt once it has begun.
+            run.interrupt_pending = True
+            return
+        self._interrupt_now()
+
+    def _run_started(self, run: _Run) -> None:
+        if run.busy_timer is not None and run.busy_timer.active():
+            run.busy_timer.cancel()
+        if run.started:
+            return
+        run.started = True
+        if run.interrupt_pending and self._run is run:
+            run.interrupt_pending = False
+            self._interrupt_now()
+
+    def _interrupt_now(self) -> None:
         km = self.km
         if km is None or not self._alive:
             return
@@ -804,6 +831,13 @@ class JupyterBackend(KernelBackend):
             self._maybe_done(run)
             run = self._run
             exec_id = None
+        if exec_id is not None and run is not None and not run.started:
+            if msg_type == "status" and content.get("execution_state") == "busy":
+                # A kernel that sends no execute_input: begun a moment after its busy.
+                if run.busy_timer is None:
+                    run.busy_timer = self.reactor.callLater(0.2, self._run_started, run)
+            elif msg_type != "status":
+                self._run_started(run)  # execute_input (sent as it begins) or output
         if msg_type == "status":
             state = content.get("execution_state")
             busy = state == "busy"
@@ -857,6 +891,8 @@ class JupyterBackend(KernelBackend):
         if run.reply is None or not run.idle or self._run is not run:
             return
         self._run = None
+        if run.busy_timer is not None and run.busy_timer.active():
+            run.busy_timer.cancel()
         content = run.reply
         status = content.get("status")
         if status == "ok":
