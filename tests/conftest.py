@@ -55,6 +55,7 @@ RINGS: dict[str, int | dict[str, int]] = {
     "test_control_attacks": 3,
     "test_flow_processes": 3,
     "test_hostile": 3,
+    "test_jupyter_frontend": 3,
     "test_jupyter_host": 3,
     "test_kernel": 3,
     "test_kernel_auth": 3,

@@ -9,6 +9,9 @@
   :class:`yotonnet.kernel.jupyter.JupyterBackend` (any Jupyter kernel, through
   jupyter_client: ``yotonnet kernel NAME --jupyter SPEC``; imported on demand,
   it needs the ``jupyter`` extra).
+* :mod:`.frontend` is the kernel process of the Jupyter kernelspec
+  ``yotonnet-NAME`` (``yotonnet jupyter install NAME``): any Jupyter frontend
+  uses shared kernel NAME through it.
 * :mod:`.protocol` holds the channel names, status values, output kinds and
   the history/merge logic; :mod:`.roles` the pluggable role check.
 """

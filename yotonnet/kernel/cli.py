@@ -1,4 +1,4 @@
-"""``yotonnet kernel NAME`` and ``yotonnet console NAME``: the shared-kernel subcommands.
+"""``yotonnet kernel NAME``, ``yotonnet console NAME``, ``yotonnet jupyter install NAME``.
 
 ``kernel`` runs a broker (:class:`~yotonnet.kernel.KernelBroker`) in the
 foreground: it listens (``--listen``) and/or links to a node (``--connect``;
@@ -15,7 +15,11 @@ continuation lines), everyone's output as it comes, code others run shown as
 completes names from the kernel. Lines starting with ``%`` are console
 commands (``%help``). ``-c CODE`` runs CODE and exits (status 1 if it raised).
 
-Both register in ``yotonnet.cli.build_parser`` through :func:`add_kernel_parsers`
+``jupyter install NAME`` installs the Jupyter kernelspec ``yotonnet-NAME``,
+whose kernel process (:mod:`yotonnet.kernel.frontend`) attaches any Jupyter
+frontend to shared kernel NAME.
+
+All register in ``yotonnet.cli.build_parser`` through :func:`add_kernel_parsers`
 and run themselves (``args.run``): the console needs the main thread for the
 terminal, so the reactor runs in the background (:mod:`yotonnet.blocking`).
 """
@@ -101,6 +105,48 @@ def add_kernel_parsers(
     client_options(c)
     security_options(c)
     c.set_defaults(run=run_console)
+
+    j = sub("jupyter", "let Jupyter frontends (JupyterLab, Notebook, VS Code...) use a shared "
+            "kernel", "Jupyter and the shared kernels: `yotonnet jupyter install NAME` installs "
+            "a kernelspec\nthat Jupyter frontends start like any kernel.")
+    actions = j.add_subparsers(dest="action", metavar="ACTION", required=True)
+    i = actions.add_parser(
+        "install", help="install the kernelspec yotonnet-NAME: shared kernel NAME on the mesh",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Install a Jupyter kernelspec yotonnet-NAME (in your user's Jupyter "
+        "directory by\ndefault) whose kernel process is a client of shared kernel NAME: "
+        "a frontend that\npicks it (\"NAME on the mesh\") executes in the shared kernel "
+        "and sees everyone's\ncode and output. The connection and credential options given "
+        "here are those the\nprocess uses (file paths are made absolute; secrets stay in "
+        "their files).\n\nexample:\n  yotonnet jupyter install shared --connect "
+        "tcp:hub:7200 --token-file ~/.yotonnet/bob.token\n  jupyter console --kernel "
+        "yotonnet-shared")
+    i.set_defaults(parser=i, run=run_jupyter_install)
+    i.add_argument("kernel_name", metavar="NAME", help="the shared kernel's name")
+    i.add_argument("--display-name", metavar="TEXT",
+                   help="what frontends show (default \"NAME on the mesh\")")
+    i.add_argument("--language", default="python", metavar="LANG",
+                   help="the kernel's language, for the frontends' menus (default python)")
+    where = i.add_mutually_exclusive_group()
+    where.add_argument("--user", dest="where", action="store_const", const="user",
+                       help="install for this user (default)")
+    where.add_argument("--sys-prefix", dest="where", action="store_const",
+                       const="sys-prefix", help=f"install into this Python's prefix "
+                       f"({sys.prefix})")
+    where.add_argument("--prefix", metavar="DIR",
+                       help="install into DIR/share/jupyter/kernels (then JUPYTER_PATH="
+                       "DIR/share/jupyter finds it)")
+    i.add_argument("--history", type=int, default=200, metavar="N",
+                   help="past output records a frontend gets when it starts (default 200)")
+    i.add_argument("--shutdown", choices=("detach", "kernel"), default="detach",
+                   help="what a frontend's shutdown does: its own process leaves (detach, "
+                   "default) or the shared kernel ends too (kernel; as the owner's role "
+                   "allows)")
+    i.add_argument("--never-pause-kernel", action="store_true",
+                   help="never slow the kernel down for these frontends (they may miss "
+                   "output when they fall far behind)")
+    client_options(i)
+    security_options(i)
 
 
 def _usage(args: argparse.Namespace, message: str) -> NoReturn:
@@ -483,6 +529,88 @@ class Console:
             self.write(f"* {word}: {e}\n", self.err)
             return "error"
         return None
+
+
+# --- yotonnet jupyter install
+
+#: options passed on to the frontend process as given: (flag, dest, a file path)
+_PASSED = (("--connect", "connect", False), ("--timeout", "timeout", False),
+           ("--config", "config", True), ("--token-file", "token_file", True),
+           ("--login", "login", False), ("--password-file", "password_file", True),
+           ("--tls-ca", "tls_ca", True), ("--tls-cert", "tls_cert", True),
+           ("--tls-key", "tls_key", True))
+
+
+def jupyter_kernelspec(args: argparse.Namespace) -> dict[str, Any]:
+    """The kernel.json of ``yotonnet jupyter install`` (see :mod:`.frontend`)."""
+    import os
+
+    argv = [sys.executable, "-m", "yotonnet.kernel.frontend", "-f", "{connection_file}",
+            args.kernel_name]
+    for flag, dest, is_file in _PASSED:
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        value = str(value)
+        if is_file:
+            value = os.path.abspath(os.path.expanduser(value))
+            if not os.path.isfile(value):
+                raise ValueError(f"{flag} {value}: no such file")
+        argv += [flag, value]
+    argv += ["--history", str(args.history), "--shutdown", args.shutdown]
+    if args.never_pause_kernel:
+        argv.append("--never-pause-kernel")
+    return {
+        "argv": argv,
+        "display_name": args.display_name or f"{args.kernel_name} on the mesh",
+        "language": args.language,
+        # interrupt_request on the control socket: a signal would reach this process only
+        "interrupt_mode": "message",
+        "env": {},
+        "metadata": {"debugger": False,
+                     "yotonnet": {"kernel": args.kernel_name, "connect": args.connect}},
+    }
+
+
+def run_jupyter_install(args: argparse.Namespace, settings: Any) -> NoReturn:
+    import json
+    import os
+    import tempfile
+
+    try:
+        p.validate_kernel_name(args.kernel_name)
+    except ValueError as e:
+        _usage(args, str(e))
+    if args.history < 0:
+        _usage(args, "--history must be >= 0")
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+    except ImportError as e:
+        _note(f"yotonnet jupyter: error: installing a kernelspec needs jupyter_client ({e}); "
+              "install it with: pip install 'yotonnet[jupyter]'")
+        raise SystemExit(EXIT_FAILURE) from None
+    try:
+        spec = jupyter_kernelspec(args)
+    except ValueError as e:
+        _note(f"yotonnet jupyter install: error: {e}")
+        raise SystemExit(EXIT_FAILURE) from None
+    name = f"yotonnet-{args.kernel_name}".lower()
+    prefix = args.prefix if args.prefix else sys.prefix if args.where == "sys-prefix" else None
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, name)
+        os.mkdir(source)
+        with open(os.path.join(source, "kernel.json"), "w") as f:
+            json.dump(spec, f, indent=1)
+        try:
+            where = KernelSpecManager().install_kernel_spec(
+                source, name, user=prefix is None, prefix=prefix)
+        except (OSError, ValueError) as e:
+            _note(f"yotonnet jupyter install: error: {e}")
+            raise SystemExit(EXIT_FAILURE) from None
+    print(f"installed kernelspec {name} ({spec['display_name']}) in {where}")
+    print(f"Jupyter frontends list it as {spec['display_name']!r}; in a terminal: "
+          f"jupyter console --kernel {name}")
+    raise SystemExit(EXIT_OK)
 
 
 def run_console(args: argparse.Namespace, settings: Any) -> NoReturn:

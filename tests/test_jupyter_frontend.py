@@ -1,0 +1,423 @@
+"""Ring 3: Jupyter frontends attached to shared kernels through an installed kernelspec.
+
+Each test starts a shared kernel with the real command (``yotonnet kernel j
+--jupyter python3``, or yotonnet's own Python kernel) on a token-checking
+node, installs the ``yotonnet-j`` kernelspec into a temporary prefix with
+``yotonnet jupyter install``, and drives it with jupyter_client as any
+frontend would: ``KernelManager(kernel_name="yotonnet-j")`` found through
+``JUPYTER_PATH``, and its ``BlockingKernelClient`` (in a thread of its own: it
+blocks), while a yotonnet kernel client uses the same kernel from this
+process, as another user.
+
+* hosted ipykernel: kernel_info describes the remote kernel (IPython's
+  banner, language python) and names the user and role; each side sees the
+  other's code and output, the Jupyter side with the original parent header
+  of whoever ran it (a made-up one, naming the user, for the yotonnet
+  client's code); ``input()`` reaches only the requester (the Jupyter
+  frontend's stdin, or the client's handler); ``interrupt_request`` stops
+  ``while True: pass``; a PNG display arrives byte for byte; completion,
+  is_complete and history answer; a viewer's execute_request gets an error
+  reply naming the role; a frontend's shutdown leaves the shared kernel
+  running for the others;
+* yotonnet's Python kernel: a frontend that starts after code ran gets that
+  output first (late attach, from the broker's history); kernel_info says
+  yotonnet and the kernel's Python version; errors carry ename and evalue;
+  input and interrupt as above; the owner's restart from Jupyter restarts
+  the shared kernel (a fresh namespace), and the frontend goes on;
+* ``yotonnet jupyter install``: the kernelspec's argv, absolute credential
+  paths, display name, interrupt mode, and a missing token file refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import shutil
+import struct
+import sys
+import tempfile
+import time
+import zlib
+from typing import Any
+
+import procs
+from certs_fixture import path
+from kernel_support import attach
+from twisted.internet import defer, reactor, threads
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import TestCase
+from waits import bounded, until
+
+from yotonnet.kernel import protocol as p
+
+WAIT = 30.0
+
+
+def tiny_png() -> bytes:
+    """A valid 2x1 PNG (red, blue pixels)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    raw = b"\x00\xff\x00\x00\x00\x00\xff"
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 1, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+class JupyterSide:
+    """One Jupyter frontend of kernelspec ``yotonnet-j``: jupyter_client's KernelManager and
+    BlockingKernelClient, every call in one thread of its own (they block, the reactor
+    must not; zmq sockets stay in the thread that made them)."""
+
+    def __init__(self, testcase: TestCase, kernel_dirs: list[str] | None = None) -> None:
+        self.kernel_dirs = kernel_dirs
+        self.km: Any = None
+        self.kc: Any = None
+        #: every IOPub message read, in order
+        self.iopub: list[dict] = []
+        self.pool = ThreadPool(1, 1, name="jupyter-frontend")
+        self.pool.start()
+        testcase.addCleanup(self.stop)
+
+    def run(self, fn: Any, *args: Any, **kwargs: Any) -> defer.Deferred:
+        return threads.deferToThreadPool(reactor, self.pool, fn, *args, **kwargs)
+
+    def start(self, ready: bool = True) -> defer.Deferred:
+        return bounded(self.run(self._start, ready), "the Jupyter frontend's kernel to start")
+
+    def _start(self, ready: bool) -> None:
+        from jupyter_client.kernelspec import KernelSpecManager
+        from jupyter_client.manager import KernelManager
+
+        ksm = (KernelSpecManager() if self.kernel_dirs is None
+               else KernelSpecManager(kernel_dirs=self.kernel_dirs))
+        self.km = KernelManager(kernel_name="yotonnet-j", kernel_spec_manager=ksm)
+        self.km.start_kernel(env=dict(os.environ, PYTHONPATH=procs.REPO_ROOT))
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        if ready:
+            self.kc.wait_for_ready(timeout=WAIT)
+
+    def stop(self) -> defer.Deferred:
+        def stop() -> None:
+            if self.kc is not None:
+                self.kc.stop_channels()
+            if self.km is not None and self.km.has_kernel:
+                self.km.shutdown_kernel(now=True)
+
+        d = self.run(stop)
+        d.addBoth(lambda result: (self.pool.stop(), result)[1])
+        return d
+
+    # --- in the thread
+
+    def read_until(self, predicate: Any, timeout: float = WAIT) -> dict:
+        """Read IOPub until a message satisfies ``predicate`` (checked on new ones only)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = self.kc.get_iopub_msg(timeout=0.05)
+            except queue.Empty:
+                continue
+            self.iopub.append(msg)
+            if predicate(msg):
+                return msg
+        raise AssertionError(f"no such IOPub message within {timeout:g} s; "
+                             f"got {[(m['msg_type'], m['content']) for m in self.iopub[-8:]]}")
+
+    def _execute(self, code: str, answer: str | None = None, wait: bool = True,
+                 allow_stdin: bool = False) -> dict:
+        msg_id = self.kc.execute(code, allow_stdin=allow_stdin or answer is not None)
+        if not wait:
+            return {"msg_id": msg_id}
+        asked: list[dict] = []
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if answer is not None and self.kc.stdin_channel.msg_ready():
+                req = self.kc.get_stdin_msg(timeout=1)
+                asked.append(req["content"])
+                self.kc.input(answer)
+            try:
+                msg = self.kc.get_iopub_msg(timeout=0.05)
+            except queue.Empty:
+                continue
+            self.iopub.append(msg)
+            if (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+                    and msg["parent_header"].get("msg_id") == msg_id):
+                break
+        else:
+            raise AssertionError(f"no idle for {code!r}")
+        reply = self.reply(msg_id)
+        mine = [m for m in self.iopub if m["parent_header"].get("msg_id") == msg_id]
+        return {"msg_id": msg_id, "reply": reply, "iopub": mine, "asked": asked}
+
+    def reply(self, msg_id: str) -> dict:
+        while True:
+            reply = self.kc.get_shell_msg(timeout=WAIT)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply
+
+    def request(self, method: str, *args: Any, **kwargs: Any) -> dict:
+        """A shell request (complete, inspect, is_complete, history, kernel_info): its reply."""
+        msg_id = getattr(self.kc, method)(*args, **kwargs)
+        return self.reply(msg_id)["content"]
+
+    # --- from the reactor
+
+    def execute(self, code: str, answer: str | None = None) -> defer.Deferred:
+        return bounded(self.run(self._execute, code, answer), f"the frontend to run {code!r}")
+
+
+def outputs(run: dict, msg_type: str) -> list[dict]:
+    return [m["content"] for m in run["iopub"] if m["msg_type"] == msg_type]
+
+
+def stream_text(messages: list[dict]) -> str:
+    return "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
+
+
+async def shared_kernel(testcase: TestCase, *extra: str) -> str:
+    """``yotonnet kernel j`` on a token-checking node (alice owns it, bob collaborates, eve
+    views); its endpoint."""
+    proc = procs.spawn_peer(
+        testcase, "yotonnet.cli", "kernel", "j", *extra, "--listen",
+        "tcp:0:interface=127.0.0.1", "--tokens", path("tokens.txt"), "--owner", "alice",
+        "--role", "bob=collaborator", "--role", "eve=viewer", "--unresponsive", "5",
+        label="yotonnet kernel", script="-m")
+    line = await proc.wait_for("yotonnet kernel j: listening on ", WAIT)
+    await proc.wait_for("yotonnet kernel j: ready", WAIT)
+    return "tcp:" + line.rsplit(" ", 1)[1]
+
+
+async def install(testcase: TestCase, endpoint: str, user: str) -> str:
+    """``yotonnet jupyter install j`` with ``user``'s token into a new prefix; the
+    directory that holds its kernels."""
+    prefix = tempfile.mkdtemp(prefix="yotonnet-kernelspec-")
+    testcase.addCleanup(shutil.rmtree, prefix, True)
+    out, err, code = await procs.yotonnet_command(
+        "jupyter", "install", "j", "--prefix", prefix, "--connect", endpoint,
+        "--token-file", path(f"{user}.token"), module="yotonnet.cli")
+    testcase.assertEqual(code, 0, err)
+    testcase.assertIn("installed kernelspec yotonnet-j", out)
+    return os.path.join(prefix, "share", "jupyter", "kernels")
+
+
+def use_jupyter_path(testcase: TestCase, kernels: str) -> None:
+    """Let jupyter_client find the kernelspecs of ``kernels`` as a user's JUPYTER_PATH would."""
+    old = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = os.path.dirname(kernels)
+
+    def restore() -> None:
+        if old is None:
+            os.environ.pop("JUPYTER_PATH", None)
+        else:
+            os.environ["JUPYTER_PATH"] = old
+
+    testcase.addCleanup(restore)
+
+
+class FrontendOnHostedIPythonTests(TestCase):
+    timeout = 120
+
+    async def test_a_jupyter_frontend_and_a_client_share_an_ipykernel(self) -> None:
+        ep = await shared_kernel(self, "--jupyter", "python3")
+        kernels = await install(self, ep, "bob")
+        use_jupyter_path(self, kernels)
+        asked: list[str] = []
+
+        def alice_input(prompt: str, password: bool) -> str:
+            asked.append(prompt)
+            return "alice-typed"
+
+        _, alice, rec = await attach(self, ep, "j", "alice", on_input=alice_input)
+        bob = JupyterSide(self)
+        await bob.start()
+
+        info = await bob.run(bob.request, "kernel_info")
+        self.assertEqual(info["status"], "ok")
+        self.assertEqual(info["language_info"]["name"], "python")
+        self.assertEqual(info["implementation"], "ipython")
+        self.assertIn("IPython", info["banner"])
+        self.assertIn("you are bob, collaborator", info["banner"])
+
+        # Bob's code: his frontend's usual messages; alice sees it, with his header.
+        run = await bob.execute("x = 6 * 7\nprint('bob says', x)")
+        self.assertEqual(run["reply"]["content"]["status"], "ok")
+        self.assertEqual(stream_text(run["iopub"]), "bob says 42\n")
+        kinds = [m["msg_type"] for m in run["iopub"]]
+        self.assertEqual((kinds[0], kinds[-1]), ("status", "status"))
+        self.assertIn("execute_input", kinds)
+        count = run["reply"]["content"]["execution_count"]
+        (executed,) = [m for m in rec.kinds(p.EXECUTE) if m["exec"] == count]
+        self.assertEqual((executed["user"], executed["parent"]["msg_id"]),
+                         ("bob", run["msg_id"]))
+        await until(lambda: "bob says 42\n" in rec.stdout(), "alice to see bob's output")
+
+        # Alice's code: bob's frontend sees it all, under a header naming her.
+        r = await bounded(alice.execute("print('alice says', x + 1)\nx + 1"), "alice's code")
+        self.assertEqual(r.value, "43")
+
+        def alice_done(m: dict) -> bool:
+            return (m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"
+                    and m["parent_header"].get("msg_id", "").endswith(f"-exec-{r.id}"))
+
+        await bounded(bob.run(bob.read_until, alice_done), "bob to see alice's code end")
+        hers = [m for m in bob.iopub if m["parent_header"].get("username") == "alice"]
+        self.assertEqual([m["msg_type"] for m in hers],
+                         ["status", "execute_input", "stream", "execute_result", "status"])
+        self.assertEqual(hers[1]["content"]["code"], "print('alice says', x + 1)\nx + 1")
+        self.assertEqual(hers[2]["content"]["text"], "alice says 43\n")
+        self.assertEqual(hers[3]["content"]["data"]["text/plain"], "43")
+        self.assertEqual(len({m["parent_header"]["msg_id"] for m in hers}), 1)
+
+        # input() goes to whoever ran the code, and only to them.
+        run = await bob.execute("answer = input('who? ')\nanswer", answer="bob-typed")
+        self.assertEqual(run["asked"], [{"prompt": "who? ", "password": False}])
+        self.assertEqual(outputs(run, "execute_result")[0]["data"]["text/plain"], "'bob-typed'")
+        r = await bounded(alice.execute("input('a? ')"), "alice's input")
+        self.assertEqual((r.value, asked), ("'alice-typed'", ["a? "]))
+        self.assertFalse(await bob.run(bob.kc.stdin_channel.msg_ready))
+
+        # An interrupt_request stops a busy loop.
+        started = await bob.run(bob._execute, "while True: pass", wait=False)
+
+        def running(m: dict) -> bool:
+            return (m["msg_type"] == "execute_input"
+                    and m["parent_header"].get("msg_id") == started["msg_id"])
+
+        await bounded(bob.run(bob.read_until, running), "the loop to start")
+        await until(lambda: alice.status()["state"] == p.BUSY, "the kernel to be busy")
+        await bounded(bob.run(bob.km.interrupt_kernel), "interrupt")
+        reply = await bounded(bob.run(bob.reply, started["msg_id"]), "the interrupted reply")
+        self.assertEqual((reply["content"]["status"], reply["content"]["ename"]),
+                         ("error", "KeyboardInterrupt"))
+
+        # Rich output, intact: a PNG's bytes.
+        png = tiny_png()
+        run = await bob.execute("from IPython.display import Image, display\nimport base64\n"
+                                f"display(Image(data=base64.b64decode({base64.b64encode(png)!r})))")
+        (shown,) = outputs(run, "display_data")
+        self.assertEqual(base64.b64decode(shown["data"]["image/png"]), png)
+
+        # Completion, is_complete, history.
+        found = await bob.run(bob.request, "complete", "import o")
+        self.assertIn("os", found["matches"])
+        self.assertEqual(found["cursor_start"], len("import "))
+        self.assertEqual((await bob.run(bob.request, "is_complete", "for i in x:"))["status"],
+                         "incomplete")
+        history = await bob.run(bob.request, "history", hist_access_type="tail", n=100)
+        self.assertIn("print('alice says', x + 1)\nx + 1", [h[2] for h in history["history"]])
+
+        # A viewer's frontend is refused, with the role named; the kernel is untouched.
+        eve_kernels = await install(self, ep, "eve")
+        eve = JupyterSide(self, [eve_kernels])
+        await eve.start()
+        run = await eve.execute("x = 0")
+        content = run["reply"]["content"]
+        self.assertEqual((content["status"], content["ename"]), ("error", "PermissionDenied"))
+        self.assertIn("viewer", content["evalue"])
+        self.assertEqual(outputs(run, "error")[0]["ename"], "PermissionDenied")
+
+        # Bob closes his frontend: his process leaves, the shared kernel stays.
+        await bounded(bob.run(bob.km.shutdown_kernel), "bob's frontend to shut down")
+        r = await bounded(alice.execute("x"), "alice's code after bob left")
+        self.assertEqual(r.value, "42")
+        await until(lambda: [w["user"] for w in alice.presence] == ["alice", "eve"],
+                    "bob to leave the presence list")
+
+
+class FrontendOnPythonKernelTests(TestCase):
+    timeout = 120
+
+    async def test_late_attach_restart_and_input_on_yotonnets_kernel(self) -> None:
+        ep = await shared_kernel(self)
+        kernels = await install(self, ep, "alice")
+        _, bob, rec = await attach(self, ep, "j", "bob")
+        r = await bounded(bob.execute("y = 'early'\nprint('before the frontend')"), "bob's code")
+        self.assertTrue(r.ok)
+
+        # A frontend that starts now gets what ran before, with its header.
+        alice = JupyterSide(self, [kernels])
+        await alice.start(ready=False)
+
+        def early(m: dict) -> bool:
+            return m["msg_type"] == "stream" and m["content"]["text"] == "before the frontend\n"
+
+        seen = await bounded(alice.run(alice.read_until, early), "the history")
+        self.assertEqual(seen["parent_header"]["username"], "bob")
+        await bounded(alice.run(alice.kc.wait_for_ready, timeout=WAIT), "ready")
+
+        info = await alice.run(alice.request, "kernel_info")
+        self.assertEqual((info["implementation"], info["language_info"]["name"]),
+                         ("yotonnet", "python"))
+        self.assertEqual(info["language_info"]["version"], sys.version.split()[0])
+        self.assertIn("you are alice, owner", info["banner"])
+
+        run = await alice.execute("print(y)")
+        self.assertEqual(stream_text(run["iopub"]), "early\n")
+        await until(lambda: "early\n" in rec.stdout(), "bob to see alice's output")
+
+        run = await alice.execute("1 / 0")
+        content = run["reply"]["content"]
+        self.assertEqual((content["status"], content["ename"], content["evalue"]),
+                         ("error", "ZeroDivisionError", "division by zero"))
+        (error,) = outputs(run, "error")
+        self.assertEqual(error["ename"], "ZeroDivisionError")
+        self.assertTrue(any("1 / 0" in line for line in error["traceback"]))
+
+        run = await alice.execute("input('name? ') * 2", answer="ab")
+        self.assertEqual(outputs(run, "execute_result")[0]["data"]["text/plain"], "'abab'")
+        r = await bounded(bob.execute("input('q? ')"), "bob's input")
+        self.assertEqual(r.error_type, "EOFError")  # bob's client takes no input: not asked
+        self.assertFalse(await alice.run(alice.kc.stdin_channel.msg_ready))
+
+        started = await alice.run(alice._execute, "while True: pass", wait=False)
+        await until(lambda: bob.status()["state"] == p.BUSY, "the loop to run")
+        await bounded(alice.run(alice.km.interrupt_kernel), "interrupt")
+        reply = await bounded(alice.run(alice.reply, started["msg_id"]), "the interrupted reply")
+        self.assertEqual(reply["content"]["ename"], "KeyboardInterrupt")
+
+        # The owner restarts the shared kernel from Jupyter; the frontend goes on.
+        pid = bob.status()["process"]["pid"]
+        await bounded(alice.run(alice.km.restart_kernel), "restart")
+        await until(lambda: bob.status()["process"]["pid"] != pid
+                    and bob.status()["state"] == p.IDLE, "a new kernel process")
+        await bounded(alice.run(alice.kc.wait_for_ready, timeout=WAIT), "ready again")
+        run = await alice.execute("y")
+        self.assertEqual(run["reply"]["content"]["ename"], "NameError")
+        self.assertTrue(any("alice restarts the kernel" in m["text"]
+                            for m in rec.kinds(p.SYSTEM)))
+
+
+class InstallCommandTests(TestCase):
+    timeout = 60
+
+    async def test_install_writes_the_kernelspec(self) -> None:
+        prefix = tempfile.mkdtemp(prefix="yotonnet-kernelspec-")
+        self.addCleanup(shutil.rmtree, prefix, True)
+        token = os.path.relpath(path("bob.token"), procs.REPO_ROOT)
+        out, err, code = await procs.yotonnet_command(
+            "jupyter", "install", "Lab.K", "--prefix", prefix, "--connect", "tcp:hub:7200",
+            "--token-file", token, "--display-name", "The lab kernel", "--history", "5",
+            module="yotonnet.cli")
+        self.assertEqual(code, 0, err)
+        spec_dir = os.path.join(prefix, "share", "jupyter", "kernels", "yotonnet-lab.k")
+        self.assertIn(spec_dir, out)
+        with open(os.path.join(spec_dir, "kernel.json")) as f:
+            spec = json.load(f)
+        self.assertEqual(spec["argv"][:6], [sys.executable, "-m", "yotonnet.kernel.frontend",
+                                            "-f", "{connection_file}", "Lab.K"])
+        argv = spec["argv"][6:]
+        self.assertEqual(argv[argv.index("--connect") + 1], "tcp:hub:7200")
+        self.assertEqual(argv[argv.index("--token-file") + 1], path("bob.token"))  # absolute
+        self.assertEqual(argv[argv.index("--history") + 1], "5")
+        self.assertEqual(argv[argv.index("--shutdown") + 1], "detach")
+        self.assertEqual((spec["display_name"], spec["interrupt_mode"], spec["language"]),
+                         ("The lab kernel", "message", "python"))
+        out, err, code = await procs.yotonnet_command(
+            "jupyter", "install", "k", "--prefix", prefix, "--token-file", "/no/such.token",
+            module="yotonnet.cli")
+        self.assertEqual(code, 1)
+        self.assertIn("/no/such.token: no such file", err)
