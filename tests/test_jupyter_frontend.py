@@ -19,6 +19,9 @@ process, as another user.
   is_complete and history answer; a viewer's execute_request gets an error
   reply naming the role; a frontend's shutdown leaves the shared kernel
   running for the others;
+* nbclient executes a small notebook against the kernelspec (hosted
+  ipykernel): every cell's outputs land in the notebook, a PNG display's
+  bytes intact, and a yotonnet client sees the notebook's code run;
 * yotonnet's Python kernel: a frontend that starts after code ran gets that
   output first (late attach, from the broker's history); kernel_info says
   yotonnet and the kernel's Python version; errors carry ename and evalue;
@@ -326,6 +329,45 @@ class FrontendOnHostedIPythonTests(TestCase):
         self.assertEqual(r.value, "42")
         await until(lambda: [w["user"] for w in alice.presence] == ["alice", "eve"],
                     "bob to leave the presence list")
+
+
+class NotebookTests(TestCase):
+    timeout = 120
+
+    async def test_nbclient_executes_a_notebook_on_the_kernelspec(self) -> None:
+        import nbformat
+        from nbclient import NotebookClient
+
+        ep = await shared_kernel(self, "--jupyter", "python3")
+        use_jupyter_path(self, await install(self, ep, "bob"))
+        _, alice, rec = await attach(self, ep, "j", "alice")
+        png = tiny_png()
+        nb = nbformat.v4.new_notebook(cells=[
+            nbformat.v4.new_code_cell("total = sum(range(10))\nprint('total', total)"),
+            nbformat.v4.new_code_cell(
+                "from IPython.display import Image, display\nimport base64\n"
+                f"display(Image(data=base64.b64decode({base64.b64encode(png)!r})))\ntotal * 2"),
+        ])
+        client = NotebookClient(nb, kernel_name="yotonnet-j", timeout=WAIT)
+        pool = ThreadPool(1, 1, name="nbclient")
+        pool.start()
+        self.addCleanup(pool.stop)
+        await bounded(threads.deferToThreadPool(
+            reactor, pool, client.execute, env=dict(os.environ, PYTHONPATH=procs.REPO_ROOT)),
+            "nbclient to run the notebook", 60)
+        first, second = nb.cells
+        self.assertEqual([(o.output_type, o.text) for o in first.outputs],
+                         [("stream", "total 45\n")])
+        kinds = [o.output_type for o in second.outputs]
+        self.assertEqual(kinds, ["display_data", "execute_result"])
+        self.assertEqual(base64.b64decode(second.outputs[0].data["image/png"]), png)
+        self.assertEqual(second.outputs[1].data["text/plain"], "90")
+        self.assertEqual((first.execution_count, second.execution_count), (1, 2))
+        # The notebook's code ran in the shared kernel, as bob, in alice's sight.
+        self.assertEqual([(m["user"], m["text"]) for m in rec.kinds(p.EXECUTE)],
+                         [("bob", first.source), ("bob", second.source)])
+        r = await bounded(alice.execute("total"), "alice reads the notebook's variable")
+        self.assertEqual(r.value, "45")
 
 
 class FrontendOnPythonKernelTests(TestCase):
