@@ -57,7 +57,7 @@ from yotonnet.core.wire import (
     FrameDecoder,
     FrameKind,
     Run,
-    ack_holder,
+    ack_extra,
     credit_frame,
     data_frame,
     decode_control,
@@ -677,7 +677,7 @@ class ForwardingTests(CoreCase):
         ((ack),) = self.a.take()
         self.assertEqual((ack.kind, ack.tag, ack.seq, ack.dest), (FrameKind.ACK, ACK_START,
                                                                    0, A))
-        self.assertEqual(ack_holder(ack.payload), ME)
+        self.assertEqual(ack_extra(ack.payload), ME)
         self.assertEqual(sub.got, [])
         self.assertEqual(self.a.sent, [])
         # At 7, says the publisher: both go, and their credit with them.

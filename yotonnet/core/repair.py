@@ -66,8 +66,8 @@ from .wire import (
     TAIL_START,
     Frame,
     FrameKind,
+    ack_extra,
     ack_frame,
-    ack_holder,
     ack_publisher,
     reencode,
     resent_frame,
@@ -383,7 +383,7 @@ class Repair:
         """An ACK frame: for a publisher here, or passed on toward one."""
         _, hops, flags, channel, subscriber, dest, seq, payload, _ = frame
         publisher = ack_publisher(payload)
-        holder = ack_holder(payload) if flags & ACK_START else 0
+        extra = ack_extra(payload)
         topology = self.topology
         topology.learn(subscriber, peer)  # the way back for what is sent again
         if publisher != self.node_id:
@@ -399,12 +399,13 @@ class Repair:
             else:
                 topology.unicast(dest, data)
             return
-        self.take_ack(channel, subscriber, seq, flags, holder)
+        self.take_ack(channel, subscriber, seq, flags, extra)
 
     def take_ack(self, channel: int, subscriber: int, seq: int, flags: int,
-                 holder: int = 0) -> None:
-        """``subscriber`` has every message of ``channel`` up to ``seq`` (or, with
-        ACK_START, asks where it starts: see the module docstring)."""
+                 extra: int = 0) -> None:
+        """``subscriber`` has every message of ``channel`` up to ``seq`` (with ACK_WANT, it
+        asks for what follows, up to ``extra`` if set; with ACK_START, where it starts,
+        ``extra`` naming the node holding the channel for it: see the module docstring)."""
         now = self.clock()
         retained = self.retained.get(channel)
         if retained is None:
@@ -415,7 +416,7 @@ class Repair:
             return
         if flags & ACK_START:
             # Before what is kept, nothing can be sent again: a start there is unknown.
-            start = max(retained.starts.get(holder, retained.last + 1), retained.oldest)
+            start = max(retained.starts.get(extra, retained.last + 1), retained.oldest)
             seq = start - 1
         followers = retained.followers
         if flags & ACK_BYE:
@@ -436,7 +437,7 @@ class Repair:
         if flags & ACK_START:
             self._tell_tail(channel, subscriber, retained, TAIL_START, seq + 1)
         elif flags & ACK_WANT:
-            self._answer(channel, retained, subscriber, follower, seq, now)
+            self._answer(channel, retained, subscriber, follower, seq, now, extra)
 
     def _trim(self, channel: int, retained: Retained, now: float) -> None:
         """Drop what every live follower has; resume the channel if that made room."""
@@ -460,8 +461,9 @@ class Repair:
             self.check_ready(channel)
 
     def _answer(self, channel: int, retained: Retained, subscriber: int, follower: Follower,
-                after: int, now: float) -> None:
-        """Send ``subscriber`` again what follows ``after``, a batch at most, then the tail."""
+                after: int, now: float, upto: int = 0) -> None:
+        """Send ``subscriber`` again what follows ``after`` (up to ``upto`` if set: it has
+        what comes after), a batch at most, then the tail."""
         if now - follower.answered_at >= RETRY:
             follower.answers, follower.answered_at = 0, now
         if follower.answers >= ANSWER_BATCHES * self.config.repair_batch:
@@ -476,6 +478,8 @@ class Repair:
             me = self.node_id
             sent = 0
             for seq, tag, payload in retained.after(after):
+                if upto and seq > upto:
+                    break
                 if not topology.unicast(subscriber, resent_frame(
                         hops, tag, channel, me, subscriber, seq, payload)):
                     return  # no way there now: it asks again
@@ -584,6 +588,7 @@ class Repair:
                         self.held_size += size
                     if seq < reader.starting:
                         reader.starting = seq
+            self._ask(reader, False)  # (again only if unanswered for RETRY, or routes moved)
             return True
         out: list[tuple[int, int, bytes]] = []
         for seq, payload in items:
@@ -709,8 +714,10 @@ class Repair:
         if last > reader.tail:
             reader.tail = last
         if reader.next <= last:
-            # More is owed: ask for it when an answer ended (the next batch), or when the
-            # publisher says so while nothing arrives.
+            # More is owed: ask for it when an answer ended (the next batch; what follows
+            # a hole may be on its way, or may never have been sent anywhere: a publisher
+            # that had no path sent nothing), or when the publisher says so while nothing
+            # arrives.
             if flags & TAIL_ANSWER or reader.next == reader.mark:
                 self._ask(reader, True)
         elif not reader.held:
@@ -766,7 +773,9 @@ class Repair:
             self._send_start(reader)
             return
         self.counters["repair_asked"] += 1
-        if self._ack(reader, ACK_WANT):
+        # Only the hole before what it holds: the rest is on its way, or asked later.
+        upto = min(reader.held) - 1 if reader.held else 0
+        if self._ack(reader, ACK_WANT, upto):
             reader.asked_at, reader.asked_epoch = now, self.epoch
 
     def acknowledge(self, reader: Reader) -> None:
@@ -774,22 +783,22 @@ class Repair:
         if not reader.starting:
             self._ack(reader, 0)
 
-    def _ack(self, reader: Reader, flags: int) -> bool:
-        """Acknowledge what ``reader`` has (asking for more with ACK_WANT); False when
-        there is no way to the publisher now."""
+    def _ack(self, reader: Reader, flags: int, upto: int = 0) -> bool:
+        """Acknowledge what ``reader`` has (asking for more with ACK_WANT, up to ``upto``
+        if set); False when there is no way to the publisher now."""
         seq = reader.next - 1
         reader.acked = seq
         reader.acked_at = self.clock()
         reader.unacked = 0
         self.counters["repair_acks"] += 1
-        return self._send_ack(reader, flags, seq)
+        return self._send_ack(reader, flags, seq, upto)
 
-    def _send_ack(self, reader: Reader, flags: int, seq: int, holder: int = 0) -> bool:
+    def _send_ack(self, reader: Reader, flags: int, seq: int, extra: int = 0) -> bool:
         me = self.node_id
         topology = self.topology
         root = reader.root
         data = ack_frame(topology.hop_limit(), flags, reader.channel, me, root, seq,
-                         reader.source, holder)
+                         reader.source, extra)
         if root == me:
             # The publisher is a leaf of this node.
             leaf = topology.leaves.peer(reader.source)
@@ -823,11 +832,20 @@ class Repair:
 
     def routes_changed(self) -> None:
         """A path was lost, or a leaf has a new hub: what was on the way may be lost, so
-        every reader asks for what follows the last it has."""
+        every reader asks at once for what follows the last it has (a reader holding
+        messages past a hole, for the hole only). What is still on its way on the new
+        path comes again too, dropped as duplicates: waiting for evidence instead (the
+        next message's gap, the publisher's TAIL) would leave a lost tail unrepaired
+        for a heartbeat or two."""
         topology = self.topology
         self.epoch += 1
         for channel, retained in self.retained.items():
             self._note_holders(channel, retained)
+        for reader in list(self.readers.values()):
+            if reader.starting:
+                # Its question may have been lost with a path, or found none: a new
+                # picture (a heal too) may carry it now.
+                self._ask(reader, False)
         losses, hub = topology.routing.losses, topology.hub
         if losses == self._losses_seen and hub is self._hub_seen:
             return

@@ -115,9 +115,10 @@ REQUEST_MAX_ARGS = 0xFFFF
 #: REQUEST tag: a copy of an idempotent request sent again after its path broke (the
 #: replier serves a request id it already has only once; see yotonnet.core.recent)
 REQUEST_RESENT = 0x4000_0000
-#: ACK flags: send again what follows ``seq``; the subscriber leaves the channel; a new
-#: subscriber asks where its stream starts (its payload then also names the node whose
-#: interest brought it the messages: its own, or its hub's)
+#: ACK flags: send again what follows ``seq`` (up to the payload's second number, if
+#: any); the subscriber leaves the channel; a new subscriber asks where its stream starts
+#: (its payload then also names the node whose interest brings it the messages: its own,
+#: or its hub's)
 ACK_WANT, ACK_BYE, ACK_START = 1, 2, 4
 #: TAIL flags: the last frame of an answer to ACK_WANT; the answer to ACK_START (its
 #: body then also gives the first message the subscriber is owed)
@@ -310,14 +311,15 @@ _KIND_ACK, _KIND_RESENT, _KIND_TAIL = int(FrameKind.ACK), int(FrameKind.RESENT),
 
 def ack_frame(
     hops: int, flags: int, channel: int, source: int, dest: int, seq: int, publisher: int,
-    holder: int = 0,
+    extra: int = 0,
 ) -> bytes:
     """A subscriber's acknowledgement: every message of ``publisher`` up to ``seq`` arrived
-    (``dest``: the node it is routed to, the publisher or the hub of a publishing leaf;
-    ``holder``, with ACK_START only: the node whose interest brings it the messages)."""
-    if flags & ACK_START:
+    (``dest``: the node it is routed to, the publisher or the hub of a publishing leaf).
+    ``extra``: with ACK_START, the node whose interest brings it the messages; with
+    ACK_WANT, the last it asks for (0: all there are; it has what comes after)."""
+    if extra or flags & ACK_START:
         return _pack(HEADER_TAIL + 16, _KIND_ACK, hops, 0, flags, channel, source, dest,
-                     seq) + _U64_PAIR.pack(publisher, holder)
+                     seq) + _U64_PAIR.pack(publisher, extra)
     return _pack(HEADER_TAIL + 8, _KIND_ACK, hops, 0, flags, channel, source, dest,
                  seq) + _U64.pack(publisher)
 
@@ -331,12 +333,9 @@ def ack_publisher(payload: bytes) -> int:
     raise ProtocolError(f"ACK frame with a {len(payload)}-byte payload (8 or 16 expected)")
 
 
-def ack_holder(payload: bytes) -> int:
-    """The node whose interest brings an ACK_START's subscriber the messages."""
-    if len(payload) != 16:
-        raise ProtocolError(f"ACK_START frame with a {len(payload)}-byte payload "
-                            "(16 expected)")
-    return _U64_PAIR.unpack(payload)[1]
+def ack_extra(payload: bytes) -> int:
+    """An ACK's second number (see :func:`ack_frame`; 0 when it has none)."""
+    return _U64_PAIR.unpack(payload)[1] if len(payload) == 16 else 0
 
 
 def resent_frame(
