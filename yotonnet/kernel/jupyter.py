@@ -273,6 +273,7 @@ class _Run:
         self.started = False
         self.interrupt_pending = False
         self.busy_timer: Any = None
+        self.idle_at: float | None = None
 
 
 class JupyterBackend(KernelBackend):
@@ -524,6 +525,18 @@ class JupyterBackend(KernelBackend):
                 self._ask_info()
         self._heartbeat(now)
         run = self._run
+        if (run is not None and run.reply is None and run.idle_at is not None
+                and now - run.idle_at > 0.5):
+            # Idle for it and no reply: the kernel gave up on the request before the code
+            # ran. ipykernel does so when a SIGINT lands between its execute_input and the
+            # code (it logs "KeyboardInterrupt caught in kernel"): interrupted, then.
+            log.info("kernel {name}: execution {id} ended without a reply", name=self.name,
+                     id=run.id)
+            run.reply = {"status": "error", "ename": "KeyboardInterrupt",
+                         "evalue": "interrupted before the code ran (the kernel sent no "
+                                   "execute_reply)", "traceback": []}
+            self._maybe_done(run)
+            run = self._run
         if (run is not None and run.replied_at is not None and not run.idle
                 and run.fence is None and not self._paused and now - run.replied_at > 1.0):
             # The reply came a while ago, IOPub is drained, and its idle has not come: the
@@ -848,6 +861,7 @@ class JupyterBackend(KernelBackend):
             if exec_id is not None and state == "idle":
                 assert run is not None
                 run.idle = True
+                run.idle_at = self.reactor.seconds()
                 self._maybe_done(run)
             elif not self._ready and state == "idle" and parent in self._info_ids:
                 # Started: IOPub reaches us (we are subscribed) and the kernel is idle.
