@@ -124,7 +124,11 @@ class PubChannel(Channel):
                 raise errors.FlowControlError(
                     f"channel {self.name!r}: {why}; wait for ready() or register a producer"
                 )
-        self.send_encoded(self._encode(message))
+        # send_encoded, written out: every message comes this way.
+        payload = self._encode(message)
+        self._publish(self.channel_id, self._tag, payload)
+        if self.latest_id not in self._latest_idle:  # (most channels have no latest subscriber)
+            self._publish_latest(self.latest_id, self._tag, payload)
         if not self._streaming and self._producer is not None:
             self._schedule_pull()
 

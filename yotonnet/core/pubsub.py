@@ -76,6 +76,26 @@ def _last_seq(run: Run) -> int:
     return _seq_at(run[7], at + SEQ_OFFSET)[0]
 
 
+class Outlet:
+    """A channel published here, as its every message needs it: its sequence number,
+    and while the picture holds (see :attr:`PubSub.outlets_ready`), where it goes.
+
+    The one target's flow and credit box (yotonnet.core.flow.Outbox) are kept beside
+    it, so the usual case (one target with credit) costs no lookup at all.
+    """
+
+    __slots__ = ("seq", "peers", "hops", "peer", "flow", "box")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.peers: list[IPeer] = []
+        self.hops = 1
+        #: the one target, when there is exactly one (else None)
+        self.peer: IPeer | None = None
+        self.flow: Any = None
+        self.box: Any = None
+
+
 class PubSub:
     def __init__(
         self,
@@ -106,7 +126,13 @@ class PubSub:
         # Sequence numbers start from the wall clock in ns, so a node restarted with a
         # fixed id continues above what subscribers last saw from it.
         self._seq_base = time.time_ns()
+        #: latest-flow id -> its last sequence number (a lossless channel's is its outlet's)
         self._seq: dict[int, int] = {}
+        #: channel id -> Outlet, of every channel published here
+        self.outlets: dict[int, Outlet] = {}
+        #: the outlets whose targets are current: emptied whenever paths change
+        self.outlets_ready: dict[int, Outlet] = {}
+        topology.dependent_caches.append(self.outlets_ready)
         #: retention, acknowledgement and reordering for lossless subscribers
         self.repair = Repair(node_id, config, topology, counters, clock, self.subscribers,
                              self.check_ready, self._seq_base, self.last_seq)
@@ -117,34 +143,58 @@ class PubSub:
 
     # --- a local publisher's messages
 
+    def _outlet(self, channel: int) -> Outlet:
+        """``channel``'s outlet, its targets looked up again (the picture changed)."""
+        outlet = self.outlets.get(channel)
+        if outlet is None:
+            outlet = self.outlets[channel] = Outlet(self._seq_base)
+        topology = self.topology
+        peers = outlet.peers = topology.targets(self.node_id, channel)
+        outlet.hops = topology.hop_limit()
+        if len(peers) == 1:
+            peer = outlet.peer = peers[0]
+            outlet.flow = peer.flow
+            outlet.box = peer.flow.outbox(channel)
+        else:
+            outlet.peer = outlet.flow = outlet.box = None
+        if topology.fanout.get((self.node_id, channel)) is peers:
+            self.outlets_ready[channel] = outlet  # (a leaf's list before its view: not kept)
+        return outlet
+
     def publish(self, channel: int, tag: int, payload: bytes) -> None:
         """Send a message published here to every subscriber of ``channel``."""
-        # Every message's path: written out (data_frame's packing included), a call
-        # costs about as much as a line here.
-        seqs = self._seq
-        seq = seqs[channel] = seqs.get(channel, self._seq_base) + 1
+        # Every message's path: written out (data_frame's packing included, and in the
+        # one-target case PeerFlow.spend's), a call costs about as much as a line here.
+        outlet = self.outlets_ready.get(channel)
+        if outlet is None:
+            outlet = self._outlet(channel)
+        seq = outlet.seq = outlet.seq + 1
         me = self.node_id
-        topology = self.topology
-        peers = topology.fanout.get((me, channel))
-        if peers is None:
-            peers = topology.targets(me, channel)
+        peers = outlet.peers
         if peers:
-            data = _pack(_HEADER_TAIL + len(payload), _DATA, topology.hops or
-                         topology.hop_limit(), 0, tag, channel, me, topology.root,
-                         seq) + payload
+            data = _pack(_HEADER_TAIL + len(payload), _DATA, outlet.hops, 0, tag, channel,
+                         me, self.topology.root, seq) + payload
             size = len(data)
-            for peer in peers:
-                left = peer.flow.spend(channel, size)
-                if left > 0:
-                    peer.send(data)
-                elif left == 0:
-                    peer.send(data)
-                    # Spent (a send may overdraw once): not writable until credit returns,
-                    # so a producer pauses before anything has to wait in memory.
-                    if channel not in self.not_ready:
+            box = outlet.box
+            if box is not None:
+                if box.credit > 0 and not box.queue and not outlet.flow.paused:
+                    box.credit -= size
+                    outlet.peer.send(data)  # type: ignore[union-attr]
+                    # Spent (a send may overdraw once): not writable until credit
+                    # returns, so a producer pauses before anything has to wait in memory.
+                    if box.credit <= 0 and channel not in self.not_ready:
                         self._set_not_ready(channel)
                 else:
-                    self._hold_back(peer, channel, data, size, None)
+                    self._hold_back(outlet.peer, channel, data, size, None)  # type: ignore[arg-type]
+            else:
+                for peer in peers:
+                    left = peer.flow.spend(channel, size)
+                    if left >= 0:
+                        peer.send(data)
+                        if left == 0 and channel not in self.not_ready:
+                            self._set_not_ready(channel)
+                    else:
+                        self._hold_back(peer, channel, data, size, None)
         retained = self.retained.get(channel)
         if retained is not None and tag == retained.tag:
             # Kept for subscribers to ask again (Repair.retain, written out).
@@ -196,10 +246,16 @@ class PubSub:
     def published(self) -> dict[int, int]:
         """Channel id -> messages published here on it (since this node started)."""
         base = self._seq_base
-        return {channel: seq - base for channel, seq in self._seq.items()}
+        counts = {channel: seq - base for channel, seq in self._seq.items()}
+        counts.update((channel, o.seq - base) for channel, o in self.outlets.items()
+                      if o.seq != base)
+        return counts
 
     def last_seq(self, channel: int) -> int | None:
         """The sequence number of the last message published here on ``channel``."""
+        outlet = self.outlets.get(channel)
+        if outlet is not None and outlet.seq != self._seq_base:
+            return outlet.seq
         return self._seq.get(channel)
 
     def _send_newest(self, peers: list[IPeer], channel: int, data: bytes) -> None:
