@@ -84,7 +84,7 @@ class Outlet:
     it, so the usual case (one target with credit) costs no lookup at all.
     """
 
-    __slots__ = ("seq", "peers", "hops", "peer", "flow", "box")
+    __slots__ = ("seq", "peers", "hops", "peer", "flow", "box", "targets")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -94,6 +94,8 @@ class Outlet:
         self.peer: IPeer | None = None
         self.flow: Any = None
         self.box: Any = None
+        #: (peer, its flow, its credit box) of every target, when there are several
+        self.targets: list[tuple[IPeer, Any, Any]] = []
 
 
 class PubSub:
@@ -155,8 +157,10 @@ class PubSub:
             peer = outlet.peer = peers[0]
             outlet.flow = peer.flow
             outlet.box = peer.flow.outbox(channel)
+            outlet.targets = []
         else:
             outlet.peer = outlet.flow = outlet.box = None
+            outlet.targets = [(p, p.flow, p.flow.outbox(channel)) for p in peers]
         if topology.fanout.get((self.node_id, channel)) is peers:
             self.outlets_ready[channel] = outlet  # (a leaf's list before its view: not kept)
         return outlet
@@ -187,14 +191,16 @@ class PubSub:
                 else:
                     self._hold_back(outlet.peer, channel, data, size, None)  # type: ignore[arg-type]
             else:
-                for peer in peers:
-                    left = peer.flow.spend(channel, size)
-                    if left >= 0:
+                spent = False
+                for peer, flow, box in outlet.targets:
+                    if box.credit > 0 and not box.queue and not flow.paused:
+                        box.credit -= size
                         peer.send(data)
-                        if left == 0 and channel not in self.not_ready:
-                            self._set_not_ready(channel)
+                        spent = spent or box.credit <= 0
                     else:
                         self._hold_back(peer, channel, data, size, None)
+                if spent and channel not in self.not_ready:
+                    self._set_not_ready(channel)
         retained = self.retained.get(channel)
         if retained is not None and tag == retained.tag:
             # Kept for subscribers to ask again (Repair.retain, written out).
