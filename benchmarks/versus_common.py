@@ -99,3 +99,25 @@ class Tally:
             "rate": (self.count - 1) / max(last - self.first, 1e-9),
             "cpu": cpu1 - self.cpu0,
         }
+
+
+async def timed_calls(call, payload: bytes, opts: dict) -> dict:
+    """``warmup`` calls, ``count`` timed ones, then one more for the replier's window."""
+    for _ in range(opts["warmup"]):
+        await call(payload)
+    samples = []
+    clock = time.perf_counter
+    if opts.get("instr"):
+        mark_start()
+    cpu0 = cpu()
+    for _ in range(opts["count"]):
+        t0 = clock()
+        reply = await call(payload)
+        samples.append(clock() - t0)
+    spent = cpu() - cpu0
+    if opts.get("instr"):
+        mark_end()
+    await call(payload)
+    if reply != payload:
+        raise AssertionError("echo returned something else")
+    return {**summary(samples), "cpu": spent}

@@ -38,7 +38,7 @@ from versus_common import (  # noqa: E402
     mark_start,
     now,
     stdin_line,
-    summary,
+    timed_calls,
 )
 
 REP_SUBJECT = CHANNEL + ".rep"
@@ -128,30 +128,13 @@ async def rep(opts: dict) -> dict:
 
 async def req(opts: dict) -> dict:
     nc = await connect(opts)
-    payload = b"x" * opts["size"]
 
     async def call(data: bytes) -> bytes:
         return (await nc.request(REP_SUBJECT, data, timeout=10)).data
 
-    for _ in range(opts["warmup"]):
-        await call(payload)
-    samples = []
-    clock = time.perf_counter
-    if opts.get("instr"):
-        mark_start()
-    cpu0 = cpu()
-    for _ in range(opts["count"]):
-        t0 = clock()
-        reply = await call(payload)
-        samples.append(clock() - t0)
-    spent = cpu() - cpu0
-    if opts.get("instr"):
-        mark_end()
-    await call(payload)
-    if reply != payload:
-        raise AssertionError("echo returned something else")
+    result = await timed_calls(call, b"x" * opts["size"], opts)
     await nc.close()
-    return {**summary(samples), "cpu": spent}
+    return result
 
 
 ROLES = {"nats-pub": pub, "nats-sub": sub, "nats-rep": rep, "nats-req": req}

@@ -58,7 +58,7 @@ from versus_common import (  # noqa: E402
     mark_end,
     mark_start,
     now,
-    summary,
+    timed_calls,
 )
 
 import yotonnet  # noqa: E402
@@ -237,28 +237,6 @@ class Served:
 
     def hung_up(self) -> None:
         finish(self.result or {"error": f"caller left after {self.served} requests"})
-
-
-async def timed_calls(call, payload: bytes, opts: dict) -> dict:
-    """``warmup`` calls, ``count`` timed ones, then one more for the replier's window."""
-    for _ in range(opts["warmup"]):
-        await call(payload)
-    samples = []
-    clock = time.perf_counter
-    if opts.get("instr"):
-        mark_start()
-    cpu0 = cpu()
-    for _ in range(opts["count"]):
-        t0 = clock()
-        reply = await call(payload)
-        samples.append(clock() - t0)
-    spent = cpu() - cpu0
-    if opts.get("instr"):
-        mark_end()
-    await call(payload)
-    if reply != payload:
-        raise AssertionError("echo returned something else")
-    return {**summary(samples), "cpu": spent}
 
 
 class Echo(yotonnet.RepChannel):
