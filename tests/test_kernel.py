@@ -4,7 +4,9 @@
   execution and its user, completion, inspection;
 * input() goes to the user who ran the code, and only to them; a password is
   not echoed to the others;
-* interrupt stops a running loop, and the kernel takes code again;
+* interrupt stops a running loop, and the kernel takes code again; the
+  traceback of an interrupt or of input() shows the user's frames only, never
+  the driver's own (write, on_sigint, ask);
 * a kernel holding the GIL in C code shows very-busy, not dead, then idle;
 * kill -9 of the kernel shows dead (signal 9), even while a process it started
   still holds its pipes, and restart brings idle with a fresh namespace; the
@@ -126,6 +128,31 @@ class KernelTests(TestCase):
         self.assertEqual(r.value, "True")
         self.assertFalse(await bounded(alice.interrupt(), "interrupt when idle"))
         await until(lambda: alice.status()["state"] == p.IDLE, "idle")
+
+    async def test_an_interrupt_shows_the_users_frames_only(self) -> None:
+        # A Ctrl-C while the code prints lands in the driver's write as often as in the
+        # code: either way the traceback shows the user's lines, never the driver's.
+        _, broker, ep = await start_broker(self, "k")
+        _, alice, rec = await attach(self, ep, "k", "alice")
+        for attempt in range(3):
+            code = f"while True:\n    print('tick{attempt}', flush=True)"
+            running = alice.execute(code)
+            await until(lambda tick=f"tick{attempt}": tick in rec.stdout(), "the loop to print")
+            self.assertTrue(await bounded(alice.interrupt(), "interrupt"))
+            r = await bounded(running, "the interrupted execution")
+            self.assertEqual(r.error_type, "KeyboardInterrupt")
+            self.assertNotIn("driver.py", r.traceback)
+            self.assertIn(f"print('tick{attempt}', flush=True)", r.traceback)
+            self.assertTrue(r.traceback.startswith("Traceback (most recent call last):\n"))
+        # Interrupted as soon as it is asked for: before the kernel even began the code.
+        running = alice.execute("import time\ntime.sleep(60)")
+        self.assertTrue(await bounded(alice.interrupt(), "an early interrupt"))
+        r = await bounded(running, "the code interrupted early")
+        self.assertEqual(r.error_type, "KeyboardInterrupt")
+        r = await bounded(alice.execute("def f():\n    input()\nf()"), "input without handler")
+        self.assertEqual(r.error_type, "EOFError")
+        self.assertNotIn("driver.py", r.traceback)
+        self.assertIn("line 2, in f", r.traceback)
 
     async def test_gil_held_in_c_is_very_busy_not_dead(self) -> None:
         _, broker, ep = await start_broker(self, "k")

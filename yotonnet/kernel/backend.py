@@ -186,6 +186,9 @@ class _Current:
         #: the pipes (1, 2) whose end marker for this execution has not come yet
         self.open_pipes = {STDOUT_FD, STDERR_FD}
         self.reply: dict | None = None
+        #: the driver said it began (its "started"); an interrupt waits for that
+        self.started = False
+        self.interrupt_pending = False
 
 
 class _KernelProcess(ProcessProtocol):
@@ -393,6 +396,12 @@ class PythonBackend(KernelBackend):
         return d
 
     def interrupt(self) -> None:
+        cur = self._current
+        if cur is not None and not cur.started:
+            # Still on its way to the driver, which would ignore a SIGINT before it began:
+            # interrupt once it says it began.
+            cur.interrupt_pending = True
+            return
         self._signal(signal.SIGINT)
 
     def terminate(self) -> None:
@@ -481,6 +490,13 @@ class PythonBackend(KernelBackend):
             self.version = str(message.get("python") or "") or None
             self.events.kernel_ready({"pid": message.get("pid"),
                                       "python": message.get("python")})
+        elif op == "started":
+            cur = self._current
+            if cur is not None and cur.id == message.get("id") and not cur.started:
+                cur.started = True
+                if cur.interrupt_pending:
+                    cur.interrupt_pending = False
+                    self._signal(signal.SIGINT)
         elif op == "done":
             cur = self._current
             if cur is not None and cur.id == message.get("id"):

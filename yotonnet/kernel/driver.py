@@ -21,7 +21,10 @@ stdout and stderr, then the reply on fd 4, so the broker can tag every byte
 of output with the execution that wrote it.
 
 Code runs in the main thread, so SIGINT (the broker's interrupt) raises
-KeyboardInterrupt in it; while idle, SIGINT is ignored. Completion and
+KeyboardInterrupt in it; while idle, SIGINT is ignored. Each execution
+begins with a ``started`` reply, and the broker holds an interrupt back until
+it came; one that lands while the code's own reply line (an ``input()``
+request) is being written waits until the line is whole. Completion and
 inspection run in the command thread, so they answer while code runs.
 """
 
@@ -49,6 +52,29 @@ def reprlib_repr(value):
     short = reprlib.Repr()
     short.maxstring = short.maxother = 200
     return short.repr(value)
+
+
+def users_traceback(error):
+    """The traceback of ``error`` with the user's frames only, as IPython shows it.
+
+    The driver's own frames are hidden wherever they are: the REPL around the
+    code (before ``<kernel-N>``), and what the code's ``print``, ``input()``
+    or a signal ran inside the driver (after it: a Ctrl-C lands in the
+    driver's ``write`` or ``on_sigint`` as often as in the user's loop).
+    """
+    here = {__file__, os.path.abspath(__file__)}
+    te = traceback.TracebackException(type(error), error, error.__traceback__)
+    todo, seen = [te], set()
+    while todo:
+        one = todo.pop()
+        if id(one) in seen:
+            continue
+        seen.add(id(one))
+        one.stack = traceback.StackSummary.from_list(
+            [frame for frame in one.stack if frame.filename not in here])
+        todo.extend(x for x in (one.__cause__, one.__context__) if x is not None)
+        todo.extend(getattr(one, "exceptions", None) or [])
+    return "".join(te.format())
 
 
 def write_all(fd, data):
@@ -129,6 +155,10 @@ class Driver:
         self.reply_lock = threading.Lock()
         self.executing = False
         self.current = None
+        #: a SIGINT came while it could not raise (see on_sigint); raised when it can
+        self.interrupted = False
+        #: the main thread is writing a reply line, which a KeyboardInterrupt would cut
+        self.critical = False
         self.asked = 0
         self.stdout = PipeStream(1, "<stdout>")
         self.stderr = PipeStream(2, "<stderr>")
@@ -137,8 +167,19 @@ class Driver:
 
     def send(self, message):
         data = (json.dumps(message) + "\n").encode("utf-8", "replace")
-        with self.reply_lock:
-            write_all(REPLY_FD, data)
+        main = threading.current_thread() is threading.main_thread()
+        outer = self.critical
+        if main:
+            self.critical = True  # a SIGINT now waits: half a line would garble the rest
+        try:
+            with self.reply_lock:
+                write_all(REPLY_FD, data)
+        finally:
+            if main:
+                self.critical = outer
+        if main and not outer and self.executing and self.interrupted:
+            self.interrupted = False
+            raise KeyboardInterrupt
 
     # --- threads
 
@@ -258,11 +299,18 @@ class Driver:
 
     def execute(self, message):
         exec_id = message["id"]
+        self.interrupted = False
         self.current = exec_id
+        # From here a SIGINT is for this code: the broker holds back an interrupt asked
+        # before it reads this (a signal before would find nothing to interrupt).
+        self.send({"op": "started", "id": exec_id})
         reply = {"op": "done", "id": exec_id, "status": "ok", "value": None}
         try:
             try:
                 self.executing = True
+                if self.interrupted:
+                    self.interrupted = False
+                    raise KeyboardInterrupt
                 value = self.run(message.get("code", ""))
             finally:
                 self.executing = False
@@ -270,15 +318,11 @@ class Driver:
                 builtins._ = value
                 reply["value"] = repr(value)
         except BaseException as e:  # noqa: BLE001 - SystemExit too: the kernel lives on
-            tb = e.__traceback__
-            # Drop the driver's own frames: the user's code starts at <kernel-N>.
-            while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<kernel"):
-                tb = tb.tb_next
             reply.update(
                 status="error",
                 type=type(e).__name__,
                 message=str(e),
-                traceback="".join(traceback.format_exception(type(e), e, tb)),
+                traceback=users_traceback(e),
             )
         self.current = None
         try:
@@ -307,8 +351,11 @@ class Driver:
     # --- main loop
 
     def on_sigint(self, signum, frame):
-        if self.executing:
+        if self.current is None:
+            return  # between executions: nothing to interrupt
+        if self.executing and not self.critical:
             raise KeyboardInterrupt
+        self.interrupted = True  # raised as soon as it can be (execute, send)
 
     def main(self):
         sys.stdout = sys.__stdout__ = self.stdout
