@@ -4,6 +4,7 @@
   execution and its user, completion, inspection;
 * input() goes to the user who ran the code, and only to them; a password is
   not echoed to the others;
+* while input() waits, everyone's status (and console) says for whom;
 * interrupt stops a running loop, and the kernel takes code again; the
   traceback of an interrupt or of input() shows the user's frames only, never
   the driver's own (write, on_sigint, ask);
@@ -114,6 +115,35 @@ class KernelTests(TestCase):
         _, carol, _ = await attach(self, ep, "k", "carol")
         r = await bounded(carol.execute("input()"), "carol's input")
         self.assertEqual(r.error_type, "EOFError")
+
+    async def test_everyone_sees_whose_input_the_kernel_waits_for(self) -> None:
+        import argparse
+        import io
+
+        from yotonnet.kernel.cli import Console
+
+        _, _, ep = await start_broker(self, "k")
+        gate: defer.Deferred[str] = defer.Deferred()
+        _, eve, _ = await attach(self, ep, "k", "eve", on_input=lambda prompt, pw: gate)
+        _, bob, _ = await attach(self, ep, "k", "bob")
+        seen: list[dict] = []
+        bob.watch_status(seen.append)
+        running = eve.execute("input('your name? ')")
+        await until(lambda: (bob.status().get("input") or {}).get("user") == "eve",
+                    "bob to see the kernel wait for eve")
+        waiting = bob.status()["input"]
+        self.assertEqual((waiting["prompt"], waiting["client"]), ("your name? ", eve.public_id))
+        # A console shows it once (but not the console asked: it shows the prompt).
+        out = io.StringIO()
+        console = Console(argparse.Namespace(code=None, user="bob"), None, out=out)
+        for status in (bob.status(), bob.status()):
+            console.on_status(status)
+        self.assertEqual(out.getvalue(), "* waiting for input from eve (your name?)\n")
+        gate.callback("Eve")
+        r = await bounded(running, "eve's answer")
+        self.assertEqual(r.value, "'Eve'")
+        await until(lambda: bob.status().get("input") is None, "the wait to end")
+        self.assertTrue(any(s.get("input") for s in seen))
 
     async def test_interrupt_stops_a_loop(self) -> None:
         _, broker, ep = await start_broker(self, "k")

@@ -170,6 +170,8 @@ class KernelBroker:
         self._clients: dict[str, dict[str, Any]] = {}
         self._input_channels: dict[str, ReqChannel] = {}
         self._last_status: dict | None = None
+        #: the input() the running code waits for: {"user", "client", "exec", "prompt"}
+        self.input_wait: dict[str, Any] | None = None
         #: fires once a shutdown was asked for and the kernel has ended
         self.stopped: defer.Deferred[None] = defer.Deferred()
         self._presence_loop = LoopingCall(self._check_presence)
@@ -263,6 +265,7 @@ class KernelBroker:
         """The process is gone: every execution and waiter ends."""
         pending = ([self._current] if self._current is not None else []) + list(self._queue)
         self._current = None
+        self.input_wait = None
         self._queue.clear()
         for ex in pending:
             if ex.started:
@@ -322,6 +325,7 @@ class KernelBroker:
         self._publish(p.END, "", ex.id, ex.caller.user, {"status": reply.get("status")})
         reply["last_seq"] = self.history.last_seq
         self._current = None
+        self._input_done(ex.id)
         ex.done.callback(reply)
         self._run_next()
 
@@ -353,6 +357,8 @@ class KernelBroker:
                 self.responsive
             ],
             "executing": None if ex is None else {"id": ex.id, "user": ex.caller.user},
+            # whose answer the running code waits for (everyone sees who holds it up)
+            "input": None if self.input_wait is None else dict(self.input_wait),
             "queued": len(self._queue),
             "generation": self.generation,
             "owner": self.owner,
@@ -414,12 +420,14 @@ class KernelBroker:
             if not isinstance(value, str):
                 error(Failure(TypeError(f"input answer must be a str, not {type(value)}")))
                 return
+            self._input_done(exec_id)
             if self._current is ex:
                 shown = "" if password else value
                 self._publish(p.STDIN, f"{prompt}{shown}\n", ex.id, ex.caller.user)
             answer(value)
 
         def error(failure: Failure) -> None:
+            self._input_done(exec_id)
             answer(None, f"no input: {failure.getErrorMessage()}")
 
         if ex is None or exec_id is None or ex.id != exec_id:
@@ -434,7 +442,16 @@ class KernelBroker:
             error(Failure(errors.PermissionDenied(why)))
             return
         chan = self._input_channel(ex.caller.client)
+        self.input_wait = {"user": ex.caller.user, "client": p.public_client_id(ex.caller.client),
+                           "exec": ex.id, "prompt": prompt[:200]}
+        self._publish_status()
         chan.call("input", prompt, password).addCallbacks(got, error)
+
+    def _input_done(self, exec_id: int | None) -> None:
+        """The input() of execution ``exec_id`` was answered, refused, or its code ended."""
+        if self.input_wait is not None and self.input_wait["exec"] == exec_id:
+            self.input_wait = None
+            self._publish_status()
 
     def _other_input_holders(self, caller: Caller) -> list[int]:
         """Nodes other than the runner's that serve the runner's input channel (its own

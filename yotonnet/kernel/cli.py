@@ -303,6 +303,7 @@ class Console:
         self.pending_code: str | None = None
         self.last_state: str | None = None
         self.last_link: str | None = None
+        self.last_input: int | None = None
         self.client: Any = None
         self._completions: tuple[str, list[str]] = ("", [])
 
@@ -348,6 +349,14 @@ class Console:
         if self.args.code is not None:
             return  # -c: only the code's output
         state, link = status.get("state"), status.get("link")
+        waiting = status.get("input") or {}
+        if waiting.get("exec") != self.last_input and waiting:
+            mine = self.client is not None and waiting.get("client") == self.client.public_id
+            if not mine:  # (this console shows the prompt itself)
+                prompt = str(waiting.get("prompt") or "").strip()
+                self.write(f"* waiting for input from {waiting.get('user')}"
+                           + (f" ({prompt})" if prompt else "") + "\n")
+        self.last_input = waiting.get("exec")
         if link != self.last_link and self.last_link is not None:
             self.write(f"* link to the kernel {'restored' if link == 'up' else 'lost'}\n")
         self.last_link = link
