@@ -28,6 +28,11 @@ process, as another user.
   yotonnet and the kernel's Python version; errors carry ename and evalue;
   input and interrupt as above; the owner's restart from Jupyter restarts
   the shared kernel (a fresh namespace), and the frontend goes on;
+* ``jupyter console --kernel yotonnet-j`` driven in tmux (keys in, the screen
+  read): the banner names the user; a statement, ``input()`` answered at its
+  prompt, another user's code and output shown as other output, Ctrl-C
+  interrupting ``while True: pass`` with a traceback of the user's line only;
+  leaving detaches;
 * pacing: a frontend process whose frontend reads slowly (a SUB socket taking
   10 messages at a time) stops taking records (the Deferred a kernel client
   waits for) instead of dropping, and then sends every one, in order;
@@ -43,6 +48,7 @@ import os
 import queue
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +60,7 @@ from certs_fixture import path
 from kernel_support import attach
 from twisted.internet import defer, reactor, threads
 from twisted.python.threadpool import ThreadPool
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from waits import bounded, sleep, until
 
 from yotonnet.kernel import protocol as p
@@ -471,6 +477,70 @@ class FrontendOnPythonKernelTests(TestCase):
         self.assertEqual(run["reply"]["content"]["ename"], "NameError")
         self.assertTrue(any("alice restarts the kernel" in m["text"]
                             for m in rec.kinds(p.SYSTEM)))
+
+
+class JupyterConsoleTests(TestCase):
+    timeout = 120
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.sock, *args], capture_output=True, text=True,
+                              timeout=10).stdout
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-J", "-t", "jc", "-S", "-300")
+
+    async def shows(self, text: str, what: str, after: int = 0) -> None:
+        try:
+            await until(lambda: text in self.screen()[after:], what, WAIT)
+        except AssertionError:
+            raise AssertionError(f"{what}: {text!r} not on the screen:\n{self.screen()}") from None
+
+    async def test_jupyter_console_in_tmux(self) -> None:
+        if shutil.which("tmux") is None:
+            raise SkipTest("tmux is not installed (apt-get install tmux)")
+        ep = await shared_kernel(self)
+        kernels = await install(self, ep, "bob")
+        _, alice, rec = await attach(self, ep, "j", "alice")
+        self.sock = f"yotonnet-jc-{os.getpid()}"
+        self.addCleanup(lambda: self.tmux("kill-server"))
+        command = (f"env JUPYTER_PATH={os.path.dirname(kernels)} PYTHONPATH={procs.REPO_ROOT} "
+                   f"{sys.executable} -m jupyter_console --kernel yotonnet-j "
+                   "--ZMQTerminalInteractiveShell.include_other_output=True "
+                   "--no-confirm-exit")
+        self.tmux("new-session", "-d", "-s", "jc", "-x", "150", "-y", "50", command)
+        await self.shows("you are bob, collaborator", "the banner")
+        await self.shows("In [", "the prompt")
+
+        def keys(*typed: str) -> None:
+            self.tmux("send-keys", "-t", "jc", *typed)
+
+        keys("x = 6 * 7; print('x is', x)", "Enter")
+        await self.shows("x is 42", "a statement's output")
+        keys("name = input('name? ')", "Enter")
+        await self.shows("name? ", "input()'s prompt")
+        keys("zed", "Enter")
+        keys("name.upper()", "Enter")
+        await self.shows("'ZED'", "the answer reached the kernel")
+        await until(lambda: ("bob", "name.upper()") in [
+            (m["user"], m["text"]) for m in rec.kinds(p.EXECUTE)], "alice to see bob's code")
+
+        await bounded(alice.execute("print('hello from alice')"), "alice's code")
+        await self.shows("hello from alice", "alice's output on bob's screen")
+
+        mark = len(self.screen())
+        keys("while True: pass", "Enter")
+        await until(lambda: alice.status()["state"] == p.BUSY, "the loop to run")
+        keys("C-c")
+        await self.shows("KeyboardInterrupt", "Ctrl-C interrupting the loop", mark)
+        self.assertNotIn("driver.py", self.screen()[mark:])
+        keys("x + 1", "Enter")
+        await self.shows("43", "the kernel after the interrupt", mark)
+
+        keys("C-d")  # (exit would run in the kernel: yotonnet's is a plain Python)
+        await until(lambda: [w["user"] for w in alice.presence] == ["alice"],
+                    "bob's frontend to leave")
+        r = await bounded(alice.execute("x"), "the shared kernel after bob left")
+        self.assertEqual(r.value, "42")
 
 
 class FrontendPacingTests(TestCase):
