@@ -33,6 +33,11 @@ process, as another user.
   prompt, another user's code and output shown as other output, Ctrl-C
   interrupting ``while True: pass`` with a traceback of the user's line only;
   leaving detaches;
+* JupyterLab in headless Chromium (driven over the DevTools protocol): a
+  notebook whose kernelspec is ``yotonnet-j`` opens with "j on the mesh" as
+  its kernel, its cell runs in the shared kernel (another client sees the
+  code) and its output is read from the page; a screenshot is saved in
+  ``_trial_temp/screenshots/``;
 * pacing: a frontend process whose frontend reads slowly (a SUB socket taking
   10 messages at a time) stops taking records (the Deferred a kernel client
   waits for) instead of dropping, and then sends every one, in order;
@@ -46,11 +51,14 @@ import base64
 import json
 import os
 import queue
+import re
 import shutil
+import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from typing import Any
@@ -59,6 +67,7 @@ import procs
 from certs_fixture import path
 from kernel_support import attach
 from twisted.internet import defer, reactor, threads
+from twisted.internet.protocol import ProcessProtocol
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SkipTest, TestCase
 from waits import bounded, sleep, until
@@ -541,6 +550,191 @@ class JupyterConsoleTests(TestCase):
                     "bob's frontend to leave")
         r = await bounded(alice.execute("x"), "the shared kernel after bob left")
         self.assertEqual(r.value, "42")
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+class _Chromium(ProcessProtocol):
+    """Headless Chromium: the DevTools URL it prints on stderr."""
+
+    def __init__(self) -> None:
+        self.err = b""
+        self.devtools: defer.Deferred[str] = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+        found = re.search(rb"DevTools listening on (ws://\S+)", self.err)
+        if found and not self.devtools.called:
+            self.devtools.callback(found.group(1).decode())
+
+    def processEnded(self, reason: Any) -> None:
+        if not self.devtools.called:
+            self.devtools.errback(AssertionError(f"Chromium ended: {self.err[-2000:]!r}"))
+        self.ended.callback(None)
+
+
+def drive_jupyterlab(devtools: str, url: str, screenshot: str) -> dict:
+    """In a thread: open ``url`` in the page of the browser at ``devtools`` (the DevTools
+    protocol over tornado's websocket client), run the notebook's cells, and return what
+    the page shows: the kernel's name and the cells' output text."""
+    import asyncio
+    import urllib.request
+
+    from tornado.websocket import websocket_connect
+
+    async def drive() -> dict:
+        base = devtools.split("/devtools")[0].replace("ws://", "http://")
+        with urllib.request.urlopen(base + "/json", timeout=10) as f:
+            pages = [t for t in json.load(f) if t["type"] == "page"]
+        conn = await websocket_connect(pages[0]["webSocketDebuggerUrl"],
+                                       max_message_size=64 << 20)
+        ids = iter(range(1, 1 << 30))
+
+        async def call(method: str, **params: Any) -> dict:
+            n = next(ids)
+            await conn.write_message(json.dumps({"id": n, "method": method, "params": params}))
+            while True:
+                msg = json.loads(await conn.read_message())
+                if msg.get("id") == n:
+                    if "error" in msg:
+                        raise AssertionError(f"{method}: {msg['error']}")
+                    return msg["result"]
+
+        async def page(expression: str) -> Any:
+            result = await call("Runtime.evaluate", expression=expression, awaitPromise=True,
+                                returnByValue=True)
+            if "exceptionDetails" in result:
+                raise AssertionError(f"{expression}: {result['exceptionDetails']}")
+            return result["result"].get("value")
+
+        async def until_page(expression: str, what: str) -> Any:
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline:
+                value = await page(expression)
+                if value:
+                    return value
+                await asyncio.sleep(0.1)
+            shot = await call("Page.captureScreenshot", format="png")
+            with open(screenshot, "wb") as f:
+                f.write(base64.b64decode(shot["data"]))
+            raise AssertionError(f"JupyterLab never showed {what} (screenshot: {screenshot})")
+
+        try:
+            await call("Page.navigate", url=url)
+            await until_page("!!(window.jupyterapp && document.querySelector('.jp-Notebook'))",
+                             "the notebook")
+            panel = ("Array.from(jupyterapp.shell.widgets('main'))"
+                     ".find(w => w.context && w.context.path === 'shared.ipynb')")
+            kernel = await until_page(
+                f"(() => {{ const p = {panel}; const s = p && p.sessionContext.session;"
+                " return s && s.kernel && s.kernel.status === 'idle' && s.kernel.name; })()",
+                "its kernel idle")
+            shown = await page("document.querySelector('.jp-KernelName').innerText")
+            # (the run is not awaited: the output tells when it is done; a headless
+            # browser has no focus, so the notebook is made the current widget first)
+            await page(f"(() => {{ jupyterapp.shell.activateById(({panel}).id); void "
+                       "jupyterapp.commands.execute('notebook:run-all-cells'); return 1; })()")
+            output = await until_page(
+                "Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
+                ".map(e => e.innerText).join('')", "the output")
+            shot = await call("Page.captureScreenshot", format="png")
+            with open(screenshot, "wb") as f:
+                f.write(base64.b64decode(shot["data"]))
+            return {"kernel": kernel, "shown": shown, "output": output}
+        finally:
+            conn.close()
+
+    return asyncio.run(asyncio.wait_for(drive(), 80))
+
+
+def in_thread(fn: Any, *args: Any) -> defer.Deferred:
+    """``fn(*args)`` in a daemon thread of its own (nothing waits to join it)."""
+    d: defer.Deferred = defer.Deferred()
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the reactor
+            reactor.callFromThread(d.errback, e)
+        else:
+            reactor.callFromThread(d.callback, result)
+
+    threading.Thread(target=run, name=getattr(fn, "__name__", "worker"), daemon=True).start()
+    return d
+
+
+class JupyterLabTests(TestCase):
+    timeout = 120
+
+    async def test_a_notebook_in_jupyterlab_runs_in_the_shared_kernel(self) -> None:
+        if not os.access(CHROMIUM, os.X_OK):
+            raise SkipTest(f"{CHROMIUM} is absent (Debian package 'chromium'; `make sysdeps`)")
+        import nbformat
+
+        ep = await shared_kernel(self)
+        use_jupyter_path(self, await install(self, ep, "bob"))
+        _, alice, rec = await attach(self, ep, "j", "alice")
+        root = tempfile.mkdtemp(prefix="yotonnet-lab-")
+        self.addCleanup(shutil.rmtree, root, True)
+        code = "print('from the lab', 6 * 7)"
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+        nb.metadata["kernelspec"] = {"name": "yotonnet-j", "display_name": "j on the mesh",
+                                     "language": "python"}
+        nbformat.write(nb, os.path.join(root, "shared.ipynb"))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        procs.spawn_peer(self, "jupyterlab", "--no-browser", "--allow-root",
+                         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+                         "--IdentityProvider.token=lab-token", f"--ServerApp.root_dir={root}",
+                         "--LabApp.expose_app_in_browser=True", label="jupyter lab",
+                         script="-m")
+
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                return True
+            except OSError:
+                return False
+
+        await until(listening, "JupyterLab to listen")
+        profile = tempfile.mkdtemp(prefix="yotonnet-chromium-")
+        self.addCleanup(shutil.rmtree, profile, True)
+        chromium = _Chromium()
+        reactor.spawnProcess(chromium, CHROMIUM, [
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", "--remote-debugging-port=0",
+            "--window-size=1200,800", "about:blank"], env=dict(os.environ, HOME=profile))
+
+        async def stop_chromium() -> None:
+            if not chromium.ended.called:
+                chromium.transport.signalProcess("TERM")
+                try:
+                    await bounded(chromium.ended, "Chromium to end", 10)
+                except AssertionError:
+                    chromium.transport.signalProcess("KILL")
+                    await chromium.ended
+
+        self.addCleanup(lambda: defer.ensureDeferred(stop_chromium()))
+        devtools = await bounded(chromium.devtools, "Chromium's DevTools")
+        # The test's output directory (_trial_temp, as trial's, which git ignores).
+        out_dir = os.path.abspath(os.path.join("_trial_temp", "screenshots"))
+        os.makedirs(out_dir, exist_ok=True)
+        screenshot = os.path.join(out_dir, "jupyterlab-notebook.png")
+        shown = await bounded(in_thread(
+            drive_jupyterlab, devtools,
+            f"http://127.0.0.1:{port}/lab/tree/shared.ipynb?token=lab-token", screenshot),
+            "JupyterLab to run the notebook", 90)
+        self.assertEqual((shown["kernel"], shown["shown"]), ("yotonnet-j", "j on the mesh"))
+        self.assertEqual(shown["output"], "from the lab 42\n")
+        with open(screenshot, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        await until(lambda: ("bob", code) in [(m["user"], m["text"])
+                                              for m in rec.kinds(p.EXECUTE)],
+                    "alice to see the notebook's code run as bob")
 
 
 class FrontendPacingTests(TestCase):
