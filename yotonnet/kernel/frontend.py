@@ -203,15 +203,19 @@ class JupyterFrontend:
         """Open the connection file's five sockets and read them with the reactor."""
         self._zmq = ctx = zmq.Context()
         socks: dict[str, Any] = {}
-        for channel, kind in (("shell", zmq.ROUTER), ("control", zmq.ROUTER),
-                              ("stdin", zmq.ROUTER), ("iopub", zmq.XPUB),
-                              ("hb", zmq.ROUTER)):
-            sock = ctx.socket(kind)
-            sock.linger = 1000
-            if channel == "iopub" and self.lossless:
-                sock.setsockopt(zmq.XPUB_NODROP, 1)
-            sock.bind(socket_url(self.connection, channel))
-            socks[channel] = sock
+        try:
+            for channel, kind in (("shell", zmq.ROUTER), ("control", zmq.ROUTER),
+                                  ("stdin", zmq.ROUTER), ("iopub", zmq.XPUB),
+                                  ("hb", zmq.ROUTER)):
+                sock = socks[channel] = ctx.socket(kind)
+                sock.linger = 1000
+                if channel == "iopub" and self.lossless:
+                    sock.setsockopt(zmq.XPUB_NODROP, 1)
+                sock.bind(socket_url(self.connection, channel))
+        except Exception:
+            ctx.destroy(linger=0)  # (a port taken, a bad address)
+            self._zmq = None
+            raise
         self._readers = {
             "shell": SocketReader(self, socks["shell"], "shell", self._on_shell, idents=True),
             "control": SocketReader(self, socks["control"], "control", self._on_control,
@@ -237,10 +241,9 @@ class JupyterFrontend:
             reader.closed = True
             if reader.again is not None and reader.again.active():
                 reader.again.cancel()
-            reader.sock.close()  # with its linger: the last replies still leave
         self._readers = {}
         if self._zmq is not None:
-            self._zmq.term()
+            self._zmq.destroy(linger=1000)  # the last replies still leave (1 s at most)
             self._zmq = None
 
     def _on_ping(self, frames: list[bytes]) -> None:
