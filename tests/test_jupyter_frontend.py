@@ -246,18 +246,20 @@ async def install(testcase: TestCase, endpoint: str, user: str) -> str:
     return os.path.join(prefix, "share", "jupyter", "kernels")
 
 
+def set_env(testcase: TestCase, **values: str) -> None:
+    """Set environment variables for this test (and the processes it starts)."""
+    for name, value in values.items():
+        old = os.environ.get(name)
+        os.environ[name] = value
+        if old is None:
+            testcase.addCleanup(os.environ.pop, name, None)
+        else:
+            testcase.addCleanup(os.environ.__setitem__, name, old)
+
+
 def use_jupyter_path(testcase: TestCase, kernels: str) -> None:
     """Let jupyter_client find the kernelspecs of ``kernels`` as a user's JUPYTER_PATH would."""
-    old = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = os.path.dirname(kernels)
-
-    def restore() -> None:
-        if old is None:
-            os.environ.pop("JUPYTER_PATH", None)
-        else:
-            os.environ["JUPYTER_PATH"] = old
-
-    testcase.addCleanup(restore)
+    set_env(testcase, JUPYTER_PATH=os.path.dirname(kernels))
 
 
 class FrontendOnHostedIPythonTests(TestCase):
@@ -683,6 +685,13 @@ class JupyterLabTests(TestCase):
         nb.metadata["kernelspec"] = {"name": "yotonnet-j", "display_name": "j on the mesh",
                                      "language": "python"}
         nbformat.write(nb, os.path.join(root, "shared.ipynb"))
+        # JupyterLab's settings, workspaces and server files in the test's directory, not
+        # in the home directory.
+        home = os.path.join(root, ".home")
+        set_env(self, JUPYTER_CONFIG_DIR=os.path.join(home, "config"),
+                JUPYTER_RUNTIME_DIR=os.path.join(home, "runtime"),
+                JUPYTERLAB_SETTINGS_DIR=os.path.join(home, "settings"),
+                JUPYTERLAB_WORKSPACES_DIR=os.path.join(home, "workspaces"))
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
