@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-ring1 test-ring2 lint bench bench-mesh bench-leaves bench-flow bench-forward bench-records bench-repair bench-peers bench-outage clean sysdeps
+.PHONY: run test test-fast test-ring1 test-ring2 lint bench bench-mesh bench-leaves bench-flow bench-forward bench-records bench-repair bench-peers bench-outage bench-jupyter clean sysdeps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -71,6 +71,11 @@ bench-repair: $(STAMP)
 # says why it skipped).
 bench-outage: $(STAMP)
 	$(BIN)/python benchmarks/bench_outage.py
+
+# A hosted ipykernel printing to two Jupyter frontends through two hops, beside
+# jupyter_client on the host and ipykernel alone (needs the test extra: ipykernel).
+bench-jupyter: $(STAMP)
+	$(BIN)/python benchmarks/bench_jupyter.py $(ARGS)
 
 bench-records: $(STAMP)
 	$(BIN)/python benchmarks/bench_records.py --drip
