@@ -228,6 +228,18 @@ async def shared_kernel(testcase: TestCase, *extra: str) -> str:
         "tcp:0:interface=127.0.0.1", "--tokens", path("tokens.txt"), "--owner", "alice",
         "--role", "bob=collaborator", "--role", "eve=viewer", "--unresponsive", "5",
         label="yotonnet kernel", script="-m")
+
+    async def stop() -> None:
+        # Politely (SIGTERM): the broker then ends its kernel and removes the private
+        # directory of a hosted Jupyter kernel, which a SIGKILL would leave behind.
+        if proc.running:
+            proc.transport.signalProcess("TERM")
+            try:
+                await bounded(proc.ended, "the broker to end", 10)
+            except AssertionError:
+                pass  # the SIGKILL of spawn_peer's cleanup follows
+
+    testcase.addCleanup(lambda: defer.ensureDeferred(stop()))
     line = await proc.wait_for("yotonnet kernel j: listening on ", WAIT)
     await proc.wait_for("yotonnet kernel j: ready", WAIT)
     return "tcp:" + line.rsplit(" ", 1)[1]
