@@ -25,7 +25,8 @@ process, as another user.
   bytes intact, and a yotonnet client sees the notebook's code run;
 * yotonnet's Python kernel: a frontend that starts after code ran gets that
   output first (late attach, from the broker's history); kernel_info says
-  yotonnet and the kernel's Python version; errors carry ename and evalue;
+  yotonnet and the kernel's Python version; display() of an object with
+  _repr_html_ renders as HTML; errors carry ename and evalue;
   input and interrupt as above; the owner's restart from Jupyter restarts
   the shared kernel (a fresh namespace), and the frontend goes on;
 * ``jupyter console --kernel yotonnet-j`` driven in tmux (keys in, the screen
@@ -469,6 +470,12 @@ class FrontendOnPythonKernelTests(TestCase):
         run = await alice.execute("print(y)")
         self.assertEqual(stream_text(run["iopub"]), "early\n")
         await until(lambda: "early\n" in rec.stdout(), "bob to see alice's output")
+
+        run = await alice.execute("class H:\n    def _repr_html_(self):\n"
+                                  "        return '<i>hi</i>'\ndisplay(H())\nH()")
+        (shown,) = outputs(run, "display_data")
+        self.assertEqual(shown["data"]["text/html"], "<i>hi</i>")
+        self.assertEqual(outputs(run, "execute_result")[0]["data"]["text/html"], "<i>hi</i>")
 
         run = await alice.execute("1 / 0")
         content = run["reply"]["content"]

@@ -5,6 +5,9 @@
 * input() goes to the user who ran the code, and only to them; a password is
   not echoed to the others;
 * while input() waits, everyone's status (and console) says for whom;
+* display() (and update_display, clear_output) of objects with _repr_*_ methods
+  gives display records with their MIME bundle, in their place among the
+  printed lines; a rich final value's result record carries its bundle;
 * interrupt stops a running loop, and the kernel takes code again; the
   traceback of an interrupt or of input() shows the user's frames only, never
   the driver's own (write, on_sigint, ask);
@@ -25,6 +28,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 
@@ -115,6 +119,39 @@ class KernelTests(TestCase):
         _, carol, _ = await attach(self, ep, "k", "carol")
         r = await bounded(carol.execute("input()"), "carol's input")
         self.assertEqual(r.error_type, "EOFError")
+
+    async def test_display_and_rich_results(self) -> None:
+        _, _, ep = await start_broker(self, "k")
+        _, alice, rec = await attach(self, ep, "k", "alice")
+        png = b"\x89PNG\r\n\x1a\n-not-really-a-png\x00\xff"
+        await bounded(alice.execute(
+            "class Shape:\n"
+            "    def _repr_html_(self):\n        return '<b>shape</b>'\n"
+            f"    def _repr_png_(self):\n        return {png!r}\n"
+            "    def __repr__(self):\n        return 'Shape()'\n"), "a class")
+        r = await bounded(alice.execute(
+            "print('before')\ndisplay(Shape(), 'plain')\nprint('after')\nShape()"),
+            "display")
+        self.assertEqual(r.value, "Shape()")
+        mine = [m for m in rec.messages if m["exec"] == r.id and m["kind"] != p.END]
+        self.assertEqual([(m["kind"], m["text"]) for m in mine[1:]], [
+            (p.STDOUT, "before\n"), (p.DISPLAY, "Shape()\n"), (p.DISPLAY, "'plain'\n"),
+            (p.STDOUT, "after\n"), (p.RESULT, "Shape()\n")])
+        shape = mine[2]["data"]
+        self.assertEqual(shape["text/html"], "<b>shape</b>")
+        self.assertEqual(base64.b64decode(shape["image/png"]), png)
+        self.assertEqual(mine[3]["data"], {"text/plain": "'plain'"})
+        self.assertEqual(mine[5]["data"]["text/html"], "<b>shape</b>")  # the result's bundle
+        r = await bounded(alice.execute(
+            "display('one', display_id='d')\nupdate_display('two', display_id='d')\n"
+            "clear_output(wait=True)"), "display updates")
+        mine = [m for m in rec.messages if m["exec"] == r.id]
+        self.assertEqual([m["kind"] for m in mine], [p.EXECUTE, p.DISPLAY, p.UPDATE_DISPLAY,
+                                                     p.CLEAR_OUTPUT, p.END])
+        self.assertEqual(mine[1]["transient"], {"display_id": "d"})
+        self.assertEqual((mine[2]["data"]["text/plain"], mine[2]["transient"]),
+                         ("'two'", {"display_id": "d"}))
+        self.assertTrue(mine[3]["wait"])
 
     async def test_everyone_sees_whose_input_the_kernel_waits_for(self) -> None:
         import argparse

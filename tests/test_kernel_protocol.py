@@ -84,17 +84,36 @@ class MarkerSplitterTests(SynchronousTestCase):
             with self.subTest(fake=fake):
                 self.assertEqual(split_all([b"a", fake, b"b"]), [b"a" + fake + b"b"])
 
+    def test_frames_keep_their_place_in_the_text(self) -> None:
+        framed = p.frame(TOKEN, b'{"kind": "display", "data": {"text/html": "<b>x</b>"}}')
+        data = b"before\n" + framed + b"after\n" + self.marker(3)
+        expected = [b"before\n", p.Frame(b'{"kind": "display", "data": {"text/html": '
+                                            b'"<b>x</b>"}}'), b"after\n", 3]
+        self.assertEqual(split_all([data]), expected)
+        self.assertEqual(split_all([bytes([b]) for b in data]), expected)
+        self.assertRaises(ValueError, p.frame, TOKEN, b"a\x00b")
+        # A frame that never ends within MAX_FRAME is output after all.
+        splitter = p.MarkerSplitter(TOKEN)
+        splitter.MAX_FRAME = 10
+        items = splitter.feed(p.marker_prefix(TOKEN) + b"D" + b"x" * 20)
+        self.assertEqual(b"".join(i for i in items if isinstance(i, bytes)) + splitter.flush(),
+                         p.marker_prefix(TOKEN) + b"D" + b"x" * 20)
+
     @settings(max_examples=200, deadline=None)
-    @given(st.lists(st.one_of(st.binary(max_size=30), st.integers(0, 10**6)), max_size=20),
+    @given(st.lists(st.one_of(st.binary(max_size=30), st.integers(0, 10**6),
+                              st.builds(p.Frame, st.binary(max_size=30).map(
+                                  lambda b: b.replace(b"\x00", b"")))), max_size=20),
            st.randoms(use_true_random=False))
     def test_round_trip(self, items: list, rng: random.Random) -> None:
-        data = b"".join(self.marker(i) if isinstance(i, int) else i for i in items)
+        data = b"".join(self.marker(i) if isinstance(i, int) else
+                        p.frame(TOKEN, i.payload) if isinstance(i, p.Frame) else i
+                        for i in items)
         expected: list = []
         for item in items:
-            if isinstance(item, int):
+            if isinstance(item, int | p.Frame):
                 expected.append(item)
             elif item:
-                if expected and isinstance(expected[-1], bytes):
+                if expected and type(expected[-1]) is bytes:
                     expected[-1] += item
                 else:
                     expected.append(item)

@@ -234,6 +234,8 @@ class _KernelProcess(ProcessProtocol):
             for item in self.splitters[fd].feed(data):
                 if isinstance(item, int):
                     backend._on_marker(fd, item)
+                elif isinstance(item, p.Frame):
+                    backend._on_frame(fd, item.payload)
                 else:
                     text = self.decoders[fd].decode(item)
                     if text:
@@ -454,6 +456,32 @@ class PythonBackend(KernelBackend):
         else:
             self.events.kernel_output(kind, text)  # a thread of earlier code, between runs
 
+    def _on_frame(self, fd: int, payload: bytes) -> None:
+        """A display() of the kernel's code (see driver.py), in its place in the output."""
+        try:
+            record = json.loads(payload)
+        except ValueError:
+            log.warn("kernel {name}: unreadable display record", name=self.name)
+            return
+        kind = {"display": p.DISPLAY, "update_display": p.UPDATE_DISPLAY,
+                "clear_output": p.CLEAR_OUTPUT}.get(record.get("kind")) \
+            if isinstance(record, dict) else None
+        if kind is None:
+            return
+        cur = self._current
+        exec_id = cur.id if cur is not None and fd in cur.open_pipes else None
+        if kind == p.CLEAR_OUTPUT:
+            self.events.kernel_output(kind, "", exec_id, {"wait": bool(record.get("wait"))})
+            return
+        data = record.get("data")
+        if not isinstance(data, dict):
+            return
+        extra: dict[str, Any] = {"data": data, "metadata": record.get("metadata") or {}}
+        if isinstance(record.get("transient"), dict):
+            extra["transient"] = record["transient"]
+        plain = str(data.get("text/plain", ""))
+        self.events.kernel_output(kind, plain + "\n" if plain else "", exec_id, extra)
+
     def _on_marker(self, fd: int, exec_id: int) -> None:
         cur = self._current
         if cur is not None and cur.id == exec_id:
@@ -466,11 +494,14 @@ class PythonBackend(KernelBackend):
         self._current = None
         reply = dict(cur.reply)
         reply.pop("op", None)
+        # A rich value's bundle goes out in the result record (not again in the reply).
+        data, metadata = reply.pop("data", None), reply.pop("metadata", None)
         if reply.get("status") == "ok":
             value = reply.get("value")
             if value is not None:
-                self.events.kernel_output(p.RESULT, value + "\n", cur.id,
-                                          {"data": {"text/plain": value}, "metadata": {}})
+                self.events.kernel_output(p.RESULT, value + "\n", cur.id, {
+                    "data": data if isinstance(data, dict) else {"text/plain": value},
+                    "metadata": metadata if isinstance(metadata, dict) else {}})
         else:
             text = (reply.get("traceback") or
                     f"{reply.get('type')}: {reply.get('message')}\n")

@@ -20,6 +20,12 @@ After each execution the driver writes an end marker (see
 stdout and stderr, then the reply on fd 4, so the broker can tag every byte
 of output with the execution that wrote it.
 
+``display(obj)`` (a builtin here, as in IPython; with ``update_display`` and
+``clear_output``) writes a frame into stdout (``protocol.frame``: the marker
+prefix, ``D``, a JSON record, NUL) holding ``obj``'s MIME bundle from its
+``_repr_*_`` methods, so a display keeps its place among the printed lines; a
+final expression's value with rich representations carries its bundle too.
+
 Code runs in the main thread, so SIGINT (the broker's interrupt) raises
 KeyboardInterrupt in it; while idle, SIGINT is ignored. Each execution
 begins with a ``started`` reply, and the broker holds an interrupt back until
@@ -52,6 +58,65 @@ def reprlib_repr(value):
     short = reprlib.Repr()
     short.maxstring = short.maxother = 200
     return short.repr(value)
+
+
+#: (method, MIME type) of the rich representations an object may have, as IPython has them
+REPR_METHODS = (
+    ("_repr_html_", "text/html"), ("_repr_markdown_", "text/markdown"),
+    ("_repr_svg_", "image/svg+xml"), ("_repr_png_", "image/png"),
+    ("_repr_jpeg_", "image/jpeg"), ("_repr_latex_", "text/latex"),
+    ("_repr_json_", "application/json"), ("_repr_javascript_", "application/javascript"),
+    ("_repr_pdf_", "application/pdf"),
+)
+BINARY_TYPES = ("image/png", "image/jpeg", "application/pdf")
+
+
+def mime_bundle(obj):
+    """``(data, metadata)``: Jupyter's MIME bundle of ``obj`` from its ``_repr_*_``
+    methods (``_repr_mimebundle_`` first), binary ones base64, with ``text/plain`` its
+    repr. A method that raises or returns None gives nothing."""
+    import base64
+
+    data, metadata = {}, {}
+    if isinstance(obj, type):
+        return {"text/plain": repr(obj)}, {}  # a class's _repr_*_ are its instances'
+    method = getattr(obj, "_repr_mimebundle_", None)
+    if callable(method):
+        try:
+            got = method(include=None, exclude=None)
+        except Exception:  # noqa: BLE001 - a broken repr shows as the others
+            got = None
+        if isinstance(got, tuple) and len(got) == 2:
+            got, more = got
+            if isinstance(more, dict):
+                metadata.update(more)
+        if isinstance(got, dict):
+            data.update(got)
+    for name, mime in REPR_METHODS:
+        if mime in data:
+            continue
+        method = getattr(obj, name, None)
+        if not callable(method):
+            continue
+        try:
+            value = method()
+        except Exception:  # noqa: BLE001
+            continue
+        if isinstance(value, tuple) and len(value) == 2:
+            value, more = value
+            if isinstance(more, dict):
+                metadata[mime] = more
+        if value is None:
+            continue
+        if mime in BINARY_TYPES and isinstance(value, bytes | bytearray):
+            value = base64.b64encode(bytes(value)).decode("ascii")
+        data[mime] = value
+    for mime, value in list(data.items()):
+        if isinstance(value, bytes | bytearray):
+            data[mime] = base64.b64encode(bytes(value)).decode("ascii")
+    if "text/plain" not in data:
+        data["text/plain"] = repr(obj)
+    return data, metadata
 
 
 def users_traceback(error):
@@ -164,6 +229,51 @@ class Driver:
         self.stderr = PipeStream(2, "<stderr>")
 
     # --- replies
+
+    def write_frame(self, record):
+        """``record`` (a display) into the output stream, in order with the text printed
+        before and after it (see ``protocol.frame``)."""
+        payload = json.dumps(record, default=str).encode("ascii")  # no raw NUL in it
+        main = threading.current_thread() is threading.main_thread()
+        outer = self.critical
+        if main:
+            self.critical = True  # half a frame would swallow what follows
+        try:
+            self.stdout.write_raw(self.marker + b"D" + payload + b"\x00")
+        finally:
+            if main:
+                self.critical = outer
+        if main and not outer and self.executing and self.interrupted:
+            self.interrupted = False
+            raise KeyboardInterrupt
+
+    def display(self, *objs, display_id=None, metadata=None, raw=False):
+        """Show each object as Jupyter frontends do (its richest representation), and as
+        its repr on a terminal. ``display_id`` names it for ``update_display``; ``raw``:
+        the objects are MIME bundles already."""
+        for obj in objs:
+            if raw and isinstance(obj, dict):
+                data, md = dict(obj), {}
+            else:
+                data, md = mime_bundle(obj)
+            if metadata:
+                md.update(metadata)
+            record = {"kind": "display", "data": data, "metadata": md}
+            if display_id is not None:
+                record["transient"] = {"display_id": str(display_id)}
+            self.write_frame(record)
+
+    def update_display(self, obj, *, display_id, metadata=None):
+        """New content for the display named ``display_id``."""
+        data, md = mime_bundle(obj)
+        if metadata:
+            md.update(metadata)
+        self.write_frame({"kind": "update_display", "data": data, "metadata": md,
+                          "transient": {"display_id": str(display_id)}})
+
+    def clear_output(self, wait=False):
+        """Clear the output shown so far (``wait``: when the next output comes)."""
+        self.write_frame({"kind": "clear_output", "wait": bool(wait)})
 
     def send(self, message):
         data = (json.dumps(message) + "\n").encode("utf-8", "replace")
@@ -317,6 +427,10 @@ class Driver:
             if value is not None:
                 builtins._ = value
                 reply["value"] = repr(value)
+                data, metadata = mime_bundle(value)
+                if len(data) > 1:  # something richer than its repr
+                    data["text/plain"] = reply["value"]
+                    reply["data"], reply["metadata"] = data, metadata
         except BaseException as e:  # noqa: BLE001 - SystemExit too: the kernel lives on
             reply.update(
                 status="error",
@@ -365,6 +479,9 @@ class Driver:
         import getpass
 
         getpass.getpass = lambda prompt="Password: ", stream=None: self.ask(prompt, True)
+        builtins.display = self.display
+        builtins.update_display = self.update_display
+        builtins.clear_output = self.clear_output
         signal.signal(signal.SIGINT, self.on_sigint)
         for target in (self.heartbeat, self.flusher, self.read_commands):
             threading.Thread(target=target, name=f"yotonnet-{target.__name__}",

@@ -27,7 +27,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..core.names import validate_channel_name
 
@@ -159,15 +159,32 @@ def marker_prefix(token: str) -> bytes:
     return b"\x00\x1bYTN" + token.encode("ascii") + b":"
 
 
-class MarkerSplitter:
-    """Splits a pipe's byte stream into output bytes and end markers.
+class Frame(NamedTuple):
+    """A record the kernel wrote in its output stream, in order with the text around it:
+    ``prefix + b"D" + payload + NUL``, the payload JSON (which never holds a raw NUL),
+    e.g. a ``display()`` and its MIME bundle."""
 
-    ``feed(data)`` returns a list of items, each ``bytes`` (output) or an
-    ``int`` (the id of an execution whose output on this pipe is complete).
-    A marker cut across two reads is held back until it is whole.
+    payload: bytes
+
+
+def frame(token: str, payload: bytes) -> bytes:
+    """The bytes of a :class:`Frame` for a kernel with secret ``token``."""
+    if b"\x00" in payload:
+        raise ValueError("a frame's payload holds no NUL")
+    return marker_prefix(token) + b"D" + payload + b"\x00"
+
+
+class MarkerSplitter:
+    """Splits a pipe's byte stream into output bytes, end markers and frames.
+
+    ``feed(data)`` returns a list of items, each ``bytes`` (output), an
+    ``int`` (the id of an execution whose output on this pipe is complete) or
+    a :class:`Frame`. A marker or frame cut across two reads is held back
+    until it is whole (a frame up to ``MAX_FRAME`` bytes).
     """
 
     MAX_ID_DIGITS = 20
+    MAX_FRAME = 64 << 20
 
     def __init__(self, token: str) -> None:
         self.prefix = marker_prefix(token)
@@ -183,6 +200,25 @@ class MarkerSplitter:
             at = buf.find(prefix, start)
             if at < 0:
                 break
+            body = at + len(prefix)
+            if buf[body:body + 1] == b"D":
+                end = buf.find(b"\x00", body + 1)
+                if end < 0:
+                    if len(buf) - body > self.MAX_FRAME:
+                        at += 1  # too long to be a frame: output after all
+                        if at > start:
+                            out.append(buf[start:at])
+                        start = at
+                        continue
+                    if at > start:
+                        out.append(buf[start:at])
+                    self._held = buf[at:]
+                    return out
+                if at > start:
+                    out.append(buf[start:at])
+                out.append(Frame(bytes(buf[body + 1:end])))
+                start = end + 1
+                continue
             end = buf.find(b"\x00", at + len(prefix))
             if end < 0:
                 if len(buf) - at - len(prefix) > self.MAX_ID_DIGITS:
