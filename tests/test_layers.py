@@ -129,6 +129,11 @@ REPLACEMENTS_ALLOWED = {
     # frontend (as ipykernel does): the user's program, not another part of yotonnet
     ("kernel/driver.py", "input"),
     ("kernel/driver.py", "getpass"),
+    # ... and its display(), update_display() and clear_output() are builtins there, as
+    # IPython's display() is in an ipykernel (new names, replacing nothing)
+    ("kernel/driver.py", "display"),
+    ("kernel/driver.py", "update_display"),
+    ("kernel/driver.py", "clear_output"),
 }
 
 
