@@ -121,20 +121,15 @@ class PeerFlow:
         return box
 
     def take(self, channel: int, size: int) -> bool:
-        """Spend credit for ``size`` bytes now, if nothing waits before them."""
-        return self.spend(channel, size) >= 0
-
-    def spend(self, channel: int, size: int) -> int:
-        """Spend credit for ``size`` bytes now, if nothing waits before them: -1 if they
-        must wait, else the credit left (0: spent, a send may overdraw it once)."""
+        """Spend credit for ``size`` bytes now, if nothing waits before them (a send may
+        overdraw it once). PubSub.publish writes this test out for its targets."""
         box = self.outboxes.get(channel)
         if box is None:
             box = self.outboxes[channel] = Outbox(self.window)
-        credit = box.credit
-        if credit <= 0 or box.queue or self.paused:
-            return -1
-        box.credit = credit = credit - size
-        return credit if credit > 0 else 0
+        if box.credit <= 0 or box.queue or self.paused:
+            return False
+        box.credit -= size
+        return True
 
     def can_send(self, channel: int) -> bool:
         box = self.outboxes.get(channel)

@@ -63,7 +63,6 @@ __all__ = ["PubSub", "MAX_CREDIT"]
 MAX_CREDIT = 1 << 40
 _DATA = int(FrameKind.DATA)
 _pack = HEADER.pack
-_HEADER_TAIL = HEADER_TAIL
 _LATEST = int(FrameKind.LATEST)
 _BUSY = "busy"
 _seq_at = struct.Struct("<Q").unpack_from
@@ -167,8 +166,8 @@ class PubSub:
 
     def publish(self, channel: int, tag: int, payload: bytes) -> None:
         """Send a message published here to every subscriber of ``channel``."""
-        # Every message's path: written out (data_frame's packing included, and in the
-        # one-target case PeerFlow.spend's), a call costs about as much as a line here.
+        # Every message's path: written out (data_frame's packing and PeerFlow.take's
+        # test included), a call costs about as much as a line here.
         outlet = self.outlets_ready.get(channel)
         if outlet is None:
             outlet = self._outlet(channel)
@@ -176,7 +175,7 @@ class PubSub:
         me = self.node_id
         peers = outlet.peers
         if peers:
-            data = _pack(_HEADER_TAIL + len(payload), _DATA, outlet.hops, 0, tag, channel,
+            data = _pack(HEADER_TAIL + len(payload), _DATA, outlet.hops, 0, tag, channel,
                          me, self.topology.root, seq) + payload
             size = len(data)
             box = outlet.box
