@@ -30,6 +30,7 @@ RINGS: dict[str, int | dict[str, int]] = {
     "test_layers": 1,
     "test_localsecret": 1,
     "test_messages": 1,
+    "test_iopub_log": 1,
     "test_recent": 1,
     "test_names": 1,
     "test_routing": 1,

@@ -765,25 +765,37 @@ class JupyterLabTests(TestCase):
                     "alice to see the notebook's code run as bob")
 
 
+def local_frontend(testcase: TestCase) -> tuple[Any, dict[str, Any], Any]:
+    """A frontend process's Jupyter side, in this process, on ipc sockets of a fresh
+    connection (not attached to any kernel: a test hands it records itself); it, the
+    connection, and a zmq context for the test's own frontend sockets."""
+    import zmq
+
+    from yotonnet.kernel.frontend import JupyterFrontend
+
+    where = tempfile.mkdtemp(prefix="yotonnet-frontend-")
+    testcase.addCleanup(shutil.rmtree, where, True)
+    connection = {"transport": "ipc", "ip": os.path.join(where, "k"), "key": "secret",
+                  "signature_scheme": "hmac-sha256",
+                  **{f"{c}_port": n for n, c in enumerate(
+                      ("shell", "iopub", "stdin", "control", "hb"), 1)}}
+    frontend = JupyterFrontend(reactor, connection, "j")
+    frontend.bind()
+    testcase.addCleanup(frontend.close)
+    ctx = zmq.Context()
+    testcase.addCleanup(ctx.destroy, 0)
+    return frontend, connection, ctx
+
+
 class FrontendPacingTests(TestCase):
     timeout = 60
 
     async def test_a_slow_frontend_holds_the_records_back_and_loses_none(self) -> None:
         import zmq
 
-        from yotonnet.kernel.frontend import JupyterFrontend, socket_url
+        from yotonnet.kernel.frontend import socket_url
 
-        where = tempfile.mkdtemp(prefix="yotonnet-frontend-")
-        self.addCleanup(shutil.rmtree, where, True)
-        connection = {"transport": "ipc", "ip": os.path.join(where, "k"), "key": "secret",
-                      "signature_scheme": "hmac-sha256",
-                      **{f"{c}_port": n for n, c in enumerate(
-                          ("shell", "iopub", "stdin", "control", "hb"), 1)}}
-        frontend = JupyterFrontend(reactor, connection, "j")
-        frontend.bind()
-        self.addCleanup(frontend.close)
-        ctx = zmq.Context()
-        self.addCleanup(ctx.destroy, 0)
+        frontend, connection, ctx = local_frontend(self)
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.RCVHWM, 10)  # a frontend that takes little at a time
         sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -835,6 +847,146 @@ class FrontendPacingTests(TestCase):
         texts = [m["content"]["text"] for m in got if m["msg_type"] == "stream"]
         self.assertEqual(texts, [r["text"] for r in records[1:]])
         self.assertEqual({m["parent_header"]["username"] for m in got[1:]}, {"bob"})
+
+
+class FrontendReconnectTests(TestCase):
+    """A frontend that closes its IOPub socket mid-stream and subscribes again."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.frontend, self.connection, self.ctx = local_frontend(self)
+        self.records = [{"seq": 1, "kind": p.EXECUTE, "text": "loop()", "exec": 1,
+                         "user": "bob", "client": "x"}]
+        self.records += [{"seq": n, "kind": p.STDOUT, "text": f"line {n}\n", "exec": 1,
+                          "user": "bob"} for n in range(2, 402)]
+        self.fed = 0
+
+    def feed(self, n: int) -> None:
+        for record in self.records[self.fed:self.fed + n]:
+            self.assertIsNone(self.frontend.on_record(record))  # (nothing holds them)
+        self.fed += n
+
+    def subscribe(self) -> Any:
+        import zmq
+
+        from yotonnet.kernel.frontend import socket_url
+
+        sub = self.ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(socket_url(self.connection, "iopub"))
+        return sub
+
+    def receive(self, sock: Any, limit: int | None = None) -> list[dict]:
+        """What ``sock`` has now (at most ``limit`` messages), deserialized."""
+        import zmq
+
+        got: list[dict] = []
+        session = self.frontend.session
+        while limit is None or len(got) < limit:
+            if not sock.poll(100):
+                break
+            _, parts = session.feed_identities(sock.recv_multipart(zmq.NOBLOCK))
+            got.append(session.deserialize(parts))
+        return got
+
+    async def ask(self, msg_type: str, content: dict) -> dict:
+        """A shell request from a frontend's DEALER socket: its reply's content."""
+        import zmq
+
+        from yotonnet.kernel.frontend import socket_url
+
+        shell = self.ctx.socket(zmq.DEALER)
+        shell.connect(socket_url(self.connection, "shell"))
+        self.frontend.session.send(shell, msg_type, content)
+        replies: list[dict] = []
+
+        def answered() -> bool:
+            if shell.poll(0):
+                _, parts = self.frontend.session.feed_identities(shell.recv_multipart())
+                replies.append(self.frontend.session.deserialize(parts))
+            return bool(replies)
+
+        await until(answered, f"the {msg_type}'s reply")
+        shell.close(0)
+        return replies[0]["content"]
+
+    async def test_a_frontend_that_names_the_last_message_it_saw_gets_the_rest(
+            self) -> None:
+        frontend = self.frontend
+        old = self.subscribe()
+        await until(lambda: frontend.subscribed, "the subscription")
+        self.feed(101)
+        # The frontend reads part of it; the rest sits unread in its socket when it goes.
+        seen = self.receive(old, 60)
+        self.assertEqual(len(seen), 60)
+        old.close(0)
+        await until(lambda: not frontend.subscribed, "the unsubscription")
+        self.feed(200)  # published while nobody listens: they wait
+        self.assertEqual(frontend.log.waiting(), 200)
+        bad = await self.ask("yotonnet_replay_request", {"after": "no-such-message"})
+        self.assertEqual((bad["status"], bad["ename"]), ("error", "LookupError"))
+        self.assertIn("no-such-message", bad["evalue"])
+        reply = await self.ask("yotonnet_replay_request", {"after": seen[-1]["msg_id"]})
+        self.assertEqual((reply["status"], reply["after"]), ("ok", seen[-1]["msg_id"]))
+        self.feed(50)  # still before the new subscription
+        new = self.subscribe()
+        await until(lambda: frontend.subscribed, "the new subscription")
+        later: list[dict] = []
+        total = 3 + self.fed - 1  # starting, busy, execute_input, then a stream a record
+        await until(lambda: (later.extend(self.receive(new, 50)), len(later))[1] >= total - 60,
+                    "what it missed")
+        whole = seen + later
+        ids = [m["msg_id"] for m in whole]
+        self.assertEqual(len(ids), len(set(ids)))  # each once
+        texts = [m["content"]["text"] for m in whole if m["msg_type"] == "stream"]
+        self.assertEqual(texts, [r["text"] for r in self.records[1:self.fed]])
+        self.assertEqual([m["msg_type"] for m in whole[:3]],
+                         ["status", "status", "execute_input"])  # starting, busy
+        self.assertEqual(frontend.counters["iopub_replayed"], 3 + 100 - 60)
+
+        # Without a request, what was published while nobody listened goes out.
+        new.close(0)
+        await until(lambda: not frontend.subscribed, "the unsubscription")
+        self.feed(49)
+        again = self.subscribe()
+        await until(lambda: frontend.subscribed, "the third subscription")
+        last: list[dict] = []
+        await until(lambda: (last.extend(self.receive(again, 50)), len(last))[1] >= 49,
+                    "what waited")
+        self.assertEqual([m["content"]["text"] for m in last],
+                         [r["text"] for r in self.records[self.fed - 49:self.fed]])
+
+    async def test_past_the_bounds_the_loss_is_said(self) -> None:
+        frontend = self.frontend
+        frontend.log.keep_messages = 100
+        self.feed(len(self.records))  # nobody ever listened: 403 messages, 100 kept
+        sub = self.subscribe()
+        got: list[dict] = []
+        await until(lambda: (got.extend(self.receive(sub, 50)), len(got))[1] >= 101,
+                    "what was kept, and the note")
+        self.assertEqual([m["content"]["text"] for m in got[:100]],
+                         [r["text"] for r in self.records[-100:]])
+        self.assertEqual(got[100]["content"]["name"], "stderr")
+        self.assertIn("303 IOPub messages published while no frontend listened are no "
+                      "longer kept", got[100]["content"]["text"])
+
+    async def test_someone_elses_input_is_said_once(self) -> None:
+        frontend = self.frontend
+        sub = self.subscribe()
+        await until(lambda: frontend.subscribed, "the subscription")
+        self.feed(1)
+        frontend.public_id = "mine"
+        waiting = {"user": "bob", "client": "x", "exec": 1, "prompt": "who? "}
+        frontend.on_status({"state": p.BUSY, "input": waiting})
+        frontend.on_status({"state": p.BUSY, "input": dict(waiting)})  # (the same input)
+        frontend.on_status({"state": p.BUSY, "input": None})
+        frontend.on_status({"state": p.BUSY, "input": dict(waiting, client="mine", exec=2)})
+        got = self.receive(sub)
+        notes = [m for m in got if m["msg_type"] == "stream"]
+        self.assertEqual([m["content"]["text"] for m in notes],
+                         ["[j: waiting for input from bob (who?)]\n"])
+        self.assertEqual(notes[0]["parent_header"]["username"], "bob")
 
 
 class InstallCommandTests(TestCase):

@@ -74,6 +74,18 @@ user code here (the kernel is elsewhere), so it means "this process is alive".
   what ran before (by anyone) reaches it first, with the original headers;
   a frontend that restarts its kernel process gets them again. The mesh
   side refills any gap after a reconnect from the broker's history.
+* Reconnect: IOPub's messages are kept (:class:`~yotonnet.kernel.iopub_log.IOPubLog`,
+  the last 10,000). While no frontend listens (its sockets closed), new ones
+  wait and go out at its next subscription. A frontend that reconnects and
+  wants exactly what it missed (including what sat unread in its old
+  socket) sends, before it subscribes again, a ``yotonnet_replay_request``
+  on shell naming the ``msg_id`` of the last IOPub message it saw
+  (``{"after": ID}``); its next subscription then gets every message after
+  that one, the same messages with the same ids, in order, then the new ones.
+  (Another frontend subscribed to the same process at that moment gets them
+  twice: PUB cannot tell subscribers apart.)
+* ``input()`` asked of another user: a ``stream`` on stderr, "waiting for
+  input from USER", in that execution's output, once per pending input.
 
 **Paced, not dropped.** IOPub is sent without blocking and with
 ``XPUB_NODROP``: when a frontend reads slower than the kernel writes, the
@@ -103,14 +115,13 @@ from twisted.python.failure import Failure
 
 from .. import errors
 from . import protocol as p
+from .iopub_log import IOPubLog
 from .jupyter import Session, SocketReader, zmq
 
 log = Logger(namespace="yotonnet.kernel.frontend")
 
 #: the Jupyter messaging protocol version this process speaks
 PROTOCOL_VERSION = "5.3"
-#: IOPub messages kept while no frontend has subscribed yet
-MAX_HELD = 10_000
 #: the code of executions kept for history_request
 MAX_INPUTS = 1000
 #: executions whose parent header is remembered (their output is still coming)
@@ -188,14 +199,25 @@ class JupyterFrontend:
         self._sessions: set[str] = set()
         self._inputs: deque[tuple[int, str]] = deque(maxlen=MAX_INPUTS)
         self.execution_count = 0
-        self._out: deque[list[bytes]] = deque()
-        self.subscribed = False
+        #: IOPub's messages: those waiting, and those sent, kept for a frontend that
+        #: reconnects and names the last one it saw (yotonnet_replay_request)
+        self.log = IOPubLog()
+        self._subscribers = 0
+        #: the msg_id after which the next subscriber is to get everything again
+        self._replay_after: str | None = None
+        self._lost_noted = 0
+        self._input_shown: Any = None
         self._retry: Any = None
         self._pace: defer.Deferred | None = None
         self._broker = "?"
         self._ending = False
         self.closed = False
-        self.counters = {"iopub_sent": 0, "iopub_dropped_unsubscribed": 0}
+        self.counters = {"iopub_sent": 0, "iopub_replayed": 0}
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether any frontend listens on IOPub now."""
+        return self._subscribers > 0
 
     # --- sockets
 
@@ -209,8 +231,12 @@ class JupyterFrontend:
                                   ("hb", zmq.ROUTER)):
                 sock = socks[channel] = ctx.socket(kind)
                 sock.linger = 1000
-                if channel == "iopub" and self.lossless:
-                    sock.setsockopt(zmq.XPUB_NODROP, 1)
+                if channel == "iopub":
+                    # every subscribe and unsubscribe, so that a frontend that comes
+                    # back is seen even while its old socket still counts
+                    sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+                    if self.lossless:
+                        sock.setsockopt(zmq.XPUB_NODROP, 1)
                 sock.bind(socket_url(self.connection, channel))
         except Exception:
             ctx.destroy(linger=0)  # (a port taken, a bad address)
@@ -253,9 +279,34 @@ class JupyterFrontend:
             pass
 
     def _on_subscription(self, frames: list[bytes]) -> None:
-        if frames and frames[0][:1] == b"\x01" and not self.subscribed:
-            self.subscribed = True  # a frontend listens: what was held goes out now
+        kind = frames[0][:1] if frames else b""
+        if kind == b"\x00":
+            self._subscribers = max(0, self._subscribers - 1)
+        elif kind == b"\x01":
+            # A frontend listens (again): what waited, or what it asked for, goes out now.
+            self._subscribers += 1
+            after, self._replay_after = self._replay_after, None
+            if after is not None:
+                self._rewind(after)
             self._flush()
+            self._note_lost()  # (after what was kept: the note takes a place in the log)
+
+    def _rewind(self, after: str) -> None:
+        replay = self.log.rewind_after(after)
+        if replay is None:
+            self._publish("stream", {"name": "stderr", "text": (
+                f"[{self.kernel}: cannot send again what followed message {after}: it is no "
+                f"longer among the last {self.log.keep_messages} IOPub messages kept]\n")}, {})
+            return
+        self.counters["iopub_replayed"] += replay[0]
+
+    def _note_lost(self) -> None:
+        lost = self.log.lost - self._lost_noted
+        if lost > 0:
+            self._lost_noted = self.log.lost
+            self._publish("stream", {"name": "stderr", "text": (
+                f"[{self.kernel}: {lost} IOPub messages published while no frontend listened "
+                f"are no longer kept (the last {self.log.keep_messages} are)]\n")}, {})
 
     # --- sending
 
@@ -273,32 +324,27 @@ class JupyterFrontend:
         if msg_id is not None:
             header["msg_id"] = msg_id
         msg = self.session.msg(msg_type, content, parent=parent or {}, header=header)
-        self._out.append(self.session.serialize(msg))
+        self.log.append(header["msg_id"], self.session.serialize(msg))
         self._flush()
 
     def _flush(self) -> None:
         """Send what waits for IOPub, without blocking; what the socket will not take
         yet (a slow frontend, with XPUB_NODROP) waits here and holds the records back."""
         reader = self._readers.get("iopub")
-        out = self._out
-        if reader is None:
-            return
-        if not self.subscribed:
-            while len(out) > MAX_HELD:
-                out.popleft()
-                self.counters["iopub_dropped_unsubscribed"] += 1
-            return
+        kept = self.log
+        if reader is None or not self.subscribed:
+            return  # (nobody listens: the messages wait in the log, within its bounds)
         sock = reader.sock
-        while out:
+        while (frames := kept.next()) is not None:
             try:
-                sock.send_multipart(out[0], zmq.NOBLOCK)
+                sock.send_multipart(frames, zmq.NOBLOCK)
             except zmq.Again:
                 if self._retry is None or not self._retry.active():
                     self._retry = self.reactor.callLater(0.01, self._flush)
                 return
             except zmq.ZMQError as e:
                 log.warn("{name}: IOPub send failed: {e}", name=self.name, e=e)
-            out.popleft()
+            kept.advance()
             self.counters["iopub_sent"] += 1
         pace, self._pace = self._pace, None
         if pace is not None:
@@ -306,7 +352,7 @@ class JupyterFrontend:
 
     def _held_back(self) -> defer.Deferred | None:
         """A Deferred while IOPub messages wait (the client then holds the next records)."""
-        if not self._out or not self.subscribed or not self.lossless:
+        if not self.log.waiting() or not self.subscribed or not self.lossless:
             return None
         if self._pace is None:
             self._pace = defer.Deferred()
@@ -329,6 +375,26 @@ class JupyterFrontend:
         early, self._early = self._early, []
         for channel, idents, msg in early:
             self._dispatch(channel, idents, msg)
+        client.watch_status(self.on_status)
+
+    def on_status(self, status: dict[str, Any]) -> None:
+        """The shared kernel's status: while someone else's ``input()`` is pending, say
+        whose, once, in that execution's output (as ``yotonnet console`` does); a Jupyter
+        frontend would otherwise only see the kernel busy."""
+        waiting = status.get("input") or {}
+        exec_id = waiting.get("exec")
+        if exec_id == self._input_shown:
+            return
+        self._input_shown = exec_id
+        if not waiting or waiting.get("client") == self.public_id:
+            return  # (this frontend's own input_request asks its user already)
+        prompt = str(waiting.get("prompt") or "").strip()
+        user = str(waiting.get("user") or "?")
+        parent = (self._parents.get(exec_id) if isinstance(exec_id, int) else None) \
+            or self._made_up(exec_id, user)
+        self._publish("stream", {"name": "stderr", "text": (
+            f"[{self.kernel}: waiting for input from {user}"
+            + (f" ({prompt})" if prompt else "") + "]\n")}, parent)
 
     def _on_shell(self, idents: list[bytes], msg: dict) -> None:
         self._arrived("shell", idents, msg)
@@ -340,7 +406,7 @@ class JupyterFrontend:
         session = (msg.get("header") or {}).get("session")
         if isinstance(session, str) and session:
             self._sessions.add(session)
-        if self.client is None:
+        if self.client is None and msg.get("msg_type") != "yotonnet_replay_request":
             self._early.append((channel, idents, msg))  # served once attached
             return
         self._dispatch(channel, idents, msg)
@@ -359,7 +425,7 @@ class JupyterFrontend:
                      channel=channel)
             return
         quiet = msg_type in ("comm_open", "comm_msg", "comm_close", "shutdown_request",
-                             "interrupt_request")
+                             "interrupt_request", "yotonnet_replay_request")
         if not quiet:
             self._status("busy", msg["header"])
         d = defer.maybeDeferred(handler, self, msg.get("content") or {}, msg)
@@ -457,6 +523,22 @@ class JupyterFrontend:
     def _ignore(self, content: dict, msg: dict) -> None:
         return None
 
+    def _replay(self, content: dict, msg: dict) -> dict[str, Any]:
+        """A frontend about to subscribe again names the last IOPub message it saw: its
+        next subscription gets everything after it, in order, before anything new."""
+        after = content.get("after")
+        if not isinstance(after, str) or not after:
+            raise ValueError("yotonnet_replay_request needs 'after': the msg_id of the last "
+                             "IOPub message this frontend saw")
+        if not self.log.holds(after):
+            raise LookupError(
+                f"message {after} is not among the last {self.log.keep_messages} IOPub "
+                f"messages kept here (the oldest is {self.log.oldest_id()}); what it missed "
+                "is in the shared kernel's history (yotonnet console --history)")
+        self._replay_after = after
+        return {"status": "ok", "after": after,
+                "when": "at this frontend's next IOPub subscription"}
+
     async def _interrupt(self, content: dict, msg: dict) -> dict[str, Any]:
         await self.client.interrupt()
         return {"status": "ok"}
@@ -490,6 +572,7 @@ class JupyterFrontend:
         "comm_open": _comm_open,
         "comm_msg": _ignore,
         "comm_close": _ignore,
+        "yotonnet_replay_request": _replay,
         "interrupt_request": _interrupt,
         "shutdown_request": _shutdown,
     }
