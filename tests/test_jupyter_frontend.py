@@ -66,14 +66,16 @@ from typing import Any
 
 import procs
 from certs_fixture import path
-from kernel_support import attach
-from twisted.internet import defer, reactor, threads
+from kernel_support import FAST, attach
+from twisted.internet import defer, reactor, threads, utils
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SkipTest, TestCase
 from waits import bounded, sleep, until
 
+from yotonnet import Context
 from yotonnet.kernel import protocol as p
+from yotonnet.security.settings import Security
 
 WAIT = 30.0
 
@@ -399,6 +401,71 @@ class FrontendOnHostedIPythonTests(TestCase):
         self.assertEqual(r.value, "42")
         await until(lambda: [w["user"] for w in alice.presence] == ["alice"],
                     "bob and eve to leave the presence list")
+
+
+class ReconnectThroughTwoHopsTests(TestCase):
+    timeout = 180
+
+    async def test_100000_lines_to_a_console_and_a_frontend_that_reconnects(self) -> None:
+        ep = await shared_kernel(self, "--jupyter", "python3")
+        # Two hops: the frontend process and the console link to a relay node, the
+        # relay to the kernel's node.
+        relay = Context("relay", reactor, config=FAST,
+                        security=Security(tokens=path("tokens.txt")))
+        self.addCleanup(relay.close)
+        port = await relay.listen("tcp:0:interface=127.0.0.1")
+        await bounded(relay.connect(ep), "the relay to link to the kernel's node")
+        relay_ep = f"tcp:127.0.0.1:{port.getHost().port}"
+        use_jupyter_path(self, await install(self, relay_ep, "bob"))
+        bob = JupyterSide(self)
+        await bob.start()
+
+        lines = 100_000
+        code = (f"import sys\nfor i in range({lines}):\n    print(i)\n"
+                "    if i % 20 == 19:\n        sys.stdout.flush()")
+        expected = "".join(f"{i}\n" for i in range(lines))
+        console = utils.getProcessOutputAndValue(
+            sys.executable, ["-m", "yotonnet.cli", "console", "j", "--connect", relay_ep,
+                             "--token-file", path("alice.token"), "-c", code],
+            env=dict(os.environ, PYTHONPATH=procs.REPO_ROOT), path=procs.REPO_ROOT)
+        done = ended(code)
+
+        def reconnect_mid_stream() -> dict:
+            """Read a third of it, then close every socket and come back as a new client
+            that names the last IOPub message it saw before it subscribes again."""
+            seen = 0
+            bob.read_until(lambda m: m["msg_type"] == "stream" or done(m), 60)
+            while seen < lines // 3:
+                m = bob.read_until(lambda m: m["msg_type"] == "stream" or done(m), 60)
+                self.assertFalse(done(m), "the loop ended before the reconnect")
+                seen += m["content"]["text"].count("\n")
+            last = bob.iopub[-1]["msg_id"]
+            bob.kc.stop_channels()  # (what its socket held unread is gone with it)
+            time.sleep(0.5)  # away while the loop goes on
+            kc = bob.km.client()
+            kc.start_channels(iopub=False)
+            kc.shell_channel.send(kc.session.msg("yotonnet_replay_request", {"after": last}))
+            reply = kc.get_shell_msg(timeout=WAIT)
+            bob.kc = kc
+            kc.iopub_channel.start()  # subscribes
+            bob.read_until(done, 120)
+            return reply
+
+        reply = await bounded(bob.run(reconnect_mid_stream), "the frontend's reconnect", 150)
+        self.assertEqual((reply["msg_type"], reply["content"]["status"]),
+                         ("yotonnet_replay_reply", "ok"))
+        out, err, status = await bounded(console, "the console's run", 150)
+        self.assertEqual(status, 0, err[-2000:])
+        self.assertEqual(out.decode(), expected)  # the console: every line, in order
+        # The frontend: every line, in order, each message once, though it was away.
+        (started,) = [m for m in bob.iopub if m["msg_type"] == "execute_input"
+                      and m["content"]["code"] == code]
+        run = [m for m in bob.iopub
+               if m["parent_header"].get("msg_id") == started["parent_header"]["msg_id"]]
+        self.assertEqual(run[0]["parent_header"]["username"], "alice")
+        ids = [m["msg_id"] for m in run]
+        self.assertEqual(len(ids), len(set(ids)))
+        self.assertEqual(stream_text(run), expected)
 
 
 class NotebookTests(TestCase):

@@ -166,7 +166,7 @@ class HostedIPythonTests(TestCase):
 
     async def test_interrupt_stops_a_busy_loop(self) -> None:
         broker, _, ep = await line_of_three(self)
-        _, alice, _ = await attach(self, ep, "j", "alice")
+        _, alice, rec = await attach(self, ep, "j", "alice")
         running = alice.execute("n = 0\nwhile True:\n    n += 1")
         await until(lambda: broker.state == p.BUSY and alice.status()["state"] == p.BUSY,
                     "the kernel to be busy")
@@ -176,6 +176,16 @@ class HostedIPythonTests(TestCase):
         r = await bounded(alice.execute("n > 0"), "code after the interrupt")
         self.assertEqual(r.value, "True")
         self.assertFalse(await bounded(alice.interrupt(), "interrupt when idle"))
+        # A loop that floods the output (paced through the mesh) is interrupted too.
+        running = alice.execute("import time\nwhile True:\n    print(time.time())")
+        await until(lambda: sum(m["text"].count("\n") for m in rec.kinds(p.STDOUT)) > 1000,
+                    "a thousand printed lines")
+        self.assertTrue(await bounded(alice.interrupt(), "interrupt of the printing loop"))
+        r = await bounded(running, "the interrupted printing loop")
+        self.assertEqual(r.error_type, "KeyboardInterrupt")
+        printed = [float(x) for x in "".join(m["text"] for m in rec.kinds(p.STDOUT)
+                                             if m["exec"] == r.id).split()]
+        self.assertEqual(printed, sorted(printed))  # in order, none garbled
         await until(lambda: alice.status()["state"] == p.IDLE, "idle")
 
     async def test_three_signals_stop_kill_9_and_restart(self) -> None:
