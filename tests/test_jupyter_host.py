@@ -269,6 +269,38 @@ class HostedIPythonTests(TestCase):
 class HostedBashTests(TestCase):
     timeout = 120
 
+    async def test_a_stalled_console_loses_nothing_of_a_kernel_that_would_drop(self) -> None:
+        # bash_kernel's IOPub is a PUB that drops past 1,000 waiting messages (no Python
+        # runs in it to make it wait): the broker reads on into a bounded buffer instead.
+        lines = 6_000
+        broker, backend, ep = await line_of_three(self, "bash")
+        gate: defer.Deferred[None] = defer.Deferred()
+        got: list[dict] = []
+
+        def stalled(message: dict) -> defer.Deferred | None:
+            got.append(message)
+            if message["kind"] == p.STDOUT and not gate.called:
+                return gate  # the console stops reading at the first line
+            return None
+
+        _, alice, _ = await attach(self, ep, "j", "alice", on_output=stalled)
+        self.assertFalse(alice.status()["process"]["iopub_nodrop"])
+        # one line at a time, each its own IOPub message
+        pad = "y" * 1000  # (past the mesh's window: megabytes)
+        running = alice.execute(
+            f"for i in $(seq 1 {lines}); do echo $i {pad}; sleep 0.001; done")
+        await until(lambda: backend.output_paused, "the broker to stop passing output on")
+        await until(lambda: backend.iopub_held > 2_100,
+                    "more than two ZMQ queues of messages to wait", 60)
+        self.assertFalse(running.called)
+        gate.callback(None)
+        r = await bounded(running, "the held-back loop", 90)
+        self.assertTrue(r.ok, r)
+        text = "".join(m["text"] for m in got if m["kind"] == p.STDOUT and m["exec"] == r.id)
+        self.assertEqual(text, "".join(f"{i} {pad}\n" for i in range(1, lines + 1)))
+        self.assertNotIn("dropped", "".join(m["text"] for m in got if m["kind"] == p.SYSTEM))
+        self.assertEqual(backend.iopub_held, 0)
+
     async def test_bash_kernel_echo_through_two_hops(self) -> None:
         broker, backend, ep = await line_of_three(self, "bash", transport="tcp")
         with open(backend.connection_file) as f:

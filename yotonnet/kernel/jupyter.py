@@ -66,10 +66,12 @@ one silent line in it (:data:`IPYKERNEL_NODROP`) that sets ``XPUB_NODROP``
 on that socket: from then on the kernel's IOPub thread waits, and a
 ``print(..., flush=True)`` waits with it, instead of dropping (the status
 says ``iopub_nodrop``; ipykernel's plain prints are batched every 0.2 s in
-its own memory meanwhile). Other kernels keep their PUB's behaviour: one
-that sends thousands of messages while a console is stalled can drop some
-of them, at the kernel, as with any Jupyter frontend; should that drop an
-execution's final ``idle``, a fence (a ``kernel_info_request`` sent a
+its own memory meanwhile). Other kernels cannot be made to wait: for them
+the backend reads on while paused and holds what it reads, in order
+(:data:`HOLD_MESSAGES`, :data:`HOLD_BYTES`), and hands it on at the resume;
+only past that bound does it stop reading, and such a kernel may then drop
+what its own queue cannot take; should that drop an execution's final
+``idle``, a fence (a ``kernel_info_request`` sent a
 second after the reply: IOPub is one ordered stream) ends the execution
 anyway, with a note in the output saying it may be incomplete.
 
@@ -93,6 +95,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -123,6 +126,11 @@ log = Logger(namespace="yotonnet.kernel.jupyter")
 READ_BATCH = 200
 #: stream text longer than this goes out as several output records
 CHUNK = 64 * 1024
+#: IOPub messages of a kernel that would drop (not made to wait) read on and held here
+#: while the mesh is paused; past either bound the reading stops and the kernel's own
+#: queue takes the rest (and drops past its 1,000)
+HOLD_MESSAGES = 50_000
+HOLD_BYTES = 64 * 1024 * 1024
 #: what ipykernel takes as "no input" (it raises EOFError), as a terminal's Ctrl-D
 EOF_ANSWER = "\x04"
 #: Run silently in an ipykernel once it answers: its IOPub socket (a ZMQ XPUB) then
@@ -230,8 +238,10 @@ class SocketReader:
         if not self.closed and (self.again is None or not self.again.active()):
             self.again = self.backend.reactor.callLater(0, self.drain)
 
-    def drain_all(self) -> None:
-        """Everything still queued, paused or not (the kernel has ended)."""
+    def drain_all(self, handle: Callable[[dict], None] | None = None) -> None:
+        """Everything still queued, paused or not (the kernel has ended), to ``handle``
+        (by default the reader's)."""
+        handle = handle or self.handle
         for _ in range(100_000):
             try:
                 _, message = self.backend.session.recv(self.sock, mode=zmq.NOBLOCK)
@@ -242,7 +252,7 @@ class SocketReader:
             if message is None:
                 return
             try:
-                self.handle(message)
+                handle(message)
             except Exception:  # noqa: BLE001
                 log.failure("kernel {name}: handling a {sock} message", name=self.backend.name,
                             sock=self.name)
@@ -314,6 +324,9 @@ class JupyterBackend(KernelBackend):
         self._ready = False
         self._busy = False
         self._paused = False
+        #: IOPub messages read while paused (a kernel whose IOPub would drop), and their size
+        self._held: deque[dict] = deque()
+        self._held_bytes = 0
         self._started_at = 0.0
         self._info_reply: dict | None = None
         #: our kernel_info requests while starting, and whether IOPub said idle after one
@@ -426,7 +439,7 @@ class JupyterBackend(KernelBackend):
         self._readers = {
             "shell": SocketReader(self, km.connect_shell(identity=identity), "shell",
                                    self._on_shell),
-            "iopub": SocketReader(self, km.connect_iopub(), "iopub", self._on_iopub),
+            "iopub": SocketReader(self, km.connect_iopub(), "iopub", self._iopub_arrived),
             "stdin": SocketReader(self, km.connect_stdin(identity=identity), "stdin",
                                    self._on_stdin),
             "hb": SocketReader(self, km.connect_hb(), "hb", self._on_hb, raw=True),
@@ -581,10 +594,12 @@ class JupyterBackend(KernelBackend):
         code = getattr(process, "returncode", None)
         # What the kernel said before it ended is still queued here: all of it goes out
         # (past the window it stays in the history, where clients fill gaps from).
-        for name in ("shell", "iopub"):
-            reader = self._readers.get(name)
-            if reader is not None:
-                reader.drain_all()
+        held, self._held, self._held_bytes = self._held, deque(), 0
+        for msg in held:
+            self._on_iopub(msg)
+        for name, reader in self._readers.items():
+            if name in ("shell", "iopub"):
+                reader.drain_all(self._on_iopub if name == "iopub" else None)
         self._alive = False
         self._ready = False
         self._busy = False
@@ -722,8 +737,18 @@ class JupyterBackend(KernelBackend):
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
 
+    @property
+    def iopub_held(self) -> int:
+        """IOPub messages read and held while the output is paused."""
+        return len(self._held)
+
     def pause_output(self) -> None:
         self._paused = True
+        if self.nodrop:
+            self._stop_reading_iopub()  # it waits in the kernel, losing nothing
+        # otherwise: read on into the hold (see _iopub_arrived), within its bounds
+
+    def _stop_reading_iopub(self) -> None:
         reader = self._readers.get("iopub")
         if reader is not None:
             reader.paused = True
@@ -731,11 +756,33 @@ class JupyterBackend(KernelBackend):
 
     def resume_output(self) -> None:
         self._paused = False
+        held = self._held
+        while held and not self._paused:
+            msg = held.popleft()
+            self._held_bytes -= _size(msg)
+            self._on_iopub(msg)  # (which may pause the output again)
+        if self._paused and not self.nodrop and not self._hold_full():
+            return  # still reading on into the hold
         reader = self._readers.get("iopub")
-        if reader is not None and not reader.closed:
+        if reader is not None and not reader.closed and not self._paused:
             reader.paused = False
             reader.register(self.reactor)
             reader.kick()
+
+    def _hold_full(self) -> bool:
+        return len(self._held) >= HOLD_MESSAGES or self._held_bytes >= HOLD_BYTES
+
+    def _iopub_arrived(self, msg: dict) -> None:
+        if not self._held and not self._paused:
+            self._on_iopub(msg)
+            return
+        self._held.append(msg)  # (after those held: the order stays)
+        self._held_bytes += _size(msg)
+        if self._hold_full():
+            log.warn("kernel {name}: {n} output messages wait for the slowest console; "
+                     "reading no more of them (the kernel may drop what follows)",
+                     name=self.name, n=len(self._held))
+            self._stop_reading_iopub()
 
     # --- what the kernel says
 
@@ -925,6 +972,16 @@ class JupyterBackend(KernelBackend):
             reply = {"status": "error", "value": None, "type": ename, "message": evalue,
                      "traceback": p.strip_ansi(text)}
         self.events.kernel_done(run.id, reply)
+
+
+def _size(msg: dict) -> int:
+    """About how much memory a held IOPub message takes (its text and data)."""
+    content = msg.get("content") or {}
+    size = 200 + len(str(content.get("text") or ""))
+    data = content.get("data")
+    if isinstance(data, dict):
+        size += sum(len(v) if isinstance(v, str) else 100 for v in data.values())
+    return size
 
 
 def _traceback_text(content: dict) -> str:
