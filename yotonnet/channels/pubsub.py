@@ -55,6 +55,7 @@ log = Logger(namespace="yotonnet.pubsub")
 
 _SEQ = struct.Struct("<Q")
 _DECODE_BINARY = BINARY.decode
+_ENCODE_BINARY = BINARY.encode
 # frame size -> the layout of one frame of that size: (seq, payload), the rest skipped
 _LAYOUTS: dict[int, struct.Struct] = {}
 
@@ -96,6 +97,8 @@ class PubChannel(Channel):
     ) -> None:
         self._producer: IProducer | None = None
         self._streaming = True
+        #: a pull producer is registered (each send asks it for the next write)
+        self._pulled = False
         self._paused = False
         self._pull_scheduled = False
         self._ready_waiters: list[defer.Deferred[None]] = []
@@ -104,6 +107,8 @@ class PubChannel(Channel):
         self.latest_id = channel_id("latest", validate_channel_name(name))
         super().__init__(context, name, message_type)
         self._encode = self.message_type.encode
+        #: BINARY: bytes go as they are (what its encoder returns for them)
+        self._binary = self._encode is _ENCODE_BINARY
         self._tag = self.message_type.tag
         pubsub = context.node.pubsub
         self._pubsub = pubsub
@@ -118,18 +123,20 @@ class PubChannel(Channel):
             raise RuntimeError(f"publisher on {self.name!r} is closed")
         if self.denied is not None:
             raise self.denied
-        if self.channel_id in self._not_ready:
-            why = self._pubsub.backlog_exceeded(self.channel_id)
+        channel = self.channel_id
+        if channel in self._not_ready:
+            why = self._pubsub.backlog_exceeded(channel)
             if why is not None:
                 raise errors.FlowControlError(
                     f"channel {self.name!r}: {why}; wait for ready() or register a producer"
                 )
-        # send_encoded, written out: every message comes this way.
-        payload = self._encode(message)
-        self._publish(self.channel_id, self._tag, payload)
+        # send_encoded, written out: every message comes this way (bytes on a BINARY
+        # channel, the commonest case, without the call to its encoder).
+        payload = message if type(message) is bytes and self._binary else self._encode(message)
+        self._publish(channel, self._tag, payload)
         if self.latest_id not in self._latest_idle:  # (most channels have no latest subscriber)
             self._publish_latest(self.latest_id, self._tag, payload)
-        if not self._streaming and self._producer is not None:
+        if self._pulled:
             self._schedule_pull()
 
     def send_encoded(self, payload: bytes) -> None:
@@ -170,6 +177,7 @@ class PubChannel(Channel):
             raise RuntimeError(f"publisher on {self.name!r} is closed")
         self._producer = producer
         self._streaming = bool(streaming)
+        self._pulled = not self._streaming
         self._paused = False
         if self._streaming:
             if not self.writable:
@@ -179,6 +187,7 @@ class PubChannel(Channel):
 
     def unregisterProducer(self) -> None:  # noqa: N802
         self._producer = None
+        self._pulled = False
         self._paused = False
 
     def pause(self) -> None:
@@ -227,6 +236,7 @@ class PubChannel(Channel):
             return
         super().close()
         producer, self._producer = self._producer, None
+        self._pulled = False
         if producer is not None:
             producer.stopProducing()
         waiters, self._ready_waiters = self._ready_waiters, []

@@ -43,7 +43,6 @@ from .routing import SUB
 from .wire import (
     HEADER,
     HEADER_SIZE,
-    HEADER_TAIL,
     SEQ_OFFSET,
     Frame,
     FrameKind,
@@ -66,6 +65,9 @@ _pack = HEADER.pack
 _LATEST = int(FrameKind.LATEST)
 _BUSY = "busy"
 _seq_at = struct.Struct("<Q").unpack_from
+#: a DATA header with its middle fields packed already (see Outlet.middle)
+_HEAD = struct.Struct(f"<I{SEQ_OFFSET - 4}sQ")
+_head = _HEAD.pack
 
 
 def _last_seq(run: Run) -> int:
@@ -77,13 +79,14 @@ def _last_seq(run: Run) -> int:
 
 class Outlet:
     """A channel published here, as its every message needs it: its sequence number,
-    and while the picture holds (see :attr:`PubSub.outlets_ready`), where it goes.
+    and while the picture holds (see :attr:`PubSub.outlets_ready`), where it goes and
+    the header its frames start with.
 
     The one target's flow and credit box (yotonnet.core.flow.Outbox) are kept beside
     it, so the usual case (one target with credit) costs no lookup at all.
     """
 
-    __slots__ = ("seq", "peers", "hops", "peer", "flow", "box", "targets")
+    __slots__ = ("seq", "peers", "hops", "peer", "flow", "box", "targets", "tag", "middle")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -95,6 +98,12 @@ class Outlet:
         self.box: Any = None
         #: (peer, its flow, its credit box) of every target, when there are several
         self.targets: list[tuple[IPeer, Any, Any]] = []
+        #: the message type tag ``middle`` was made for
+        self.tag = -1
+        #: the header's fields between its length and its sequence number, packed once
+        #: (kind, hops, tag, channel, source, root: the same in every frame of the channel
+        #: while the picture holds); a frame is _HEAD.pack(length, middle, seq) + payload
+        self.middle = b""
 
 
 class PubSub:
@@ -144,8 +153,9 @@ class PubSub:
 
     # --- a local publisher's messages
 
-    def _outlet(self, channel: int) -> Outlet:
-        """``channel``'s outlet, its targets looked up again (the picture changed)."""
+    def _outlet(self, channel: int, tag: int) -> Outlet:
+        """``channel``'s outlet, its targets looked up again (the picture changed) and its
+        header made for ``tag``."""
         outlet = self.outlets.get(channel)
         if outlet is None:
             outlet = self.outlets[channel] = Outlet(self._seq_base)
@@ -160,60 +170,68 @@ class PubSub:
         else:
             outlet.peer = outlet.flow = outlet.box = None
             outlet.targets = [(p, p.flow, p.flow.outbox(channel)) for p in peers]
+        outlet.tag = tag
+        outlet.middle = _pack(0, _DATA, outlet.hops, 0, tag, channel, self.node_id,
+                              topology.root, 0)[4:SEQ_OFFSET]
         if topology.fanout.get((self.node_id, channel)) is peers:
             self.outlets_ready[channel] = outlet  # (a leaf's list before its view: not kept)
         return outlet
 
     def publish(self, channel: int, tag: int, payload: bytes) -> None:
         """Send a message published here to every subscriber of ``channel``."""
-        # Every message's path: written out (data_frame's packing and PeerFlow.take's
-        # test included), a call costs about as much as a line here.
+        # Every message's path: written out (data_frame's packing, PeerFlow.take's test
+        # and PeerFlow.enqueue included), a call costs about as much as a line here.
         outlet = self.outlets_ready.get(channel)
-        if outlet is None:
-            outlet = self._outlet(channel)
+        if outlet is None or outlet.tag != tag:
+            outlet = self._outlet(channel, tag)
         seq = outlet.seq = outlet.seq + 1
-        me = self.node_id
-        peers = outlet.peers
-        if peers:
-            data = _pack(HEADER_TAIL + len(payload), _DATA, outlet.hops, 0, tag, channel,
-                         me, self.topology.root, seq) + payload
-            size = len(data)
-            box = outlet.box
-            if box is not None:
-                if box.credit > 0 and not box.queue and not outlet.flow.paused:
-                    box.credit -= size
-                    outlet.peer.send(data)  # type: ignore[union-attr]
-                    # Spent (a send may overdraw once): not writable until credit
-                    # returns, so a producer pauses before anything has to wait in memory.
-                    if box.credit <= 0 and channel not in self.not_ready:
-                        self._set_not_ready(channel)
-                else:
-                    self._hold_back(outlet.peer, channel, data, size, None)  # type: ignore[arg-type]
-            else:
-                spent = False
-                for peer, flow, box in outlet.targets:
-                    if box.credit > 0 and not box.queue and not flow.paused:
-                        box.credit -= size
-                        peer.send(data)
-                        spent = spent or box.credit <= 0
-                    else:
-                        self._hold_back(peer, channel, data, size, None)
-                if spent and channel not in self.not_ready:
+        size = HEADER_SIZE + len(payload)
+        box = outlet.box
+        if box is not None:
+            # (the length field counts what follows its own 4 bytes)
+            data = _head(size - 4, outlet.middle, seq) + payload
+            if box.credit > 0 and not box.queue and not outlet.flow.paused:
+                box.credit -= size
+                outlet.peer.send(data)  # type: ignore[union-attr]
+                # Spent (a send may overdraw once): not writable until credit
+                # returns, so a producer pauses before anything has to wait in memory.
+                if box.credit <= 0 and channel not in self.not_ready:
                     self._set_not_ready(channel)
+            elif outlet.peer.status == _BUSY:  # type: ignore[union-attr]
+                self.counters["flow_dropped"] += 1  # (see _hold_back)
+            else:
+                box.queue.append((data, size, None))
+                box.queued += size
+                self.counters["flow_queued"] += 1
+                if channel not in self.not_ready and channel in self.publishers:
+                    self._set_not_ready(channel)
+        elif outlet.targets:
+            data = _head(size - 4, outlet.middle, seq) + payload
+            spent = False
+            for peer, flow, box in outlet.targets:
+                if box.credit > 0 and not box.queue and not flow.paused:
+                    box.credit -= size
+                    peer.send(data)
+                    spent = spent or box.credit <= 0
+                else:
+                    self._hold_back(peer, channel, data, size, None)
+            if spent and channel not in self.not_ready:
+                self._set_not_ready(channel)
         retained = self.retained.get(channel)
         if retained is not None and tag == retained.tag:
             # Kept for subscribers to ask again (Repair.retain, written out).
             retained.current.append(payload)
-            retained.size += HEADER_SIZE + len(payload)
+            retained.size += size
             if retained.size >= retained.check_at and self.repair.retain_more(
                     channel, retained) and channel not in self.not_ready:
                 self._set_not_ready(channel)
-        elif (peers or retained is not None) and self.repair.retain(channel, seq, tag, payload):
+        elif (outlet.peers or retained is not None) and self.repair.retain(
+                channel, seq, tag, payload):
             self._set_not_ready(channel)
         subs = self.subscribers.get(channel)
         if subs:
-            frame = Frame(_DATA, 1, tag, channel, me, 0, seq, payload)
-            hold = Hold(None, channel, HEADER_SIZE + len(payload), self.release)
+            frame = Frame(_DATA, 1, tag, channel, self.node_id, 0, seq, payload)
+            hold = Hold(None, channel, size, self.release)
             window = self.config.flow_window
             for sub in subs:
                 sub.deliver(frame, hold)
@@ -512,6 +530,18 @@ class PubSub:
         """Why ``channel`` may take no more now (None: it may): more than
         ``publish_backlog`` bytes wait for one target, or one more message would push out
         of the retention one a subscriber still needs."""
+        outlet = self.outlets_ready.get(channel)
+        if outlet is not None:
+            # Asked before each message while the channel is not ready: the outlet's boxes
+            # are its targets' (the picture holds), so the usual answer costs no lookup.
+            limit = self.config.publish_backlog
+            box = outlet.box
+            if (box.queued <= limit if box is not None
+                    else all(b.queued <= limit for _, _, b in outlet.targets)):
+                retained = self.retained.get(channel)
+                if (retained is None or not retained.followers
+                        or retained.size < self.config.retention_bytes):
+                    return None
         if self.repair.full(channel):
             return (f"its retention ({self.config.retention_bytes} bytes) holds only messages "
                     "a lossless subscriber has not acknowledged yet")
