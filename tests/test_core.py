@@ -115,6 +115,7 @@ class FakePeer:
         self.status = "up"
         self.quiet = False
         self.closing = False
+        self.lets_cork_out = False
         self.flow = PeerFlow(window, window if receive_window is None else receive_window)
         self.sent: list[bytes] = []
 

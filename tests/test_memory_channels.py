@@ -226,6 +226,72 @@ class PubSubTests(MeshTestCase):
         mesh.settle()
         self.assertEqual(self.successResultOf(sub.recv()), value)
 
+    def test_nothing_sent_later_overtakes_published_messages(self) -> None:
+        # Messages published in one turn wait in the node and go joined (PubSub.uncork):
+        # a message on another channel, a call, or the end of the turn lets them out first.
+        mesh = self.make_mesh(2)
+        a, b = mesh
+        mesh.link(a, b)
+        seen: list[tuple[str, object]] = []
+        SubChannel(b, "out").subscribe(lambda m: seen.append(("out", m)))
+        SubChannel(b, "status").subscribe(lambda m: seen.append(("status", m)))
+        RepChannel(b, "svc").register("ping", lambda m: seen.append(("call", m)))
+        out, status = PubChannel(a, "out"), PubChannel(a, "status")
+        req = ReqChannel(a, "svc")
+        waits = [out.wait_for_subscribers(), status.wait_for_subscribers(),
+                 req.wait_for_responders()]
+        mesh.settle()
+        for d in waits:
+            self.successResultOf(d)
+        # (a subscriber's first messages wait until it knows where its stream starts)
+        out.send("o0")
+        status.send("idle")
+        mesh.settle()
+        del seen[:]
+        out.send("o1")
+        out.send("o2")
+        status.send("busy")
+        out.send("o3")
+        called = req.ping("p")
+        out.send("o4")
+        status.send("idle")
+        mesh.settle()
+        self.successResultOf(called)
+        self.assertEqual(seen, [("out", "o1"), ("out", "o2"), ("status", "busy"),
+                                ("out", "o3"), ("call", "p"), ("out", "o4"),
+                                ("status", "idle")])
+
+    def test_fan_out_to_leaves_and_nodes_with_little_credit(self) -> None:
+        # One publisher to two nodes and three leaves, a window of 4 KiB: its messages
+        # wait joined while every target has credit, and queue where one has none;
+        # every subscriber gets every message once, in order.
+        mesh = self.make_mesh(3, config=ContextConfig(flow_window=4096))
+        hub, b, c = mesh
+        self.successResultOf(hub.listen(f"memory:{hub.name}"))
+        mesh.link(hub, b)
+        mesh.link(hub, c)
+        leaves = [mesh.add(f"leaf{i}") for i in range(3)]
+        for leaf in leaves:
+            leaf.connect(f"memory:{hub.name}")
+        mesh.settle()
+        got: list[list[bytes]] = []
+        for ctx in [b, c, *leaves]:
+            got.append([])
+            SubChannel(ctx, "many", BINARY).subscribe(got[-1].append)
+        pub = PubChannel(hub, "many", BINARY)
+        d = pub.wait_for_subscribers(5)
+        mesh.settle()
+        self.successResultOf(d)
+        sent = [b"%05d" % i + b"x" * (i % 300) for i in range(3000)]
+        for i in range(0, len(sent), 250):
+            for message in sent[i:i + 250]:
+                pub.send(message)  # past the window: the rest queue
+            mesh.pump()
+        mesh.settle()
+        for each in got:
+            self.assertEqual(each, sent)
+        self.assertGreater(hub.counters["flow_queued"], 0)
+
     def test_bad_channel_names_raise_value_error(self) -> None:
         mesh = self.make_mesh(1)
         ctx = mesh[0]

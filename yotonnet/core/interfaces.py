@@ -45,6 +45,11 @@ class IPeer(Interface):
         'what the neighbour is to this node (yotonnet.core.leaves): "node" (of the mesh), '
         '"leaf" (a leaf of this node) or "hub" (this node is its leaf)'
     )
+    lets_cork_out = Attribute(
+        "optional, False if absent: True when the link calls its node's PubSub.uncork "
+        "before it writes any frame, so published frames may wait there for the end of "
+        "the reactor turn (yotonnet.core.pubsub.PubSub.uncork)"
+    )
 
     def send(data: bytes) -> None:  # noqa: N805 - zope interfaces have no self
         """Send one or more encoded frames (a link may batch them)."""

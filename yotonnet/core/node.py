@@ -53,6 +53,7 @@ class Node:
         clock: Callable[[], float],
         log: ILog,
         on_deadline: Callable[[float], None],
+        on_cork: Callable[[], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.name = name
@@ -85,7 +86,10 @@ class Node:
         }
         self.topology = Topology(node_id, name, config, self.counters, log, self.routes_changed,
                                  self.local_interests, self.leaf_items)
-        self.pubsub = PubSub(node_id, config, self.topology, self.counters, log, clock)
+        # on_cork: the host lets published frames wait until the end of the reactor turn
+        # (see PubSub.uncork)
+        self.pubsub = PubSub(node_id, config, self.topology, self.counters, log, clock,
+                             on_cork)
         self.requests = Requests(
             node_id, self.topology, self.counters, clock, on_deadline,
             RecentRequests(config.recent_requests, config.recent_reply_bytes),

@@ -60,6 +60,9 @@ __all__ = ["PubSub", "MAX_CREDIT"]
 
 #: the most credit one CREDIT frame may grant (a sanity bound on a peer's claim)
 MAX_CREDIT = 1 << 40
+#: a corked outlet's frames are written once they reach this many bytes (see
+#: PubSub.uncork): one write per this many, and the receiver starts on them early
+CORK_BYTES = 32768
 _DATA = int(FrameKind.DATA)
 _pack = HEADER.pack
 _LATEST = int(FrameKind.LATEST)
@@ -86,7 +89,8 @@ class Outlet:
     it, so the usual case (one target with credit) costs no lookup at all.
     """
 
-    __slots__ = ("seq", "peers", "hops", "peer", "flow", "box", "targets", "tag", "middle")
+    __slots__ = ("seq", "peers", "hops", "peer", "flow", "box", "targets", "tag", "middle",
+                 "cork", "pending", "pending_size")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -104,6 +108,12 @@ class Outlet:
         #: (kind, hops, tag, channel, source, root: the same in every frame of the channel
         #: while the picture holds); a frame is _HEAD.pack(length, middle, seq) + payload
         self.middle = b""
+        #: its frames may wait in ``pending`` (see PubSub.uncork): the host flushes them,
+        #: and every target is a link that lets them out before any other frame
+        self.cork = False
+        #: frames sent (their credit spent) to every target, not yet written; their bytes
+        self.pending: list[bytes] = []
+        self.pending_size = 0
 
 
 class PubSub:
@@ -115,6 +125,7 @@ class PubSub:
         counters: dict[str, int],
         log: ILog,
         clock: Callable[[], float] = time.monotonic,
+        on_cork: Callable[[], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.config = config
@@ -148,6 +159,14 @@ class PubSub:
                              self.check_ready, self._seq_base, self.last_seq)
         #: channel id -> what is kept of it to send again (the repair's table)
         self.retained = self.repair.retained
+        #: called when frames start waiting in an outlet (None: they never do): the host
+        #: calls :meth:`uncork` at the end of the reactor turn at the latest
+        self.on_cork = on_cork
+        #: the outlet whose frames wait (at most one, so frames of two channels keep their
+        #: order), and the same as a list, empty when none: links look at it before they
+        #: write anything (yotonnet.mesh.writer.Batch)
+        self.cork_outlet: Outlet | None = None
+        self.corked: list[Outlet] = []
         #: (source, channel) -> what a publisher owes the subscribers here
         self.readers = self.repair.readers
 
@@ -159,6 +178,8 @@ class PubSub:
         outlet = self.outlets.get(channel)
         if outlet is None:
             outlet = self.outlets[channel] = Outlet(self._seq_base)
+        elif outlet is self.cork_outlet:
+            self.uncork()  # its frames go to the targets they were sent to
         topology = self.topology
         peers = outlet.peers = topology.targets(self.node_id, channel)
         outlet.hops = topology.hop_limit()
@@ -173,6 +194,8 @@ class PubSub:
         outlet.tag = tag
         outlet.middle = _pack(0, _DATA, outlet.hops, 0, tag, channel, self.node_id,
                               topology.root, 0)[4:SEQ_OFFSET]
+        outlet.cork = self.on_cork is not None and all(
+            getattr(p, "lets_cork_out", False) for p in peers)
         if topology.fanout.get((self.node_id, channel)) is peers:
             self.outlets_ready[channel] = outlet  # (a leaf's list before its view: not kept)
         return outlet
@@ -192,7 +215,15 @@ class PubSub:
             data = _head(size - 4, outlet.middle, seq) + payload
             if box.credit > 0 and not box.queue and not outlet.flow.paused:
                 box.credit -= size
-                outlet.peer.send(data)  # type: ignore[union-attr]
+                if outlet.cork:
+                    if self.cork_outlet is not outlet:
+                        self._cork(outlet)
+                    outlet.pending.append(data)
+                    outlet.pending_size += size
+                    if outlet.pending_size >= CORK_BYTES:
+                        self.uncork()
+                else:
+                    outlet.peer.send(data)  # type: ignore[union-attr]
                 # Spent (a send may overdraw once): not writable until credit
                 # returns, so a producer pauses before anything has to wait in memory.
                 if box.credit <= 0 and channel not in self.not_ready:
@@ -207,8 +238,29 @@ class PubSub:
                     self._set_not_ready(channel)
         elif outlet.targets:
             data = _head(size - 4, outlet.middle, seq) + payload
+            targets = outlet.targets
             spent = False
-            for peer, flow, box in outlet.targets:
+            if outlet.cork:
+                for _, flow, box in targets:
+                    if box.credit <= 0 or box.queue or flow.paused:
+                        break
+                else:
+                    # Every target takes it: its credit is spent now, the frame written
+                    # once for all of them (see uncork).
+                    for _, _, box in targets:
+                        box.credit -= size
+                        if box.credit <= 0:
+                            spent = True
+                    if self.cork_outlet is not outlet:
+                        self._cork(outlet)
+                    outlet.pending.append(data)
+                    outlet.pending_size += size
+                    if outlet.pending_size >= CORK_BYTES:
+                        self.uncork()
+                    targets = []
+                if targets and self.cork_outlet is outlet:
+                    self.uncork()  # what every target took goes before what some queue
+            for peer, flow, box in targets:
                 if box.credit > 0 and not box.queue and not flow.paused:
                     box.credit -= size
                     peer.send(data)
@@ -238,6 +290,40 @@ class PubSub:
                 if sub.backlog >= window and channel not in self.not_ready:
                     self._set_not_ready(channel)
             hold.unref()
+
+    def _cork(self, outlet: Outlet) -> None:
+        """Let ``outlet``'s frames wait (those of another outlet go first)."""
+        if self.cork_outlet is not None:
+            self.uncork()
+        self.cork_outlet = outlet
+        self.corked.append(outlet)
+        self.on_cork()  # type: ignore[misc]
+
+    def uncork(self) -> None:
+        """Write the frames waiting in the corked outlet, joined, once to each target.
+
+        A channel published message by message would otherwise cost a link's send (and
+        on a leaf's link, its gate's look at every frame) per message and target. The
+        credit of every waiting frame is spent already, so flow control, readiness and
+        queues see exactly what they would have seen had each been written at once; and
+        as every target is a link that calls this before it writes anything else
+        (Outlet.cork), no frame of any kind overtakes them. The host calls it at the end
+        of the reactor turn (``on_cork``) at the latest.
+        """
+        outlet = self.cork_outlet
+        if outlet is None:
+            return
+        self.cork_outlet = None
+        self.corked.clear()
+        pending = outlet.pending
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        outlet.pending = []
+        outlet.pending_size = 0
+        if outlet.peer is not None:
+            outlet.peer.send(data)
+        else:
+            for peer, _, _ in outlet.targets:
+                peer.send(data)
 
     def publish_latest(self, channel: int, tag: int, payload: bytes) -> None:
         """Publish on the ``latest`` flow ``channel`` if anyone listens to it.

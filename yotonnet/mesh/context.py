@@ -90,8 +90,10 @@ class Context:
         self.name = name or f"{socket.gethostname()}-{id(self) & 0xFFFF:04x}"
         self.capabilities: tuple[str, ...] = ("routing-1", "state-1", "reqrep-1")
         #: the sans-IO core: every decision about frames is its
+        #: the call that writes published frames waiting in the node (see _corked)
+        self._uncork_call: Any = None
         self.node = Node(self.node_id, self.name, self.config, reactor.seconds, log,
-                         self._arm_deadline)
+                         self._arm_deadline, self._corked)
         #: the routing table and the counters (introspection)
         self.routing = self.node.routing
         self.counters = self.node.counters
@@ -99,7 +101,8 @@ class Context:
         #: leaf's link to its hub (see links for every link, leaves' too)
         self.neighbours: dict[int, Link] = self.node.topology.peers  # type: ignore[assignment]
         #: the dispatch in progress, shared by this context's links (see mesh.writer)
-        self.batch = Batch(self.node.end_dispatch, self.node.begin_dispatch)
+        self.batch = Batch(self.node.end_dispatch, self.node.begin_dispatch,
+                           self.node.pubsub.corked, self.node.pubsub.uncork)
         self.dialers: list[Dialer] = []
         self.ports: list[Any] = []
         self.closed = False
@@ -238,11 +241,26 @@ class Context:
         self.dialers.append(dialer)
         return dialer
 
+    def _corked(self) -> None:
+        """Published frames wait in the node (yotonnet.core.pubsub.PubSub.uncork): a link
+        writes them before anything else, a dispatch as it ends, and this call at the end
+        of the reactor turn at the latest (as a LinkWriter's own flush)."""
+        if self._uncork_call is None:
+            self._uncork_call = self.reactor.callLater(0, self._uncork)
+
+    def _uncork(self) -> None:
+        self._uncork_call = None
+        self.node.pubsub.uncork()
+
     def close(self) -> defer.Deferred[None]:
         """Stop dialling and listening, close every link, fail pending requests."""
         if self.closed:
             return defer.succeed(None)
         self.closed = True
+        self.node.pubsub.uncork()  # (the links would, as they close)
+        if self._uncork_call is not None and self._uncork_call.active():
+            self._uncork_call.cancel()
+        self._uncork_call = None
         if self._housekeeping.running:
             self._housekeeping.stop()
         waits: list[defer.Deferred] = [d.stop() for d in self.dialers]

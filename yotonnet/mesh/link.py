@@ -78,6 +78,10 @@ class HandshakeError(ProtocolError):
 class LinkBase(Protocol):
     """What every link of a node shares (see the module docstring)."""
 
+    #: IPeer.lets_cork_out: whether every frame this link writes goes through a LinkWriter,
+    #: which writes the node's waiting published frames first
+    lets_cork_out = False
+
     def __init__(
         self, context: ILinkOwner, outgoing: bool, endpoint_text: str = "", cost: int = 1
     ) -> None:
@@ -415,6 +419,7 @@ class Link(LinkBase):
     """The connection to one yotonnet peer (see the module docstring)."""
 
     reroutes = True
+    lets_cork_out = True
 
     def __init__(
         self, context: ILinkOwner, outgoing: bool, endpoint_text: str = "", cost: int = 1,

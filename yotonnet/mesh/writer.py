@@ -64,10 +64,11 @@ class Batch:
     of routing records there).
     """
 
-    __slots__ = ("active", "turn", "dirty", "on_begin", "on_end")
+    __slots__ = ("active", "turn", "dirty", "on_begin", "on_end", "held", "release")
 
     def __init__(
-        self, on_end: Callable[[], None], on_begin: Callable[[], None] = lambda: None
+        self, on_end: Callable[[], None], on_begin: Callable[[], None] = lambda: None,
+        held: list[Any] | None = None, release: Callable[[], None] = lambda: None,
     ) -> None:
         self.active = False
         #: counts dispatches, so a writer can tell its first send in one
@@ -76,6 +77,11 @@ class Batch:
         self.dirty: list[LinkWriter] = []
         self.on_end = on_end
         self.on_begin = on_begin
+        #: not empty while published frames wait in the node (the core's
+        #: PubSub.corked): ``release`` writes them, and every writer calls it before it
+        #: writes anything, so nothing overtakes them; the dispatch's end releases them too
+        self.held: list[Any] = held if held is not None else []
+        self.release = release
 
     def begin(self) -> bool:
         """Open a dispatch; False if one is open already (an inner one: nothing to do)."""
@@ -92,6 +98,11 @@ class Batch:
         except Exception:  # noqa: BLE001 - the dispatch must end cleanly whatever happens
             log.failure("acting on the routing records of a dispatch failed")
         finally:
+            if self.held:
+                try:
+                    self.release()  # written with the dispatch's other frames
+                except Exception:  # noqa: BLE001 - as above
+                    log.failure("writing the published frames of a dispatch failed")
             self.active = False
             if self.dirty:
                 dirty, self.dirty = self.dirty, []
@@ -140,6 +151,8 @@ class LinkWriter:
 
     def send(self, data: bytes) -> None:
         """Send one or more encoded frames; small ones sent together are written together."""
+        if self.batch.held:
+            self.batch.release()  # published frames waiting in the node go first
         out = self._out
         if out:
             if len(data) >= ALONE:
@@ -166,11 +179,15 @@ class LinkWriter:
             self._flush_call = self.clock.callLater(0, self.flush)
 
     def write(self, data: bytes) -> None:
+        if self.batch.held:
+            self.batch.release()
         self.frames_out += 1
         self.bytes_out += len(data)
         self._put(data)
 
     def flush(self) -> None:
+        if self.batch.held:
+            self.batch.release()  # (a link flushes before it closes)
         if self._flush_call is not None:
             if self._flush_call.active():
                 self._flush_call.cancel()
