@@ -1056,6 +1056,67 @@ class FrontendReconnectTests(TestCase):
         self.assertEqual(notes[0]["parent_header"]["username"], "bob")
 
 
+class FakeKernelClient:
+    """What a frontend process needs of its KernelClient, for a test to run the kernel
+    side by hand: ``execute`` returns a Deferred the test fires."""
+
+    def __init__(self) -> None:
+        self.caller = type("Caller", (), {"user": "bob"})()
+        self.role = "collaborator"
+        self.public_id = "bob-client"
+        self.runs: list[tuple[str, defer.Deferred]] = []
+
+    def status(self) -> dict:
+        return {"broker": "b0"}
+
+    def watch_status(self, callback: Any) -> None:
+        pass
+
+    def execute(self, code: str, parent: dict | None = None) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.runs.append((code, d))
+        return d
+
+
+class FrontendStdinTests(TestCase):
+    timeout = 30
+
+    async def test_input_waits_for_a_stdin_socket_that_connects_late(self) -> None:
+        import zmq
+
+        from yotonnet.kernel.frontend import socket_url
+
+        frontend, connection, ctx = local_frontend(self)
+        client = FakeKernelClient()
+        frontend.attached(client)
+        session = frontend.session
+        shell = ctx.socket(zmq.DEALER)
+        shell.setsockopt(zmq.IDENTITY, b"frontend-1")
+        shell.connect(socket_url(connection, "shell"))
+        session.send(shell, "execute_request", {"code": "input('who? ')", "silent": False,
+                                                "allow_stdin": True})
+        await until(lambda: bool(client.runs), "the execution to reach the kernel side")
+        answer = frontend.on_input("who? ", False)
+        await sleep(0.3)  # the frontend's stdin is not there yet: the request waits
+        self.assertFalse(answer.called)
+        stdin = ctx.socket(zmq.DEALER)
+        stdin.setsockopt(zmq.IDENTITY, b"frontend-1")  # (as jupyter_client: one identity)
+        stdin.connect(socket_url(connection, "stdin"))
+        asked: list[dict] = []
+
+        def got_request() -> bool:
+            if stdin.poll(0):
+                _, parts = session.feed_identities(stdin.recv_multipart())
+                asked.append(session.deserialize(parts))
+            return bool(asked)
+
+        await until(got_request, "the input_request")
+        self.assertEqual((asked[0]["msg_type"], asked[0]["content"]["prompt"]),
+                         ("input_request", "who? "))
+        session.send(stdin, "input_reply", {"value": "bob-typed"}, parent=asked[0]["header"])
+        self.assertEqual(await bounded(answer, "the answer"), "bob-typed")
+
+
 class InstallCommandTests(TestCase):
     timeout = 60
 

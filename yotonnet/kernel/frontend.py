@@ -127,6 +127,8 @@ MAX_INPUTS = 1000
 #: executions whose parent header is remembered (their output is still coming)
 MAX_PARENTS = 1000
 SHUTDOWN_MODES = ("detach", "kernel")
+#: tries, 50 ms apart, to reach a frontend's stdin socket that has not connected yet
+INPUT_CONNECT_TRIES = 100
 
 
 @dataclass
@@ -231,6 +233,10 @@ class JupyterFrontend:
                                   ("hb", zmq.ROUTER)):
                 sock = socks[channel] = ctx.socket(kind)
                 sock.linger = 1000
+                if channel == "stdin":
+                    # an input_request to a frontend whose stdin is not connected yet
+                    # fails (and is tried again) instead of vanishing
+                    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
                 if channel == "iopub":
                     # every subscribe and unsubscribe, so that a frontend that comes
                     # back is seen even while its old socket still counts
@@ -660,9 +666,27 @@ class JupyterFrontend:
         if req.input is not None and not req.input.called:
             req.input.errback(Failure(EOFError("a new input() was asked")))
         req.input = defer.Deferred()
-        self._reply("stdin", req.idents, req.msg, "input_request",
-                    {"prompt": prompt, "password": password})
+        self._ask_input(req, req.input, {"prompt": prompt, "password": password},
+                        INPUT_CONNECT_TRIES)
         return req.input
+
+    def _ask_input(self, req: Request, asked: defer.Deferred, content: dict[str, Any],
+                   tries: int) -> None:
+        """Send the input_request; a frontend whose stdin socket has not connected yet
+        (it may connect after its shell) is tried again for a while, not skipped."""
+        reader = self._readers.get("stdin")
+        if asked.called or reader is None:
+            return
+        try:
+            self.session.send(reader.sock, "input_request", content, parent=req.msg,
+                              ident=req.idents)
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH and tries > 0:
+                self.reactor.callLater(0.05, self._ask_input, req, asked, content, tries - 1)
+            else:
+                asked.errback(Failure(EOFError(f"the frontend's stdin socket: {e}")))
+            return
+        reader.kick()
 
     def _on_stdin(self, idents: list[bytes], msg: dict) -> None:
         if msg["msg_type"] != "input_reply":

@@ -114,6 +114,7 @@ try:
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     from jupyter_client.manager import KernelManager
     from jupyter_client.session import Session
+    from zmq.utils.monitor import parse_monitor_message
 except ImportError as e:  # pragma: no cover - the extra is missing
     raise ImportError(
         f"hosting a Jupyter kernel needs jupyter_client ({e}); "
@@ -124,6 +125,9 @@ log = Logger(namespace="yotonnet.kernel.jupyter")
 
 #: messages read from one socket per reactor turn before letting others run
 READ_BATCH = 200
+#: how long a kernel that answers waits for its stdin socket's handshake before it is
+#: served anyway
+STDIN_HANDSHAKE_WAIT = 10.0
 #: stream text longer than this goes out as several output records
 CHUNK = 64 * 1024
 #: IOPub messages of a kernel that would drop (not made to wait) read on and held here
@@ -324,6 +328,7 @@ class JupyterBackend(KernelBackend):
         self._ready = False
         self._busy = False
         self._paused = False
+        self._stdin_connected = False
         #: IOPub messages read while paused (a kernel whose IOPub would drop), and their size
         self._held: deque[dict] = deque()
         self._held_bytes = 0
@@ -436,12 +441,20 @@ class JupyterBackend(KernelBackend):
         now = self.reactor.seconds()
         self._started_at = self._hb_last = now
         identity = session.bsession
+        stdin = km.connect_stdin(identity=identity)
+        # The kernel's stdin ROUTER silently drops an input_request to a peer it does not
+        # know yet (ours may still be reconnecting: we connect before the kernel binds),
+        # and input() then waits forever: the kernel is ready only once that socket's
+        # handshake is done (shell and IOPub prove themselves by answering).
+        self._stdin_connected = False
+        monitor = stdin.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self._readers = {
             "shell": SocketReader(self, km.connect_shell(identity=identity), "shell",
                                    self._on_shell),
             "iopub": SocketReader(self, km.connect_iopub(), "iopub", self._iopub_arrived),
-            "stdin": SocketReader(self, km.connect_stdin(identity=identity), "stdin",
-                                   self._on_stdin),
+            "stdin": SocketReader(self, stdin, "stdin", self._on_stdin),
+            "stdin-monitor": SocketReader(self, monitor, "stdin-monitor",
+                                          self._on_stdin_monitor, raw=True),
             "hb": SocketReader(self, km.connect_hb(), "hb", self._on_hb, raw=True),
         }
         for name, reader in self._readers.items():
@@ -528,6 +541,14 @@ class JupyterBackend(KernelBackend):
                 reader.drain()  # an edge the reactor may have missed
         now = self.reactor.seconds()
         if not self._ready:
+            if (not self._stdin_connected
+                    and now - self._started_at > STDIN_HANDSHAKE_WAIT):
+                # (a kernel that answers but never accepts our stdin: serve it anyway)
+                log.warn("kernel {name}: its stdin socket did not connect within {s:g} s; "
+                         "input() may not reach anyone", name=self.name,
+                         s=STDIN_HANDSHAKE_WAIT)
+                self._stdin_connected = True
+                self._maybe_ready()
             if now - self._started_at > self.startup_timeout:
                 self._exit_note = (f"it did not answer within {self.startup_timeout:g} s "
                                    "of its start")
@@ -813,8 +834,20 @@ class JupyterBackend(KernelBackend):
         else:
             d.callback(content)
 
+    def _on_stdin_monitor(self, frames: list[bytes]) -> None:
+        if parse_monitor_message(frames)["event"] != zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            return
+        self._stdin_connected = True
+        stdin, monitor = self._readers.get("stdin"), self._readers.pop("stdin-monitor", None)
+        if stdin is not None and not stdin.closed:
+            stdin.sock.disable_monitor()
+        if monitor is not None:
+            self.reactor.callLater(0, monitor.close, self.reactor)  # (not while reading it)
+        self._maybe_ready()
+
     def _maybe_ready(self) -> None:
-        if self._ready or self._info_reply is None or not self._iopub_seen:
+        if (self._ready or self._info_reply is None or not self._iopub_seen
+                or not self._stdin_connected):
             return
         info = self._info_reply
         if info.get("implementation") == "ipython":
