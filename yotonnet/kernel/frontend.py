@@ -127,6 +127,8 @@ MAX_INPUTS = 1000
 #: executions whose parent header is remembered (their output is still coming)
 MAX_PARENTS = 1000
 SHUTDOWN_MODES = ("detach", "kernel")
+#: seconds between looks at every socket, for a readable edge the reactor missed
+LOOK_AGAIN = 0.25
 #: tries, 50 ms apart, to reach a frontend's stdin socket that has not connected yet
 INPUT_CONNECT_TRIES = 100
 
@@ -210,6 +212,7 @@ class JupyterFrontend:
         self._lost_noted = 0
         self._input_shown: Any = None
         self._retry: Any = None
+        self._look: Any = None
         self._pace: defer.Deferred | None = None
         self._broker = "?"
         self._ending = False
@@ -259,7 +262,15 @@ class JupyterFrontend:
         }
         for reader in self._readers.values():
             reader.register(self.reactor)
+        # An edge the reactor missed (see _flush) is found within this long at worst.
+        self._look = task.LoopingCall(self._look_again)
+        self._look.clock = self.reactor
+        self._look.start(LOOK_AGAIN, now=False)
         self._publish("status", {"execution_state": "starting"}, {})
+
+    def _look_again(self) -> None:
+        for reader in list(self._readers.values()):
+            reader.kick()
 
     def close(self) -> None:
         if self.closed:
@@ -267,6 +278,8 @@ class JupyterFrontend:
         self.closed = True
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
+        if self._look is not None and self._look.running:
+            self._look.stop()
         self._flush()
         for reader in self._readers.values():
             reader.unregister(self.reactor)
@@ -341,6 +354,11 @@ class JupyterFrontend:
         if reader is None or not self.subscribed:
             return  # (nobody listens: the messages wait in the log, within its bounds)
         sock = reader.sock
+        if kept.next() is not None:
+            # A send may take the socket's readable edge with it (ZMQ's descriptor is
+            # edge-triggered): look for (un)subscriptions next turn, or a frontend that
+            # leaves and comes back goes unseen while we send into the void.
+            reader.kick()
         while (frames := kept.next()) is not None:
             try:
                 sock.send_multipart(frames, zmq.NOBLOCK)
