@@ -50,6 +50,9 @@ class StubSocket:
         self.sent.append(taken)
         return len(taken)
 
+    def sendmsg(self, buffers: Any) -> int:
+        return self.send(b"".join(buffers))
+
 
 def eager_writer(sock: StubSocket) -> tuple[LinkWriter, StubTransport]:
     transport = StubTransport()
@@ -106,6 +109,41 @@ class WriteNowTests(SynchronousTestCase):
         self.assertEqual(sock.sent, [])
         self.assertEqual(transport.written, [b"frame", b"after abort", big])
         self.assertEqual(writer.buffered_writes, 3)
+
+    def test_a_frame_in_two_parts_goes_whole_after_what_waits(self) -> None:
+        # send_pair: a large published frame as header and payload, never joined on the
+        # eager path; what the socket leaves goes to Twisted's buffer, in order.
+        head, payload = b"H" * 44, b"p" * 70000
+        frame = head + payload
+        for room, to_socket, to_twisted in (
+            (1 << 30, [b"small", frame], []),
+            (10, [b"small", frame[:10]], [head[10:], payload]),
+            (50, [b"small", frame[:50]], [payload[6:]]),
+            (0, [b"", b""], [b"small", head, payload]),
+        ):
+            sock = StubSocket(room=room)
+            writer, transport = eager_writer(sock)
+            writer.send(b"small")  # waits for the turn's flush: it goes first
+            writer.send_pair(head, payload)
+            self.assertEqual(sock.sent, to_socket, room)
+            self.assertEqual(transport.written, to_twisted, room)
+            self.assertEqual(writer.frames_out, 2)
+            self.assertEqual(writer.bytes_out, 5 + len(frame))
+
+    def test_a_frame_in_two_parts_after_buffered_bytes_or_while_paused(self) -> None:
+        head, payload = b"H" * 44, b"p" * 70000
+        sock = StubSocket()
+        writer, transport = eager_writer(sock)
+        transport.dataBuffer = b"queued"
+        writer.send_pair(head, payload)
+        self.assertEqual(transport.written, [head, payload])
+        transport.dataBuffer = b""
+        transport.written.clear()
+        writer.pause(1 << 20, 1 << 21)
+        writer.send_pair(head, payload)
+        self.assertEqual(transport.written, [head + payload])
+        self.assertEqual(writer.written_while_paused, len(head) + len(payload))
+        self.assertEqual(sock.sent, [])
 
     def test_only_plain_tcp_transports_are_written_to_directly(self) -> None:
         self.assertIsNone(eager_socket(StubTransport()))  # not a twisted.internet.tcp one

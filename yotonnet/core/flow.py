@@ -80,7 +80,9 @@ class Outbox:
     def __init__(self, credit: int) -> None:
         #: bytes that may still be sent; a send may overdraw it once (a frame or run)
         self.credit = credit
-        #: (data, size, hold) waiting for credit, in send order
+        #: (data, size, hold) waiting for credit, in send order; data is encoded frames,
+        #: or a (header, payload) pair of one large frame for a link with send_pair
+        #: (IPeer.lets_cork_out), queued by a local publisher without joining them
         self.queue: deque[tuple[bytes, int, Hold | None]] = deque()
         self.queued = 0
 

@@ -48,7 +48,9 @@ class IPeer(Interface):
     lets_cork_out = Attribute(
         "optional, False if absent: True when the link calls its node's PubSub.uncork "
         "before it writes any frame, so published frames may wait there for the end of "
-        "the reactor turn (yotonnet.core.pubsub.PubSub.uncork)"
+        "the reactor turn (yotonnet.core.pubsub.PubSub.uncork); such a link also has "
+        "send_pair(head, payload), which sends one frame given as its header and its "
+        "payload, as send(head + payload) would"
     )
 
     def send(data: bytes) -> None:  # noqa: N805 - zope interfaces have no self

@@ -62,7 +62,7 @@ __all__ = ["PubSub", "MAX_CREDIT"]
 MAX_CREDIT = 1 << 40
 #: a corked outlet's frames are written once they reach this many bytes (see
 #: PubSub.uncork): one write per this many, and the receiver starts on them early
-CORK_BYTES = 32768
+CORK_BYTES = 61440
 _DATA = int(FrameKind.DATA)
 _pack = HEADER.pack
 _LATEST = int(FrameKind.LATEST)
@@ -212,18 +212,22 @@ class PubSub:
         box = outlet.box
         if box is not None:
             # (the length field counts what follows its own 4 bytes)
-            data = _head(size - 4, outlet.middle, seq) + payload
+            head = _head(size - 4, outlet.middle, seq)
             if box.credit > 0 and not box.queue and not outlet.flow.paused:
                 box.credit -= size
-                if outlet.cork:
+                if not outlet.cork:
+                    outlet.peer.send(head + payload)  # type: ignore[union-attr]
+                elif size < CORK_BYTES:
                     if self.cork_outlet is not outlet:
                         self._cork(outlet)
-                    outlet.pending.append(data)
+                    outlet.pending.append(head + payload)
                     outlet.pending_size += size
                     if outlet.pending_size >= CORK_BYTES:
                         self.uncork()
                 else:
-                    outlet.peer.send(data)  # type: ignore[union-attr]
+                    # Alone (after what waits): header and payload as they are, no copy
+                    # of the payload to join them.
+                    outlet.peer.send_pair(head, payload)  # type: ignore[union-attr]
                 # Spent (a send may overdraw once): not writable until credit
                 # returns, so a producer pauses before anything has to wait in memory.
                 if box.credit <= 0 and channel not in self.not_ready:
@@ -231,7 +235,9 @@ class PubSub:
             elif outlet.peer.status == _BUSY:  # type: ignore[union-attr]
                 self.counters["flow_dropped"] += 1  # (see _hold_back)
             else:
-                box.queue.append((data, size, None))
+                # (a large frame for a link waits as its header and payload, sent with send_pair)
+                box.queue.append(((head, payload) if outlet.cork and size >= CORK_BYTES
+                                  else head + payload, size, None))
                 box.queued += size
                 self.counters["flow_queued"] += 1
                 if channel not in self.not_ready and channel in self.publishers:
@@ -549,7 +555,10 @@ class PubSub:
         except CreditError as e:
             raise ProtocolError(str(e)) from None
         for data in ready:
-            peer.send(data)
+            if type(data) is tuple:
+                peer.send_pair(*data)  # type: ignore[attr-defined]
+            else:
+                peer.send(data)
         if channel in self.not_ready:
             self.check_ready(channel)
         if ready and self.drain_watchers:
@@ -561,7 +570,10 @@ class PubSub:
         for channel, box in list(flow.outboxes.items()):
             if box.queue:
                 for data in flow.ready(channel):
-                    peer.send(data)
+                    if type(data) is tuple:  # (see on_credit)
+                        peer.send_pair(*data)  # type: ignore[attr-defined]
+                    else:
+                        peer.send(data)
         self.recheck()
         if self.drain_watchers:
             self._queues_shrank()

@@ -463,6 +463,22 @@ class Link(LinkBase):
             writer.send(told)
         writer.send(data)
 
+    def send_pair(self, head: bytes, payload: bytes) -> None:
+        """IPeer.send_pair: one frame given as its header and its payload, as
+        ``send(head + payload)`` (a leaf's or client's link sees its header as it would
+        the frame), but the writer joins them only if it must."""
+        writer = self.writer
+        if writer is None:
+            raise ProtocolError("a link sends nothing before it is connected")
+        if self.send != writer.send:
+            if self.gate is not None:
+                self.gate.sending(head)
+            if self.role == LEAF and self.feed is not None:
+                told = self.feed.before(head)
+                if told is not None:
+                    writer.send(told)
+        writer.send_pair(head, payload)
+
     def _flush(self) -> None:
         if self.writer is not None:
             self.writer.flush()

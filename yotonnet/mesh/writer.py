@@ -185,6 +185,52 @@ class LinkWriter:
         self.bytes_out += len(data)
         self._put(data)
 
+    def send_pair(self, head: bytes, payload: bytes) -> None:
+        """Send one large frame given as its header and its payload, after what waits.
+
+        On the eager path they go to the socket together (``sendmsg``), so the payload
+        is not copied to join them; what the socket does not take goes to Twisted's
+        buffer (the rest of the payload copied once, as a partial write_now copies). A
+        paused or buffered-only transport gets them joined, as from :meth:`send`.
+        """
+        if self.batch.held:
+            self.batch.release()
+        if self._out:
+            self.flush()
+        size = len(head) + len(payload)
+        self.frames_out += 1
+        self.bytes_out += size
+        t = self.transport
+        if (
+            self.socket is None or self._unpaused is not None or self.stopped
+            or t._tempDataLen or t.dataBuffer or not t.connected or t._aborting
+        ):
+            if self.socket is not None and self._unpaused is None and not self.stopped:
+                # Twisted's buffer holds data already: both go after it, and Twisted
+                # joins its buffer as it sends anyway.
+                self.buffered_writes += 1
+                t.write(head)
+                t.write(payload)
+            else:
+                self._put(head + payload)
+            return
+        try:
+            sent = self.socket.sendmsg((head, payload))
+        except OSError:  # EAGAIN, or a broken socket that Twisted's write path will report
+            sent = 0
+        if sent == size:
+            self.direct_writes += 1
+            return
+        if sent:
+            self.partial_writes += 1
+        else:
+            self.buffered_writes += 1
+        if sent < len(head):
+            t.write(head[sent:])
+            t.write(payload)
+        else:
+            t.write(payload[sent - len(head):])
+
     def flush(self) -> None:
         if self.batch.held:
             self.batch.release()  # (a link flushes before it closes)
