@@ -292,6 +292,27 @@ class PubSubTests(MeshTestCase):
             self.assertEqual(each, sent)
         self.assertGreater(hub.counters["flow_queued"], 0)
 
+    def test_large_and_small_messages_mixed_keep_order_with_little_credit(self) -> None:
+        # Large messages go as header and payload (send_pair) and wait for credit as that
+        # pair; small ones wait joined in the outlet: one order all the same.
+        mesh = self.make_mesh(2, config=ContextConfig(flow_window=4096))
+        a, b = mesh
+        mesh.link(a, b)
+        got: list[bytes] = []
+        SubChannel(b, "mixed", BINARY).subscribe(got.append)
+        pub = PubChannel(a, "mixed", BINARY)
+        d = pub.wait_for_subscribers()
+        mesh.settle()
+        self.successResultOf(d)
+        sent = [bytes([i % 251]) * (70000 + i if i % 3 == 0 else 10 + i) for i in range(60)]
+        for i in range(0, len(sent), 10):
+            for message in sent[i:i + 10]:
+                pub.send(message)
+            mesh.pump()
+        mesh.settle()
+        self.assertEqual(got, sent)
+        self.assertGreater(a.counters["flow_queued"], 0)
+
     def test_bad_channel_names_raise_value_error(self) -> None:
         mesh = self.make_mesh(1)
         ctx = mesh[0]
