@@ -77,3 +77,29 @@ async def attach(testcase: Any, endpoint: str, name: str, user: str,
     await bounded(client.attach(), f"{user} to attach")
     testcase.addCleanup(lambda: defer.ensureDeferred(client.detach()))
     return ctx, client, rec
+
+
+async def relay_to(testcase: Any, endpoint: str) -> str:
+    """A relay node (checking tokens) linked to ``endpoint``; the relay's endpoint, so that
+    clients attached there are one hop further from the kernel."""
+    relay = Context("relay", reactor, config=FAST, security=Security(tokens=path("tokens.txt")))
+    testcase.addCleanup(relay.close)
+    port = await relay.listen("tcp:0:interface=127.0.0.1")
+    await bounded(relay.connect(endpoint), f"the relay to link to {endpoint}")
+    return f"tcp:127.0.0.1:{port.getHost().port}"
+
+
+class StalledConsole:
+    """An ``on_output`` that stops taking records at the first line printed (its Deferred
+    waits for :attr:`gate`) and keeps every record it was given in :attr:`got`."""
+
+    def __init__(self, stdout_kind: str) -> None:
+        self.stdout_kind = stdout_kind
+        self.gate: defer.Deferred[None] = defer.Deferred()
+        self.got: list[dict] = []
+
+    def __call__(self, message: dict) -> defer.Deferred | None:
+        self.got.append(message)
+        if message["kind"] == self.stdout_kind and not self.gate.called:
+            return self.gate
+        return None

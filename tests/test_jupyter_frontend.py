@@ -66,16 +66,14 @@ from typing import Any
 
 import procs
 from certs_fixture import path
-from kernel_support import FAST, attach
+from kernel_support import attach, relay_to
 from twisted.internet import defer, reactor, threads, utils
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SkipTest, TestCase
 from waits import bounded, sleep, until
 
-from yotonnet import Context
 from yotonnet.kernel import protocol as p
-from yotonnet.security.settings import Security
 
 WAIT = 30.0
 
@@ -410,12 +408,7 @@ class ReconnectThroughTwoHopsTests(TestCase):
         ep = await shared_kernel(self, "--jupyter", "python3")
         # Two hops: the frontend process and the console link to a relay node, the
         # relay to the kernel's node.
-        relay = Context("relay", reactor, config=FAST,
-                        security=Security(tokens=path("tokens.txt")))
-        self.addCleanup(relay.close)
-        port = await relay.listen("tcp:0:interface=127.0.0.1")
-        await bounded(relay.connect(ep), "the relay to link to the kernel's node")
-        relay_ep = f"tcp:127.0.0.1:{port.getHost().port}"
+        relay_ep = await relay_to(self, ep)
         use_jupyter_path(self, await install(self, relay_ep, "bob"))
         bob = JupyterSide(self)
         await bob.start()

@@ -40,15 +40,13 @@ import tempfile
 
 import procs
 from certs_fixture import path
-from kernel_support import FAST, attach, start_broker
+from kernel_support import StalledConsole, attach, relay_to, start_broker
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 from waits import bounded, sleep, until
 
-from yotonnet import Context
 from yotonnet.kernel import protocol as p
 from yotonnet.kernel.jupyter import JupyterBackend, kernelspec_names
-from yotonnet.security.settings import Security
 
 
 def needs_kernelspec(name: str) -> None:
@@ -65,12 +63,7 @@ async def line_of_three(testcase: TestCase, spec: str = "python3", transport: st
     needs_kernelspec(spec)
     backend = JupyterBackend(spec, transport=transport)
     _, broker, ep = await start_broker(testcase, "j", backend=backend, **config)
-    relay = Context("relay", reactor, config=FAST, security=Security(tokens=path("tokens.txt")))
-    testcase.addCleanup(relay.close)
-    port = await relay.listen("tcp:0:interface=127.0.0.1")
-    await bounded(relay.connect(ep), "the relay to link to the broker")
-    relay_ep = f"tcp:127.0.0.1:{port.getHost().port}"
-    return broker, backend, relay_ep
+    return broker, backend, await relay_to(testcase, ep)
 
 
 class HostedIPythonTests(TestCase):
@@ -241,15 +234,8 @@ class HostedIPythonTests(TestCase):
         lines, width = 5_000, 1_000
         broker, backend, ep = await line_of_three(self)
         ctx = broker.context
-        gate: defer.Deferred[None] = defer.Deferred()
-        got: list[dict] = []
-
-        def stalled(message: dict) -> defer.Deferred | None:
-            got.append(message)
-            if message["kind"] == p.STDOUT and not gate.called:
-                return gate  # the console stops reading at the first line
-            return None
-
+        stalled = StalledConsole(p.STDOUT)  # stops reading at the first line
+        gate, got = stalled.gate, stalled.got
         _, alice, _ = await attach(self, ep, "j", "alice", on_output=stalled)
         self.assertTrue(alice.status()["process"]["iopub_nodrop"])
         running = alice.execute(f"for i in range({lines}): print(i, 'x' * {width}, flush=True)")
@@ -274,15 +260,8 @@ class HostedBashTests(TestCase):
         # runs in it to make it wait): the broker reads on into a bounded buffer instead.
         lines = 6_000
         broker, backend, ep = await line_of_three(self, "bash")
-        gate: defer.Deferred[None] = defer.Deferred()
-        got: list[dict] = []
-
-        def stalled(message: dict) -> defer.Deferred | None:
-            got.append(message)
-            if message["kind"] == p.STDOUT and not gate.called:
-                return gate  # the console stops reading at the first line
-            return None
-
+        stalled = StalledConsole(p.STDOUT)  # stops reading at the first line
+        gate, got = stalled.gate, stalled.got
         _, alice, _ = await attach(self, ep, "j", "alice", on_output=stalled)
         self.assertFalse(alice.status()["process"]["iopub_nodrop"])
         # one line at a time, each its own IOPub message

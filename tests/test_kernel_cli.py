@@ -25,14 +25,12 @@ import sys
 
 import procs
 from certs_fixture import path
-from kernel_support import FAST, attach
-from twisted.internet import reactor, utils
+from kernel_support import attach, relay_to
+from twisted.internet import utils
 from twisted.trial.unittest import SkipTest, TestCase
 from waits import WAIT, bounded, until
 
-from yotonnet import Context
 from yotonnet.kernel import protocol as p
-from yotonnet.security.settings import Security
 
 LINES = 100_000
 #: the broker's node checks tokens, so each console is the user it logs in as; alice
@@ -57,12 +55,7 @@ class KernelCommandTests(TestCase):
 
     async def test_two_consoles_through_two_hops(self) -> None:
         ep = await self.start_kernel()
-        relay = Context("relay", reactor, config=FAST,
-                        security=Security(tokens=path("tokens.txt")))
-        self.addCleanup(relay.close)
-        port = await relay.listen("tcp:0:interface=127.0.0.1")
-        await bounded(relay.connect(ep), "the relay to link to the kernel")
-        relay_ep = f"tcp:127.0.0.1:{port.getHost().port}"
+        relay_ep = await relay_to(self, ep)
         _, alice, rec_a = await attach(self, relay_ep, "shared", "alice")
         _, bob, rec_b = await attach(self, relay_ep, "shared", "bob")
         self.assertEqual((alice.role, bob.role), ("owner", "collaborator"))
