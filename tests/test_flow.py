@@ -60,6 +60,29 @@ class PeerFlowTests(SynchronousTestCase):
         self.assertEqual(flow.grant(1, 10), [])
         self.assertTrue(flow.can_send(1))
 
+    def test_a_local_publishers_frames_come_joined_relayed_ones_apart(self) -> None:
+        # ready(joined=True): entries without a hold are the local publisher's frames
+        # (one source) and go as one block; a relayed entry (with its Hold) or a
+        # (header, payload) pair stays apart, in its place.
+        flow = PeerFlow(window=1000, receive_window=1000)
+        self.assertTrue(flow.take(1, 1000))
+        released = Released()
+        relayed = Hold(None, 1, 10, released)
+        entries = [(b"a", None), (b"b", None), (b"R", relayed), (b"c", None),
+                   ((b"H", b"P"), None), (b"d", None), (b"e", None)]
+        for data, hold in entries:
+            flow.enqueue(1, data, 10, hold)
+        relayed.unref()  # the receiver's own reference: the queue holds the last
+        self.assertEqual(flow.grant(1, 1000, joined=True),
+                         [b"ab", b"R", b"c", (b"H", b"P"), b"de"])
+        self.assertEqual(released.holds, [relayed])
+        self.assertEqual(flow.queued(1), 0)
+        # without joined, one entry each, as before
+        self.assertTrue(flow.take(2, 1000))
+        for data in (b"x", b"y"):
+            flow.enqueue(2, data, 10, None)
+        self.assertEqual(flow.grant(2, 1000), [b"x", b"y"])
+
     def test_credit_for_bytes_never_sent_is_refused(self) -> None:
         flow = PeerFlow(window=100, receive_window=100)
         with self.assertRaises(CreditError) as caught:

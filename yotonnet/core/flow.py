@@ -158,8 +158,9 @@ class PeerFlow:
             dropped += 1
         return dropped
 
-    def grant(self, channel: int, amount: int) -> list[bytes]:
-        """Credit arrived: the queued data that may now go, in order.
+    def grant(self, channel: int, amount: int, joined: bool = False) -> list[Any]:
+        """Credit arrived: the queued data that may now go, in order (``joined``: see
+        :meth:`ready`).
 
         Raises :class:`CreditError` when the peer returns more than it was sent
         (nothing on the channel, or more than the window's worth outstanding)."""
@@ -171,22 +172,36 @@ class PeerFlow:
                 "sent bytes wait for it: credit may only return bytes that were sent"
             )
         box.credit += amount
-        return self.ready(channel)
+        return self.ready(channel, joined)
 
-    def ready(self, channel: int) -> list[bytes]:
-        """The queued data of ``channel`` that credit and the transport allow now."""
+    def ready(self, channel: int, joined: bool = False) -> list[Any]:
+        """The queued data of ``channel`` that credit and the transport allow now.
+
+        With ``joined`` (a channel published on this node: its entries without a hold
+        are its own frames, one source), consecutive such entries come as one block of
+        bytes, so a link sends them once rather than frame by frame.
+        """
         box = self.outboxes.get(channel)
         if box is None:
             return []
-        ready: list[bytes] = []
+        ready: list[Any] = []
         queue = box.queue
+        own: list[bytes] = []
         while queue and box.credit > 0 and not self.paused:
             data, size, hold = queue.popleft()
             box.queued -= size
             box.credit -= size
+            if joined and hold is None and type(data) is bytes:
+                own.append(data)
+                continue
+            if own:
+                ready.append(own[0] if len(own) == 1 else b"".join(own))
+                own = []
             ready.append(data)
             if hold is not None:
                 hold.unref()
+        if own:
+            ready.append(own[0] if len(own) == 1 else b"".join(own))
         return ready
 
     def queued(self, channel: int) -> int:

@@ -551,7 +551,8 @@ class PubSub:
             raise ProtocolError(f"CREDIT frame grants {amount} bytes")
         self.counters["credit_in"] += 1
         try:
-            ready = peer.flow.grant(channel, amount)
+            # (a channel published here: its own queued frames come joined)
+            ready = peer.flow.grant(channel, amount, channel in self.outlets)
         except CreditError as e:
             raise ProtocolError(str(e)) from None
         for data in ready:
@@ -569,7 +570,7 @@ class PubSub:
         flow = peer.flow
         for channel, box in list(flow.outboxes.items()):
             if box.queue:
-                for data in flow.ready(channel):
+                for data in flow.ready(channel, channel in self.outlets):
                     if type(data) is tuple:  # (see on_credit)
                         peer.send_pair(*data)  # type: ignore[attr-defined]
                     else:
