@@ -18,6 +18,11 @@ transport, and no local lossless subscriber holds a window's worth. The
 publish path marks a channel not ready as soon as a send spends the last
 credit, so a producer pauses before anything has to wait in memory.
 
+A message every target has credit for may wait, its credit spent, in its channel's
+:class:`Outlet` until the end of the reactor turn (:meth:`PubSub.uncork`): the
+frames then go joined, once per target, and nothing written to a link before that
+overtakes them. Large messages go as header and payload, never joined here.
+
 What a path lost on the way is repaired end to end (:mod:`.repair`): a
 message published here is also kept for its subscribers to ask again, and
 received messages reach the local subscribers through their publisher's

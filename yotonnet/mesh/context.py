@@ -245,7 +245,9 @@ class Context:
         """Published frames wait in the node (yotonnet.core.pubsub.PubSub.uncork): a link
         writes them before anything else, a dispatch as it ends, and this call at the end
         of the reactor turn at the latest (as a LinkWriter's own flush)."""
-        if self._uncork_call is None:
+        if self._uncork_call is None and not self.closed:
+            # (closed: its links are going and write nothing more, so no call is left
+            # behind on the reactor; at most CORK_BYTES wait, dropped with the outlet)
             self._uncork_call = self.reactor.callLater(0, self._uncork)
 
     def _uncork(self) -> None:
