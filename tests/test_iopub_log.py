@@ -22,7 +22,7 @@ def frames(n: int, size: int = 1) -> list[bytes]:
 
 def send_all(log: IOPubLog) -> list[int]:
     sent = []
-    while (f := log.next()) is not None:
+    while (f := log.to_send()) is not None:
         sent.append(int(f[1].rstrip(b".")))
         log.advance()
     return sent

@@ -354,12 +354,12 @@ class JupyterFrontend:
         if reader is None or not self.subscribed:
             return  # (nobody listens: the messages wait in the log, within its bounds)
         sock = reader.sock
-        if kept.next() is not None:
+        if kept.to_send() is not None:
             # A send may take the socket's readable edge with it (ZMQ's descriptor is
             # edge-triggered): look for (un)subscriptions next turn, or a frontend that
             # leaves and comes back goes unseen while we send into the void.
             reader.kick()
-        while (frames := kept.next()) is not None:
+        while (frames := kept.to_send()) is not None:
             try:
                 sock.send_multipart(frames, zmq.NOBLOCK)
             except zmq.Again:

@@ -15,7 +15,7 @@ cursor at the next one to send:
   subscription gets everything it missed, in order, the same messages with
   the same ids, before anything new.
 
-No sockets here: the frontend process sends what :meth:`next` gives and says
+No sockets here: the frontend process sends what :meth:`to_send` gives and says
 so with :meth:`advance`.
 """
 
@@ -77,14 +77,14 @@ class IOPubLog:
             self.cursor = self.base + 1
         self.base += 1
 
-    def next(self) -> list[bytes] | None:
+    def to_send(self) -> list[bytes] | None:
         """The frames of the next message to send, or None when all went."""
         if self.cursor >= self.end:
             return None
         return self._entries[self.cursor - self.base][1]
 
     def advance(self) -> None:
-        """The message :meth:`next` gave was sent."""
+        """The message :meth:`to_send` gave was sent."""
         if self.cursor < self.end:
             self.cursor += 1
 
