@@ -36,6 +36,7 @@ import os
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 
 import procs
@@ -250,6 +251,35 @@ class HostedIPythonTests(TestCase):
         self.assertEqual(text.count("\n"), lines)
         self.assertEqual(text, "".join(f"{i} {'x' * width}\n" for i in range(lines)))
         self.assertGreater(ctx.counters["producer_pauses"], 0)
+
+
+class LateStdinTests(TestCase):
+    timeout = 60
+
+    async def test_input_right_after_the_start_of_a_kernel_whose_stdin_listens_late(
+            self) -> None:
+        # A kernelspec of tests/late_stdin_kernel.py: its stdin socket binds 2 s after the
+        # others, so ours connects long after the kernel answered on shell. The first
+        # input() must still reach its user (an input_request to an unconnected peer is
+        # dropped by the kernel's ROUTER, and input() would wait forever).
+        where = tempfile.mkdtemp(prefix="yotonnet-kernelspecs-")
+        self.addCleanup(shutil.rmtree, where, True)
+        spec = os.path.join(where, "kernels", "late-stdin")
+        os.makedirs(spec)
+        with open(os.path.join(spec, "kernel.json"), "w") as f:
+            json.dump({"argv": [sys.executable, os.path.join(procs.REPO_ROOT, "tests",
+                                                              "late_stdin_kernel.py"),
+                                "-f", "{connection_file}"],
+                       "display_name": "late stdin", "language": "python"}, f)
+        old = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = where
+        self.addCleanup(lambda: os.environ.__setitem__("JUPYTER_PATH", old) if old is not None
+                        else os.environ.pop("JUPYTER_PATH", None))
+        _, backend, ep = await line_of_three(self, "late-stdin", transport="tcp")
+        _, alice, _ = await attach(self, ep, "j", "alice",
+                                   on_input=lambda prompt, password: "alice-says")
+        r = await bounded(alice.execute("input('name? ')"), "the first input()", 20)
+        self.assertEqual(r.value, "'alice-says'")
 
 
 class HostedBashTests(TestCase):
