@@ -244,6 +244,53 @@ class LargeFrameTests(SynchronousTestCase):
         feed_all(decoder, chunker(data.draw, stream), max_frame + PREAMBLE_SIZE)
 
 
+class LongRunTests(SynchronousTestCase):
+    """A run of many frames of one size is checked a block at a time: a frame whose
+    header differs anywhere before seq (or whose size differs) still ends its run
+    exactly there, wherever it sits in a block."""
+
+    @LARGE
+    @given(
+        st.integers(1, 600),
+        st.lists(st.tuples(st.integers(0, 599), st.integers(0, wire.SEQ_OFFSET - 1),
+                           st.integers(1, 255)), max_size=4),
+        st.integers(0, 200),
+        st.data(),
+    )
+    def test_a_differing_frame_ends_its_run_exactly(self, count, changes, size, data):
+        frames = [
+            bytearray(wire.data_frame(3, 7, 11, 13, i + 1, bytes([i % 251]) * size))
+            for i in range(count)
+        ]
+        for at, byte, delta in changes:
+            if at < count and byte >= 4:  # (the length field: see the resized frames)
+                frames[at][byte] = (frames[at][byte] + delta) % 256
+        if changes and changes[0][0] < count and changes[0][1] < 4:
+            at = changes[0][0]
+            frames[at] = bytearray(
+                wire.data_frame(3, 7, 11, 13, at + 1, b"z" * (size + changes[0][2] % 7 + 1))
+            )
+        stream = b"".join(bytes(f) for f in frames)
+        plain = FrameDecoder(wire.DEFAULT_MAX_FRAME, expect_preamble=False)
+        try:
+            expected = plain.feed(stream)
+        except ProtocolError:
+            expected = None
+        chunker = data.draw(st.sampled_from([draw_chunks, draw_even_chunks, lambda d, s: [s]]))
+        decoder = FrameDecoder(wire.DEFAULT_MAX_FRAME, expect_preamble=False, runs=True)
+        got: list[Frame] = []
+        try:
+            for chunk in chunker(data.draw, stream):
+                for item in decoder.feed(chunk):
+                    got.extend(item.frames() if type(item) is wire.Run else [item])
+        except ProtocolError:
+            got = None
+        if expected is None:
+            self.assertIsNone(got)
+        else:
+            self.assertEqual(got, expected)
+
+
 class RobustnessTests(SynchronousTestCase):
     @PROPS
     @given(

@@ -505,6 +505,24 @@ def decode_control(payload: bytes, max_size: int, max_items: int | None = None) 
     return message
 
 
+#: a run with at least this many more frames of one size is checked a block at a time
+#: (a power of two)
+_BULK_RUN = 8
+# (frame size, frames) -> the layout that cuts out each frame's header up to seq
+_KEY_LAYOUTS: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _key_layout(stride: int, count: int) -> struct.Struct:
+    layout = _KEY_LAYOUTS.get((stride, count))
+    if layout is None:
+        if len(_KEY_LAYOUTS) >= 256:
+            _KEY_LAYOUTS.clear()  # many sizes seen: start over rather than grow
+        layout = _KEY_LAYOUTS[stride, count] = struct.Struct(
+            "<" + f"{SEQ_OFFSET}s{stride - SEQ_OFFSET}x" * count
+        )
+    return layout
+
+
 class FrameDecoder:
     """Incremental decoder: feed it bytes, get back complete frames.
 
@@ -705,6 +723,22 @@ class FrameDecoder:
                 stride = end - pos
                 key = buf[pos:SEQ_OFFSET + pos]
                 p = end
+                whole = (n - p) // stride  # frames of this size that may follow
+                if whole >= _BULK_RUN and startswith(key, p):
+                    # Many: the header bytes up to seq of a block of them cut out in C
+                    # (one flat tuple of bytes) and compared at once; blocks double
+                    # while every frame matches (the commonest case), and the block
+                    # that does not, and the last few frames, go frame by frame below
+                    # (so a run that ends early costs at most about twice its length).
+                    step = _BULK_RUN
+                    while whole >= _BULK_RUN:
+                        while step > whole:
+                            step >>= 1
+                        if _key_layout(stride, step).unpack_from(buf, p).count(key) != step:
+                            break
+                        p += step * stride
+                        whole -= step
+                        step += step
                 while p + stride <= n and startswith(key, p):
                     p += stride
                 offsets_run = None
