@@ -498,6 +498,8 @@ class NodeStateWireTests(SynchronousTestCase):
             [1, "n", 1, [[2, 1, 0]], []],
             [1, "n", 1, [[2, None]], []],
             [1, "n", 1, [], None],
+            [1, "n", 1, [], [[]]],  # an interest too short to hold a role (was IndexError)
+            [1, "n", 1, [], [[NEWS]]],
             [1, "n", 1, [], [[NEWS, SUB, "TEXT"]]],
             [1, "n", 1, [], [[NEWS, SUB, "TEXT", "many"]]],
             [float("nan"), "n", 1, [], []],

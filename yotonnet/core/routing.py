@@ -183,7 +183,8 @@ class NodeState:
                      for item in interests),
                 leaves,
             )
-        except (TypeError, ValueError, OverflowError) as e:
+        except (TypeError, ValueError, OverflowError, LookupError) as e:
+            # (LookupError: an interest item too short to hold a role, say [[]])
             raise ValueError(f"malformed node state record: {e}") from None
         for node in (state.node_id, *state.links):
             if not 0 < node <= _MAX_U64:
