@@ -663,3 +663,58 @@ class StateTests(MeshTestCase):
         mesh.link(b, c)
         values = {s.recv() for s in states}
         self.assertEqual(values, {"right-2"})
+
+
+class DeliveryLoopTests(MeshTestCase):
+    """SubChannel.take, the one delivery loop: its written-out path for one callback on a
+    BINARY channel hands over to the general one exactly where something changes."""
+
+    def sub(self) -> SubChannel:
+        (a,) = self.make_mesh(1)
+        return SubChannel(a, "loop", BINARY)
+
+    def test_out_of_order_messages_in_a_run(self):
+        sub, got = self.sub(), []
+        sub.subscribe(got.append)
+        items = [(1, b"a"), (2, b"b"), (2, b"dup"), (5, b"e"), (3, b"late"), (6, b"f")]
+        sub.take(7, BINARY.tag, items, None, None)
+        self.assertEqual(got, [b"a", b"b", b"e", b"f"])
+        self.assertEqual((sub.discarded, sub.missed, sub.received), (2, 2, 4))
+        sub.take(7, BINARY.tag, [(7, b"g")], None, None)
+        self.assertEqual(got[-1], b"g")
+
+    def test_a_callback_that_subscribes_another_or_returns_a_deferred(self):
+        sub, got, more = self.sub(), [], []
+        busy: defer.Deferred[None] = defer.Deferred()
+
+        def first(value: bytes) -> defer.Deferred[None] | None:
+            got.append(value)
+            if value == b"2":
+                sub.subscribe(more.append)
+            if value == b"4":
+                return busy
+            return None
+
+        sub.subscribe(first)
+        sub.take(7, BINARY.tag, [(i, str(i).encode()) for i in range(1, 7)], None, None)
+        self.assertEqual(got, [b"1", b"2", b"3", b"4"])
+        self.assertEqual(more, [b"3", b"4"])
+        self.assertEqual(sub.pending, 2)  # 5 and 6 wait for the Deferred
+        busy.callback(None)
+        self.assertEqual(got, [b"1", b"2", b"3", b"4", b"5", b"6"])
+        self.assertEqual((sub.received, sub.pending), (6, 0))
+
+    def test_a_callback_that_raises_or_closes(self):
+        sub, got = self.sub(), []
+
+        def callback(value: bytes) -> None:
+            got.append(value)
+            if value == b"2":
+                raise RuntimeError("bad callback")
+            if value == b"4":
+                sub.close()
+
+        sub.subscribe(callback)
+        sub.take(7, BINARY.tag, [(i, str(i).encode()) for i in range(1, 7)], None, None)
+        self.assertEqual(got, [b"1", b"2", b"3", b"4"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
