@@ -218,13 +218,8 @@ class LinkWriter:
             sent = self.socket.sendmsg((head, payload))
         except OSError:  # EAGAIN, or a broken socket that Twisted's write path will report
             sent = 0
-        if sent == size:
-            self.direct_writes += 1
+        if self._took_all(sent, size):
             return
-        if sent:
-            self.partial_writes += 1
-        else:
-            self.buffered_writes += 1
         if sent < len(head):
             t.write(head[sent:])
             t.write(payload)
@@ -270,14 +265,20 @@ class LinkWriter:
             sent = self.socket.send(data)
         except OSError:  # EAGAIN, or a broken socket that Twisted's write path will report
             sent = 0
-        if sent == len(data):
+        if not self._took_all(sent, len(data)):
+            t.write(data[sent:])
+
+    def _took_all(self, sent: int, size: int) -> bool:
+        """Count a direct write of ``size`` bytes of which the socket took ``sent``;
+        whether it took them all."""
+        if sent == size:
             self.direct_writes += 1
-            return
+            return True
         if sent:
             self.partial_writes += 1
         else:
             self.buffered_writes += 1
-        t.write(data[sent:])
+        return False
 
     # --- a paused transport
 
