@@ -234,12 +234,18 @@ class Driver:
         """``record`` (a display) into the output stream, in order with the text printed
         before and after it (see ``protocol.frame``)."""
         payload = json.dumps(record, default=str).encode("ascii")  # no raw NUL in it
+        # (half a frame would swallow what follows)
+        self.uninterrupted(self.stdout.write_raw, self.marker + b"D" + payload + b"\x00")
+
+    def uninterrupted(self, write, data):
+        """``write(data)`` whole: on the main thread a SIGINT meanwhile waits (half a line
+        or frame would garble what follows), and its KeyboardInterrupt is raised after."""
         main = threading.current_thread() is threading.main_thread()
         outer = self.critical
         if main:
-            self.critical = True  # half a frame would swallow what follows
+            self.critical = True
         try:
-            self.stdout.write_raw(self.marker + b"D" + payload + b"\x00")
+            write(data)
         finally:
             if main:
                 self.critical = outer
@@ -277,19 +283,11 @@ class Driver:
 
     def send(self, message):
         data = (json.dumps(message) + "\n").encode("utf-8", "replace")
-        main = threading.current_thread() is threading.main_thread()
-        outer = self.critical
-        if main:
-            self.critical = True  # a SIGINT now waits: half a line would garble the rest
-        try:
-            with self.reply_lock:
-                write_all(REPLY_FD, data)
-        finally:
-            if main:
-                self.critical = outer
-        if main and not outer and self.executing and self.interrupted:
-            self.interrupted = False
-            raise KeyboardInterrupt
+        self.uninterrupted(self._write_reply, data)
+
+    def _write_reply(self, data):
+        with self.reply_lock:
+            write_all(REPLY_FD, data)
 
     # --- threads
 
