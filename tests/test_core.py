@@ -582,6 +582,129 @@ class PublishTests(CoreCase):
         self.assertEqual(pub.events, ["pause", "resume"])
 
 
+class CorkedPublishTests(CoreCase):
+    """A node whose host lets published frames wait until the end of the turn
+    (``on_cork``), and neighbours that let them out first: the frames of one turn go
+    joined, and most messages take the short way in PubSub.publish (its lane)."""
+
+    # small retention blocks (512 bytes), so a few messages cross several
+    config = ContextConfig(retention_bytes=16384)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.corks = 0
+        self.node = Node(ME, "me", self.config, self.clock, self.log, self.deadlines.append,
+                         self.on_cork)
+        self.a = self.link(A, interests={NEWS: Interest(SUB, "BINARY", 1)}, window=4096)
+        self.a.lets_cork_out = True
+        self.b = self.link(B)
+        self.b.lets_cork_out = True
+        self.pubsub = self.node.pubsub
+        # A first turn: what repair keeps of the channel exists from then on, and with it
+        # the lane.
+        self.pubsub.publish(NEWS, TAG, b"first")
+        self.pubsub.uncork()
+        self.credit(self.a, HEADER_SIZE + 5)
+        self.quiet()
+
+    def credit(self, peer: FakePeer, amount: int, channel: int = NEWS) -> None:
+        frame = one_frame(credit_frame(channel, peer.peer_id, ME, amount))
+        self.node.handlers[FrameKind.CREDIT](peer, frame)
+
+    def publish_on_the_lane(self, payload: bytes) -> None:
+        self.pubsub.publish(NEWS, TAG, payload)
+        self.assertIn(NEWS, self.pubsub.lanes)
+
+    def on_cork(self) -> None:
+        self.corks += 1
+
+    def payloads(self, peer: FakePeer) -> list[bytes]:
+        return [f.payload for f in peer.take(FrameKind.DATA)]
+
+    def test_one_turn_goes_joined_numbered_credited_and_kept_in_order(self):
+        pub = FakePublisher(NEWS)
+        self.node.register(PUB, NEWS, pub)
+        sent = [b"m%03d" % i + bytes(i) for i in range(40)]
+        for message in sent:
+            self.publish_on_the_lane(message)
+        self.assertEqual(self.a.sent, [])  # waiting for the end of the turn
+        self.assertEqual(self.corks, 2)
+        self.pubsub.uncork()
+        self.assertEqual(len(self.a.sent), 1)  # one write
+        frames = self.a.take()
+        self.assertEqual([f.payload for f in frames], sent)
+        seqs = [f.seq for f in frames]
+        self.assertEqual(seqs, list(range(seqs[0], seqs[0] + 40)))
+        size = sum(HEADER_SIZE + len(m) for m in sent)
+        self.assertEqual(self.a.flow.outbox(NEWS).credit, 4096 - size)
+        self.assertEqual(pub.events, [])
+        # Kept for repair in blocks of about 512 bytes: every one, each under its number.
+        retained = self.pubsub.retained[NEWS]
+        self.assertGreater(len(retained.blocks), 2)
+        kept: list[bytes] = []
+        for block in retained.blocks:  # (the first turn's message too)
+            self.assertEqual(block.first, seqs[0] - 1 + len(kept))
+            kept.extend(block.payloads)
+        self.assertEqual(kept, [b"first", *sent])
+        self.assertEqual(retained.size, HEADER_SIZE + 5 + size)
+
+    def test_the_last_credit_spent_pauses_the_publisher_and_the_rest_queue(self):
+        pub = FakePublisher(NEWS)
+        self.node.register(PUB, NEWS, pub)
+        payload = bytes(1000 - HEADER_SIZE)
+        for _ in range(4):  # the fourth spends the last of 4096 bytes
+            self.publish_on_the_lane(payload)
+        self.assertEqual(pub.events, [])
+        self.pubsub.publish(NEWS, TAG, payload)  # overdraws once
+        self.assertEqual(pub.events, ["pause"])
+        self.pubsub.publish(NEWS, TAG, payload)
+        self.assertEqual(self.pubsub.queued(NEWS), 1000)
+        self.pubsub.uncork()
+        self.assertEqual(len(self.payloads(self.a)), 5)
+
+    def test_a_local_subscriber_opened_in_the_turn_gets_the_next_message(self):
+        # (in a dispatch, as from a callback: the picture changes only at its end)
+        self.node.begin_dispatch()
+        self.publish_on_the_lane(b"before")
+        self.publish_on_the_lane(b"before too")
+        sub = FakeSubscriber()
+        self.node.register(SUB, NEWS, sub)
+        self.pubsub.publish(NEWS, TAG, b"after")
+        self.assertEqual([frame.payload for _, frame in sub.got], [b"after"])
+        self.node.end_dispatch()
+        self.pubsub.uncork()
+        self.assertEqual(self.payloads(self.a), [b"before", b"before too", b"after"])
+
+    def test_a_local_subscriber_gets_every_message_of_a_turn(self):
+        sub = FakeSubscriber()
+        self.node.register(SUB, NEWS, sub)
+        sent = [b"%d" % i for i in range(5)]
+        for message in sent:
+            self.pubsub.publish(NEWS, TAG, message)
+        self.assertEqual(self.pubsub.lanes, {})
+        self.assertEqual([frame.payload for _, frame in sub.got], sent)
+        self.pubsub.uncork()
+        self.assertEqual(self.payloads(self.a), sent)
+
+    def test_a_new_path_in_the_turn_takes_the_next_message(self):
+        self.publish_on_the_lane(b"to a")
+        self.announce(self.b, B, {ME: 1}, {NEWS: Interest(SUB, "BINARY", 1)}, version=2)
+        self.pubsub.publish(NEWS, TAG, b"to both")
+        self.pubsub.uncork()
+        self.assertEqual(self.payloads(self.a), [b"to a", b"to both"])
+        self.assertEqual(self.payloads(self.b), [b"to both"])
+
+    def test_another_channel_lets_the_waiting_frames_out_first(self):
+        self.announce(self.a, A, {ME: 1}, {NEWS: Interest(SUB, "BINARY", 1),
+                                           OTHER: Interest(SUB, "BINARY", 1)}, version=2)
+        self.quiet()
+        self.pubsub.publish(NEWS, TAG, b"n1")
+        self.pubsub.publish(OTHER, TAG, b"o1")
+        self.pubsub.publish(NEWS, TAG, b"n2")
+        self.pubsub.uncork()
+        self.assertEqual(self.payloads(self.a), [b"n1", b"o1", b"n2"])
+
+
 class ForwardingTests(CoreCase):
     """DATA from A (node 2) for a subscriber behind B (node 3)."""
 

@@ -229,7 +229,7 @@ class Node:
         """A local end of ``channel`` opened (``role``: SUB, PUB, REP, STATE or REQ)."""
         table = self._table(role)
         if role not in (PUB, REQ):
-            self.pubsub.latest_idle.clear()
+            self.pubsub.ends_changed()
             known = self._channel_types.get(channel)
             type_name = end.message_type.name
             if known is not None and table.get(channel) and known != type_name:
@@ -249,7 +249,7 @@ class Node:
         table = self._table(role)
         ends = table.get(channel)
         if role != PUB:
-            self.pubsub.latest_idle.clear()
+            self.pubsub.ends_changed()
         if ends and end in ends:
             ends.remove(end)
             if not ends:

@@ -95,7 +95,7 @@ class Outlet:
     """
 
     __slots__ = ("seq", "peers", "hops", "peer", "flow", "box", "targets", "tag", "middle",
-                 "cork", "pending", "pending_size")
+                 "cork", "pending", "room", "retained")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -116,9 +116,12 @@ class Outlet:
         #: its frames may wait in ``pending`` (see PubSub.uncork): the host flushes them,
         #: and every target is a link that lets them out before any other frame
         self.cork = False
-        #: frames sent (their credit spent) to every target, not yet written; their bytes
+        #: frames sent (their credit spent) to every target, not yet written
         self.pending: list[bytes] = []
-        self.pending_size = 0
+        #: bytes ``pending`` may still take before it is written (CORK_BYTES when empty)
+        self.room = CORK_BYTES
+        #: the channel's Retained while it is the node's lane (see PubSub.lanes), else None
+        self.retained: Any = None
 
 
 class PubSub:
@@ -172,6 +175,12 @@ class PubSub:
         #: write anything (yotonnet.mesh.writer.Batch)
         self.cork_outlet: Outlet | None = None
         self.corked: list[Outlet] = []
+        #: channel -> the corked outlet, while its next messages may take the short way in
+        #: :meth:`publish`: one target with credit, no local subscriber, kept for repair.
+        #: At most one entry; emptied at the uncork, when paths change and when local ends
+        #: come or go (:meth:`ends_changed`)
+        self.lanes: dict[int, Outlet] = {}
+        topology.dependent_caches.append(self.lanes)
         #: (source, channel) -> what a publisher owes the subscribers here
         self.readers = self.repair.readers
 
@@ -209,6 +218,25 @@ class PubSub:
         """Send a message published here to every subscriber of ``channel``."""
         # Every message's path: written out (data_frame's packing, PeerFlow.take's test
         # and PeerFlow.enqueue included), a call costs about as much as a line here.
+        outlet = self.lanes.get(channel)
+        if outlet is not None and outlet.tag == tag:
+            # The lane (see lanes): what the longer way below would find is known as long
+            # as the target has credit and the cork has room; its queue and pause cannot
+            # change before the uncork (a link writes nothing before it).
+            box = outlet.box
+            size = HEADER_SIZE + len(payload)
+            room = outlet.room - size
+            if room > 0 and box.credit > 0:
+                outlet.room = room
+                box.credit -= size
+                seq = outlet.seq = outlet.seq + 1
+                outlet.pending.append(_head(size - 4, outlet.middle, seq) + payload)
+                retained = outlet.retained
+                retained.current.append(payload)
+                retained.size += size
+                if box.credit <= 0 or retained.size >= retained.check_at:
+                    self._lane_limits(channel, box, retained)
+                return
         outlet = self.outlets_ready.get(channel)
         if outlet is None or outlet.tag != tag:
             outlet = self._outlet(channel, tag)
@@ -225,9 +253,11 @@ class PubSub:
                 elif size < CORK_BYTES:
                     if self.cork_outlet is not outlet:
                         self._cork(outlet)
+                        if channel not in self.subscribers:
+                            self._open_lane(channel, outlet)
                     outlet.pending.append(head + payload)
-                    outlet.pending_size += size
-                    if outlet.pending_size >= CORK_BYTES:
+                    outlet.room -= size
+                    if outlet.room <= 0:
                         self.uncork()
                 else:
                     # Alone (after what waits): header and payload as they are, no copy
@@ -265,8 +295,8 @@ class PubSub:
                     if self.cork_outlet is not outlet:
                         self._cork(outlet)
                     outlet.pending.append(data)
-                    outlet.pending_size += size
-                    if outlet.pending_size >= CORK_BYTES:
+                    outlet.room -= size
+                    if outlet.room <= 0:
                         self.uncork()
                     targets = []
                 if targets and self.cork_outlet is outlet:
@@ -302,6 +332,29 @@ class PubSub:
                     self._set_not_ready(channel)
             hold.unref()
 
+    def _open_lane(self, channel: int, outlet: Outlet) -> None:
+        """Let the next messages of ``channel``, just corked with its one target, take the
+        lane in :meth:`publish`, if what it keeps for repair is ready for them."""
+        retained = self.retained.get(channel)
+        if retained is not None and retained.tag == outlet.tag:
+            outlet.retained = retained
+            self.lanes[channel] = outlet
+
+    def _lane_limits(self, channel: int, box: Any, retained: Any) -> None:
+        """A message on the lane spent the target's last credit, or filled the current
+        retention block: what the longer way does at that point."""
+        if box.credit <= 0 and channel not in self.not_ready:
+            self._set_not_ready(channel)
+        if (retained.size >= retained.check_at and self.repair.retain_more(channel, retained)
+                and channel not in self.not_ready):
+            self._set_not_ready(channel)
+
+    def ends_changed(self) -> None:
+        """A local channel end opened or closed: subscribers may now be here, and the
+        ``latest`` flows may have listeners."""
+        self.latest_idle.clear()
+        self.lanes.clear()
+
     def _cork(self, outlet: Outlet) -> None:
         """Let ``outlet``'s frames wait (those of another outlet go first)."""
         if self.cork_outlet is not None:
@@ -326,10 +379,13 @@ class PubSub:
             return
         self.cork_outlet = None
         self.corked.clear()
+        if self.lanes:
+            self.lanes.clear()
+            outlet.retained = None
         pending = outlet.pending
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         outlet.pending = []
-        outlet.pending_size = 0
+        outlet.room = CORK_BYTES
         if outlet.peer is not None:
             outlet.peer.send(data)
         else:
