@@ -19,6 +19,7 @@ from yotonnet import (
     ContextConfig,
     MessageTypeError,
     NoResponders,
+    PermissionDenied,
     PubChannel,
     RemoteError,
     RepChannel,
@@ -225,6 +226,31 @@ class PubSubTests(MeshTestCase):
         pub.send(value)
         mesh.settle()
         self.assertEqual(self.successResultOf(sub.recv()), value)
+
+    def test_a_closed_or_denied_binary_publisher_refuses_bytes(self) -> None:
+        # (bytes on a BINARY channel take send()'s short way: it must see both)
+        mesh, pub, sub = self.linked_pub_sub_binary("bin")
+        pub.send(b"one")
+        mesh.settle()
+        self.assertEqual(self.successResultOf(sub.recv()), b"one")
+        pub.deny("publish", PermissionDenied("not you"))
+        self.assertRaises(PermissionDenied, pub.send, b"two")
+        other = PubChannel(pub.context, "bin2", BINARY)
+        other.close()
+        self.assertRaisesRegex(RuntimeError, "closed", other.send, b"three")
+        mesh.settle()
+        self.assertEqual(sub.pending, 0)
+
+    def linked_pub_sub_binary(self, name: str) -> tuple[MemoryMesh, PubChannel, SubChannel]:
+        mesh = self.make_mesh(2)
+        a, b = mesh
+        mesh.link(a, b)
+        sub = SubChannel(b, name, BINARY)
+        pub = PubChannel(a, name, BINARY)
+        d = pub.wait_for_subscribers()
+        mesh.settle()
+        self.successResultOf(d)
+        return mesh, pub, sub
 
     def test_nothing_sent_later_overtakes_published_messages(self) -> None:
         # Messages published in one turn wait in the node and go joined (PubSub.uncork):

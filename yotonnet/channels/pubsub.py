@@ -103,6 +103,8 @@ class PubChannel(Channel):
         self._paused = False
         self._pull_scheduled = False
         self._ready_waiters: list[defer.Deferred[None]] = []
+        # (set again once the end is registered; a denial may come before that)
+        self._binary = self._plain = False
         #: the id of this channel's flow to ``latest`` subscribers (known before the end
         #: registers: a leaf tells its hub of both flows)
         self.latest_id = channel_id("latest", validate_channel_name(name))
@@ -117,28 +119,50 @@ class PubChannel(Channel):
         self._publish_latest = pubsub.publish_latest
         self._latest_idle = pubsub.latest_idle
         self._not_ready = pubsub.not_ready
+        #: send() may take its short way (see _update_plain)
+        self._update_plain()
 
     def send(self, message: Any) -> None:
         """Publish one message to every current subscriber."""
+        if self._plain and type(message) is bytes:
+            # The commonest case, written out: bytes on an open BINARY channel, no pull
+            # producer (the general way below, without its tests and the encoder call).
+            channel = self.channel_id
+            if channel in self._not_ready:
+                self._check_backlog(channel)
+            self._publish(channel, self._tag, message)
+            if self.latest_id not in self._latest_idle:
+                self._publish_latest(self.latest_id, self._tag, message)
+            return
         if self.closed:
             raise RuntimeError(f"publisher on {self.name!r} is closed")
         if self.denied is not None:
             raise self.denied
         channel = self.channel_id
         if channel in self._not_ready:
-            why = self._pubsub.backlog_exceeded(channel)
-            if why is not None:
-                raise errors.FlowControlError(
-                    f"channel {self.name!r}: {why}; wait for ready() or register a producer"
-                )
-        # send_encoded, written out: every message comes this way (bytes on a BINARY
-        # channel, the commonest case, without the call to its encoder).
+            self._check_backlog(channel)
         payload = message if type(message) is bytes and self._binary else self._encode(message)
         self._publish(channel, self._tag, payload)
         if self.latest_id not in self._latest_idle:  # (most channels have no latest subscriber)
             self._publish_latest(self.latest_id, self._tag, payload)
         if self._pulled:
             self._schedule_pull()
+
+    def _check_backlog(self, channel: int) -> None:
+        why = self._pubsub.backlog_exceeded(channel)
+        if why is not None:
+            raise errors.FlowControlError(
+                f"channel {self.name!r}: {why}; wait for ready() or register a producer"
+            )
+
+    def _update_plain(self) -> None:
+        """See whether ``send`` may take its short way (see there)."""
+        self._plain = (self._binary and not self.closed and self.denied is None
+                       and not self._pulled)
+
+    def deny(self, operation: str, error: errors.PermissionDenied) -> None:
+        super().deny(operation, error)
+        self._update_plain()
 
     def send_encoded(self, payload: bytes) -> None:
         """Publish an encoded message on both flows: lossless, and latest if anyone listens."""
@@ -179,6 +203,7 @@ class PubChannel(Channel):
         self._producer = producer
         self._streaming = bool(streaming)
         self._pulled = not self._streaming
+        self._update_plain()
         self._paused = False
         if self._streaming:
             if not self.writable:
@@ -190,6 +215,7 @@ class PubChannel(Channel):
         self._producer = None
         self._pulled = False
         self._paused = False
+        self._update_plain()
 
     def pause(self) -> None:
         """IPublisherEnd: some target's credit ran out."""
@@ -238,6 +264,7 @@ class PubChannel(Channel):
         super().close()
         producer, self._producer = self._producer, None
         self._pulled = False
+        self._update_plain()
         if producer is not None:
             producer.stopProducing()
         waiters, self._ready_waiters = self._ready_waiters, []
