@@ -613,7 +613,7 @@ class CorkedPublishTests(CoreCase):
 
     def publish_on_the_lane(self, payload: bytes) -> None:
         self.pubsub.publish(NEWS, TAG, payload)
-        self.assertIn(NEWS, self.pubsub.lanes)
+        self.assertIs(self.pubsub.lane.outlet, self.pubsub.outlets[NEWS])
 
     def on_cork(self) -> None:
         self.corks += 1
@@ -681,7 +681,7 @@ class CorkedPublishTests(CoreCase):
         sent = [b"%d" % i for i in range(5)]
         for message in sent:
             self.pubsub.publish(NEWS, TAG, message)
-        self.assertEqual(self.pubsub.lanes, {})
+        self.assertIsNone(self.pubsub.lane.outlet)
         self.assertEqual([frame.payload for _, frame in sub.got], sent)
         self.pubsub.uncork()
         self.assertEqual(self.payloads(self.a), sent)

@@ -105,6 +105,8 @@ class PubChannel(Channel):
         self._ready_waiters: list[defer.Deferred[None]] = []
         # (set again once the end is registered; a denial may come before that)
         self._binary = self._plain = False
+        #: the channel can take more (see pause and resume)
+        self._ready = True
         #: the id of this channel's flow to ``latest`` subscribers (known before the end
         #: registers: a leaf tells its hub of both flows)
         self.latest_id = channel_id("latest", validate_channel_name(name))
@@ -119,18 +121,17 @@ class PubChannel(Channel):
         self._publish_latest = pubsub.publish_latest
         self._latest_idle = pubsub.latest_idle
         self._not_ready = pubsub.not_ready
+        self._ready = self.channel_id not in self._not_ready
         #: send() may take its short way (see _update_plain)
         self._update_plain()
 
     def send(self, message: Any) -> None:
         """Publish one message to every current subscriber."""
         if self._plain and type(message) is bytes:
-            # The commonest case, written out: bytes on an open BINARY channel, no pull
-            # producer (the general way below, without its tests and the encoder call).
-            channel = self.channel_id
-            if channel in self._not_ready:
-                self._check_backlog(channel)
-            self._publish(channel, self._tag, message)
+            # The commonest case, written out: bytes on an open BINARY channel that can
+            # take more, no pull producer (the general way below, without its tests and
+            # the encoder call).
+            self._publish(self.channel_id, self._tag, message)
             if self.latest_id not in self._latest_idle:
                 self._publish_latest(self.latest_id, self._tag, message)
             return
@@ -158,7 +159,7 @@ class PubChannel(Channel):
     def _update_plain(self) -> None:
         """See whether ``send`` may take its short way (see there)."""
         self._plain = (self._binary and not self.closed and self.denied is None
-                       and not self._pulled)
+                       and not self._pulled and self._ready)
 
     def deny(self, operation: str, error: errors.PermissionDenied) -> None:
         super().deny(operation, error)
@@ -219,6 +220,8 @@ class PubChannel(Channel):
 
     def pause(self) -> None:
         """IPublisherEnd: some target's credit ran out."""
+        self._ready = False
+        self._update_plain()
         producer = self._producer
         if producer is not None and self._streaming and not self._paused:
             self._paused = True
@@ -227,6 +230,8 @@ class PubChannel(Channel):
 
     def resume(self) -> None:
         """IPublisherEnd: every target can take more again."""
+        self._ready = True
+        self._update_plain()
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             d.callback(None)

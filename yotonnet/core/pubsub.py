@@ -61,7 +61,7 @@ from .wire import reencode as _reencode
 if TYPE_CHECKING:
     from .topology import Topology
 
-__all__ = ["PubSub", "MAX_CREDIT"]
+__all__ = ["PubSub", "Lane", "MAX_CREDIT"]
 
 #: the most credit one CREDIT frame may grant (a sanity bound on a peer's claim)
 MAX_CREDIT = 1 << 40
@@ -120,8 +120,22 @@ class Outlet:
         self.pending: list[bytes] = []
         #: bytes ``pending`` may still take before it is written (CORK_BYTES when empty)
         self.room = CORK_BYTES
-        #: the channel's Retained while it is the node's lane (see PubSub.lanes), else None
+        #: the channel's Retained while it is the node's lane (see PubSub.lane), else None
         self.retained: Any = None
+
+
+class Lane:
+    """The outlet whose next messages may take the short way in :meth:`PubSub.publish`,
+    if any: a cache of one entry, emptied (:meth:`clear`) with the caches of paths."""
+
+    __slots__ = ("channel", "outlet")
+
+    def __init__(self) -> None:
+        self.channel = -1
+        self.outlet: Outlet | None = None
+
+    def clear(self) -> None:
+        self.outlet = None
 
 
 class PubSub:
@@ -175,12 +189,12 @@ class PubSub:
         #: write anything (yotonnet.mesh.writer.Batch)
         self.cork_outlet: Outlet | None = None
         self.corked: list[Outlet] = []
-        #: channel -> the corked outlet, while its next messages may take the short way in
+        #: the corked outlet, while its next messages may take the short way in
         #: :meth:`publish`: one target with credit, no local subscriber, kept for repair.
-        #: At most one entry; emptied at the uncork, when paths change and when local ends
-        #: come or go (:meth:`ends_changed`)
-        self.lanes: dict[int, Outlet] = {}
-        topology.dependent_caches.append(self.lanes)
+        #: Emptied at the uncork, when paths change and when local ends come or go
+        #: (:meth:`ends_changed`)
+        self.lane = Lane()
+        topology.dependent_caches.append(self.lane)
         #: (source, channel) -> what a publisher owes the subscribers here
         self.readers = self.repair.readers
 
@@ -218,9 +232,10 @@ class PubSub:
         """Send a message published here to every subscriber of ``channel``."""
         # Every message's path: written out (data_frame's packing, PeerFlow.take's test
         # and PeerFlow.enqueue included), a call costs about as much as a line here.
-        outlet = self.lanes.get(channel)
-        if outlet is not None and outlet.tag == tag:
-            # The lane (see lanes): what the longer way below would find is known as long
+        lane = self.lane
+        outlet = lane.outlet
+        if outlet is not None and lane.channel == channel and outlet.tag == tag:
+            # The lane (see PubSub.lane): what the longer way below would find is known as long
             # as the target has credit and the cork has room; its queue and pause cannot
             # change before the uncork (a link writes nothing before it).
             box = outlet.box
@@ -338,7 +353,8 @@ class PubSub:
         retained = self.retained.get(channel)
         if retained is not None and retained.tag == outlet.tag:
             outlet.retained = retained
-            self.lanes[channel] = outlet
+            self.lane.channel = channel
+            self.lane.outlet = outlet
 
     def _lane_limits(self, channel: int, box: Any, retained: Any) -> None:
         """A message on the lane spent the target's last credit, or filled the current
@@ -353,7 +369,7 @@ class PubSub:
         """A local channel end opened or closed: subscribers may now be here, and the
         ``latest`` flows may have listeners."""
         self.latest_idle.clear()
-        self.lanes.clear()
+        self.lane.clear()
 
     def _cork(self, outlet: Outlet) -> None:
         """Let ``outlet``'s frames wait (those of another outlet go first)."""
@@ -379,8 +395,8 @@ class PubSub:
             return
         self.cork_outlet = None
         self.corked.clear()
-        if self.lanes:
-            self.lanes.clear()
+        if self.lane.outlet is not None:
+            self.lane.clear()
             outlet.retained = None
         pending = outlet.pending
         data = pending[0] if len(pending) == 1 else b"".join(pending)
