@@ -662,6 +662,64 @@ class CorkedPublishTests(CoreCase):
         self.pubsub.uncork()
         self.assertEqual(len(self.payloads(self.a)), 5)
 
+    def test_credit_returned_in_the_turn_counts_what_the_lane_spent(self):
+        self.node.begin_dispatch()  # (as from a callback, before the next frame of the read)
+        for _ in range(10):
+            self.publish_on_the_lane(bytes(100 - HEADER_SIZE))
+        self.credit(self.a, 900)  # 1,000 bytes are outstanding: fine
+        self.assertEqual(self.a.flow.outbox(NEWS).credit, 4096 - 1000 + 900)
+        self.assertRaises(errors.ProtocolError, self.credit, self.a, 101)
+        self.node.end_dispatch()
+        self.pubsub.uncork()
+        self.assertEqual(len(self.payloads(self.a)), 10)
+
+    def test_frames_relayed_in_the_turn_leave_the_lane_its_true_credit(self):
+        pub = FakePublisher(NEWS)
+        self.node.register(PUB, NEWS, pub)
+        self.node.begin_dispatch()
+        self.publish_on_the_lane(bytes(100 - HEADER_SIZE))
+        # Ten frames from b's side for a: 3,950 bytes of a's credit, 46 left.
+        data = b"".join(data_frame(5, TAG, NEWS, B, seq, bytes(395 - HEADER_SIZE))
+                        for seq in range(1, 11))
+        frames = decode_all(data, runs=True)
+        i = 0
+        while i < len(frames):
+            i = self.node.on_frames(self.b, frames, i, len(frames))
+        self.assertEqual(pub.events, [])
+        self.pubsub.publish(NEWS, TAG, bytes(100 - HEADER_SIZE))  # overdraws once
+        self.assertEqual(pub.events, ["pause"])
+        self.node.end_dispatch()
+        self.pubsub.uncork()
+        self.assertEqual(self.a.flow.outbox(NEWS).credit, 4096 - 3950 - 200)
+
+    def test_fan_out_takes_the_lane_and_charges_every_target(self):
+        self.announce(self.b, B, {ME: 1}, {NEWS: Interest(SUB, "BINARY", 1)}, version=2)
+        self.quiet()
+        sent = [b"%03d" % i for i in range(20)]
+        for message in sent:
+            self.publish_on_the_lane(message)
+        self.assertEqual((self.a.sent, self.b.sent), ([], []))
+        self.pubsub.uncork()
+        size = sum(HEADER_SIZE + len(m) for m in sent)
+        for peer, before in ((self.a, 4096), (self.b, DEFAULT_WINDOW)):
+            self.assertEqual(len(peer.sent), 1)
+            self.assertEqual(self.payloads(peer), sent)
+            self.assertEqual(peer.flow.outbox(NEWS).credit, before - size)
+
+    def test_fan_out_pauses_at_the_least_credit(self):
+        self.announce(self.b, B, {ME: 1}, {NEWS: Interest(SUB, "BINARY", 1)}, version=2)
+        pub = FakePublisher(NEWS)
+        self.node.register(PUB, NEWS, pub)
+        payload = bytes(1000 - HEADER_SIZE)
+        for _ in range(4):  # a's 4,096 bytes of credit take four, b's window far more
+            self.publish_on_the_lane(payload)
+        self.assertEqual(pub.events, [])
+        self.pubsub.publish(NEWS, TAG, payload)  # overdraws a once
+        self.assertEqual(pub.events, ["pause"])
+        self.pubsub.uncork()
+        self.assertEqual(len(self.payloads(self.a)), 5)
+        self.assertEqual(len(self.payloads(self.b)), 5)
+
     def test_a_local_subscriber_opened_in_the_turn_gets_the_next_message(self):
         # (in a dispatch, as from a callback: the picture changes only at its end)
         self.node.begin_dispatch()

@@ -95,7 +95,7 @@ class Outlet:
     """
 
     __slots__ = ("seq", "peers", "hops", "peer", "flow", "box", "targets", "tag", "middle",
-                 "cork", "pending", "room", "retained")
+                 "cork", "pending", "room", "boxes", "retained", "left", "granted")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -120,13 +120,26 @@ class Outlet:
         self.pending: list[bytes] = []
         #: bytes ``pending`` may still take before it is written (CORK_BYTES when empty)
         self.room = CORK_BYTES
-        #: the channel's Retained while it is the node's lane (see PubSub.lane), else None
+        #: the credit box of every target (one or several)
+        self.boxes: list[Any] = []
+        #: while it is the node's lane (see Lane): the channel's Retained, the credit every
+        #: target had when the lane opened (``granted``), and what is left of it after the
+        #: messages that took the lane since (their credit is taken from the boxes when
+        #: the lane closes)
         self.retained: Any = None
+        self.left = self.granted = 0
 
 
 class Lane:
-    """The outlet whose next messages may take the short way in :meth:`PubSub.publish`,
-    if any: a cache of one entry, emptied (:meth:`clear`) with the caches of paths."""
+    """The corked outlet whose next messages may take the short way in
+    :meth:`PubSub.publish`, if any: every target has credit, no local subscriber
+    listens, and the channel is kept for repair.
+
+    Those messages spend the least credit any target had (:attr:`Outlet.left`); the
+    boxes are charged when the lane closes (:meth:`clear`): at the uncork, before
+    anything else reads or changes that credit, when a message needs the longer way,
+    and when paths change (the topology empties it with the caches of paths).
+    """
 
     __slots__ = ("channel", "outlet")
 
@@ -134,8 +147,22 @@ class Lane:
         self.channel = -1
         self.outlet: Outlet | None = None
 
+    def open(self, channel: int, outlet: Outlet, retained: Any, credit: int) -> None:
+        outlet.retained = retained
+        outlet.left = outlet.granted = credit
+        self.channel = channel
+        self.outlet = outlet
+
     def clear(self) -> None:
-        self.outlet = None
+        """Close the lane: each target's box pays what its messages spent."""
+        outlet = self.outlet
+        if outlet is not None:
+            self.outlet = None
+            outlet.retained = None
+            spent = outlet.granted - outlet.left
+            if spent:
+                for box in outlet.boxes:
+                    box.credit -= spent
 
 
 class PubSub:
@@ -216,9 +243,11 @@ class PubSub:
             outlet.flow = peer.flow
             outlet.box = peer.flow.outbox(channel)
             outlet.targets = []
+            outlet.boxes = [outlet.box]
         else:
             outlet.peer = outlet.flow = outlet.box = None
             outlet.targets = [(p, p.flow, p.flow.outbox(channel)) for p in peers]
+            outlet.boxes = [box for _, _, box in outlet.targets]
         outlet.tag = tag
         outlet.middle = _pack(0, _DATA, outlet.hops, 0, tag, channel, self.node_id,
                               topology.root, 0)[4:SEQ_OFFSET]
@@ -235,23 +264,27 @@ class PubSub:
         lane = self.lane
         outlet = lane.outlet
         if outlet is not None and lane.channel == channel and outlet.tag == tag:
-            # The lane (see PubSub.lane): what the longer way below would find is known as long
-            # as the target has credit and the cork has room; its queue and pause cannot
-            # change before the uncork (a link writes nothing before it).
-            box = outlet.box
+            # The lane (see Lane): what the longer way below would find is known as long
+            # as every target keeps credit after this message and the cork has room; the
+            # targets' queues and pauses cannot change before the uncork (a link writes
+            # nothing before it).
             size = HEADER_SIZE + len(payload)
             room = outlet.room - size
-            if room > 0 and box.credit > 0:
+            left = outlet.left - size
+            if room > 0 and left > 0:
                 outlet.room = room
-                box.credit -= size
+                outlet.left = left
                 seq = outlet.seq = outlet.seq + 1
                 outlet.pending.append(_head(size - 4, outlet.middle, seq) + payload)
                 retained = outlet.retained
                 retained.current.append(payload)
                 retained.size += size
-                if box.credit <= 0 or retained.size >= retained.check_at:
-                    self._lane_limits(channel, box, retained)
+                if (retained.size >= retained.check_at
+                        and self.repair.retain_more(channel, retained)
+                        and channel not in self.not_ready):
+                    self._set_not_ready(channel)
                 return
+            lane.clear()  # (the longer way reads the credit)
         outlet = self.outlets_ready.get(channel)
         if outlet is None or outlet.tag != tag:
             outlet = self._outlet(channel, tag)
@@ -309,6 +342,8 @@ class PubSub:
                             spent = True
                     if self.cork_outlet is not outlet:
                         self._cork(outlet)
+                        if channel not in self.subscribers:
+                            self._open_lane(channel, outlet)
                     outlet.pending.append(data)
                     outlet.room -= size
                     if outlet.room <= 0:
@@ -348,22 +383,14 @@ class PubSub:
             hold.unref()
 
     def _open_lane(self, channel: int, outlet: Outlet) -> None:
-        """Let the next messages of ``channel``, just corked with its one target, take the
-        lane in :meth:`publish`, if what it keeps for repair is ready for them."""
+        """Let the next messages of ``channel``, just corked (every target took this one),
+        take the lane in :meth:`publish`, if every target has credit left and what it
+        keeps for repair is ready for them."""
         retained = self.retained.get(channel)
         if retained is not None and retained.tag == outlet.tag:
-            outlet.retained = retained
-            self.lane.channel = channel
-            self.lane.outlet = outlet
-
-    def _lane_limits(self, channel: int, box: Any, retained: Any) -> None:
-        """A message on the lane spent the target's last credit, or filled the current
-        retention block: what the longer way does at that point."""
-        if box.credit <= 0 and channel not in self.not_ready:
-            self._set_not_ready(channel)
-        if (retained.size >= retained.check_at and self.repair.retain_more(channel, retained)
-                and channel not in self.not_ready):
-            self._set_not_ready(channel)
+            credit = min(box.credit for box in outlet.boxes)
+            if credit > 0:
+                self.lane.open(channel, outlet, retained, credit)
 
     def ends_changed(self) -> None:
         """A local channel end opened or closed: subscribers may now be here, and the
@@ -395,9 +422,7 @@ class PubSub:
             return
         self.cork_outlet = None
         self.corked.clear()
-        if self.lane.outlet is not None:
-            self.lane.clear()
-            outlet.retained = None
+        self.lane.clear()
         pending = outlet.pending
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         outlet.pending = []
@@ -580,6 +605,8 @@ class PubSub:
         Hold that keeps ``peer``'s credit while some target queues it, else None."""
         hold = None
         out = len(blob)
+        if self.lane.outlet is not None:
+            self.lane.clear()  # (the credit of a channel published here too is read below)
         for target in targets:
             if target.flow.take(channel, out):
                 target.send(blob)
@@ -627,6 +654,7 @@ class PubSub:
         if not 0 < amount <= MAX_CREDIT:
             raise ProtocolError(f"CREDIT frame grants {amount} bytes")
         self.counters["credit_in"] += 1
+        self.lane.clear()  # (the credit is checked and read below)
         try:
             # (a channel published here: its own queued frames come joined)
             ready = peer.flow.grant(channel, amount, channel in self.outlets)
