@@ -387,7 +387,8 @@ class PubSub:
         take the lane in :meth:`publish`, if every target has credit left and what it
         keeps for repair is ready for them."""
         retained = self.retained.get(channel)
-        if retained is not None and retained.tag == outlet.tag:
+        if (retained is not None and retained.tag == outlet.tag
+                and self.outlets_ready.get(channel) is outlet):  # (its targets are current)
             credit = min(box.credit for box in outlet.boxes)
             if credit > 0:
                 self.lane.open(channel, outlet, retained, credit)
