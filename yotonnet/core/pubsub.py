@@ -263,15 +263,16 @@ class PubSub:
         # and PeerFlow.enqueue included), a call costs about as much as a line here.
         lane = self.lane
         outlet = lane.outlet
-        if outlet is not None and lane.channel == channel and outlet.tag == tag:
+        if outlet is not None:
             # The lane (see Lane): what the longer way below would find is known as long
             # as every target keeps credit after this message and the cork has room; the
             # targets' queues and pauses cannot change before the uncork (a link writes
-            # nothing before it).
+            # nothing before it). (``is``: the publisher passes the same id each time; an
+            # equal one from elsewhere only goes the longer way.)
             size = HEADER_SIZE + len(payload)
             room = outlet.room - size
             left = outlet.left - size
-            if room > 0 and left > 0:
+            if room > 0 and left > 0 and lane.channel is channel and outlet.tag == tag:
                 outlet.room = room
                 outlet.left = left
                 seq = outlet.seq = outlet.seq + 1
@@ -284,7 +285,7 @@ class PubSub:
                         and channel not in self.not_ready):
                     self._set_not_ready(channel)
                 return
-            lane.clear()  # (the longer way reads the credit)
+            lane.clear()  # (the longer way reads the credit, and may spend it)
         outlet = self.outlets_ready.get(channel)
         if outlet is None or outlet.tag != tag:
             outlet = self._outlet(channel, tag)
