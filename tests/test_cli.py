@@ -216,7 +216,15 @@ class NodeTests(CliTestCase):
             # The second node is the `make run` entry point, with JSON log lines.
             other = await self.start_node("othernode", "--peer", self.node["tcp"],
                                           module="yotonnet node", log_format="json")
-            sub = run_cli("sub", "news", "--count", "3", "--json", "--connect", other["unix"])
+            # The pub command ends right after sending, often before its context has
+            # answered the sub's question of where its stream starts (yotonnet.core.repair):
+            # the sub then holds the messages until repair_wait passes unanswered. The
+            # same path with a 1 s wait instead of the default 10 s.
+            config = os.path.join(self.tempdir(), "sub.toml")
+            with open(config, "w") as f:
+                f.write("[context]\nrepair_wait = 1.0\n")
+            sub = run_cli("sub", "news", "--count", "3", "--json", "--config", config,
+                          "--connect", other["unix"])
             pub = await run_cli("pub", "news", "one", "two", "three", "--wait", "1",
                                 "--connect", self.node["unix"])
             _, err = self.assertExit(pub, 0)
