@@ -350,7 +350,11 @@ def recv_timeout() -> dict:
 
 def close() -> dict:
     """Closing: sent messages still arrive, blocked receivers wake, later use raises."""
-    a, b = linked_pair()
+    # b closes right after sending, often before it has answered a's new lossless reader
+    # asking where its stream starts (yotonnet.core.repair): a holds the messages until
+    # repair_wait has passed with no answer, then starts at the first it got. The same
+    # wait, 1 s instead of the default 10 s.
+    a, b = linked_pair(yotonnet.ContextConfig(repair_wait=1.0))
     sub = blocking.SubChannel(a, "closing")
     pub = blocking.PubChannel(b, "closing")
     pub.wait_for_subscribers(timeout=WAIT)

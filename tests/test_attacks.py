@@ -346,8 +346,6 @@ class Impostor(AttackTestCase):
     async def test_a_port_holder_learns_no_credential(self) -> None:
         self.need_stranger()
         port = free_port()
-        impostor = spawn_as_stranger(self, "attacker.py", "impostor", str(port), "12")
-        await impostor.wait_for("listening: ", 30)
         secret_file = self.file("password", PASSWORDS["carol"] + "\n")
         endpoint = f"tcp:127.0.0.1:{port}"
         ways = {
@@ -355,6 +353,10 @@ class Impostor(AttackTestCase):
             "password": ("--login", "carol", "--password-file", secret_file),
             "secret": (),
         }
+        # It gives up once each way's client has dialled it and gone (or after 12 s).
+        impostor = spawn_as_stranger(self, "attacker.py", "impostor", str(port), "12",
+                                     str(len(ways)))
+        await impostor.wait_for("listening: ", 30)
         for how, flags in ways.items():
             out, err, code = await self.cli("pub", "news", "hello", "--connect", endpoint,
                                             "--timeout", "5", *flags)

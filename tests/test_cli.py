@@ -93,6 +93,10 @@ async def run_command(
     return code, proto.out.decode("utf-8", "replace"), proto.err.decode("utf-8", "replace")
 
 
+#: seconds a subscriber waits for a publisher to say where its stream starts (default 10)
+QUICK_REPAIR_WAIT = 1.0
+
+
 def run_cli(*args: str, stdin: bytes | None = None) -> defer.Deferred:
     """``python -m yotonnet.cli ARGS`` as a Deferred of (exit status, stdout, stderr)."""
     return defer.ensureDeferred(
@@ -159,10 +163,24 @@ class CliTestCase(TestCase):
         return {"process": node, "unix": f"unix:{sock}", "tcp": f"tcp:127.0.0.1:{port}"}
 
     async def linked_context(self, name: str, endpoint: str) -> yotonnet.Context:
-        ctx = yotonnet.Context(f"test-{name}", reactor)
+        # repair_wait: see quick_start_config
+        ctx = yotonnet.Context(f"test-{name}", reactor,
+                               config=yotonnet.ContextConfig(repair_wait=QUICK_REPAIR_WAIT))
         self.addCleanup(ctx.close)
         await ctx.connect(endpoint)
         return ctx
+
+    def quick_start_config(self) -> str:
+        """A config file for a ``yotonnet sub`` that a ``yotonnet pub`` feeds.
+
+        The pub command ends right after sending, often before its context has answered
+        the subscriber's question of where its stream starts (yotonnet.core.repair): the
+        subscriber then holds the messages until repair_wait passes unanswered. The same
+        path with a 1 s wait instead of the default 10 s."""
+        config = os.path.join(self.tempdir(), "sub.toml")
+        with open(config, "w") as f:
+            f.write(f"[context]\nrepair_wait = {QUICK_REPAIR_WAIT}\n")
+        return config
 
     def assertExit(self, result: tuple[int, str, str], code: int) -> tuple[str, str]:
         got, out, err = result
@@ -216,7 +234,8 @@ class NodeTests(CliTestCase):
             # The second node is the `make run` entry point, with JSON log lines.
             other = await self.start_node("othernode", "--peer", self.node["tcp"],
                                           module="yotonnet node", log_format="json")
-            sub = run_cli("sub", "news", "--count", "3", "--json", "--connect", other["unix"])
+            sub = run_cli("sub", "news", "--count", "3", "--json",
+                          "--config", self.quick_start_config(), "--connect", other["unix"])
             pub = await run_cli("pub", "news", "one", "two", "three", "--wait", "1",
                                 "--connect", self.node["unix"])
             _, err = self.assertExit(pub, 0)
@@ -290,7 +309,7 @@ class NodeTests(CliTestCase):
 
         async def run() -> None:
             sub = run_cli("sub", "bigints", "--type", "object", "--count", "4",
-                          "--connect", self.node["unix"])
+                          "--config", self.quick_start_config(), "--connect", self.node["unix"])
             lines = [json.dumps({"$bigint": hex(five_thousand)}), str(widest_decimal),
                      json.dumps({"$bigint": hex(mebibyte)}), "[7, {\"k\": -1}]"]
             pub = await run_cli("pub", "bigints", "--type", "object", "--wait", "1",

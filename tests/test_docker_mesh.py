@@ -416,9 +416,16 @@ class ComposeMeshTests(TestCase):
         # Like `docker compose exec SERVICE yotonnet ...`: the default --connect, the
         # node's own listener inside its namespace. The kernel is two hops from node-a.
         subscribers = ["kernel", "node-c"]
+        # The pub command ends right after sending, often before its context has answered
+        # a sub's question of where its stream starts (yotonnet.core.repair): the sub then
+        # holds the message until repair_wait passes unanswered. The same path with a 1 s
+        # wait instead of the default 10 s (a [context] setting; --connect stays the default).
+        config = os.path.join(self.workdir, "sub.toml")
+        with open(config, "w") as f:
+            f.write("[context]\nrepair_wait = 1.0\n")
         subs = {
             name: spawn_node(self, self.in_host(name, ["yotonnet", "sub", channel, "--count", "1",
-                                                        "--timeout", "20"]),
+                                                        "--timeout", "20", "--config", config]),
                              f"sub on {name}", cwd=self.workdir)
             for name in subscribers
         }

@@ -294,10 +294,15 @@ class HostedBashTests(TestCase):
         gate, got = stalled.gate, stalled.got
         _, alice, _ = await attach(self, ep, "j", "alice", on_output=stalled)
         self.assertFalse(alice.status()["process"]["iopub_nodrop"])
-        # one line at a time, each its own IOPub message
+        # one line at a time, each its own IOPub message, about 1 ms apart: `read -t` on a
+        # FIFO nobody writes is bash's own 1 ms pause (`sleep 0.001` forks and execs a
+        # process per line, 3 to 5 ms each on a loaded 2-core machine: 6,000 of them were
+        # most of this test's time)
         pad = "y" * 1000  # (past the mesh's window: megabytes)
         running = alice.execute(
-            f"for i in $(seq 1 {lines}); do echo $i {pad}; sleep 0.001; done")
+            'f=$(mktemp -u) && mkfifo "$f" && exec 7<>"$f" && rm "$f"; '
+            f"for i in $(seq 1 {lines}); do echo $i {pad}; read -t 0.001 -u 7; done; "
+            "exec 7<&-")
         await until(lambda: backend.output_paused, "the broker to stop passing output on")
         await until(lambda: backend.iopub_held > 2_100,
                     "more than two ZMQ queues of messages to wait", 60)

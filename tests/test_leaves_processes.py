@@ -26,8 +26,10 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import sys
+import tempfile
 from typing import Any
 
 import procs
@@ -215,8 +217,16 @@ class ClientsAreLeaves(LeavesTestCase):
                             "--name", "broker", "--peer", hub)
         await broker.wait_for("yotonnet kernel shared: ready", WAIT)
         await broker.wait_for("yotonnet kernel shared: linked to", WAIT)
+        # Each pub command below ends right after sending, often before its context has
+        # answered the sub's question of where its stream starts (yotonnet.core.repair):
+        # the sub then holds the message until repair_wait passes unanswered. The same path
+        # with a 1 s wait instead of the default 10 s.
+        config = os.path.join(tempfile.mkdtemp(prefix="yotonnet-leaves-"), "sub.toml")
+        self.addCleanup(shutil.rmtree, os.path.dirname(config), True)
+        with open(config, "w") as f:
+            f.write("[context]\nrepair_wait = 1.0\n")
         sub = self.spawn("yotonnet sub", "-m", "yotonnet", "sub", "fan", "--count", "2",
-                         "--connect", hub)
+                         "--config", config, "--connect", hub)
         sub_name = f"yotonnet-cli-sub-{sub.transport.pid}"
         # Interactive consoles on a pipe: attached until their stdin ends.
         consoles = [self.spawn(f"console {i}", "-m", "yotonnet", "console", "shared",

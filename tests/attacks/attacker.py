@@ -9,7 +9,8 @@ attack went: the test judges.
     link ADDRESS [AUTH [NAME_JSON]]     handshake as a node (AUTH: none, secret, token:T)
     yoton HOST PORT                     introduce itself as a Yoton context
     secret PATH                         try to read another user's local secret
-    impostor PORT SECONDS               hold a port a node left free; print what it is sent
+    impostor PORT SECONDS [CONNECTIONS] hold a port a node left free; print what it is sent
+                                        (until SECONDS pass, or CONNECTIONS have ended)
     storm ADDRESS COUNT USER            COUNT password logins with a wrong proof, hanging up
     call ADDRESS AUTH CHANNEL METHOD ARGS_JSON [IDENT_USER]
                                         call a replier (after forging an identity binding)
@@ -150,8 +151,9 @@ def secret(path: str) -> None:
         report("secret", f"none readable ({e.strerror})")
 
 
-def impostor(port: str, seconds: str) -> None:
-    """Hold 127.0.0.1:PORT while the node is down, play its part, keep what arrives."""
+def impostor(port: str, seconds: str, connections: str = "0") -> None:
+    """Hold 127.0.0.1:PORT while the node is down, play its part, keep what arrives; stop
+    after ``seconds``, or once ``connections`` (if not 0) have come and gone."""
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind(("127.0.0.1", int(port)))
@@ -160,7 +162,8 @@ def impostor(port: str, seconds: str) -> None:
     report("listening", port)
     received = b""
     end = time.monotonic() + float(seconds)
-    while time.monotonic() < end:
+    served = 0
+    while time.monotonic() < end and not (int(connections) and served >= int(connections)):
         try:
             conn, _ = server.accept()
         except TimeoutError:
@@ -190,6 +193,7 @@ def impostor(port: str, seconds: str) -> None:
         except OSError:
             pass
         conn.close()
+        served += 1
     report("received", received.hex())
 
 
