@@ -692,6 +692,19 @@ class CorkedPublishTests(CoreCase):
         self.pubsub.uncork()
         self.assertEqual(self.a.flow.outbox(NEWS).credit, 4096 - 3950 - 200)
 
+    def test_what_the_lane_keeps_after_the_retention_was_let_go_is_kept(self):
+        # No follower for repair_wait: the housekeeping lets the channel's retention go.
+        self.publish_on_the_lane(b"one")
+        self.clock.advance(self.config.repair_wait + 1)
+        self.node.housekeeping()
+        self.assertNotIn(NEWS, self.pubsub.retained)
+        self.pubsub.publish(NEWS, TAG, b"two")
+        self.pubsub.publish(NEWS, TAG, b"three")
+        (block,) = self.pubsub.retained[NEWS].blocks
+        self.assertEqual(block.payloads, [b"two", b"three"])
+        self.pubsub.uncork()
+        self.assertEqual(self.payloads(self.a), [b"one", b"two", b"three"])
+
     def test_fan_out_takes_the_lane_and_charges_every_target(self):
         self.announce(self.b, B, {ME: 1}, {NEWS: Interest(SUB, "BINARY", 1)}, version=2)
         self.quiet()

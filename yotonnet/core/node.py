@@ -211,6 +211,8 @@ class Node:
         """Once per heartbeat: forget stale records; acknowledge, retry and give up
         what the repair of lossless channels waits for (yotonnet.core.repair)."""
         now = self.clock()
+        # (what waits corked goes first: the repair may let go of a channel's retention)
+        self.pubsub.uncork()
         self.topology.expire(now)
         self.pubsub.repair.tick(now)
 
