@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, task
 
 from yotonnet import (
@@ -29,6 +31,7 @@ from yotonnet import (
     TimeoutError,
     register_message_type,
 )
+from yotonnet.core import wire
 from yotonnet.testing import MemoryMesh, MeshTestCase
 
 
@@ -744,3 +747,102 @@ class DeliveryLoopTests(MeshTestCase):
         sub.take(7, BINARY.tag, [(i, str(i).encode()) for i in range(1, 7)], None, None)
         self.assertEqual(got, [b"1", b"2", b"3", b"4"])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class _Link:
+    """What a subscriber looks at of the link its messages came by."""
+
+    def __init__(self) -> None:
+        self.closing = False
+
+
+#: what a callback may do on a given message (see test_block_delivery_matches_take)
+_ACTIONS = ("raise", "value", "defer", "close", "second", "swap", "link", "unsubscribe")
+
+
+class BlockDeliveryTests(MeshTestCase):
+    """SubChannel.deliver_block reads a run of one frame size flat for the commonest
+    subscriber (its next messages in order, one callback on a BINARY channel): it must
+    do exactly what the general loop, SubChannel.take, does with the same messages."""
+
+    def run_script(self, runs: list[list[tuple[int, bytes]]], script: dict[int, str],
+                   flat: bool) -> tuple[list, tuple, int]:
+        (ctx,) = self.make_mesh(1)
+        sub = SubChannel(ctx, "block", BINARY)
+        link, got, waits = _Link(), [], []
+
+        def swapped(value: bytes) -> None:
+            got.append(("swapped", value, sub.received))
+
+        def callback(value: bytes) -> object:
+            got.append(("first", value, sub.received))
+            action = script.get(int(value.split(b".")[0]))
+            if action == "raise":
+                raise RuntimeError("bad callback")
+            if action == "value":
+                return 1
+            if action == "defer":
+                waits.append(defer.Deferred())
+                return waits[-1]
+            if action == "close":
+                sub.close()
+            elif action == "second":
+                sub.subscribe(lambda v: got.append(("second", v, sub.received)))
+            elif action == "swap":
+                sub.unsubscribe(callback)
+                sub.subscribe(swapped)
+            elif action == "link":
+                link.closing = True
+            elif action == "unsubscribe":
+                sub.unsubscribe(callback)
+            return None
+
+        sub.subscribe(callback)
+        for frames in runs:
+            stream = b"".join(wire.data_frame(3, BINARY.tag, 11, 13, seq, payload)
+                              for seq, payload in frames)
+            for item in wire.FrameDecoder(expect_preamble=False, runs=True).feed(stream):
+                if type(item) is not wire.Run:
+                    sub.deliver(item)
+                elif flat:
+                    sub.deliver_block(item, link, None)
+                else:
+                    sub.take(13, item.tag, [(f.seq, f.payload) for f in item.frames()], link,
+                             None)
+        while waits:
+            waits.pop(0).callback(None)
+        counts = (sub.received, sub.discarded, sub.missed, sub.pending, sub.closed)
+        return got, counts, len(self.flushLoggedErrors(RuntimeError))
+
+    @settings(max_examples=80, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(st.integers(1, 40), st.sampled_from([0, 0, 0, 1, -1, 3, -5])),
+            min_size=1, max_size=4,
+        ),
+        st.dictionaries(st.integers(1, 150), st.sampled_from(_ACTIONS), max_size=3),
+        st.integers(0, 40),
+    )
+    def test_block_delivery_matches_take(self, shape, script, size):
+        # Runs one after another; each may start where the last ended, or skip ahead or
+        # go back (a gap, or duplicates and stragglers); the callback acts on some.
+        runs, seq = [], 0
+        for count, jump in shape:
+            seq = max(0, seq + jump)
+            runs.append([(seq + i + 1, b"%d." % (seq + i + 1) + b"x" * size)
+                         for i in range(count)])
+            seq += count
+        self.assertEqual(self.run_script(runs, script, True),
+                         self.run_script(runs, script, False))
+
+    def test_each_case_once(self):
+        runs = [[(i, b"%d." % i) for i in range(1, 30)], [(i, b"%d." % i) for i in range(30, 60)]]
+        for at in (1, 5, 29, 30, 45):
+            for action in _ACTIONS:
+                flat = self.run_script(runs, {at: action}, True)
+                self.assertEqual(flat, self.run_script(runs, {at: action}, False),
+                                 (at, action))
+        # The flat path is the one taken: in order, received counted before each call.
+        got, counts, errors = self.run_script(runs, {}, True)
+        self.assertEqual([g[2] for g in got], list(range(1, 60)))
+        self.assertEqual(counts, (59, 0, 0, 0, False))

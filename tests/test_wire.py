@@ -291,6 +291,82 @@ class LongRunTests(SynchronousTestCase):
             self.assertEqual(got, expected)
 
 
+class RunPayloadTests(SynchronousTestCase):
+    """A subscriber reads a run of one frame size flat: Run.payloads() cuts the payloads
+    alone and Run.numbered() says whether the sequence numbers count up one by one
+    from the first, without a tuple or a number per frame; both must agree with the
+    frames the run holds, wherever the stream was cut and whatever the numbers are."""
+
+    @LARGE
+    @given(
+        st.integers(1, 700),
+        st.integers(0, 120),
+        st.one_of(
+            st.integers(0, 2**20),
+            st.integers(0, 2**64 - 1),
+            st.integers(0, 1200).map(lambda d: 2**64 - d),
+            st.sampled_from([255, 256, 65535, 65536, 2**32 - 1, 2**56 - 3]).flatmap(
+                lambda b: st.integers(b - 300, b + 2)
+            ),
+        ),
+        st.lists(st.tuples(st.integers(0, 699), st.integers(0, 7), st.integers(1, 255)),
+                 max_size=3),
+        st.data(),
+    )
+    def test_flat_payloads_and_numbering_match_the_frames(
+        self, count, size, first, changes, data
+    ):
+        first = max(first, 0)
+        seqs = [(first + i) % 2**64 for i in range(count)]
+        frames = [bytearray(wire.data_frame(3, 7, 11, 13, seq, bytes([i % 251]) * size))
+                  for i, seq in enumerate(seqs)]
+        for at, byte, delta in changes:  # a sequence number off anywhere, in any byte
+            if at < count:
+                frames[at][wire.SEQ_OFFSET + byte] = (frames[at][wire.SEQ_OFFSET + byte]
+                                                      + delta) % 256
+        stream = b"".join(bytes(f) for f in frames)
+        chunker = data.draw(st.sampled_from([draw_chunks, draw_even_chunks, lambda d, s: [s]]))
+        decoder = FrameDecoder(wire.DEFAULT_MAX_FRAME, expect_preamble=False, runs=True)
+        runs = 0
+        for chunk in chunker(data.draw, stream):
+            for item in decoder.feed(chunk):
+                if type(item) is not wire.Run or not item.stride:
+                    continue
+                runs += 1
+                held = item.frames()
+                self.assertEqual(list(item.payloads()), [f.payload for f in held])
+                in_order = all(f.seq == item.seq + i for i, f in enumerate(held))
+                self.assertEqual(item.numbered(), in_order)
+        self.assertEqual(decoder.buffered, 0)
+        if count > 1 and not changes:
+            self.assertGreater(runs, 0)
+
+
+    def test_numbering_off_in_any_byte_of_any_frame(self):
+        for first in (1, 250, 2**32 - 5, 2**56 - 100, 2**64 - 600):
+            for count in (2, 255, 256, 257, 600, 1300):
+                if first + count > 2**64:
+                    continue
+                run_bytes = b"".join(wire.data_frame(3, 7, 11, 13, first + i, b"p" * 9)
+                                     for i in range(count))
+                (run,) = FrameDecoder(expect_preamble=False, runs=True).feed(run_bytes)
+                self.assertTrue(run.numbered())
+                self.assertEqual(list(run.payloads()), [b"p" * 9] * count)
+                for at in {1, count // 2, count - 1}:
+                    for byte in range(8):
+                        bad = bytearray(run_bytes)
+                        bad[at * run.stride + wire.SEQ_OFFSET + byte] ^= 0x10
+                        (off,) = FrameDecoder(expect_preamble=False, runs=True).feed(bad)
+                        self.assertFalse(off.numbered(), (first, count, at, byte))
+        # The last number a run may end on, and one past it (the numbers wrap).
+        top = b"".join(wire.data_frame(3, 7, 11, 13, (2**64 - 3 + i) % 2**64, b"")
+                       for i in range(4))
+        (run,) = FrameDecoder(expect_preamble=False, runs=True).feed(top[:-wire.HEADER_SIZE])
+        self.assertTrue(run.numbered())
+        (run,) = FrameDecoder(expect_preamble=False, runs=True).feed(top)
+        self.assertFalse(run.numbered())
+
+
 class RobustnessTests(SynchronousTestCase):
     @PROPS
     @given(

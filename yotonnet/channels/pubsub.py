@@ -21,6 +21,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from itertools import chain
+from operator import length_hint
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -71,6 +72,14 @@ def _layout(stride: int) -> struct.Struct:
         )
     return layout
 
+
+class _Open:
+    """Stands for the link of messages that came by none (never closing)."""
+
+    closing = False
+
+
+_OPEN = _Open()
 
 LOSSLESS = "lossless"
 LATEST = "latest"
@@ -352,9 +361,24 @@ class SubChannel(Channel):
         #: bytes of lossless messages received but not yet taken
         self.backlog = 0
         self.errors: list[Exception] = []
+        #: the one callback while the commonest case holds (see _settle), else None
+        self._one: Callable[[Any], object] | None = None
         super().__init__(context, name, message_type)
         self._decode = self.make_decoder()
         self._tag = self.message_type.tag
+        self._settle()
+
+    def _settle(self) -> None:
+        """Note whether the commonest subscriber applies now: open, BINARY payloads (handed
+        over as they are), one callback, none busy, nothing queued. Called wherever one of
+        these may have changed; :meth:`_take_numbered` checks only this after each call."""
+        callbacks = self._callbacks
+        self._one = (
+            callbacks[0]
+            if len(callbacks) == 1 and self._busy is None and not self._queue
+            and not self.closed and self._decode is _DECODE_BINARY
+            else None
+        )
 
     def make_decoder(self) -> Callable[[bytes], Any]:
         """How a payload becomes the value handed over (while it is taken, ``source`` is
@@ -375,10 +399,22 @@ class SubChannel(Channel):
     def deliver_block(self, run: Run, peer: Any, hold: Hold | None = None) -> None:
         """A :class:`~yotonnet.core.wire.Run`: each payload is cut from the received buffer
         here, the only place that needs it (a forwarder never does). Frames of one size
-        are split in C (``struct.iter_unpack`` gives each frame's seq and payload)."""
-        _, _, tag, _, source, _, _, buf, start, end, _, stride, offsets = run
+        are split in C: for the commonest subscriber, when they are the next ones of
+        their source in order, as payloads alone (:meth:`_take_numbered`); else
+        ``struct.iter_unpack`` gives each frame's seq and payload."""
+        _, _, tag, _, source, _, first, buf, start, end, _, stride, offsets = run
         items: Iterable[tuple[int, bytes]]
         if stride:
+            one = self._one
+            if (
+                one is not None
+                and tag == self._tag
+                and first == self._last_seq.get(source, 0) + 1
+                and (peer is None or not peer.closing)
+                and run.numbered()
+            ):
+                self._take_numbered(one, source, first, run.payloads(), peer, hold)
+                return
             items = _layout(stride).iter_unpack(memoryview(buf)[start:end])
         else:
             assert offsets is not None
@@ -388,6 +424,49 @@ class SubChannel(Channel):
                 for a, b in zip(offsets, [*offsets[1:], end], strict=True)
             ]
         self.take(source, tag, items, peer, hold)
+
+    def _take_numbered(
+        self, one: Callable[[Any], object], source: int, first: int,
+        payloads: tuple[bytes, ...] | list[bytes], peer: Any, hold: Hold | None,
+    ) -> None:
+        """:meth:`take` for the commonest subscriber (``one``, its callback, see
+        :meth:`_settle`) given ``source``'s next messages in order, numbered ``first``,
+        ``first + 1``, ...: per message only the count, the call and a look at what may
+        have changed meanwhile (what the callback returned, the subscriber, the link).
+        The last sequence number is noted once, after the last call. Anything else (a
+        Deferred, this end or the link closing, callbacks changing) goes on in
+        :meth:`take` from the next message, as there."""
+        self.source = source
+        link = peer if peer is not None else _OPEN
+        it = iter(payloads)
+        try:
+            while True:
+                for payload in it:
+                    self.received += 1
+                    try:
+                        result = one(payload)
+                    except Exception:  # noqa: BLE001 - a bad callback must not stop delivery
+                        log.failure("subscriber callback on {name} failed", name=self.name)
+                        result = None
+                    if result is not None or self._one is not one or link.closing:
+                        break
+                else:
+                    return
+                # (None first: isinstance() against Deferred, an Awaitable ABC, is slow)
+                if result is not None and isinstance(result, defer.Deferred):
+                    self._busy = result
+                    self._one = None
+                    result.addBoth(self._callback_done)
+                elif self._one is one and not link.closing:
+                    continue  # it returned something else: go on
+                break
+        finally:
+            done = len(payloads) - length_hint(it)
+            if done:
+                self._last_seq[source] = first + done - 1
+        if done < len(payloads):
+            self.take(source, self._tag, zip(range(first + done, first + len(payloads)),
+                                             payloads[done:]), peer, hold)
 
     def take(
         self, source: int, tag: int, items: Iterable[tuple[int, bytes]], peer: Any,
@@ -431,6 +510,7 @@ class SubChannel(Channel):
                 # (None first: isinstance() against Deferred, an Awaitable ABC, is slow)
                 if result is not None and isinstance(result, defer.Deferred):
                     self._busy = result
+                    self._one = None
                     result.addBoth(self._callback_done)
                     break
                 if len(callbacks) != 1 or self._busy is not None:
@@ -469,6 +549,7 @@ class SubChannel(Channel):
                 # (None first: isinstance() against Deferred, an Awaitable ABC, is slow)
                 if result is not None and isinstance(result, defer.Deferred):
                     self._busy = result
+                    self._one = None
                     result.addBoth(self._callback_done)
             else:
                 self._hand_over(value, HEADER_SIZE + len(payload), hold)
@@ -503,6 +584,7 @@ class SubChannel(Channel):
         if waits:
             busy = waits[0] if len(waits) == 1 else defer.DeferredList(waits)
             self._busy = busy
+            self._one = None
             busy.addBoth(self._callback_done)
 
     def _callback_done(self, result: Any) -> None:
@@ -514,6 +596,7 @@ class SubChannel(Channel):
             value, size, hold = self._queue.popleft()
             self._taken(size, hold)
             self._call_back(value)
+        self._settle()
 
     def _taken(self, size: int, hold: Hold | None) -> None:
         if size:
@@ -572,6 +655,7 @@ class SubChannel(Channel):
         if self._queue:
             value, size, hold = self._queue.popleft()
             self._taken(size, hold)
+            self._settle()
             return defer.succeed(value)
         d: defer.Deferred[Any] = defer.Deferred(self._waiters.remove)
         self._waiters.append(d)
@@ -590,13 +674,16 @@ class SubChannel(Channel):
         lossless subscriber then slows its publishers to its own pace).
         """
         self._callbacks.append(callback)
+        self._settle()
         while self._queue and self._busy is None and not self.closed:
             value, size, hold = self._queue.popleft()
             self._taken(size, hold)
             self._call_back(value)
+        self._settle()
 
     def unsubscribe(self, callback: Callable[[Any], object]) -> None:
         self._callbacks.remove(callback)
+        self._settle()
 
     @property
     def pending(self) -> int:
@@ -615,6 +702,7 @@ class SubChannel(Channel):
             self._taken(size, hold)
             kept.append((value, 0, None))
         self._queue = kept
+        self._settle()
 
     def __aiter__(self) -> SubChannel:
         return self

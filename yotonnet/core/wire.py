@@ -191,6 +191,52 @@ class Run(NamedTuple):
             for a, b in zip(starts, ends, strict=True)
         ]
 
+    def payloads(self) -> tuple[bytes, ...] | list[bytes]:
+        """Each frame's payload, in order, cut from :attr:`buf` in C (a run of one frame
+        size: see :attr:`stride`) without a tuple per frame."""
+        stride, count, start = self.stride, self.count, self.start
+        assert stride
+        if count <= _PAYLOAD_CHUNK:
+            return _payload_layout(stride, count).unpack_from(self.buf, start)
+        whole, rest = divmod(count, _PAYLOAD_CHUNK)
+        unpack, buf = _payload_layout(stride, _PAYLOAD_CHUNK).unpack_from, self.buf
+        step = _PAYLOAD_CHUNK * stride
+        out: list[bytes] = []
+        for at in range(start, start + whole * step, step):
+            out += unpack(buf, at)
+        if rest:
+            out += _payload_layout(stride, rest).unpack_from(buf, start + whole * step)
+        return out
+
+    def numbered(self) -> bool:
+        """Whether the frames are numbered ``seq``, ``seq + 1``, ... in order (a run of
+        one frame size). Checked a byte of the sequence numbers at a time, that byte
+        of every frame in one strided slice (no number made per frame): the lowest
+        must count up from ``seq``'s, wrapping at 256; the seven above it must be
+        ``seq``'s up to the first frame where the lowest wraps, one more up to the
+        next, and so on."""
+        stride, count, first = self.stride, self.count, self.seq
+        assert stride
+        if first + count - 1 > MAX_U64:
+            return False
+        buf = self.buf
+        at = self.start + SEQ_OFFSET
+        low = first & 255
+        ramp = _RAMP if count <= _RAMP_SPAN else _RAMP[:256] * (count // 256 + 2)
+        if buf[at : at + count * stride : stride] != ramp[low : low + count]:
+            return False
+        high, i, j = first >> 8, 0, 256 - low
+        while i < count:
+            if j > count:
+                j = count
+            top, n, p = at + j * stride, j - i, at + i * stride
+            above = high.to_bytes(7, "little")
+            for k in range(7):
+                if buf[p + k + 1 : top : stride] != above[k : k + 1] * n:
+                    return False
+            i, j, high = j, j + 256, high + 1
+        return True
+
     def relayed(self) -> bytes:
         """The run's bytes with every hop count one less (``hops`` must be above 1)."""
         start, hops = self.start, self.hops - 1
@@ -209,6 +255,26 @@ class Run(NamedTuple):
             for at in self.starts():
                 block[at - start + HOPS_OFFSET] = hops
         return bytes(block)
+
+
+#: a run's payloads are cut this many frames at a time (a layout per frame size)
+_PAYLOAD_CHUNK = 128
+# (frame size, frames) -> the layout of that many frames of that size: each payload
+_PAYLOAD_LAYOUTS: dict[tuple[int, int], struct.Struct] = {}
+#: the low bytes of consecutive sequence numbers, from any starting byte
+_RAMP_SPAN = 1024
+_RAMP = bytes(range(256)) * (_RAMP_SPAN // 256 + 1)
+
+
+def _payload_layout(stride: int, count: int) -> struct.Struct:
+    layout = _PAYLOAD_LAYOUTS.get((stride, count))
+    if layout is None:
+        if len(_PAYLOAD_LAYOUTS) >= 256:
+            _PAYLOAD_LAYOUTS.clear()  # many sizes seen: start over rather than grow
+        layout = _PAYLOAD_LAYOUTS[stride, count] = struct.Struct(
+            "<" + f"{HEADER_SIZE}x{stride - HEADER_SIZE}s" * count
+        )
+    return layout
 
 
 def count_frames(items: list[Frame | Run], i: int = 0, j: int | None = None) -> int:
