@@ -16,8 +16,10 @@ from yotonnet import Context, ContextConfig
 from yotonnet.kernel import COLLABORATOR, BrokerConfig, KernelBroker, KernelClient, table_roles
 from yotonnet.security.settings import Security
 
+# (a 1 MiB flow window, not the 4 MiB default: the stalled-console tests fill every hop's
+# window, and the kernel's queues behind them, with a few megabytes of output)
 FAST = ContextConfig(heartbeat=0.2, busy_timeout=2.0, reconnect_initial=0.05,
-                     reconnect_max=0.5, request_timeout=WAIT)
+                     reconnect_max=0.5, request_timeout=WAIT, flow_window=1 << 20)
 
 
 class Recorder:

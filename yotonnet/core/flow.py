@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: bytes per (link, channel) a sender may have unreleased at its neighbour
-DEFAULT_WINDOW = 1 << 20
+DEFAULT_WINDOW = 4 << 20
 #: the range a node may announce in its HELLO
 MIN_WINDOW, MAX_WINDOW = 4096, 1 << 30
 
