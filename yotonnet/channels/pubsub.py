@@ -43,7 +43,7 @@ from ..core.messages import (
 from ..core.names import channel_id, validate_channel_name
 from ..core.node import PUB
 from ..core.routing import SUB
-from ..core.wire import HEADER_SIZE, SEQ_OFFSET
+from ..core.wire import HEADER_SIZE, SEQ_OFFSET, cached_layouts
 from ..security.authz import PUBLISH, SUBSCRIBE
 from .base import Channel
 
@@ -58,19 +58,8 @@ log = Logger(namespace="yotonnet.pubsub")
 _SEQ = struct.Struct("<Q")
 _DECODE_BINARY = BINARY.decode
 _ENCODE_BINARY = BINARY.encode
-# frame size -> the layout of one frame of that size: (seq, payload), the rest skipped
-_LAYOUTS: dict[int, struct.Struct] = {}
-
-
-def _layout(stride: int) -> struct.Struct:
-    layout = _LAYOUTS.get(stride)
-    if layout is None:
-        if len(_LAYOUTS) >= 256:
-            _LAYOUTS.clear()  # many sizes seen: start over rather than grow
-        layout = _LAYOUTS[stride] = struct.Struct(
-            f"<{SEQ_OFFSET}xQ{stride - HEADER_SIZE}s"
-        )
-    return layout
+#: the layout of one frame of that size: (seq, payload), the rest skipped
+_layout = cached_layouts(lambda stride, _: f"<{SEQ_OFFSET}xQ{stride - HEADER_SIZE}s")
 
 
 class _Open:
@@ -415,7 +404,7 @@ class SubChannel(Channel):
             ):
                 self._take_numbered(one, source, first, run.payloads(), peer, hold)
                 return
-            items = _layout(stride).iter_unpack(memoryview(buf)[start:end])
+            items = _layout(stride, 1).iter_unpack(memoryview(buf)[start:end])
         else:
             assert offsets is not None
             seq_at = _SEQ.unpack_from

@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, NamedTuple
 
@@ -259,22 +260,29 @@ class Run(NamedTuple):
 
 #: a run's payloads are cut this many frames at a time (a layout per frame size)
 _PAYLOAD_CHUNK = 128
-# (frame size, frames) -> the layout of that many frames of that size: each payload
-_PAYLOAD_LAYOUTS: dict[tuple[int, int], struct.Struct] = {}
+def cached_layouts(format_of: Callable[[int, int], str]) -> Callable[[int, int], struct.Struct]:
+    """``layout(stride, count)``: the struct layout ``format_of`` gives for ``count``
+    frames of ``stride`` bytes each, made once and kept (at most 256: a peer sending many
+    sizes costs rebuilds, not memory)."""
+    layouts: dict[tuple[int, int], struct.Struct] = {}
+
+    def layout(stride: int, count: int) -> struct.Struct:
+        found = layouts.get((stride, count))
+        if found is None:
+            if len(layouts) >= 256:
+                layouts.clear()  # many sizes seen: start over rather than grow
+            found = layouts[stride, count] = struct.Struct(format_of(stride, count))
+        return found
+
+    return layout
+
+
+#: the layout of that many frames of that size: each payload
+_payload_layout = cached_layouts(
+    lambda stride, count: "<" + f"{HEADER_SIZE}x{stride - HEADER_SIZE}s" * count)
 #: the low bytes of consecutive sequence numbers, from any starting byte
 _RAMP_SPAN = 1024
 _RAMP = bytes(range(256)) * (_RAMP_SPAN // 256 + 1)
-
-
-def _payload_layout(stride: int, count: int) -> struct.Struct:
-    layout = _PAYLOAD_LAYOUTS.get((stride, count))
-    if layout is None:
-        if len(_PAYLOAD_LAYOUTS) >= 256:
-            _PAYLOAD_LAYOUTS.clear()  # many sizes seen: start over rather than grow
-        layout = _PAYLOAD_LAYOUTS[stride, count] = struct.Struct(
-            "<" + f"{HEADER_SIZE}x{stride - HEADER_SIZE}s" * count
-        )
-    return layout
 
 
 def count_frames(items: list[Frame | Run], i: int = 0, j: int | None = None) -> int:
@@ -574,19 +582,9 @@ def decode_control(payload: bytes, max_size: int, max_items: int | None = None) 
 #: a run with at least this many more frames of one size is checked a block at a time
 #: (a power of two)
 _BULK_RUN = 8
-# (frame size, frames) -> the layout that cuts out each frame's header up to seq
-_KEY_LAYOUTS: dict[tuple[int, int], struct.Struct] = {}
-
-
-def _key_layout(stride: int, count: int) -> struct.Struct:
-    layout = _KEY_LAYOUTS.get((stride, count))
-    if layout is None:
-        if len(_KEY_LAYOUTS) >= 256:
-            _KEY_LAYOUTS.clear()  # many sizes seen: start over rather than grow
-        layout = _KEY_LAYOUTS[stride, count] = struct.Struct(
-            "<" + f"{SEQ_OFFSET}s{stride - SEQ_OFFSET}x" * count
-        )
-    return layout
+#: the layout that cuts out each frame's header up to seq
+_key_layout = cached_layouts(
+    lambda stride, count: "<" + f"{SEQ_OFFSET}s{stride - SEQ_OFFSET}x" * count)
 
 
 class FrameDecoder:
