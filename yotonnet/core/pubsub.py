@@ -217,9 +217,8 @@ class PubSub:
         self.cork_outlet: Outlet | None = None
         self.corked: list[Outlet] = []
         #: the corked outlet, while its next messages may take the short way in
-        #: :meth:`publish`: one target with credit, no local subscriber, kept for repair.
-        #: Emptied at the uncork, when paths change and when local ends come or go
-        #: (:meth:`ends_changed`)
+        #: :meth:`publish` (see Lane); emptied at the uncork, when paths change, when
+        #: local ends come or go (:meth:`ends_changed`) and before credit is read
         self.lane = Lane()
         topology.dependent_caches.append(self.lane)
         #: (source, channel) -> what a publisher owes the subscribers here
