@@ -436,3 +436,50 @@ class Restart(MeshTestCase):
         self.assertEqual(s.got, list(range(10)) + list(range(100, 110)))
         self.assertEqual((s.sub.missed, s.sub.gaps), (0, []))
         self.assert_nothing_left(mesh[2])
+
+
+class ClosingPublisher(MeshTestCase):
+    """A publisher that closes right after sending: nobody is left to say where a new
+    subscriber's stream starts, and its messages must not wait ``repair_wait`` for that."""
+
+    mesh_config = CONFIG
+
+    def sent_then_closed(self, how: str) -> tuple[MemoryMesh, list[str]]:
+        """``how``: "leaf" of the node before the subscriber's, a "node" linked to that
+        one, or a node linked "direct" to the subscriber's."""
+        mesh = self.make_mesh(2)
+        hub, b = mesh
+        mesh.link(hub, b)
+        src = mesh.add("pub")
+        if how == "leaf":
+            self.successResultOf(hub.listen(f"memory:{hub.name}"))
+            src.connect(f"memory:{hub.name}")
+        else:
+            mesh.link(src, hub if how == "node" else b)
+        got: list[str] = []
+        SubChannel(b, "news").subscribe(got.append)
+        mesh.settle()
+        pub = PubChannel(src, "news")
+        waiting = pub.wait_for_subscribers()
+        mesh.settle()
+        self.successResultOf(waiting)
+        for i in range(5):
+            pub.send(str(i))
+        src.close()
+        mesh.settle()
+        mesh.advance(CONFIG.heartbeat * 2)  # a heartbeat or two: far less than repair_wait
+        mesh.settle()
+        return mesh, got
+
+    def test_a_leaf_publisher(self) -> None:
+        # (its messages are written before its link goes, and its hub answers for it)
+        _, got = self.sent_then_closed("leaf")
+        self.assertEqual(got, ["0", "1", "2", "3", "4"])
+
+    def test_a_node_publisher_behind_another(self) -> None:
+        _, got = self.sent_then_closed("node")
+        self.assertEqual(got, ["0", "1", "2", "3", "4"])
+
+    def test_a_node_publisher_next_to_the_subscriber(self) -> None:
+        _, got = self.sent_then_closed("direct")
+        self.assertEqual(got, ["0", "1", "2", "3", "4"])

@@ -394,10 +394,14 @@ class Repair:
                 leaf = topology.leaves.peer(publisher)  # a publishing leaf of this hub
                 if leaf is not None:
                     leaf.send(data)
-                else:
-                    self.counters["no_route"] += 1
-            else:
-                topology.unicast(dest, data)
+                    return
+                self.counters["no_route"] += 1
+            elif topology.unicast(dest, data):
+                return
+            if flags & ACK_START:
+                # The publisher is gone: nobody will say where the stream starts, and the
+                # subscriber would hold its messages for repair_wait. It starts where it is.
+                self._tell_start_unknown(channel, subscriber, publisher)
             return
         self.take_ack(channel, subscriber, seq, flags, extra)
 
@@ -504,6 +508,13 @@ class Repair:
         topology.unicast(subscriber, tail_frame(topology.hop_limit(), flags, channel,
                                                 self.node_id, subscriber, last, oldest,
                                                 self.seq_base, start))
+
+    def _tell_start_unknown(self, channel: int, subscriber: int, publisher: int) -> None:
+        """Answer a subscriber's ACK_START for a publisher that cannot answer: its start is
+        not known (TAIL_START with start 0), so it starts at the first message it got."""
+        topology = self.topology
+        topology.unicast(subscriber, tail_frame(topology.hop_limit(), TAIL_START, channel,
+                                                publisher, subscriber, 0, 1, 0, 0))
 
     def _note_holders(self, channel: int, retained: Retained) -> None:
         """Note where a new subscriber of each node holding ``channel`` starts: the next
@@ -841,8 +852,14 @@ class Repair:
         self.epoch += 1
         for channel, retained in self.retained.items():
             self._note_holders(channel, retained)
+        reachable = topology.routing.is_reachable
         for reader in list(self.readers.values()):
             if reader.starting:
+                if reader.root != self.node_id and not reachable(reader.root):
+                    # Its publisher's node went away: nobody is left to say where the
+                    # stream starts. It starts at the first message it got.
+                    self._started(reader, 0)
+                    continue
                 # Its question may have been lost with a path, or found none: a new
                 # picture (a heal too) may carry it now.
                 self._ask(reader, False)

@@ -265,10 +265,12 @@ class Context:
         self._uncork_call = None
         if self._housekeeping.running:
             self._housekeeping.stop()
-        waits: list[defer.Deferred] = [d.stop() for d in self.dialers]
-        waits += [defer.maybeDeferred(p.stopListening) for p in self.ports]
+        # Links first: each writes what it holds before it goes. A dialler stopped first
+        # drops its connection with the frames a link had not written yet.
         for link in list(self.links.values()):
             link.close("context closed")
+        waits: list[defer.Deferred] = [d.stop() for d in self.dialers]
+        waits += [defer.maybeDeferred(p.stopListening) for p in self.ports]
         self.node.close("context closed")
         if self._deadline_timer is not None and self._deadline_timer.active():
             self._deadline_timer.cancel()
