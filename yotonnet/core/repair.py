@@ -45,7 +45,10 @@ own, or its hub's); the publisher's node notes, for each node that holds the
 channel, the first message it published after that node's interest last
 grew (:attr:`Retained.starts`), and answers with it (TAIL_START). The
 subscriber starts there (or at the first it got, if earlier), asks for what
-it lacks, and delivers in order.
+it lacks, and delivers in order. A publisher that has gone cannot answer: a
+node that cannot pass the question on answers that the start is not known,
+and a reader whose publisher's node becomes unreachable starts at once, at
+the first message it got.
 """
 
 from __future__ import annotations
