@@ -443,9 +443,7 @@ class SubChannel(Channel):
                     return
                 # (None first: isinstance() against Deferred, an Awaitable ABC, is slow)
                 if result is not None and isinstance(result, defer.Deferred):
-                    self._busy = result
-                    self._one = None
-                    result.addBoth(self._callback_done)
+                    self._wait_for(result)
                 elif self._one is one and not link.closing:
                     continue  # it returned something else: go on
                 break
@@ -498,9 +496,7 @@ class SubChannel(Channel):
                     result = None
                 # (None first: isinstance() against Deferred, an Awaitable ABC, is slow)
                 if result is not None and isinstance(result, defer.Deferred):
-                    self._busy = result
-                    self._one = None
-                    result.addBoth(self._callback_done)
+                    self._wait_for(result)
                     break
                 if len(callbacks) != 1 or self._busy is not None:
                     break
@@ -537,9 +533,7 @@ class SubChannel(Channel):
                     continue
                 # (None first: isinstance() against Deferred, an Awaitable ABC, is slow)
                 if result is not None and isinstance(result, defer.Deferred):
-                    self._busy = result
-                    self._one = None
-                    result.addBoth(self._callback_done)
+                    self._wait_for(result)
             else:
                 self._hand_over(value, HEADER_SIZE + len(payload), hold)
 
@@ -572,9 +566,13 @@ class SubChannel(Channel):
                 waits.append(result)
         if waits:
             busy = waits[0] if len(waits) == 1 else defer.DeferredList(waits)
-            self._busy = busy
-            self._one = None
-            busy.addBoth(self._callback_done)
+            self._wait_for(busy)
+
+    def _wait_for(self, busy: defer.Deferred[Any]) -> None:
+        """A callback returned ``busy``: nothing more is handed over until it fires."""
+        self._busy = busy
+        self._one = None
+        busy.addBoth(self._callback_done)
 
     def _callback_done(self, result: Any) -> None:
         if isinstance(result, Failure):

@@ -301,8 +301,7 @@ class PubSub:
                 elif size < CORK_BYTES:
                     if self.cork_outlet is not outlet:
                         self._cork(outlet)
-                        if channel not in self.subscribers:
-                            self._open_lane(channel, outlet)
+                        self._open_lane(channel, outlet)
                     outlet.pending.append(head + payload)
                     outlet.room -= size
                     if outlet.room <= 0:
@@ -342,8 +341,7 @@ class PubSub:
                             spent = True
                     if self.cork_outlet is not outlet:
                         self._cork(outlet)
-                        if channel not in self.subscribers:
-                            self._open_lane(channel, outlet)
+                        self._open_lane(channel, outlet)
                     outlet.pending.append(data)
                     outlet.room -= size
                     if outlet.room <= 0:
@@ -385,7 +383,10 @@ class PubSub:
     def _open_lane(self, channel: int, outlet: Outlet) -> None:
         """Let the next messages of ``channel``, just corked (every target took this one),
         take the lane in :meth:`publish`, if every target has credit left and what it
-        keeps for repair is ready for them."""
+        keeps for repair is ready for them (a local subscriber takes each message from
+        the longer way)."""
+        if channel in self.subscribers:
+            return
         retained = self.retained.get(channel)
         if (retained is not None and retained.tag == outlet.tag
                 and self.outlets_ready.get(channel) is outlet):  # (its targets are current)
