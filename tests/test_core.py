@@ -765,6 +765,71 @@ class CorkedPublishTests(CoreCase):
         self.assertEqual(self.payloads(self.a), [b"to a", b"to both"])
         self.assertEqual(self.payloads(self.b), [b"to both"])
 
+    def test_a_read_sees_what_the_lane_spent_and_kept(self):
+        for _ in range(3):
+            self.publish_on_the_lane(bytes(100 - HEADER_SIZE))
+        # A read's dispatch begins: whatever its frames do (an acknowledgement trims the
+        # retention by its size), they see the three messages counted.
+        self.node.begin_dispatch()
+        self.assertIsNone(self.pubsub.lane.outlet)
+        self.assertEqual(self.pubsub.retained[NEWS].size, HEADER_SIZE + 5 + 300)
+        self.assertEqual(self.a.flow.outbox(NEWS).credit, 4096 - 300)
+        self.node.end_dispatch()
+
+    def test_the_lane_leaves_what_the_longer_way_leaves(self):
+        # The same messages, through the lane and (a local subscriber present) the longer
+        # way: the same frames in the same writes, credit, retention blocks and checks,
+        # whichever of the lane's limits binds.
+        sizes = [7 + (i * 37) % 300 for i in range(600)]  # 118,200 bytes with headers
+        for name, config, window in [
+            # retention blocks of 512 bytes: they close all the time
+            ("retention", self.config, DEFAULT_WINDOW),
+            # blocks larger than the cork: its room (CORK_BYTES) binds
+            ("room", ContextConfig(), DEFAULT_WINDOW),
+            # credit for 100,000 bytes: the rest waits, the publisher paused
+            ("credit", ContextConfig(), 100_000),
+        ]:
+            lane, laned = self.publish_and_describe(sizes, config, window, local=False)
+            longer, _ = self.publish_and_describe(sizes, config, window, local=True)
+            self.assertGreater(laned, 400, name)  # (most took the lane)
+            self.assertGreater(len(lane[0]), 1, name)  # (writes)
+            self.assertEqual(lane, longer, name)
+
+    @staticmethod
+    def first_seq(pubsub) -> int:
+        return pubsub.retained[NEWS].blocks[0].first
+
+    def publish_and_describe(self, sizes: list[int], config: ContextConfig, window: int,
+                             local: bool) -> tuple:
+        node = Node(ME, "me", config, self.clock, self.log, self.deadlines.append,
+                    self.on_cork)
+        peer = FakePeer(A, window=window)
+        peer.lets_cork_out = True
+        node.peer_up(peer)
+        state = NodeState(A, "a", 1, {ME: 1}, {NEWS: Interest(SUB, "BINARY", 1)})
+        node.handlers[FrameKind.CONTROL](peer, one_frame(encode_frame(
+            FrameKind.CONTROL, encode_object(["node", state.to_wire()]))))
+        if local:
+            node.register(SUB, NEWS, FakeSubscriber())
+        pubsub = node.pubsub
+        laned = 0
+        for i, size in enumerate(sizes):
+            laned += pubsub.lane.outlet is not None
+            pubsub.publish(NEWS, TAG, bytes([i % 251]) * size)
+            if pubsub.lane.outlet is not None:  # (only a corked outlet takes the lane)
+                self.assertIs(pubsub.lane.outlet, pubsub.cork_outlet)
+        pubsub.uncork()
+        # (the local subscriber's record goes to A too: DATA frames only, write by write)
+        writes = [[(f.seq - self.first_seq(pubsub), f.payload) for f in frames]
+                  for frames in (decode_all(data) for data in peer.sent)
+                  if frames[0].kind == FrameKind.DATA]
+        retained = pubsub.retained[NEWS]
+        blocks = [(b.first - retained.blocks[0].first, b.payloads, b.size)
+                  for b in retained.blocks]
+        return (writes, blocks, retained.size, retained.closed, retained.check_at,
+                peer.flow.outbox(NEWS).credit, pubsub.queued(NEWS),
+                NEWS in pubsub.not_ready), laned
+
     def test_another_channel_lets_the_waiting_frames_out_first(self):
         self.announce(self.a, A, {ME: 1}, {NEWS: Interest(SUB, "BINARY", 1),
                                            OTHER: Interest(SUB, "BINARY", 1)}, version=2)

@@ -202,6 +202,8 @@ class Node:
         change the picture at once, but its consequences wait for :meth:`end_dispatch`
         (or the next frame of another kind)."""
         self.topology.dispatching = True
+        # Frames handled in it see what the publish lane spent (yotonnet.core.pubsub.Lane).
+        self.pubsub.lane.clear()
 
     def end_dispatch(self) -> None:
         self.topology.dispatching = False

@@ -122,10 +122,10 @@ class Outlet:
         self.room = CORK_BYTES
         #: the credit box of every target (one or several)
         self.boxes: list[Any] = []
-        #: while it is the node's lane (see Lane): the channel's Retained, the credit every
-        #: target had when the lane opened (``granted``), and what is left of it after the
-        #: messages that took the lane since (their credit is taken from the boxes when
-        #: the lane closes)
+        #: while it is the node's lane (see Lane): the channel's Retained; the bytes the
+        #: lane's messages may take in all (``granted``, see Lane.open), and what is left
+        #: of them after the messages that took the lane since (charged to credit, room
+        #: and retention when the lane closes)
         self.retained: Any = None
         self.left = self.granted = 0
 
@@ -135,10 +135,15 @@ class Lane:
     :meth:`PubSub.publish`, if any: every target has credit, no local subscriber
     listens, and the channel is kept for repair.
 
-    Those messages spend the least credit any target had (:attr:`Outlet.left`); the
-    boxes are charged when the lane closes (:meth:`clear`): at the uncork, before
-    anything else reads or changes that credit, when a message needs the longer way,
-    and when paths change (the topology empties it with the caches of paths).
+    Those messages count their bytes against one budget (:attr:`Outlet.left`): the
+    least of the credit any target had, the room left in the cork, and the bytes the
+    retention takes before it must look at itself again (Retained.check_at). A message
+    that would exhaust it goes the longer way, which does what that limit asks. The
+    bytes spent are charged to the boxes, the cork's room and the retention once, when
+    the lane closes (:meth:`clear`): at the uncork, when a read's dispatch begins (so
+    that no frame handled sees them uncharged), before anything else reads or changes
+    that credit, when a message needs the longer way, and when paths change (the
+    topology empties it with the caches of paths).
     """
 
     __slots__ = ("channel", "outlet")
@@ -148,21 +153,28 @@ class Lane:
         self.outlet: Outlet | None = None
 
     def open(self, channel: int, outlet: Outlet, retained: Any, credit: int) -> None:
-        outlet.retained = retained
-        outlet.left = outlet.granted = credit
-        self.channel = channel
-        self.outlet = outlet
+        """Let ``outlet``'s next messages take the lane while every target has ``credit``
+        bytes of credit."""
+        budget = min(credit, outlet.room, retained.check_at - retained.size)
+        if budget > 0:
+            outlet.retained = retained
+            outlet.left = outlet.granted = budget
+            self.channel = channel
+            self.outlet = outlet
 
     def clear(self) -> None:
-        """Close the lane: each target's box pays what its messages spent."""
+        """Close the lane: the boxes, the cork's room and the retention each count the
+        bytes its messages took."""
         outlet = self.outlet
         if outlet is not None:
             self.outlet = None
-            outlet.retained = None
             spent = outlet.granted - outlet.left
             if spent:
                 for box in outlet.boxes:
                     box.credit -= spent
+                outlet.room -= spent
+                outlet.retained.size += spent
+            outlet.retained = None
 
 
 class PubSub:
@@ -264,25 +276,18 @@ class PubSub:
         outlet = lane.outlet
         if outlet is not None:
             # The lane (see Lane): what the longer way below would find is known as long
-            # as every target keeps credit after this message and the cork has room; the
-            # targets' queues and pauses cannot change before the uncork (a link writes
-            # nothing before it). (``is``: the publisher passes the same id each time; an
-            # equal one from elsewhere only goes the longer way.)
+            # as the budget lasts (every target keeps credit, the cork has room, the
+            # retention needs no look); the targets' queues and pauses cannot change
+            # before the uncork (a link writes nothing before it). (``is``: the publisher
+            # passes the same id each time; an equal one from elsewhere only goes the
+            # longer way.)
             size = HEADER_SIZE + len(payload)
-            room = outlet.room - size
             left = outlet.left - size
-            if room > 0 and left > 0 and lane.channel is channel and outlet.tag == tag:
-                outlet.room = room
+            if left > 0 and lane.channel is channel and outlet.tag == tag:
                 outlet.left = left
                 seq = outlet.seq = outlet.seq + 1
                 outlet.pending.append(_head(size - 4, outlet.middle, seq) + payload)
-                retained = outlet.retained
-                retained.current.append(payload)
-                retained.size += size
-                if (retained.size >= retained.check_at
-                        and self.repair.retain_more(channel, retained)
-                        and channel not in self.not_ready):
-                    self._set_not_ready(channel)
+                outlet.retained.current.append(payload)  # kept for repair (see Lane)
                 return
             lane.clear()  # (the longer way reads the credit, and may spend it)
         outlet = self.outlets_ready.get(channel)
@@ -301,7 +306,6 @@ class PubSub:
                 elif size < CORK_BYTES:
                     if self.cork_outlet is not outlet:
                         self._cork(outlet)
-                        self._open_lane(channel, outlet)
                     outlet.pending.append(head + payload)
                     outlet.room -= size
                     if outlet.room <= 0:
@@ -341,7 +345,6 @@ class PubSub:
                             spent = True
                     if self.cork_outlet is not outlet:
                         self._cork(outlet)
-                        self._open_lane(channel, outlet)
                     outlet.pending.append(data)
                     outlet.room -= size
                     if outlet.room <= 0:
@@ -369,6 +372,8 @@ class PubSub:
         elif (outlet.peers or retained is not None) and self.repair.retain(
                 channel, seq, tag, payload):
             self._set_not_ready(channel)
+        if self.cork_outlet is outlet:  # (every target took it into the cork)
+            self._open_lane(channel, outlet)
         subs = self.subscribers.get(channel)
         if subs:
             frame = Frame(_DATA, 1, tag, channel, self.node_id, 0, seq, payload)
@@ -381,18 +386,16 @@ class PubSub:
             hold.unref()
 
     def _open_lane(self, channel: int, outlet: Outlet) -> None:
-        """Let the next messages of ``channel``, just corked (every target took this one),
-        take the lane in :meth:`publish`, if every target has credit left and what it
-        keeps for repair is ready for them (a local subscriber takes each message from
+        """Let the next messages of ``channel``, whose last one every target took into the
+        cork, take the lane in :meth:`publish`, if every target has credit left and what
+        it keeps for repair is ready for them (a local subscriber takes each message from
         the longer way)."""
         if channel in self.subscribers:
             return
         retained = self.retained.get(channel)
         if (retained is not None and retained.tag == outlet.tag
                 and self.outlets_ready.get(channel) is outlet):  # (its targets are current)
-            credit = min(box.credit for box in outlet.boxes)
-            if credit > 0:
-                self.lane.open(channel, outlet, retained, credit)
+            self.lane.open(channel, outlet, retained, min(box.credit for box in outlet.boxes))
 
     def ends_changed(self) -> None:
         """A local channel end opened or closed: subscribers may now be here, and the
@@ -736,6 +739,7 @@ class PubSub:
         """Why ``channel`` may take no more now (None: it may): more than
         ``publish_backlog`` bytes wait for one target, or one more message would push out
         of the retention one a subscriber still needs."""
+        self.lane.clear()  # (the retention's size)
         outlet = self.outlets_ready.get(channel)
         if outlet is not None:
             # Asked before each message while the channel is not ready: the outlet's boxes
