@@ -203,7 +203,9 @@ class Node:
         (or the next frame of another kind)."""
         self.topology.dispatching = True
         # Frames handled in it see what the publish lane spent (yotonnet.core.pubsub.Lane).
-        self.pubsub.lane.clear()
+        lane = self.pubsub.lane
+        if lane.outlet is not None:
+            lane.clear()
 
     def end_dispatch(self) -> None:
         self.topology.dispatching = False

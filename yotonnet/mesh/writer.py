@@ -265,7 +265,9 @@ class LinkWriter:
             sent = self.socket.send(data)
         except OSError:  # EAGAIN, or a broken socket that Twisted's write path will report
             sent = 0
-        if not self._took_all(sent, len(data)):
+        if sent == len(data):  # (_took_all's common case, written out: every reply)
+            self.direct_writes += 1
+        elif not self._took_all(sent, len(data)):
             t.write(data[sent:])
 
     def _took_all(self, sent: int, size: int) -> bool:
