@@ -77,6 +77,7 @@ RINGS: dict[str, int | dict[str, int]] = {
     "test_cli": {"ParserTests": 1, "*": 3},
     "test_costs": {"SplitCostTests": 1, "ConfigTests": 1, "*": 3},
     "test_eager_writes": {"WriteNowTests": 2, "*": 3},
+    "test_reads": 3,
     "test_tls_roles": {"ServerAuthProblem": 1, "*": 3},
     "test_web": {"AccessTests": 1, "*": 3},
     # ring 4: network namespaces

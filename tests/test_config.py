@@ -135,6 +135,14 @@ class ConfigFileTests(SynchronousTestCase):
         self.assertIn("client.timeout must be > 0", self.error("[client]\ntimeout = 0\n"))
         self.assertIn("node.listen is empty", self.error("[node]\nlisten = []\n"))
 
+    def test_read_size_is_bounded(self) -> None:
+        self.assertIn("context.read_size = 100 must be from 4096 to 16777216 bytes",
+                      self.error("[context]\nread_size = 100\n"))
+        with self.assertRaisesRegex(ValueError, "read_size = 1073741824 must be from"):
+            ContextConfig(read_size=1 << 30).check()
+        path = self.write("[context]\nread_size = 1048576\n")
+        self.assertEqual(config.load(path).context.read_size, 1 << 20)
+
     def test_reroute_after_must_outlast_a_heartbeat(self) -> None:
         message = self.error("[context]\nheartbeat = 2.0\nreroute_after = 1.5\n")
         self.assertIn("context.reroute_after = 1.5 must be longer than heartbeat = 2.0", message)

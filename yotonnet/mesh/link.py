@@ -511,6 +511,9 @@ class Link(LinkBase):
             self._slow_consumer, eager_socket(self.transport) if cfg.eager_writes else None,
         )
         self.send = self.writer.send  # type: ignore[method-assign]
+        if isinstance(getattr(self.transport, "bufferSize", None), int):
+            # (a TCP or unix connection: Twisted's doRead takes up to bufferSize bytes)
+            self.transport.bufferSize = cfg.read_size
         try:
             self.transport.registerProducer(self, True)
         except (AttributeError, RuntimeError):
