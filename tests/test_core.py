@@ -44,6 +44,7 @@ from yotonnet.core.interfaces import (
 from yotonnet.core.messages import BINARY, OBJECT, TEXT
 from yotonnet.core.names import channel_id
 from yotonnet.core.node import PUB, REP, STATE, SUB, Node
+from yotonnet.core.pubsub import CORK_BYTES
 from yotonnet.core.routing import Interest, NodeState
 from yotonnet.core.stateclock import VERSION
 from yotonnet.core.topology import HOP_MARGIN
@@ -780,18 +781,19 @@ class CorkedPublishTests(CoreCase):
         # The same messages, through the lane and (a local subscriber present) the longer
         # way: the same frames in the same writes, credit, retention blocks and checks,
         # whichever of the lane's limits binds.
-        sizes = [7 + (i * 37) % 300 for i in range(600)]  # 118,200 bytes with headers
+        sizes = [7 + (i * 37) % 600 for i in range(1800)]  # 2.5 corks' room with headers
+        self.assertGreater(sum(HEADER_SIZE + n for n in sizes), 2.5 * CORK_BYTES)
         for name, config, window in [
             # retention blocks of 512 bytes: they close all the time
             ("retention", self.config, DEFAULT_WINDOW),
             # blocks larger than the cork: its room (CORK_BYTES) binds
             ("room", ContextConfig(), DEFAULT_WINDOW),
-            # credit for 100,000 bytes: the rest waits, the publisher paused
-            ("credit", ContextConfig(), 100_000),
+            # credit for 400,000 bytes: the rest waits, the publisher paused
+            ("credit", ContextConfig(), 400_000),
         ]:
             lane, laned = self.publish_and_describe(sizes, config, window, local=False)
             longer, _ = self.publish_and_describe(sizes, config, window, local=True)
-            self.assertGreater(laned, 400, name)  # (most took the lane)
+            self.assertGreater(laned, 400, name)  # (many took the lane)
             self.assertGreater(len(lane[0]), 1, name)  # (writes)
             self.assertEqual(lane, longer, name)
 

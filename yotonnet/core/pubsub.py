@@ -66,8 +66,13 @@ __all__ = ["PubSub", "Lane", "MAX_CREDIT"]
 #: the most credit one CREDIT frame may grant (a sanity bound on a peer's claim)
 MAX_CREDIT = 1 << 40
 #: a corked outlet's frames are written once they reach this many bytes (see
-#: PubSub.uncork): one write per this many, and the receiver starts on them early
-CORK_BYTES = 61440
+#: PubSub.uncork): one write per this many (the readers downstream, forwarders and
+#: subscribers, then take as many frames per read, see ContextConfig.read_size), and
+#: the receiver starts on them before the end of a long turn
+CORK_BYTES = 245760
+#: frames this large or larger are not corked but written alone, header and payload as
+#: they are: joining them would copy each once more for nothing
+CORK_FRAME_MAX = 61440
 _DATA = int(FrameKind.DATA)
 _pack = HEADER.pack
 _LATEST = int(FrameKind.LATEST)
@@ -303,7 +308,7 @@ class PubSub:
                 box.credit -= size
                 if not outlet.cork:
                     outlet.peer.send(head + payload)  # type: ignore[union-attr]
-                elif size < CORK_BYTES:
+                elif size < CORK_FRAME_MAX:
                     if self.cork_outlet is not outlet:
                         self._cork(outlet)
                     outlet.pending.append(head + payload)
@@ -322,7 +327,7 @@ class PubSub:
                 self.counters["flow_dropped"] += 1  # (see _hold_back)
             else:
                 # (a large frame for a link waits as its header and payload, sent with send_pair)
-                box.queue.append(((head, payload) if outlet.cork and size >= CORK_BYTES
+                box.queue.append(((head, payload) if outlet.cork and size >= CORK_FRAME_MAX
                                   else head + payload, size, None))
                 box.queued += size
                 self.counters["flow_queued"] += 1

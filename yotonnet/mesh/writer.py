@@ -14,7 +14,7 @@ kept here so the rest of the mesh needs to know none of Twisted's inside:
 * **Eager writes** (:meth:`LinkWriter.write_now`). Twisted's ``write`` only
   buffers: the bytes leave in the next reactor turn, after an ``epoll_ctl``,
   a poll and another ``epoll_ctl``. On a plain TCP transport with nothing
-  buffered (nearly always, for requests and replies) a frame of up to 64 KiB
+  buffered (nearly always, for requests and replies) a frame of up to 256 KiB
   goes to the socket at once; whatever the socket does not take goes to
   ``transport.write``, which keeps the order, the producer pausing and the
   error handling. This reads Twisted's private buffer fields (``dataBuffer``,
@@ -42,8 +42,10 @@ __all__ = ["Batch", "LinkWriter", "eager_socket", "read_directly", "EAGER_MAX"]
 
 log = Logger(namespace="yotonnet.writer")
 
-#: larger writes go through Twisted's buffer: a partial send would copy the rest
-EAGER_MAX = 65536
+#: larger writes go through Twisted's buffer: a partial send would copy the rest (a
+#: corked outlet's frames, yotonnet.core.pubsub.CORK_BYTES, and a forwarder's blocks,
+#: up to ContextConfig.read_size, stay below it)
+EAGER_MAX = 262144
 #: frames this large are written alone: batching gains them nothing
 ALONE = 16384
 #: transports a link may write to the socket of directly
