@@ -13,7 +13,9 @@ processes on loopback, with its own idiomatic fast path:
 * **raw Twisted**: ``Int32StringReceiver``, one ``sendString`` per message, the same
   ``Pump`` paced by the transport; and **pre-joined**, the frames joined beforehand and
   written ``k`` at a time (what a receiver can take when sending costs nothing: the
-  receive-side ceiling);
+  receive-side ceiling); for req/rep also **eager send**, each frame written to the socket
+  at once as yotonnet's links do (``ContextConfig.eager_writes``): the floor under any
+  messaging layer on Twisted's reactor;
 * **pyzmq**: PUB/SUB with ``SNDHWM``/``RCVHWM`` 0 (never drops), the publisher sending
   hellos until every subscriber has answered before it starts; REQ/REP;
 * **NATS**: Debian's ``nats-server`` (one per run, ``max_pending`` 1 GiB), nats-py
@@ -86,11 +88,12 @@ FANOUT = 10
 RUN_TIMEOUT = 240.0
 INSTR_TIMEOUT = 900.0
 
-SYSTEMS = ("yotonnet", "raw", "joined", "pyzmq", "nats", "yoton")
+SYSTEMS = ("yotonnet", "raw", "joined", "eager", "pyzmq", "nats", "yoton")
 LABELS = {
     "yotonnet": "yotonnet",
     "raw": "raw Twisted, sendString",
     "joined": "raw Twisted, pre-joined",
+    "eager": "raw Twisted, eager send",
     "pyzmq": "pyzmq",
     "nats": "NATS (nats-py)",
     "yoton": "Yoton 2.2",
@@ -99,14 +102,16 @@ LABELS = {
 METRICS = ("pubsub-100", "chain", "pubsub-64k", "fanout", "reqrep")
 #: which systems each metric has (the rest print why not)
 APPLIES = {
-    "pubsub-100": SYSTEMS,
-    "pubsub-64k": SYSTEMS,
-    "reqrep": ("yotonnet", "raw", "pyzmq", "nats", "yoton"),
-    "fanout": SYSTEMS,
+    "pubsub-100": ("yotonnet", "raw", "joined", "pyzmq", "nats", "yoton"),
+    "pubsub-64k": ("yotonnet", "raw", "joined", "pyzmq", "nats", "yoton"),
+    "reqrep": ("yotonnet", "raw", "eager", "pyzmq", "nats", "yoton"),
+    "fanout": ("yotonnet", "raw", "joined", "pyzmq", "nats", "yoton"),
     "chain": ("yotonnet", "pyzmq", "yoton"),
 }
 NOT_APPLICABLE = {
     ("reqrep", "joined"): "n/a (a sender-side ceiling)",
+    **{(metric, "eager"): "n/a (req/rep only)"
+       for metric in ("pubsub-100", "pubsub-64k", "fanout", "chain")},
     ("chain", "raw"): "n/a (no forwarding node)",
     ("chain", "joined"): "n/a (no forwarding node)",
     ("chain", "nats"): "n/a: the server is the forwarder in every NATS row",
@@ -353,8 +358,10 @@ def reqrep_run(system: str, calls: int, warmup: int, base: dict,
     opts = {"size": SMALL, "count": calls, "warmup": warmup, "instr": instr_dir is not None}
     with Run(base, instr_dir) as run:
         server = None
-        if system in ("yotonnet", "raw"):
+        if system in ("yotonnet", "raw", "eager"):
             kind = "yot" if system == "yotonnet" else "raw"
+            if system == "eager":
+                opts["eager"] = True
             rep = run.start("twisted", f"{kind}-rep", opts, name="replier")
             req = run.start("twisted", f"{kind}-req", {**opts, "port": run.port(rep)},
                             name="caller")

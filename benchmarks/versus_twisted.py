@@ -26,7 +26,8 @@ for the ``go``/``done`` lines):
 
 Req/rep (the replier listens and prints ``PORT``): ``yot-rep``/``yot-req`` (a
 ``RepChannel`` echo, ``ReqChannel.call``) and ``raw-rep``/``raw-req`` (an
-``Int32StringReceiver`` echo and ping). The caller makes ``warmup`` calls, ``count``
+``Int32StringReceiver`` echo and ping; with option ``eager``, each frame written to
+the socket at once when Twisted holds nothing for it). The caller makes ``warmup`` calls, ``count``
 timed calls, and one more that closes the replier's window; the replier reports when
 the caller hangs up.
 """
@@ -269,6 +270,22 @@ async def yot_req(opts: dict) -> None:
     finish(result)
 
 
+class EagerSend:
+    """``sendString`` that writes to the socket at once when Twisted holds nothing for
+    it, as a yotonnet link's eager write does (yotonnet.mesh.writer.LinkWriter.write_now):
+    what the eager write alone costs, without the messaging layer."""
+
+    def sendString(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        t = self.transport
+        frame = len(data).to_bytes(4, "big") + data  # Int32StringReceiver's prefix
+        if t._tempDataLen or t.dataBuffer:
+            t.write(frame)
+            return
+        sent = t.socket.send(frame)
+        if sent < len(frame):
+            t.write(frame[sent:])
+
+
 class RawEcho(Int32StringReceiver):
     MAX_LENGTH = 2**31 - 1
 
@@ -283,8 +300,16 @@ class RawEcho(Int32StringReceiver):
         self.factory.served.hung_up()
 
 
+class EagerEcho(EagerSend, RawEcho):
+    pass
+
+
+class EagerPing(EagerSend, bench_peers.RawPing):
+    pass
+
+
 async def raw_rep(opts: dict) -> None:
-    factory = Factory.forProtocol(RawEcho)
+    factory = Factory.forProtocol(EagerEcho if opts.get("eager") else RawEcho)
     factory.served = Served(opts)
     port = await TCP4ServerEndpoint(reactor, 0, interface=HOST).listen(factory)
     emit("PORT", port.getHost().port)
@@ -292,7 +317,7 @@ async def raw_rep(opts: dict) -> None:
 
 async def raw_req(opts: dict) -> None:
     proto = await TCP4ClientEndpoint(reactor, HOST, opts["port"]).connect(
-        Factory.forProtocol(bench_peers.RawPing)
+        Factory.forProtocol(EagerPing if opts.get("eager") else bench_peers.RawPing)
     )
     result = await timed_calls(proto.call, b"x" * opts["size"], opts)
     proto.transport.loseConnection()
