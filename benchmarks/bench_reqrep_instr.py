@@ -15,7 +15,7 @@ parts in a thousand when the machine is quiet; under load, reads sometimes
 take an extra reactor turn, so run it again if a figure looks off.
 
 Two more rows split what yotonnet's eager writes (``ContextConfig.eager_writes``,
-see ``Link._write_now``) save from the rest: yotonnet with them off (every
+see ``LinkWriter.write_now``) save from the rest: yotonnet with them off (every
 frame through Twisted's buffered ``transport.write``, as the baseline), and
 the raw baseline given the same eager write (``socket.send`` when Twisted has
 nothing buffered), so the last ratio is the messaging layer's own cost.
@@ -49,21 +49,13 @@ def loop(kind: str, count: int, path: str) -> None:
         def echo(self, data: bytes) -> bytes:
             return data
 
-    class Raw(Int32StringReceiver):
+    from eager_send import EagerSend
+
+    bases = (EagerSend, Int32StringReceiver) if kind == "raw-eager" else (Int32StringReceiver,)
+
+    class Raw(*bases):  # type: ignore[misc]
         def connectionMade(self) -> None:
             self.transport.setTcpNoDelay(True)
-            if kind == "raw-eager":
-                self.sendString = self.send_eagerly  # type: ignore[method-assign]
-
-        def send_eagerly(self, data: bytes) -> None:
-            t = self.transport
-            frame = len(data).to_bytes(4, "big") + data  # Int32StringReceiver's prefix
-            if t._tempDataLen or t.dataBuffer:
-                t.write(frame)
-                return
-            sent = t.socket.send(frame)
-            if sent < len(frame):
-                t.write(frame[sent:])
 
     class RawEcho(Raw):
         def stringReceived(self, data: bytes) -> None:

@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_peers  # noqa: E402  (parses the options and sets sys.path before yotonnet)
 from bench_peers import Pump, RawReceiver, fail, finish  # noqa: E402
+from eager_send import EagerSend  # noqa: E402
 from twisted.internet import defer, reactor  # noqa: E402
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint  # noqa: E402
 from twisted.internet.protocol import Factory  # noqa: E402
@@ -268,22 +269,6 @@ async def yot_req(opts: dict) -> None:
     result = await timed_calls(lambda p: req.call("echo", p), b"x" * opts["size"], opts)
     await ctx.close()
     finish(result)
-
-
-class EagerSend:
-    """``sendString`` that writes to the socket at once when Twisted holds nothing for
-    it, as a yotonnet link's eager write does (yotonnet.mesh.writer.LinkWriter.write_now):
-    what the eager write alone costs, without the messaging layer."""
-
-    def sendString(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
-        t = self.transport
-        frame = len(data).to_bytes(4, "big") + data  # Int32StringReceiver's prefix
-        if t._tempDataLen or t.dataBuffer:
-            t.write(frame)
-            return
-        sent = t.socket.send(frame)
-        if sent < len(frame):
-            t.write(frame[sent:])
 
 
 class RawEcho(Int32StringReceiver):
