@@ -158,8 +158,9 @@ class Lane:
         self.outlet: Outlet | None = None
 
     def open(self, channel: int, outlet: Outlet, retained: Any, credit: int) -> None:
-        """Let ``outlet``'s next messages take the lane while every target has ``credit``
-        bytes of credit."""
+        """Let ``outlet``'s next messages take the lane, within the least of ``credit`` (what
+        the poorest target has), the cork's room and what the retention takes before its
+        next look; not at all when one of them is spent."""
         budget = min(credit, outlet.room, retained.check_at - retained.size)
         if budget > 0:
             outlet.retained = retained

@@ -43,8 +43,8 @@ __all__ = ["Batch", "LinkWriter", "eager_socket", "read_directly", "EAGER_MAX"]
 log = Logger(namespace="yotonnet.writer")
 
 #: larger writes go through Twisted's buffer: a partial send would copy the rest (a
-#: corked outlet's frames, yotonnet.core.pubsub.CORK_BYTES, and a forwarder's blocks,
-#: up to ContextConfig.read_size, stay below it)
+#: corked outlet's frames, yotonnet.core.pubsub.CORK_BYTES, and a forwarder's blocks at
+#: the default ContextConfig.read_size stay below it)
 EAGER_MAX = 262144
 #: frames this large are written alone: batching gains them nothing
 ALONE = 16384
