@@ -19,12 +19,15 @@ DELAY = float(os.environ.get("LATE_STDIN_DELAY", "2.0"))
 
 
 class LateStdinKernelApp(IPKernelApp):
-    def init_sockets(self) -> None:
-        super().init_sockets()
-        endpoint = self.stdin_socket.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self.stdin_socket.unbind(endpoint)
-        # (the kernel's own thread does not touch its stdin socket until an input())
-        threading.Timer(DELAY, self.stdin_socket.bind, (endpoint,)).start()
+    def _bind_socket(self, s: zmq.Socket, port: int) -> int:
+        if s is getattr(self, "stdin_socket", None) and port > 0:
+            # Bound DELAY s from now, not bound and unbound at once: a client that
+            # connected in between (the kernel being slow on a loaded machine) would see
+            # a handshake succeed, then its connection go until the bind. (The kernel's
+            # own thread does not touch its stdin socket until an input().)
+            threading.Timer(DELAY, self._try_bind_socket, (s, port)).start()
+            return port
+        return super()._bind_socket(s, port)
 
 
 if __name__ == "__main__":
