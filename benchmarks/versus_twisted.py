@@ -13,8 +13,8 @@ for the ``go``/``done`` lines):
     streaming producer registered on the channel, ``batch`` sends per reactor turn,
     paused while the channel is not writable (lossless flow control);
 ``yot-sub``
-    a context that dials (option ``port``) with a ``SubChannel.subscribe`` counter (a method)
-    (the default, lossless subscriber);
+    a context that dials (option ``port``) with a ``SubChannel.subscribe`` counter, a
+    method (the default, lossless subscriber);
 ``yot-fwd``
     a bare node between the two (listens, dials ``port``): it only forwards;
 ``raw-pub``
@@ -27,9 +27,9 @@ for the ``go``/``done`` lines):
 Req/rep (the replier listens and prints ``PORT``): ``yot-rep``/``yot-req`` (a
 ``RepChannel`` echo, ``ReqChannel.call``) and ``raw-rep``/``raw-req`` (an
 ``Int32StringReceiver`` echo and ping; with option ``eager``, each frame written to
-the socket at once when Twisted holds nothing for it). The caller makes ``warmup`` calls, ``count``
-timed calls, and one more that closes the replier's window; the replier reports when
-the caller hangs up.
+the socket at once when Twisted holds nothing for it). The caller makes ``warmup``
+calls, ``count`` timed calls, and one more that closes the replier's window; the
+replier reports when the caller hangs up.
 """
 
 from __future__ import annotations

@@ -292,11 +292,13 @@ class CoreCase(SynchronousTestCase):
     def announce(
         self, via: FakePeer, node_id: int, links: dict[int, int],
         interests: dict[int, Interest] | None = None, version: int = 1,
+        node: Node | None = None,
     ) -> None:
-        """``via`` sends the record of ``node_id``, as a CONTROL frame."""
+        """``via`` sends the record of ``node_id``, as a CONTROL frame, to ``node`` (by
+        default the case's own)."""
         state = NodeState(node_id, f"n{node_id}", version, dict(links), dict(interests or {}))
         data = encode_frame(FrameKind.CONTROL, encode_object(["node", state.to_wire()]))
-        self.node.handlers[FrameKind.CONTROL](via, one_frame(data))
+        (node or self.node).handlers[FrameKind.CONTROL](via, one_frame(data))
 
     def quiet(self) -> None:
         """Forget what every neighbour was sent so far."""
@@ -808,9 +810,7 @@ class CorkedPublishTests(CoreCase):
         peer = FakePeer(A, window=window)
         peer.lets_cork_out = True
         node.peer_up(peer)
-        state = NodeState(A, "a", 1, {ME: 1}, {NEWS: Interest(SUB, "BINARY", 1)})
-        node.handlers[FrameKind.CONTROL](peer, one_frame(encode_frame(
-            FrameKind.CONTROL, encode_object(["node", state.to_wire()]))))
+        self.announce(peer, A, {ME: 1}, {NEWS: Interest(SUB, "BINARY", 1)}, node=node)
         if local:
             node.register(SUB, NEWS, FakeSubscriber())
         pubsub = node.pubsub
