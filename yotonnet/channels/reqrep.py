@@ -66,6 +66,7 @@ class ReqChannel(Channel):
             context.config.request_timeout if timeout is _UNSET else timeout
         )
         self._method_names: dict[str, bytes] = {}
+        self._requests = context.node.requests
 
     @property
     def responders(self) -> int:
@@ -102,7 +103,13 @@ class ReqChannel(Channel):
                 tag = n
         except errors.MessageTypeError as e:
             return defer.fail(e)
-        return self.context.request(self.channel_id, self.name, tag, name, payload, self.timeout)
+        requests = self._requests
+        req_id = 0
+        # Cancelling the Deferred forgets the call: a late reply is dropped.
+        d: defer.Deferred[Any] = defer.Deferred(lambda _: requests.cancel(req_id))
+        req_id = requests.request(self.channel_id, self.name, tag, name, payload, self.timeout,
+                                  d)
+        return d
 
     def _method_name(self, method: str) -> bytes:
         if not isinstance(method, str) or not method:

@@ -82,12 +82,19 @@ class CallTable:
                 best, best_load = node, n
         return best
 
+    def next_id(self) -> int:
+        """A new request id, for a call :meth:`open` records once its request is sent."""
+        self._last_id = req_id = (self._last_id + 1) & 0xFFFF_FFFF_FFFF_FFFF or 1
+        return req_id
+
     def open(
         self, waiter: Any, dest: int, channel_name: str, timeout: float | None, now: float,
-        channel: int = 0, request: Any = None,
+        channel: int = 0, request: Any = None, req_id: int = 0,
     ) -> Call:
-        """Record a new call and give it the next request id."""
-        self._last_id = req_id = (self._last_id + 1) & 0xFFFF_FFFF_FFFF_FFFF or 1
+        """Record a new call: with id ``req_id`` if given (from :meth:`next_id`), else the
+        next one."""
+        if not req_id:
+            self._last_id = req_id = (self._last_id + 1) & 0xFFFF_FFFF_FFFF_FFFF or 1
         if timeout:
             call = _new(
                 Call,
@@ -129,19 +136,14 @@ class CallTable:
         if call[5] is not None:
             self._groups[call[4]][req_id] = call
 
-    def answer(self, req_id: int, source: int, channel: int) -> Call | None:
+    def answer(self, req_id: int, source: int = -1, channel: int = -1) -> Call | None:
         """The call a reply from node ``source`` on ``channel`` completes (now closed), or
-        None when it matches none: unknown id (late, or guessed), or another sender."""
+        None when it matches none: unknown id (late, or guessed), or another sender.
+        Without ``source``, the call ``req_id`` whoever answers (see :meth:`pop`)."""
         call = self._calls.get(req_id)
-        if call is None or call[2] != source or call[6] != channel:
+        if call is None or source >= 0 and (call[2] != source or call[6] != channel):
             return None
-        return self.pop(req_id)
-
-    def pop(self, req_id: int) -> Call | None:
-        """Forget a call (answered, failed or cancelled); None if it is not open."""
-        call = self._calls.pop(req_id, None)
-        if call is None:
-            return None
+        del self._calls[req_id]
         if call[5] is not None:
             # An emptied group stays until the next expiry scan: a caller making one
             # call at a time would otherwise create and drop a dict per call.
@@ -154,6 +156,10 @@ class CallTable:
         else:
             del load[dest]
         return call
+
+    def pop(self, req_id: int) -> Call | None:
+        """Forget a call (failed or cancelled); None if it is not open."""
+        return self.answer(req_id)
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of any open call, or None if none has one."""

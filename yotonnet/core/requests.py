@@ -153,29 +153,32 @@ class Requests:
             req_id = self._open(waiter, dest, channel_name, timeout, channel, None)
             self.serve(channel, me, req_id, tag, method, payload)
             return req_id
-        routes = self._routes
-        if routes is None:
-            routes = self._routes = self.topology.routing.parents()
         topology = self.topology
-        # A leaf's picture of the replier goes with its hub link: whether a copy may be
-        # sent after it dials again is known now (a node looks when its path breaks).
-        idempotent = None if topology.hub is None else self._declared(dest, channel, method)
-        req_id = self._open(waiter, dest, channel_name, timeout, channel,
-                            (tag, method, payload, routes, 0, idempotent))
+        req_id = calls.next_id()
         data = request_frame(topology.hops or topology.hop_limit(), tag, channel, me, dest,
                              req_id, method, payload)
         peer = topology.hop_links.get(dest)
         if peer is not None:
             peer.send(data)  # unicast's common case written out
         elif not topology.unicast(dest, data):
-            self.finish(req_id, errors.NoResponders(f"replier for {channel_name!r} unreachable"))
+            waiter.errback(errors.NoResponders(f"replier for {channel_name!r} unreachable"))
             return 0
+        # Recorded once the request is on its way, which is sooner: no reply can be read
+        # before this returns to the reactor.
+        routes = self._routes
+        if routes is None:
+            routes = self._routes = topology.routing.parents()
+        # A leaf's picture of the replier goes with its hub link: whether a copy may be
+        # sent after it dials again is known now (a node looks when its path breaks).
+        idempotent = None if topology.hub is None else self._declared(dest, channel, method)
+        self._open(waiter, dest, channel_name, timeout, channel,
+                   (tag, method, payload, routes, 0, idempotent), req_id)
         return req_id
 
     def _open(self, waiter: IWaiter, dest: int, channel_name: str, timeout: float | None,
-              channel: int, request: Any = None) -> int:
+              channel: int, request: Any = None, req_id: int = 0) -> int:
         req_id, _, _, _, _, deadline, _, _ = self.calls.open(
-            waiter, dest, channel_name, timeout, self.clock(), channel, request
+            waiter, dest, channel_name, timeout, self.clock(), channel, request, req_id
         )
         # Calls with the usual timeout expire after the one the timer waits for.
         if deadline is not None and deadline < self.deadline_at:
@@ -355,7 +358,8 @@ class Requests:
 
     def on_request(self, peer: IPeer | None, frame: Frame) -> None:
         _, hops, tag, channel, source, dest, req_id, payload, method = frame
-        if peer is not None:
+        # (a reply that goes back that way already needs no learning)
+        if peer is not None and self.topology.hop_links.get(source) is not peer:
             self.topology.learn(source, peer)
         if dest != self.node_id:
             if self.topology.onward(hops):
@@ -411,18 +415,22 @@ class Requests:
                                                                          channel):
                 return
         reps = self.repliers.get(channel)
-        leaves = self.topology.leaves
-        if leaves.entries:
-            leaf = leaves.pick_replier(channel)
-            if leaf is not None and (
-                not reps or leaf.in_flight < min(r.in_flight for r in reps)
-            ):
-                self.pass_to_leaf(leaf, channel, source, req_id, tag, method, payload)
+        if reps and len(reps) == 1 and not reps[0].in_flight:
+            rep = reps[0]  # an idle replier here: no leaf's is less busy
+        else:
+            leaves = self.topology.leaves
+            if leaves.entries:
+                leaf = leaves.pick_replier(channel)
+                if leaf is not None and (
+                    not reps or leaf.in_flight < min(r.in_flight for r in reps)
+                ):
+                    self.pass_to_leaf(leaf, channel, source, req_id, tag, method, payload)
+                    return
+            if not reps:
+                self.reply(channel, source, req_id, REPLY_NO_REPLIER,
+                           b"no replier here any more")
                 return
-        if not reps:
-            self.reply(channel, source, req_id, REPLY_NO_REPLIER, b"no replier here any more")
-            return
-        rep = reps[0] if len(reps) == 1 else min(reps, key=lambda r: r.in_flight)
+            rep = reps[0] if len(reps) == 1 else min(reps, key=lambda r: r.in_flight)
         self.current_caller = source  # read by handlers (yotonnet.identity.caller)
         outcome = rep.handle_request(source, req_id, tag, method, payload)
         if outcome is None:
@@ -538,7 +546,16 @@ class Requests:
             # Late (cancelled or timed out), or not from the replier we asked: dropped.
             self.counters["replies_dropped"] += 1
             return
-        self._outcome(call, status, payload)
+        if status != REPLY_OK:
+            self._fail(call, status, payload)
+            return
+        # (_outcome's common case written out: every successful call's)
+        try:
+            value = decode_object(payload)
+        except Exception as e:  # noqa: BLE001 - a malformed reply fails only its call
+            call.waiter.errback(errors.DecodeError(f"malformed reply: {e}"))
+            return
+        call.waiter.callback(value)
 
     def accept(self, req_id: int, status: int, payload: bytes) -> None:
         """A reply made on this node to a request made on this node."""

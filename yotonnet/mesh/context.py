@@ -406,22 +406,6 @@ class Context:
         """Inside a request handler: the node id whose request it serves."""
         return self.node.requests.current_caller
 
-    def request(
-        self,
-        channel: int,
-        channel_name: str,
-        tag: int,
-        method: bytes,
-        payload: bytes,
-        timeout: float | None,
-    ) -> defer.Deferred[Any]:
-        """Send a call on ``channel``; a Deferred of its reply (cancel it to drop it)."""
-        requests = self.node.requests
-        req_id = 0
-        d: defer.Deferred[Any] = defer.Deferred(lambda _: requests.cancel(req_id))
-        req_id = requests.request(channel, channel_name, tag, method, payload, timeout, d)
-        return d
-
     def _check_interest_waiters(self) -> None:
         if not self._interest_waiters:
             return

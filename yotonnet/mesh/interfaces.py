@@ -60,10 +60,7 @@ class IChannelHost(Interface):
     reactor = Attribute("the reactor")
     config = Attribute("the node's ContextConfig")
     guard = Attribute("the guard: claims and denials of channels")
-    node = Attribute("the core: register ends, publish, set state (plain calls)")
-
-    def request(channel, channel_name, tag, method, payload, timeout):  # noqa: N805
-        """Send a call: a Deferred of its reply."""
+    node = Attribute("the core: register ends, publish, call, set state (plain calls)")
 
     def wait_for_interest(channel, role, count):  # noqa: N805
         """A Deferred that fires once ``count`` holders of ``role`` are reachable."""

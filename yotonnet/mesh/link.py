@@ -230,20 +230,6 @@ class LinkBase(Protocol):
 
     # --- handing frames to the node
 
-    def _dispatch_one(self, handler: Callable[[Any, Any], None], frame: Any) -> None:
-        """_dispatch_frames for a single frame that is not DATA."""
-        batch = self.context.batch
-        outer = batch.begin()
-        try:
-            if self._topology.pending and frame[0] != _CONTROL:
-                self.context.node.settle()
-            handler(self, frame)
-        except ProtocolError as e:
-            self.fail(str(e))
-        finally:
-            if outer:
-                batch.end()
-
     def _dispatch_frames(self, frames: list[Any]) -> None:
         """Hand decoded frames (and DATA runs) to their handlers.
 
@@ -458,9 +444,12 @@ class Link(LinkBase):
             self.gate.sending(data)
         writer = self.writer
         assert writer is not None
-        told = self.feed.before(data) if self.feed is not None else None
-        if told is not None:
-            writer.send(told)
+        feed = self.feed
+        # (a reply, say, has no source to tell of: asked nothing)
+        if feed is not None and data[4] in feed.kinds:
+            told = feed.before(data)
+            if told is not None:
+                writer.send(told)
         writer.send(data)
 
     def send_pair(self, head: bytes, payload: bytes) -> None:
@@ -589,16 +578,26 @@ class Link(LinkBase):
                 if length + 4 == n and kind != _DATA and start <= n <= self._decoder.max_frame:
                     handler = self._handlers.get(kind)
                     if handler is not None:
+                        # _dispatch_frames for one frame, written out: the time from here
+                        # to the reply's or next request's write is a round trip's.
+                        batch = self.context.batch
+                        outer = batch.begin()
+                        try:
+                            if self._topology.pending and kind != _CONTROL:
+                                self.context.node.settle()
+                            handler(self, _new(_Frame, (
+                                kind, hops, tag, channel, source, dest, seq, data[start:],
+                                data[_HEADER_SIZE:start] if ext_len else b"",
+                            )))
+                        except ProtocolError as e:
+                            self.fail(str(e))
+                        finally:
+                            if outer:
+                                batch.end()
+                        # Counted once the frame is handled (same turn): it need not wait.
                         self.bytes_in += n
                         self.frames_in += 1
                         self.last_seen = self.clock.seconds()
-                        self._dispatch_one(
-                            handler,
-                            _new(_Frame, (
-                                kind, hops, tag, channel, source, dest, seq, data[start:],
-                                data[_HEADER_SIZE:start] if ext_len else b"",
-                            )),
-                        )
                         return
         elif self.closing:
             return

@@ -167,10 +167,11 @@ class LinkWriter:
         if batch.active:
             if self._direct_turn != batch.turn:
                 self._direct_turn = batch.turn
-                # write() written out: every request and reply goes this way.
+                # write() written out: every request and reply goes this way (counted
+                # once written, which is sooner).
+                self._put(data)
                 self.frames_out += 1
                 self.bytes_out += len(data)
-                self._put(data)
                 return
             out.append(data)
             batch.dirty.append(self)  # flushed when the current dispatch ends

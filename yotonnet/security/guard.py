@@ -394,6 +394,10 @@ class IdentityFeed:
     (there would be one per join of anyone), so each binding goes to it once, just
     before the first message or call of that node that reaches it."""
 
+    #: the frame kinds (byte 4 of a frame) whose source a leaf may need to be told of:
+    #: :meth:`before` says None for any other
+    kinds = _SOURCED
+
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
         self.told: set[int] = set()
