@@ -50,6 +50,13 @@ def idempotent(fn: Callable[..., Any]) -> Callable[..., Any]:
 _PLAIN_RESULTS = frozenset((type(None), bool, int, float, str, bytes, list, tuple, dict))
 
 
+class CallDeferred(defer.Deferred):
+    """What :meth:`ReqChannel.call` returns: a Deferred that knows its request id, so
+    that one canceller serves every call (no closure made per call)."""
+
+    __slots__ = ("req_id",)
+
+
 class ReqChannel(Channel):
     """The calling end: ``req.call("method", *args, **kwargs)`` or ``req.method(*args)``."""
 
@@ -103,13 +110,14 @@ class ReqChannel(Channel):
                 tag = n
         except errors.MessageTypeError as e:
             return defer.fail(e)
-        requests = self._requests
-        req_id = 0
-        # Cancelling the Deferred forgets the call: a late reply is dropped.
-        d: defer.Deferred[Any] = defer.Deferred(lambda _: requests.cancel(req_id))
-        req_id = requests.request(self.channel_id, self.name, tag, name, payload, self.timeout,
-                                  d)
+        d = CallDeferred(self._forget)
+        d.req_id = self._requests.request(self.channel_id, self.name, tag, name, payload,
+                                          self.timeout, d)
         return d
+
+    def _forget(self, d: CallDeferred) -> None:
+        """A call's Deferred was cancelled: the call is forgotten, a late reply dropped."""
+        self._requests.cancel(d.req_id)
 
     def _method_name(self, method: str) -> bytes:
         if not isinstance(method, str) or not method:

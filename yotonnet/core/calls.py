@@ -17,6 +17,7 @@ deadlines are in order and finding the expired ones never scans live calls.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -55,7 +56,9 @@ class CallTable:
         # timeout value -> {req_id: call} in the order the calls were opened
         self._groups: dict[float, dict[int, Call]] = {}
         self._load: dict[int, int] = {}
-        self._last_id = secrets.randbits(62)
+        #: the request ids, from a random point below 2**62: 3 * 2**62 calls are needed
+        #: to pass 2**64 (next(ids) is a C call, cheaper than a method)
+        self.ids = itertools.count(secrets.randbits(62) + 1)
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -82,19 +85,14 @@ class CallTable:
                 best, best_load = node, n
         return best
 
-    def next_id(self) -> int:
-        """A new request id, for a call :meth:`open` records once its request is sent."""
-        self._last_id = req_id = (self._last_id + 1) & 0xFFFF_FFFF_FFFF_FFFF or 1
-        return req_id
-
     def open(
         self, waiter: Any, dest: int, channel_name: str, timeout: float | None, now: float,
         channel: int = 0, request: Any = None, req_id: int = 0,
     ) -> Call:
-        """Record a new call: with id ``req_id`` if given (from :meth:`next_id`), else the
-        next one."""
+        """Record a new call: with id ``req_id`` if given (taken from :attr:`ids` before
+        its request was sent), else the next one."""
         if not req_id:
-            self._last_id = req_id = (self._last_id + 1) & 0xFFFF_FFFF_FFFF_FFFF or 1
+            req_id = next(self.ids)
         if timeout:
             call = _new(
                 Call,

@@ -154,7 +154,7 @@ class Requests:
             self.serve(channel, me, req_id, tag, method, payload)
             return req_id
         topology = self.topology
-        req_id = calls.next_id()
+        req_id = next(calls.ids)
         data = request_frame(topology.hops or topology.hop_limit(), tag, channel, me, dest,
                              req_id, method, payload)
         peer = topology.hop_links.get(dest)
