@@ -21,6 +21,12 @@ the raw baseline given the same eager write (``socket.send`` when Twisted has
 nothing buffered), so the last ratio is the messaging layer's own cost.
 
 ``--loop yot|raw N`` runs one loop without valgrind (what the counting runs).
+
+``--path`` needs no valgrind: it counts the Python bytecodes each round trip
+runs (``sys.settrace``), all of them and those on its critical path: from a
+read (Twisted's ``doRead``) to the socket write it leads to, on each side. A
+round trip's latency is that path plus two wake-ups; what runs after the
+write overlaps the other side's work. Counts are exact and repeat run to run.
 """
 
 from __future__ import annotations
@@ -36,7 +42,52 @@ ROOT = os.path.dirname(HERE)
 PAYLOAD = b"x" * 100
 
 
-def loop(kind: str, count: int, path: str) -> None:
+class PathCounter:
+    """Counts the bytecodes run while it is on (see ``--path``), per function, and
+    those from each ``doRead`` to the next socket write."""
+
+    WRITES = frozenset(("send", "sendmsg"))
+
+    def __init__(self) -> None:
+        self.ops = 0
+        self.critical = 0
+        self.read_at: int | None = None
+        self.by_function: dict[tuple[str, str], int] = {}
+
+    def trace(self, frame, event, arg):  # noqa: ANN001 - sys.settrace's signature
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            self.ops += 1
+            code = frame.f_code
+            key = (os.path.basename(code.co_filename), code.co_name)
+            self.by_function[key] = self.by_function.get(key, 0) + 1
+        return self.trace
+
+    def profile(self, frame, event, arg):  # noqa: ANN001 - sys.setprofile's signature
+        if event == "call" and frame.f_code.co_name == "doRead":
+            self.read_at = self.ops
+        elif (event == "c_call" and self.read_at is not None
+              and getattr(arg, "__name__", "") in self.WRITES):
+            self.critical += self.ops - self.read_at
+            self.read_at = None
+
+    def start(self) -> None:
+        sys.settrace(self.trace)
+        sys.setprofile(self.profile)
+
+    def stop(self) -> None:
+        sys.settrace(None)
+        sys.setprofile(None)
+
+    def report(self, kind: str, calls: int) -> None:
+        print(f"{LABELS[kind]}: {self.ops / calls:,.0f} bytecodes per round trip, "
+              f"{self.critical / calls:,.0f} of them from a read to its write")
+        top = sorted(self.by_function.items(), key=lambda item: -item[1])[:25]
+        for (filename, name), n in top:
+            print(f"  {n / calls:8.1f}  {filename}:{name}")
+
+
+def loop(kind: str, count: int, path: str, counter: PathCounter | None = None) -> None:
     sys.path.insert(0, path)
     from twisted.internet import defer, reactor
     from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
@@ -103,7 +154,12 @@ def loop(kind: str, count: int, path: str) -> None:
             )
             call = proto.call
         await calls(call, 200)  # warm-up, in every run
+        if counter is not None:
+            counter.start()
         await calls(call, count)
+        if counter is not None:
+            counter.stop()
+            counter.report(kind, count)
 
     def run() -> None:
         d = defer.ensureDeferred(main())
@@ -135,10 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=2000, help="calls per counted run")
     parser.add_argument("--yotonnet-path", default=ROOT, help="directory holding yotonnet")
     parser.add_argument("--loop", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=sorted(LABELS), metavar="KIND",
+                        help="count bytecodes per round trip (see above), no valgrind")
     args = parser.parse_args(argv)
     path = os.path.abspath(args.yotonnet_path)
     if args.loop:
         loop(args.loop[0], int(args.loop[1]), path)
+        return 0
+    if args.path:
+        loop(args.path, min(args.calls, 500), path, PathCounter())
         return 0
     per_call = {}
     for kind in LABELS:

@@ -54,8 +54,13 @@ class Node:
         log: ILog,
         on_deadline: Callable[[float], None],
         on_cork: Callable[[], None] | None = None,
+        batched: bool = False,
     ) -> None:
         self.node_id = node_id
+        #: the host hands every frame over within begin_dispatch() and end_dispatch() (a
+        #: context's links do), and calls begin_dispatch() only while published frames
+        #: wait (see mesh.writer.Batch): records received always wait for end_dispatch()
+        self.batched = batched
         self.name = name
         self.config = config
         self.clock = clock
@@ -95,6 +100,7 @@ class Node:
             RecentRequests(config.recent_requests, config.recent_reply_bytes),
         )
         self.state = StateSync(node_id, self.topology)
+        self.topology.dispatching = batched
         #: the routing table (yotonnet.core.routing), for introspection
         self.routing = self.topology.routing
         self.closed = False
@@ -202,13 +208,14 @@ class Node:
         change the picture at once, but its consequences wait for :meth:`end_dispatch`
         (or the next frame of another kind)."""
         self.topology.dispatching = True
-        # Frames handled in it see what the publish lane spent (yotonnet.core.pubsub.Lane).
+        # Frames handled in it see what the publish lane spent (yotonnet.core.pubsub.Lane,
+        # open only while published frames wait in the cork).
         lane = self.pubsub.lane
         if lane.outlet is not None:
             lane.clear()
 
     def end_dispatch(self) -> None:
-        self.topology.dispatching = False
+        self.topology.dispatching = self.batched
         self.settle()
 
     def housekeeping(self) -> None:

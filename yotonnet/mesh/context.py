@@ -93,7 +93,7 @@ class Context:
         #: the call that writes published frames waiting in the node (see _corked)
         self._uncork_call: Any = None
         self.node = Node(self.node_id, self.name, self.config, reactor.seconds, log,
-                         self._arm_deadline, self._corked)
+                         self._arm_deadline, self._corked, batched=True)
         #: the routing table and the counters (introspection)
         self.routing = self.node.routing
         self.counters = self.node.counters

@@ -61,8 +61,10 @@ _FORWARDERS = {
 class Batch:
     """The dispatch of one read, shared by a context's links.
 
-    ``on_begin`` runs when the outermost dispatch begins, ``on_end`` when it
-    ends, before the writes it queued go out (the node draws the consequences
+    ``on_begin`` runs when the outermost dispatch begins while published frames
+    are held (the node counts what it spent on them before any frame is handled;
+    it has nothing else to do then: see ``Node(batched=True)``), ``on_end`` when
+    it ends, before the writes it queued go out (the node draws the consequences
     of routing records there).
     """
 
@@ -91,7 +93,8 @@ class Batch:
             return False
         self.active = True
         self.turn += 1
-        self.on_begin()
+        if self.held:
+            self.on_begin()
         return True
 
     def end(self) -> None:
