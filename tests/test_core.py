@@ -771,6 +771,10 @@ class CorkedPublishTests(CoreCase):
     def test_a_read_sees_what_the_lane_spent_and_kept(self):
         for _ in range(3):
             self.publish_on_the_lane(bytes(100 - HEADER_SIZE))
+        # (the lane is open only while frames wait in the cork: a context's dispatch
+        # calls begin_dispatch only then, see mesh.writer.Batch)
+        self.assertIsNotNone(self.pubsub.lane.outlet)
+        self.assertTrue(self.pubsub.corked)
         # A read's dispatch begins: whatever its frames do (an acknowledgement trims the
         # retention by its size), they see the three messages counted.
         self.node.begin_dispatch()

@@ -161,6 +161,23 @@ class WriteNowTests(SynchronousTestCase):
         self.assertEqual(transport.written, [b"first", b"secondthird"])
         self.assertEqual((writer.frames_out, writer.bytes_out), (3, 16))
 
+    def test_a_dispatch_calls_the_node_at_its_start_only_while_frames_are_held(self) -> None:
+        # The node's begin hook closes the publish lane, which is open only while
+        # published frames wait (see CorkedPublishTests): any other dispatch skips it.
+        held: list = []
+        begun: list = []
+        batch = Batch(lambda: None, lambda: begun.append(len(held)), held)
+        self.assertTrue(batch.begin())
+        batch.end()
+        self.assertEqual(begun, [])
+        held.append("an outlet")
+        self.assertTrue(batch.begin())
+        self.assertFalse(batch.begin())  # an inner dispatch: nothing more
+        self.assertEqual(begun, [1])
+        held.clear()  # (what release() would do)
+        batch.end()
+        self.assertEqual(batch.turn, 2)
+
     def test_sends_outside_a_dispatch_are_joined_until_the_next_turn(self) -> None:
         transport = StubTransport()
         clock = task.Clock()

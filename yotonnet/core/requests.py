@@ -56,6 +56,7 @@ from .wire import (
     REPLY_OK,
     REQUEST_RESENT,
     Frame,
+    FrameKind,
     reencode,
     reply_frame,
     request_frame,
@@ -151,7 +152,8 @@ class Requests:
         me = self.node_id
         if dest == me:
             req_id = self._open(waiter, dest, channel_name, timeout, channel, None)
-            self.serve(channel, me, req_id, tag, method, payload)
+            self.on_request(None, Frame(FrameKind.REQUEST, 0, tag, channel, me, me, req_id,
+                                        payload, method))
             return req_id
         topology = self.topology
         req_id = next(calls.ids)
@@ -357,6 +359,9 @@ class Requests:
     # --- requests from neighbours, and replies to them
 
     def on_request(self, peer: IPeer | None, frame: Frame) -> None:
+        """A request from neighbour ``peer`` (None: made here): passed on toward the node
+        it is addressed to, else served here with a local replier, or passed to a
+        leaf's (one call less than a serve() of its own: every served call's path)."""
         _, hops, tag, channel, source, dest, req_id, payload, method = frame
         # (a reply that goes back that way already needs no learning)
         if peer is not None and self.topology.hop_links.get(source) is not peer:
@@ -368,45 +373,6 @@ class Requests:
                     self._relay(source, req_id, dest, channel, tag, method, payload)
                 self.topology.unicast(dest, reencode(frame, hops - 1))
             return
-        self.serve(channel, source, req_id, tag, method, payload)
-
-    def _relay(self, leaf: int, req_id: int, dest: int, channel: int, tag: int,
-               method: bytes, payload: bytes) -> None:
-        """Watch the path of an idempotent request passed on for a leaf."""
-        relayed = self.relayed
-        key = (leaf, req_id)
-        if key in relayed:
-            return  # the leaf's own copy, sent again: already watched
-        relayed[key] = [dest, channel, tag & ~REQUEST_RESENT, method, payload,
-                        self.topology.routing.parents(), 0]
-        if len(relayed) > self.recent.max_entries:
-            del relayed[next(iter(relayed))]
-
-    def _relayed_paths_changed(self) -> None:
-        """Send again the leaves' idempotent requests whose path from here broke (once);
-        forget those whose replier is gone (the leaf's view says so)."""
-        routing = self.topology.routing
-        routes = routing.parents()
-        for key, entry in list(self.relayed.items()):
-            dest, channel, tag, method, payload, then, copies = entry
-            if dest not in routes:
-                del self.relayed[key]
-            elif then is not routes and self._path_broken(dest, then, routes) is not None:
-                if copies:
-                    del self.relayed[key]
-                    continue
-                entry[5], entry[6] = routes, 1
-                self.counters["requests_resent"] += 1
-                topology = self.topology
-                topology.unicast(dest, request_frame(topology.hop_limit(), tag | REQUEST_RESENT,
-                                                     channel, key[0], dest, key[1], method,
-                                                     payload))
-
-    def serve(
-        self, channel: int, source: int, req_id: int, tag: int, method: bytes, payload: bytes
-    ) -> None:
-        """Serve a request addressed to this node with a local replier, or pass it to a
-        leaf's."""
         if tag & REQUEST_RESENT:
             tag ^= REQUEST_RESENT
         if self.idempotent_here and source != self.node_id:
@@ -446,8 +412,6 @@ class Requests:
         if source == me:
             self.accept(req_id, REPLY_OK, body)
             return
-        if self.recent.entries:
-            self.recent.answered((source, req_id), REPLY_OK, body)
         topology = self.topology
         data = reply_frame(topology.hops or topology.hop_limit(), REPLY_OK, channel, me,
                            source, req_id, body)
@@ -456,6 +420,41 @@ class Requests:
             out.send(data)
         else:
             topology.unicast(source, data)
+        if self.recent.entries:  # (once the reply is written: a copy comes later)
+            self.recent.answered((source, req_id), REPLY_OK, body)
+
+
+    def _relay(self, leaf: int, req_id: int, dest: int, channel: int, tag: int,
+               method: bytes, payload: bytes) -> None:
+        """Watch the path of an idempotent request passed on for a leaf."""
+        relayed = self.relayed
+        key = (leaf, req_id)
+        if key in relayed:
+            return  # the leaf's own copy, sent again: already watched
+        relayed[key] = [dest, channel, tag & ~REQUEST_RESENT, method, payload,
+                        self.topology.routing.parents(), 0]
+        if len(relayed) > self.recent.max_entries:
+            del relayed[next(iter(relayed))]
+
+    def _relayed_paths_changed(self) -> None:
+        """Send again the leaves' idempotent requests whose path from here broke (once);
+        forget those whose replier is gone (the leaf's view says so)."""
+        routing = self.topology.routing
+        routes = routing.parents()
+        for key, entry in list(self.relayed.items()):
+            dest, channel, tag, method, payload, then, copies = entry
+            if dest not in routes:
+                del self.relayed[key]
+            elif then is not routes and self._path_broken(dest, then, routes) is not None:
+                if copies:
+                    del self.relayed[key]
+                    continue
+                entry[5], entry[6] = routes, 1
+                self.counters["requests_resent"] += 1
+                topology = self.topology
+                topology.unicast(dest, request_frame(topology.hop_limit(), tag | REQUEST_RESENT,
+                                                     channel, key[0], dest, key[1], method,
+                                                     payload))
 
     def _copy(self, source: int, req_id: int, channel: int) -> bool:
         """Whether an idempotent request is a copy of one taken here: dropped while it

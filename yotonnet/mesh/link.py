@@ -575,7 +575,7 @@ class Link(LinkBase):
             if n >= _HEADER_SIZE:
                 length, kind, hops, ext_len, tag, channel, source, dest, seq = _unpack_header(data)
                 start = _HEADER_SIZE + ext_len
-                if length + 4 == n and kind != _DATA and start <= n <= self._decoder.max_frame:
+                if length + 4 == n and kind != _DATA and start <= n <= self._agreed_max_frame:
                     handler = self._handlers.get(kind)
                     if handler is not None:
                         # _dispatch_frames for one frame, written out: the time from here

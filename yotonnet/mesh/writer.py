@@ -156,8 +156,9 @@ class LinkWriter:
 
     def send(self, data: bytes) -> None:
         """Send one or more encoded frames; small ones sent together are written together."""
-        if self.batch.held:
-            self.batch.release()  # published frames waiting in the node go first
+        batch = self.batch
+        if batch.held:
+            batch.release()  # published frames waiting in the node go first
         out = self._out
         if out:
             if len(data) >= ALONE:
@@ -166,7 +167,6 @@ class LinkWriter:
             else:
                 out.append(data)
             return
-        batch = self.batch
         if batch.active:
             if self._direct_turn != batch.turn:
                 self._direct_turn = batch.turn
