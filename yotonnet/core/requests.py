@@ -94,6 +94,10 @@ class Requests:
         # channel -> reachable repliers, nearest first; dropped when the picture changes
         self.holders: dict[int, list[int]] = {}
         topology.dependent_caches.append(self.holders)
+        #: channel -> (its only replier, the neighbour toward it, the hop limit): what a
+        #: call needs to be sent, dropped with the holders
+        self.ways: dict[int, tuple[int, IPeer, int]] = {}
+        topology.dependent_caches.append(self.ways)
         #: when the deadline timer fires (inf: not armed)
         self.deadline_at = _NEVER
         #: node id of the caller whose request a local replier is serving
@@ -131,48 +135,52 @@ class Requests:
     ) -> int:
         """Send a call; ``waiter`` gets its outcome. Returns its request id (0: it failed
         at once, no replier being reachable)."""
-        holders = self.holders.get(channel)
-        if holders is None:
-            # A scan of the channel's holders: done once per routing change, not per call.
-            holders = self.holders[channel] = self.topology.routing.holders(channel, REP)
-        calls = self.calls
-        if not holders:
-            if self.topology.hub is None or self.topology.view_current:
-                waiter.errback(
-                    errors.NoResponders(f"no replier for channel {channel_name!r} is reachable")
-                )
-                return 0
-            # A leaf whose hub has not yet said who serves this channel: the call waits
-            # for its view (within its timeout).
-            req_id = self._open(waiter, 0, channel_name, timeout, channel)
-            self.parked[req_id] = (channel, channel_name, tag, method, payload, 0)
-            return req_id
-        # One replier (the usual case) needs no comparison of loads.
-        dest = holders[0] if len(holders) == 1 else calls.pick(holders)
         me = self.node_id
-        if dest == me:
-            req_id = self._open(waiter, dest, channel_name, timeout, channel, None)
-            self.on_request(None, Frame(FrameKind.REQUEST, 0, tag, channel, me, me, req_id,
-                                        payload, method))
-            return req_id
-        topology = self.topology
-        req_id = next(calls.ids)
-        data = request_frame(topology.hops or topology.hop_limit(), tag, channel, me, dest,
-                             req_id, method, payload)
-        peer = topology.hop_links.get(dest)
-        if peer is not None:
-            peer.send(data)  # unicast's common case written out
-        elif not topology.unicast(dest, data):
-            waiter.errback(errors.NoResponders(f"replier for {channel_name!r} unreachable"))
-            return 0
+        route = self.ways.get(channel)
+        if route is not None:
+            dest, peer, hops = route
+        else:
+            holders = self.holders.get(channel)
+            if holders is None:
+                # A scan of the channel's holders: done once per routing change, not per
+                # call.
+                holders = self.holders[channel] = self.topology.routing.holders(channel, REP)
+            if not holders:
+                if self.topology.hub is None or self.topology.view_current:
+                    waiter.errback(errors.NoResponders(
+                        f"no replier for channel {channel_name!r} is reachable"))
+                    return 0
+                # A leaf whose hub has not yet said who serves this channel: the call
+                # waits for its view (within its timeout).
+                req_id = self._open(waiter, 0, channel_name, timeout, channel)
+                self.parked[req_id] = (channel, channel_name, tag, method, payload, 0)
+                return req_id
+            # One replier (the usual case) needs no comparison of loads.
+            dest = holders[0] if len(holders) == 1 else self.calls.pick(holders)
+            if dest == me:
+                req_id = self._open(waiter, dest, channel_name, timeout, channel, None)
+                self.on_request(None, Frame(FrameKind.REQUEST, 0, tag, channel, me, me,
+                                            req_id, payload, method))
+                return req_id
+            topology = self.topology
+            peer = topology.hop_to(dest)
+            if peer is None:
+                waiter.errback(errors.NoResponders(f"replier for {channel_name!r} unreachable"))
+                return 0
+            hops = topology.hops or topology.hop_limit()
+            if len(holders) == 1:
+                self.ways[channel] = (dest, peer, hops)
+        req_id = next(self.calls.ids)
+        peer.send(request_frame(hops, tag, channel, me, dest, req_id, method, payload))
         # Recorded once the request is on its way, which is sooner: no reply can be read
         # before this returns to the reactor.
         routes = self._routes
         if routes is None:
-            routes = self._routes = topology.routing.parents()
+            routes = self._routes = self.topology.routing.parents()
         # A leaf's picture of the replier goes with its hub link: whether a copy may be
         # sent after it dials again is known now (a node looks when its path breaks).
-        idempotent = None if topology.hub is None else self._declared(dest, channel, method)
+        idempotent = (None if self.topology.hub is None
+                      else self._declared(dest, channel, method))
         self._open(waiter, dest, channel_name, timeout, channel,
                    (tag, method, payload, routes, 0, idempotent), req_id)
         return req_id

@@ -428,13 +428,23 @@ class Topology:
         """Send ``data`` toward node ``dest``; False (counted) when it is unreachable."""
         peer = self.hop_links.get(dest)
         if peer is None:
+            peer = self.hop_to(dest)
+            if peer is None:
+                return False
+        peer.send(data)
+        return True
+
+    def hop_to(self, dest: int) -> IPeer | None:
+        """The neighbour toward node ``dest`` (kept until the paths change); None, counted,
+        when it is unreachable."""
+        peer = self.hop_links.get(dest)
+        if peer is None:
             peer = self.first_hop(dest)
             if peer is None:
                 self.counters["no_route"] += 1
-                return False
+                return None
             self.hop_links[dest] = peer
-        peer.send(data)
-        return True
+        return peer
 
     def first_hop(self, dest: int) -> IPeer | None:
         """The neighbour toward ``dest``: a leaf of ours, the next hop of the picture, the

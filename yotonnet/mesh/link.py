@@ -110,6 +110,7 @@ class LinkBase(Protocol):
         self.frames_in = self.bytes_in = self.frames_out = self.bytes_out = 0
         self.last_seen = 0.0
         self._topology = context.node.topology
+        self._batch = context.batch
         # frame kind -> handler(link, frame), and the handler of DATA frames and runs:
         # given by the owner once the link is up (see ILinkOwner.dispatch_for)
         self._handlers: dict[int, Callable[[Any, Any], None]] = {}
@@ -237,7 +238,7 @@ class LinkBase(Protocol):
         at the end, e.g. all replies to a read, or all frames forwarded from it.
         """
         handlers = self._handlers
-        batch = self.context.batch
+        batch = self._batch
         outer = batch.begin()
         topology = self._topology
         try:
@@ -580,7 +581,7 @@ class Link(LinkBase):
                     if handler is not None:
                         # _dispatch_frames for one frame, written out: the time from here
                         # to the reply's or next request's write is a round trip's.
-                        batch = self.context.batch
+                        batch = self._batch
                         outer = batch.begin()
                         try:
                             if self._topology.pending and kind != _CONTROL:
