@@ -371,19 +371,23 @@ class Requests:
         it is addressed to, else served here with a local replier, or passed to a
         leaf's (one call less than a serve() of its own: every served call's path)."""
         _, hops, tag, channel, source, dest, req_id, payload, method = frame
-        # (a reply that goes back that way already needs no learning)
-        if peer is not None and self.topology.hop_links.get(source) is not peer:
-            self.topology.learn(source, peer)
-        if dest != self.node_id:
-            if self.topology.onward(hops):
+        topology = self.topology
+        me = self.node_id
+        # The way back to the caller; a caller whose reply goes back that way already
+        # needs no learning.
+        back = topology.hop_links.get(source)
+        if peer is not None and back is not peer:
+            topology.learn(source, peer)
+        if dest != me:
+            if topology.onward(hops):
                 if peer is not None and peer.role == LEAF and self._declared(dest, channel,
                                                                              method):
                     self._relay(source, req_id, dest, channel, tag, method, payload)
-                self.topology.unicast(dest, reencode(frame, hops - 1))
+                topology.unicast(dest, reencode(frame, hops - 1))
             return
         if tag & REQUEST_RESENT:
             tag ^= REQUEST_RESENT
-        if self.idempotent_here and source != self.node_id:
+        if self.idempotent_here and source != me:
             methods = self.idempotent_here.get(channel)
             if methods is not None and method in methods and self._copy(source, req_id,
                                                                          channel):
@@ -416,21 +420,17 @@ class Requests:
         except errors.MessageTypeError:
             self.reply_ok(channel, source, req_id, outcome[0])  # it reports what failed
             return
-        me = self.node_id
         if source == me:
             self.accept(req_id, REPLY_OK, body)
             return
-        topology = self.topology
         data = reply_frame(topology.hops or topology.hop_limit(), REPLY_OK, channel, me,
                            source, req_id, body)
-        out = topology.hop_links.get(source)
-        if out is not None:
-            out.send(data)
+        if back is not None:
+            back.send(data)
         else:
             topology.unicast(source, data)
         if self.recent.entries:  # (once the reply is written: a copy comes later)
             self.recent.answered((source, req_id), REPLY_OK, body)
-
 
     def _relay(self, leaf: int, req_id: int, dest: int, channel: int, tag: int,
                method: bytes, payload: bytes) -> None:
