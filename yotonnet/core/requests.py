@@ -421,7 +421,7 @@ class Requests:
             self.reply_ok(channel, source, req_id, outcome[0])  # it reports what failed
             return
         if source == me:
-            self.accept(req_id, REPLY_OK, body)
+            self.accept(channel, req_id, REPLY_OK, body)
             return
         data = reply_frame(topology.hops or topology.hop_limit(), REPLY_OK, channel, me,
                            source, req_id, body)
@@ -523,7 +523,7 @@ class Requests:
     def reply(self, channel: int, dest: int, req_id: int, status: int, payload: bytes) -> None:
         me = self.node_id
         if dest == me:
-            self.accept(req_id, status, payload)
+            self.accept(channel, req_id, status, payload)
             return
         if self.recent.entries:
             self.recent.answered((dest, req_id), status, payload)
@@ -532,9 +532,11 @@ class Requests:
             dest, reply_frame(topology.hop_limit(), status, channel, me, dest, req_id, payload)
         )
 
-    def on_reply(self, peer: IPeer, frame: Frame) -> None:
+    def on_reply(self, peer: IPeer | None, frame: Frame) -> None:
+        """A reply from neighbour ``peer`` (None: made here): passed on toward the node
+        it is addressed to, else it completes the call it answers."""
         _, hops, status, channel, source, dest, req_id, payload, _ = frame
-        if peer.role == LEAF:
+        if peer is not None and peer.role == LEAF:
             # Only for a call this node passed that leaf; on in this node's name.
             if self.topology.leaves.answered(peer, dest, req_id, channel):
                 self.reply(channel, dest, req_id, status, payload)
@@ -556,7 +558,6 @@ class Requests:
         if status != REPLY_OK:
             self._fail(call, status, payload)
             return
-        # (_outcome's common case written out: every successful call's)
         try:
             value = decode_object(payload)
         except Exception as e:  # noqa: BLE001 - a malformed reply fails only its call
@@ -564,24 +565,11 @@ class Requests:
             return
         call.waiter.callback(value)
 
-    def accept(self, req_id: int, status: int, payload: bytes) -> None:
-        """A reply made on this node to a request made on this node."""
-        call = self.calls.pop(req_id)
-        if call is None:
-            return  # cancelled or timed out: the late reply is dropped
-        self._outcome(call, status, payload)
-
-    def _outcome(self, call: Call, status: int, payload: bytes) -> None:
-        """A call's reply: its value to the waiter, or the error it says."""
-        if status != REPLY_OK:
-            self._fail(call, status, payload)
-            return
-        try:
-            value = decode_object(payload)
-        except Exception as e:  # noqa: BLE001 - a malformed reply fails only its call
-            call.waiter.errback(errors.DecodeError(f"malformed reply: {e}"))
-            return
-        call.waiter.callback(value)
+    def accept(self, channel: int, req_id: int, status: int, payload: bytes) -> None:
+        """A reply made on this node to a call made here: taken as any reply is."""
+        me = self.node_id
+        self.on_reply(None, Frame(FrameKind.REPLY, 0, status, channel, me, me, req_id,
+                                  payload, b""))
 
     def _fail(self, call: Call, status: int, payload: bytes) -> None:
         """Fail a call (already closed) with the error a non-OK reply carries."""
