@@ -369,7 +369,7 @@ class Requests:
     def on_request(self, peer: IPeer | None, frame: Frame) -> None:
         """A request from neighbour ``peer`` (None: made here): passed on toward the node
         it is addressed to, else served here with a local replier, or passed to a
-        leaf's (one call less than a serve() of its own: every served call's path)."""
+        leaf's (served in this method itself: one call less on every call's way)."""
         _, hops, tag, channel, source, dest, req_id, payload, method = frame
         topology = self.topology
         me = self.node_id
@@ -396,7 +396,7 @@ class Requests:
         if reps and len(reps) == 1 and not reps[0].in_flight:
             rep = reps[0]  # an idle replier here: no leaf's is less busy
         else:
-            leaves = self.topology.leaves
+            leaves = topology.leaves
             if leaves.entries:
                 leaf = leaves.pick_replier(channel)
                 if leaf is not None and (

@@ -426,7 +426,7 @@ class Topology:
 
     def unicast(self, dest: int, data: bytes) -> bool:
         """Send ``data`` toward node ``dest``; False (counted) when it is unreachable."""
-        peer = self.hop_links.get(dest)
+        peer = self.hop_links.get(dest)  # (hop_to's common case, without its call)
         if peer is None:
             peer = self.hop_to(dest)
             if peer is None:
