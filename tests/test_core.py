@@ -438,6 +438,22 @@ class DispatchTests(CoreCase):
         self.node.end_dispatch()  # nothing pending: nothing more
         self.assertEqual(self.node.counters["routing_changes"], changes + 1)
 
+    def test_a_batched_node_keeps_records_for_the_dispatch_end_unasked(self):
+        # A context's node: every frame comes within a dispatch, but its start is told
+        # only while published frames wait (mesh.writer.Batch).
+        self.node = Node(ME, "me", self.config, self.clock, self.log, self.deadlines.append,
+                         batched=True)
+        a = self.link(A)
+        self.assertTrue(self.node.topology.pending)  # A's record waits too
+        self.node.end_dispatch()
+        self.assertFalse(self.node.topology.pending)
+        for n, node_id in enumerate((100, 101)):
+            changes = self.node.counters["routing_changes"]
+            self.announce(a, node_id, {A: 1})
+            self.assertEqual(self.node.counters["routing_changes"], changes, n)
+            self.node.end_dispatch()
+            self.assertEqual(self.node.counters["routing_changes"], changes + 1, n)
+
     def test_outside_a_dispatch_each_record_is_a_change(self):
         a = self.link(A)
         changes = self.node.counters["routing_changes"]
