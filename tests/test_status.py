@@ -19,8 +19,17 @@ from hypothesis import strategies as st
 from twisted.logger import LogBeginner, Logger, LogPublisher, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from yotonnet import ContextConfig, PubChannel, RepChannel, ReqChannel, StateChannel, SubChannel
+from yotonnet import (
+    BINARY,
+    ContextConfig,
+    PubChannel,
+    RepChannel,
+    ReqChannel,
+    StateChannel,
+    SubChannel,
+)
 from yotonnet.core.names import printable
+from yotonnet.core.wire import HEADER_SIZE
 from yotonnet.service.logs import make_observer, start_logging
 from yotonnet.service.status import node_status, prometheus_text
 from yotonnet.testing import MemoryMesh, MeshTestCase
@@ -268,6 +277,23 @@ class StatusTests(MeshTestCase):
         self.assertEqual(news_d["pending"], 20)  # nobody called recv()
         prom_d = parse_prometheus(prometheus_text(mesh["d"]))
         self.assertEqual(sample(prom_d, "yotonnet_channel_received_total", channel="news"), 20)
+
+    def test_figures_asked_in_the_turn_that_published_count_every_message(self) -> None:
+        # Messages on the publish lane are charged to the retention when it closes; a
+        # status asked before that (a timer published, an HTTP read follows in the same
+        # reactor turn) must still count them.
+        mesh = self.make_mesh(names=["a", "b"])
+        mesh.link("a", "b")
+        SubChannel(mesh["b"], "news", BINARY)
+        mesh.settle()
+        pub = PubChannel(mesh["a"], "news", BINARY)
+        mesh.settle()
+        for _ in range(20):
+            pub.send(b"x" * 50)
+        self.assertIsNotNone(mesh["a"].node.pubsub.lane.outlet)  # (they took the lane)
+        retained = node_status(mesh["a"])["repair"]["retained_bytes"]
+        self.assertEqual(retained, 20 * (HEADER_SIZE + 50))
+        self.assertEqual(node_status(mesh["a"])["repair"]["retained_bytes"], retained)
 
     def test_request_and_state_channels(self) -> None:
         mesh = self.make_mesh(names=["a", "b"])

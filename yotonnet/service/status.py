@@ -284,6 +284,10 @@ def _channels(context: Context, snapshot: dict) -> list[dict]:
 
 def node_status(context: Context) -> dict:
     """Everything one node knows about itself and the mesh, as JSON-serialisable data."""
+    # Messages published on the lane this turn are charged to the retention and the
+    # credit only when it closes (yotonnet.core.pubsub.Lane): closed here, the figures
+    # read true even when asked in the turn that published.
+    context.node.pubsub.lane.clear()
     now = context.reactor.seconds()
     snapshot = context.routing.snapshot()
     nodes, edges, routes = _mesh(snapshot)
