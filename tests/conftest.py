@@ -52,6 +52,7 @@ RINGS: dict[str, int | dict[str, int]] = {
     "test_reqrep_hotpath": {"CallTableTests": 1, "MeshPathTests": 2, "*": 3},
     # ring 3: real sockets and processes on loopback
     "test_attacks": 3,
+    "test_bench_versus": 3,
     "test_blocking": 3,
     "test_control_attacks": 3,
     "test_flow_processes": 3,
