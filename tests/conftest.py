@@ -49,6 +49,7 @@ RINGS: dict[str, int | dict[str, int]] = {
     "test_flow": {"PeerFlowTests": 1, "*": 2},
     "test_forwarding": {"RunDecoderTests": 1, "*": 2},
     "test_status": {"ParserTests": 1, "*": 2},
+    "test_reply_poll": 2,
     "test_reqrep_hotpath": {"CallTableTests": 1, "MeshPathTests": 2, "*": 3},
     # ring 3: real sockets and processes on loopback
     "test_attacks": 3,

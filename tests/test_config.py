@@ -143,6 +143,14 @@ class ConfigFileTests(SynchronousTestCase):
         path = self.write("[context]\nread_size = 1048576\n")
         self.assertEqual(config.load(path).context.read_size, 1 << 20)
 
+    def test_reply_poll_is_bounded(self) -> None:
+        self.assertIn("context.reply_poll = 0.5 must be from 0 (no polling) to 0.01 s",
+                      self.error("[context]\nreply_poll = 0.5\n"))
+        with self.assertRaisesRegex(ValueError, "reply_poll = -1e-06 must be from 0"):
+            ContextConfig(reply_poll=-1e-6).check()
+        self.assertEqual(config.parse("[context]\nreply_poll = 0\n").context.reply_poll, 0)
+        self.assertEqual(ContextConfig().reply_poll, 100e-6)
+
     def test_reroute_after_must_outlast_a_heartbeat(self) -> None:
         message = self.error("[context]\nheartbeat = 2.0\nreroute_after = 1.5\n")
         self.assertIn("context.reroute_after = 1.5 must be longer than heartbeat = 2.0", message)

@@ -312,6 +312,53 @@ class ReqRepTests(ProcessTestCase):
             await again
 
 
+class ReplyPollTests(ProcessTestCase):
+    """The reply poll (yotonnet.mesh.replypoll) over real TCP: a replier in another
+    process answers while the caller polls; one in the same process never can."""
+
+    async def calls(self, caller: Context, endpoint: str, count: int) -> None:
+        link = await bounded(caller.connect(endpoint), "the link to the replier")
+        req = yotonnet.ReqChannel(caller, "svc")
+        await bounded(caller.wait_for_interest(req.channel_id, REP), "the replier's record")
+        self.assertIsNotNone(link.poll_socket)
+        for i in range(count):  # one at a time, as a sequential caller makes them
+            self.assertEqual(await bounded(req.add(i, 1), f"call {i}"), i + 1)
+
+    def test_a_replier_in_another_process_answers_within_the_poll(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._other_process())
+
+    async def _other_process(self) -> None:
+        # (the longest limit: only a round trip slower than 10 ms would miss)
+        ctx = self.make_context("req", reply_poll=0.01)
+        _, port = await self.start_peer("rep", "--channel", "svc")
+        await self.calls(ctx, f"tcp:127.0.0.1:{port}", 40)
+        polls, caught, skipped = (ctx.counters[k] for k in (
+            "reply_polls", "reply_polls_caught", "reply_polls_skipped"))
+        self.assertEqual(polls + skipped, 40)  # (a poll per call, or its skip)
+        self.assertGreaterEqual(caught, 20, ctx.counters)
+
+    def test_a_replier_in_the_same_process_is_soon_not_polled_for(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._same_process())
+
+    async def _same_process(self) -> None:
+        # While the caller polls, nothing else in its process runs: the replier here
+        # cannot answer, every poll runs out, and the backoff soon skips nearly all.
+        caller, replier = self.make_context("req"), self.make_context("rep")
+
+        class Adder(yotonnet.RepChannel):
+            def add(self, a: int, b: int) -> int:
+                return a + b
+
+        Adder(replier, "svc")
+        port = await replier.listen("tcp:0:interface=127.0.0.1")
+        await self.calls(caller, f"tcp:127.0.0.1:{port.getHost().port}", 100)
+        polls, caught, skipped = (caller.counters[k] for k in (
+            "reply_polls", "reply_polls_caught", "reply_polls_skipped"))
+        self.assertEqual(polls + skipped, 100)
+        self.assertLessEqual(polls, 10, caller.counters)  # (6 if every one ran out)
+        self.assertLessEqual(caught, 2, caller.counters)  # (a heartbeat may end one)
+
+
 class StateTests(ProcessTestCase):
     def test_late_joiner(self) -> defer.Deferred:
         """A value the child set before anyone linked reaches a context that joins later."""

@@ -20,12 +20,14 @@ from .routing import (
 )
 from .wire import DEFAULT_MAX_CONTROL_FRAME, DEFAULT_MAX_FRAME, MAX_HOPS
 
-__all__ = ["ContextConfig", "MAX_READ_SIZE", "MIN_READ_SIZE"]
+__all__ = ["ContextConfig", "MAX_READ_SIZE", "MAX_REPLY_POLL", "MIN_READ_SIZE"]
 
 #: bounds of ContextConfig.read_size: below a few KiB every frame takes several reads;
 #: above some MiB each read allocates that much before it shrinks to what came
 MIN_READ_SIZE = 4096
 MAX_READ_SIZE = 16 << 20
+#: the longest ContextConfig.reply_poll: every other link and timer waits meanwhile
+MAX_REPLY_POLL = 0.01
 
 
 @dataclass
@@ -79,6 +81,10 @@ class ContextConfig:
     #: write small frames to a TCP socket at once when Twisted has nothing buffered for
     #: it, instead of in the next reactor turn (see yotonnet.mesh.writer); off: Twisted's
     eager_writes: bool = True
+    #: seconds a context polls a link's socket for the reply to a call it just sent,
+    #: before its reactor may sleep (see yotonnet.mesh.replypoll); a sequential caller's
+    #: round trip then skips most of a wake-up. Up to 0.01; 0: never poll
+    reply_poll: float = 100e-6
     #: the most bytes a link over TCP or a unix socket takes in one read (Twisted's own is
     #: 64 KiB): a busy link's reads each carry more frames, for one dispatch's fixed cost
     #: (a subscriber of 100-byte messages spends about a tenth less per message); a read
@@ -110,6 +116,11 @@ class ContextConfig:
             raise ValueError(
                 f"read_size = {self.read_size!r} must be from {MIN_READ_SIZE} to "
                 f"{MAX_READ_SIZE} bytes (256 KiB by default)"
+            )
+        if not 0 <= self.reply_poll <= MAX_REPLY_POLL:
+            raise ValueError(
+                f"reply_poll = {self.reply_poll!r} must be from 0 (no polling) to "
+                f"{MAX_REPLY_POLL} s: nothing else runs while it polls (100 us by default)"
             )
         if 0 < self.reroute_after <= self.heartbeat:
             raise ValueError(

@@ -52,6 +52,10 @@ class IPeer(Interface):
         "send_pair(head, payload), which sends one frame given as its header and its "
         "payload, as send(head + payload) would"
     )
+    poll_socket = Attribute(
+        "optional, None if absent: the socket the host may poll for the reply to a call "
+        "sent on this link before it sleeps (yotonnet.mesh.replypoll)"
+    )
 
     def send(data: bytes) -> None:  # noqa: N805 - zope interfaces have no self
         """Send one or more encoded frames (a link may batch them)."""

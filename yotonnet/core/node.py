@@ -55,6 +55,7 @@ class Node:
         on_deadline: Callable[[float], None],
         on_cork: Callable[[], None] | None = None,
         batched: bool = False,
+        on_call_sent: Callable[[IPeer], None] | None = None,
     ) -> None:
         self.node_id = node_id
         #: the host hands every frame over within begin_dispatch() and end_dispatch() (a
@@ -98,6 +99,7 @@ class Node:
         self.requests = Requests(
             node_id, self.topology, self.counters, clock, on_deadline,
             RecentRequests(config.recent_requests, config.recent_reply_bytes),
+            on_call_sent,
         )
         self.state = StateSync(node_id, self.topology)
         self.topology.dispatching = batched

@@ -79,6 +79,7 @@ class Requests:
         clock: Callable[[], float],
         on_deadline: Callable[[float], None],
         recent: RecentRequests | None = None,
+        on_call_sent: Callable[[IPeer], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.topology = topology
@@ -86,6 +87,9 @@ class Requests:
         self.clock = clock
         #: asked to call expire() at this time (earlier than any time asked before)
         self.on_deadline = on_deadline
+        #: told the neighbour each call made here went out to (its reply comes back
+        #: that way): the host may watch that link for it before it sleeps
+        self.on_call_sent = on_call_sent
         self.calls = CallTable()
         #: channel id -> local replier ends (IReplierEnd)
         self.repliers: dict[int, list[Any]] = {}
@@ -183,6 +187,8 @@ class Requests:
                       else self._declared(dest, channel, method))
         self._open(waiter, dest, channel_name, timeout, channel,
                    (tag, method, payload, routes, 0, idempotent), req_id)
+        if self.on_call_sent is not None:
+            self.on_call_sent(peer)
         return req_id
 
     def _open(self, waiter: IWaiter, dest: int, channel_name: str, timeout: float | None,

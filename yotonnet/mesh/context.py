@@ -20,6 +20,7 @@ leaf of the node it dials.
 from __future__ import annotations
 
 import random
+import select
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -38,6 +39,7 @@ from ..security.settings import Security, SecurityError
 from .dialer import Dialer, FirstOf, endpoint_cost
 from .interfaces import IChannelHost, ILinkOwner
 from .link import BUSY, CLOSED, UP, Link, LinkFactory
+from .replypoll import ReplyPoller
 from .writer import Batch
 
 __all__ = ["Context", "ContextConfig", "LinkEvent", "Dialer", "NODE", "LEAF"]
@@ -92,11 +94,16 @@ class Context:
         #: the sans-IO core: every decision about frames is its
         #: the call that writes published frames waiting in the node (see _corked)
         self._uncork_call: Any = None
+        polls = self.config.reply_poll > 0 and hasattr(select, "poll")  # (not on Windows)
         self.node = Node(self.node_id, self.name, self.config, reactor.seconds, log,
-                         self._arm_deadline, self._corked, batched=True)
+                         self._arm_deadline, self._corked, batched=True,
+                         on_call_sent=self._call_sent if polls else None)
         #: the routing table and the counters (introspection)
         self.routing = self.node.routing
         self.counters = self.node.counters
+        #: watches the links calls went out on for their replies (None: reply_poll is 0)
+        self.reply_poller = (ReplyPoller(reactor, self.config.reply_poll, self.counters)
+                             if polls else None)
         #: neighbour node id -> the link to it (up or busy): the mesh's links, and a
         #: leaf's link to its hub (see links for every link, leaves' too)
         self.neighbours: dict[int, Link] = self.node.topology.peers  # type: ignore[assignment]
@@ -254,6 +261,11 @@ class Context:
         self._uncork_call = None
         self.node.pubsub.uncork()
 
+    def _call_sent(self, link: Any) -> None:
+        """A call made here went out on ``link`` (Requests.on_call_sent)."""
+        if self.reply_poller is not None and not self.closed:
+            self.reply_poller.expect(link)
+
     def close(self) -> defer.Deferred[None]:
         """Stop dialling and listening, close every link, fail pending requests."""
         if self.closed:
@@ -263,6 +275,8 @@ class Context:
         if self._uncork_call is not None and self._uncork_call.active():
             self._uncork_call.cancel()
         self._uncork_call = None
+        if self.reply_poller is not None:
+            self.reply_poller.stop()
         if self._housekeeping.running:
             self._housekeeping.stop()
         # Links first: each writes what it holds before it goes. A dialler stopped first

@@ -41,6 +41,7 @@ from ..core.leaves import HUB, LEAF, LEAF_CAPABILITY, NODE
 from ..core.names import printable
 from ..core.wire import FrameKind, ProtocolError
 from ..security import tls
+from .replypoll import pollable_socket
 from .writer import LinkWriter, eager_socket, read_directly
 
 if TYPE_CHECKING:
@@ -425,6 +426,8 @@ class Link(LinkBase):
         self._hello_seen = False
         self._agreed_max_frame = wire.HANDSHAKE_MAX_FRAME
         self.writer: LinkWriter | None = None
+        #: the socket a ReplyPoller watches for replies to calls sent here (None: none)
+        self.poll_socket: Any = None
         # True while a read may skip the decoder: the link is up and not closing, and the
         # decoder holds no partial frame (see dataReceived); cleared by every status change
         self._whole_reads = False
@@ -501,6 +504,8 @@ class Link(LinkBase):
             self._slow_consumer, eager_socket(self.transport) if cfg.eager_writes else None,
         )
         self.send = self.writer.send  # type: ignore[method-assign]
+        if cfg.reply_poll:
+            self.poll_socket = pollable_socket(self.transport)
         if isinstance(getattr(self.transport, "bufferSize", None), int):
             # (a TCP or unix connection: Twisted's doRead takes up to bufferSize bytes)
             self.transport.bufferSize = cfg.read_size

@@ -61,6 +61,9 @@ _COUNTER_HELP = {
     "repair_followers_lost": "Subscribers a publisher stopped waiting for (silent too long).",
     "repair_untracked": "Deliveries or acknowledgements not tracked (max_repair_tracks).",
     "repair_refused": "Requests for missing messages refused (a subscriber asking too much).",
+    "reply_polls": "Times the context polled a link for a call's reply before sleeping.",
+    "reply_polls_caught": "Reply polls the link became readable in (the reactor never slept).",
+    "reply_polls_skipped": "Calls not polled for: their link's polls had run out lately.",
 }
 
 # What the repair of lossless channels holds now (Repair.stats), as gauges.

@@ -1,0 +1,135 @@
+"""Polling a link for the reply to a call before the reactor sleeps.
+
+A sequential caller spends most of a round trip asleep: it writes the request,
+returns to the reactor, and the reactor blocks in ``epoll_wait`` until the
+reply arrives. Waking from that sleep costs more than the work around it: on
+the 2-CPU VMs these figures come from, a caller that went to sleep took 100-230
+us per round trip over loopback TCP, one that kept polling its socket 60-85 us,
+in the same minutes (``.venv/bin/python benchmarks/bench_versus.py --only
+reqrep``; README, Benchmarks).
+
+So after a dispatch wrote a call's request (``Requests.request`` reports it
+through ``on_call_sent``), :class:`ReplyPoller` runs once more at the start of the
+next reactor turn, before the reactor may sleep, and polls the sockets of the
+links those requests went out on (``poll(2)`` with no timeout) for up to
+``ContextConfig.reply_poll`` seconds. It returns as soon as one is readable,
+and the reactor then finds it ready without sleeping; it changes nothing about
+how the reply is read. Nothing else runs meanwhile, which is why the limit is
+small (100 us by default; 0 turns polling off).
+
+A replier that takes longer than the limit would have a caller burn the whole
+limit for nothing on every call. Each link keeps a backoff: after a poll of it
+runs out, its next call is not polled, after two such polls in a row its next
+three, and so on doubling up to 63; a poll that sees the link readable clears
+it. Links without a socket of their own (in memory, a process's pipes) are
+never polled.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+from weakref import WeakKeyDictionary
+
+__all__ = ["ReplyPoller", "pollable_socket", "MAX_SKIP"]
+
+#: the most calls a link's backoff skips after polls of it ran out
+MAX_SKIP = 63
+
+
+def pollable_socket(transport: Any) -> socket.socket | None:
+    """The socket under ``transport`` (through a TLS layer, say) whose readability says
+    that bytes came in, or None where there is none (a memory transport, pipes)."""
+    for _ in range(3):
+        get_handle = getattr(transport, "getHandle", None)
+        if get_handle is not None:
+            handle = get_handle()
+            if isinstance(handle, socket.socket):
+                return handle
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            break
+    return None
+
+
+class ReplyPoller:
+    """Polls the links calls just went out on, once per reactor turn (see the module
+    docstring). Counts in ``counters``: ``reply_polls`` run, ``reply_polls_caught``
+    (ended by a readable link) and ``reply_polls_skipped`` (by a link's backoff)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        limit: float,
+        counters: dict[str, int],
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.reactor = reactor
+        #: seconds one poll may last
+        self.limit = limit
+        self.counters = counters
+        for key in ("reply_polls", "reply_polls_caught", "reply_polls_skipped"):
+            counters.setdefault(key, 0)
+        self.clock = clock
+        #: links a call went out on since the last poll -> their socket
+        self._waiting: dict[Any, socket.socket] = {}
+        #: link -> [polls that ran out in a row, calls still to skip]
+        self._backoff: WeakKeyDictionary[Any, list[int]] = WeakKeyDictionary()
+        self._call: Any = None
+
+    def expect(self, link: Any) -> None:
+        """A call's request went out on ``link``: poll it before the reactor sleeps."""
+        sock = getattr(link, "poll_socket", None)  # (optional, see IPeer)
+        if sock is None:
+            return
+        backoff = self._backoff.get(link)
+        if backoff is not None and backoff[1]:
+            backoff[1] -= 1
+            self.counters["reply_polls_skipped"] += 1
+            return
+        self._waiting[link] = sock
+        if self._call is None:
+            self._call = self.reactor.callLater(0, self.poll)
+
+    def poll(self) -> None:
+        """Poll the links calls went out on until one is readable or the limit passes."""
+        self._call = None
+        waiting, self._waiting = self._waiting, {}
+        poller = select.poll()
+        links: dict[int, Any] = {}
+        for link, sock in waiting.items():
+            fd = sock.fileno()
+            if fd >= 0 and not link.closing:  # (-1: closed meanwhile)
+                poller.register(fd, select.POLLIN)
+                links[fd] = link
+        if not links:
+            return
+        self.counters["reply_polls"] += 1
+        clock = self.clock
+        end = clock() + self.limit
+        while True:
+            ready = poller.poll(0)
+            if ready:
+                self.counters["reply_polls_caught"] += 1
+                for fd, _ in ready:
+                    self._backoff.pop(links[fd], None)
+                return
+            if clock() >= end:
+                break
+        for link in links.values():
+            backoff = self._backoff.get(link)
+            if backoff is None:
+                self._backoff[link] = [1, 1]
+            else:
+                backoff[0] += 1
+                backoff[1] = min(2 ** backoff[0] - 1, MAX_SKIP)
+
+    def stop(self) -> None:
+        """The context is closing: no poll is left on the reactor."""
+        self._waiting.clear()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
