@@ -314,7 +314,8 @@ class ReqRepTests(ProcessTestCase):
 
 class ReplyPollTests(ProcessTestCase):
     """The reply poll (yotonnet.mesh.replypoll) over real TCP: a replier in another
-    process answers while the caller polls; one in the same process never can."""
+    process answers while the caller polls; one in the same process cannot, and the
+    request it has to read ends the poll."""
 
     async def calls(self, caller: Context, endpoint: str, count: int) -> None:
         link = await bounded(caller.connect(endpoint), "the link to the replier")
@@ -337,12 +338,12 @@ class ReplyPollTests(ProcessTestCase):
         self.assertEqual(polls + skipped, 40)  # (a poll per call, or its skip)
         self.assertGreaterEqual(caught, 20, ctx.counters)
 
-    def test_a_replier_in_the_same_process_is_soon_not_polled_for(self) -> defer.Deferred:
+    def test_a_replier_in_the_same_process_ends_each_poll_at_once(self) -> defer.Deferred:
         return defer.ensureDeferred(self._same_process())
 
     async def _same_process(self) -> None:
         # While the caller polls, nothing else in its process runs: the replier here
-        # cannot answer, every poll runs out, and the backoff soon skips nearly all.
+        # cannot answer. Its socket, readable with the request, ends every poll at once.
         caller, replier = self.make_context("req"), self.make_context("rep")
 
         class Adder(yotonnet.RepChannel):
@@ -354,9 +355,9 @@ class ReplyPollTests(ProcessTestCase):
         await self.calls(caller, f"tcp:127.0.0.1:{port.getHost().port}", 100)
         polls, caught, skipped = (caller.counters[k] for k in (
             "reply_polls", "reply_polls_caught", "reply_polls_skipped"))
-        self.assertEqual(polls + skipped, 100)
-        self.assertLessEqual(polls, 10, caller.counters)  # (6 if every one ran out)
+        self.assertEqual((polls, skipped), (100, 0))
         self.assertLessEqual(caught, 2, caller.counters)  # (a heartbeat may end one)
+        self.assertEqual(caller.counters["reply_polls_other"], polls - caught)
 
 
 class StateTests(ProcessTestCase):

@@ -12,11 +12,13 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from yotonnet import ContextConfig, RepChannel, ReqChannel
-from yotonnet.mesh.replypoll import MAX_SKIP, ReplyPoller, pollable_socket
+from yotonnet.mesh.replypoll import MAX_POLLED_FDS, MAX_SKIP, ReplyPoller, pollable_socket
 from yotonnet.testing import MeshTestCase
 
 
@@ -40,6 +42,19 @@ class Ticks:
         self.reads += 1
         self.now += 10e-6
         return self.now
+
+
+@implementer(IReactorFDSet)
+class ReadingClock(Clock):
+    """A Clock that says it reads ``readers`` (anything with a fileno), as a reactor's
+    getReaders() does; the rest of IReactorFDSet is not used by the poller."""
+
+    def __init__(self, readers: list[Any]) -> None:
+        super().__init__()
+        self.readers = readers
+
+    def getReaders(self) -> list[Any]:  # noqa: N802 - Twisted's name
+        return list(self.readers)
 
 
 class ReplyPollerTests(SynchronousTestCase):
@@ -110,6 +125,43 @@ class ReplyPollerTests(SynchronousTestCase):
         self.poller.expect(link)
         self.reactor.advance(0)
         self.assertEqual(self.counts()[:2], (10, 2))
+
+    def test_anything_else_the_reactor_reads_ends_the_poll(self) -> None:
+        link, _ = self.pair()
+        other_link, other = self.pair()
+        reactor = ReadingClock([other_link.poll_socket])
+        poller = ReplyPoller(reactor, 100e-6, self.counters, self.ticks)
+        other.send(b"a request for a replier here")
+        poller.expect(link)
+        reactor.advance(0)
+        c = self.counters
+        self.assertEqual((c["reply_polls"], c["reply_polls_caught"], c["reply_polls_other"]),
+                         (1, 0, 1))
+        self.assertLessEqual(self.ticks.reads, 1)
+        # It did not run out: the link's next call is polled as before.
+        other_link.poll_socket.recv(100)  # (read: nothing else waits now)
+        poller.expect(link)
+        reactor.advance(0)
+        self.assertEqual((c["reply_polls"], c["reply_polls_skipped"]), (2, 0))
+
+    def test_no_poll_where_the_reactor_reads_many_descriptors(self) -> None:
+        link, other = self.pair()
+        other.send(b"x")
+        readers = []
+        for _ in range(MAX_POLLED_FDS + 1):  # (quiet connections)
+            a, b = socket.socketpair()
+            self.addCleanup(a.close)
+            self.addCleanup(b.close)
+            readers.append(a)
+        reactor = ReadingClock(readers)
+        poller = ReplyPoller(reactor, 100e-6, self.counters, self.ticks)
+        poller.expect(link)
+        reactor.advance(0)
+        self.assertEqual(self.counters["reply_polls"], 0)
+        reactor.readers = readers[1:]
+        poller.expect(link)
+        reactor.advance(0)
+        self.assertEqual(self.counters["reply_polls_caught"], 1)
 
     def test_links_without_a_socket_or_closing_are_not_polled(self) -> None:
         self.poller.expect(FakeLink(None))

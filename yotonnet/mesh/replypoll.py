@@ -10,12 +10,15 @@ reqrep``; README, Benchmarks).
 
 So after a dispatch wrote a call's request (``Requests.request`` reports it
 through ``on_call_sent``), :class:`ReplyPoller` runs once more at the start of the
-next reactor turn, before the reactor may sleep, and polls the sockets of the
-links those requests went out on (``poll(2)`` with no timeout) for up to
-``ContextConfig.reply_poll`` seconds. It returns as soon as one is readable,
-and the reactor then finds it ready without sleeping; it changes nothing about
-how the reply is read. Nothing else runs meanwhile, which is why the limit is
-small (100 us by default; 0 turns polling off).
+next reactor turn, before the reactor may sleep, and polls (``poll(2)`` with no
+timeout) the sockets of the links those requests went out on, and everything
+else the reactor reads, for up to ``ContextConfig.reply_poll`` seconds. It
+returns as soon as one is readable, and the reactor finds it ready without
+sleeping; it changes nothing about how anything is read. Other input (another
+connection, a thread's ``callFromThread``) ends the poll as a reply does, so
+only timers wait for it, which is why the limit is small (100 us by default; 0
+turns polling off). A reactor reading more than :data:`MAX_POLLED_FDS`
+descriptors (a server's) is never held: its other connections have work for it.
 
 A replier that takes longer than the limit would have a caller burn the whole
 limit for nothing on every call. Each link keeps a backoff: after a poll of it
@@ -34,10 +37,15 @@ from collections.abc import Callable
 from typing import Any
 from weakref import WeakKeyDictionary
 
-__all__ = ["ReplyPoller", "pollable_socket", "MAX_SKIP"]
+from twisted.internet.interfaces import IReactorFDSet
+
+__all__ = ["ReplyPoller", "pollable_socket", "MAX_POLLED_FDS", "MAX_SKIP"]
 
 #: the most calls a link's backoff skips after polls of it ran out
 MAX_SKIP = 63
+#: no poll where the reactor reads more descriptors than this (a server's, whose other
+#: connections have work for it: building the poll would cost more than it saves)
+MAX_POLLED_FDS = 64
 
 
 def pollable_socket(transport: Any) -> socket.socket | None:
@@ -58,7 +66,8 @@ def pollable_socket(transport: Any) -> socket.socket | None:
 class ReplyPoller:
     """Polls the links calls just went out on, once per reactor turn (see the module
     docstring). Counts in ``counters``: ``reply_polls`` run, ``reply_polls_caught``
-    (ended by a readable link) and ``reply_polls_skipped`` (by a link's backoff)."""
+    (ended by a link a call went out on), ``reply_polls_other`` (ended by anything else
+    the reactor reads) and ``reply_polls_skipped`` (for a link's backoff)."""
 
     def __init__(
         self,
@@ -71,7 +80,8 @@ class ReplyPoller:
         #: seconds one poll may last
         self.limit = limit
         self.counters = counters
-        for key in ("reply_polls", "reply_polls_caught", "reply_polls_skipped"):
+        for key in ("reply_polls", "reply_polls_caught", "reply_polls_other",
+                    "reply_polls_skipped"):
             counters.setdefault(key, 0)
         self.clock = clock
         #: links a call went out on since the last poll -> their socket
@@ -95,27 +105,36 @@ class ReplyPoller:
             self._call = self.reactor.callLater(0, self.poll)
 
     def poll(self) -> None:
-        """Poll the links calls went out on until one is readable or the limit passes."""
+        """Poll until a link a call went out on, or anything else the reactor reads, is
+        readable, or the limit passes."""
         self._call = None
         waiting, self._waiting = self._waiting, {}
-        poller = select.poll()
         links: dict[int, Any] = {}
         for link, sock in waiting.items():
             fd = sock.fileno()
             if fd >= 0 and not link.closing:  # (-1: closed meanwhile)
-                poller.register(fd, select.POLLIN)
                 links[fd] = link
         if not links:
             return
+        others = self._other_fds(links)
+        if others is None:
+            return  # (a busy server's reactor: see MAX_POLLED_FDS)
+        poller = select.poll()
+        for fd in (*links, *others):
+            poller.register(fd, select.POLLIN)
         self.counters["reply_polls"] += 1
         clock = self.clock
         end = clock() + self.limit
         while True:
             ready = poller.poll(0)
             if ready:
-                self.counters["reply_polls_caught"] += 1
-                for fd, _ in ready:
-                    self._backoff.pop(links[fd], None)
+                caught = [links[fd] for fd, _ in ready if fd in links]
+                if caught:
+                    self.counters["reply_polls_caught"] += 1
+                    for link in caught:
+                        self._backoff.pop(link, None)
+                else:  # something else came first: the reactor has it to read now
+                    self.counters["reply_polls_other"] += 1
                 return
             if clock() >= end:
                 break
@@ -126,6 +145,24 @@ class ReplyPoller:
             else:
                 backoff[0] += 1
                 backoff[1] = min(2 ** backoff[0] - 1, MAX_SKIP)
+
+    def _other_fds(self, links: dict[int, Any]) -> list[int] | None:
+        """The other descriptors the reactor reads (its waker, other connections), so that
+        the poll ends for them too; None if there are more than MAX_POLLED_FDS."""
+        if not IReactorFDSet.providedBy(self.reactor):
+            return []  # (a test's Clock)
+        readers = self.reactor.getReaders()
+        if len(readers) > MAX_POLLED_FDS:
+            return None
+        fds = []
+        for reader in readers:
+            try:
+                fd = reader.fileno()
+            except OSError:  # (closed meanwhile)
+                continue
+            if fd >= 0 and fd not in links:
+                fds.append(fd)
+        return fds
 
     def stop(self) -> None:
         """The context is closing: no poll is left on the reactor."""

@@ -63,6 +63,7 @@ _COUNTER_HELP = {
     "repair_refused": "Requests for missing messages refused (a subscriber asking too much).",
     "reply_polls": "Times the context polled a link for a call's reply before sleeping.",
     "reply_polls_caught": "Reply polls the link became readable in (the reactor never slept).",
+    "reply_polls_other": "Reply polls ended by other input the reactor had to read.",
     "reply_polls_skipped": "Calls not polled for: their link's polls had run out lately.",
 }
 
