@@ -58,8 +58,11 @@ STALL_TIMEOUT = 20.0
 
 def context(name: str, opts: dict) -> yotonnet.Context:
     """A context with the benchmark's settings (``eager_writes``: default on, as yotonnet's;
-    ``retention_bytes``: yotonnet's default unless given, 0 turning repair off)."""
+    ``retention_bytes`` and ``reply_poll``: yotonnet's defaults unless given, 0 turning
+    repair or the reply poll off)."""
     config = yotonnet.ContextConfig(eager_writes=opts.get("eager_writes", True))
+    if "reply_poll" in opts:
+        config.reply_poll = float(opts["reply_poll"])
     if "retention_bytes" in opts:
         config.retention_bytes = int(opts["retention_bytes"])
     return yotonnet.Context(name, config=config)

@@ -15,7 +15,9 @@ processes on loopback, with its own idiomatic fast path:
   written ``k`` at a time (what a receiver can take when sending costs nothing: the
   receive-side ceiling); for req/rep also **eager send**, each frame written to the socket
   at once as yotonnet's links do (``ContextConfig.eager_writes``): the floor under any
-  messaging layer on Twisted's reactor;
+  messaging layer on Twisted's reactor that sleeps while it waits; and for req/rep
+  **yotonnet with** ``reply_poll = 0``: without the poll for a call's reply before the
+  reactor sleeps (yotonnet.mesh.replypoll), the layer's own cost against that floor;
 * **pyzmq**: PUB/SUB with ``SNDHWM``/``RCVHWM`` 0 (never drops), the publisher sending
   hellos until every subscriber has answered before it starts; REQ/REP;
 * **NATS**: Debian's ``nats-server`` (one per run, ``max_pending`` 1 GiB), nats-py
@@ -90,11 +92,13 @@ FANOUT = 10
 RUN_TIMEOUT = 240.0
 INSTR_TIMEOUT = 900.0
 
-SYSTEMS = ("yotonnet", "raw", "joined", "eager", "pyzmq", "nats", "yoton")
-#: the systems of the throughput metrics (eager send is a req/rep row)
-STREAMING = tuple(s for s in SYSTEMS if s != "eager")
+SYSTEMS = ("yotonnet", "nopoll", "raw", "joined", "eager", "pyzmq", "nats", "yoton")
+#: the systems of the throughput metrics (eager send and yotonnet without its reply poll
+#: are req/rep rows)
+STREAMING = tuple(s for s in SYSTEMS if s not in ("eager", "nopoll"))
 LABELS = {
     "yotonnet": "yotonnet",
+    "nopoll": "yotonnet, reply_poll = 0",
     "raw": "raw Twisted, sendString",
     "joined": "raw Twisted, pre-joined",
     "eager": "raw Twisted, eager send",
@@ -111,14 +115,15 @@ PASSES = {"reqrep": 3}
 APPLIES = {
     "pubsub-100": STREAMING,
     "pubsub-64k": STREAMING,
-    "reqrep": ("yotonnet", "raw", "eager", "pyzmq", "nats", "yoton"),
+    "reqrep": ("yotonnet", "nopoll", "raw", "eager", "pyzmq", "nats", "yoton"),
     "fanout": STREAMING,
     "chain": ("yotonnet", "pyzmq", "yoton"),
 }
 NOT_APPLICABLE = {
     ("reqrep", "joined"): "n/a (a sender-side ceiling)",
-    **{(metric, "eager"): "n/a (req/rep only)"
-       for metric in ("pubsub-100", "pubsub-64k", "fanout", "chain")},
+    **{(metric, system): "n/a (req/rep only)"
+       for metric in ("pubsub-100", "pubsub-64k", "fanout", "chain")
+       for system in ("eager", "nopoll")},
     ("chain", "raw"): "n/a (no forwarding node)",
     ("chain", "joined"): "n/a (no forwarding node)",
     ("chain", "nats"): "n/a: the server is the forwarder in every NATS row",
@@ -365,10 +370,12 @@ def reqrep_run(system: str, calls: int, warmup: int, base: dict,
     opts = {"size": SMALL, "count": calls, "warmup": warmup, "instr": instr_dir is not None}
     with Run(base, instr_dir) as run:
         server = None
-        if system in ("yotonnet", "raw", "eager"):
-            kind = "yot" if system == "yotonnet" else "raw"
+        if system in ("yotonnet", "nopoll", "raw", "eager"):
+            kind = "yot" if system in ("yotonnet", "nopoll") else "raw"
             if system == "eager":
                 opts["eager"] = True
+            if system == "nopoll":
+                opts["reply_poll"] = 0
             rep = run.start("twisted", f"{kind}-rep", opts, name="replier")
             req = run.start("twisted", f"{kind}-req", {**opts, "port": run.port(rep)},
                             name="caller")

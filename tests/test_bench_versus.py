@@ -4,7 +4,8 @@ The side-by-side benchmark is not part of ``make test``, so a change to the
 channels' API or to the bench scripts could break it unseen until someone
 measures. Here it runs for real (``--quick``: one short round, separate
 processes on loopback TCP) with the systems a fresh machine has without the
-bench-only extras (yotonnet, raw Twisted, the eager-send baseline), and what it
+bench-only extras (yotonnet, with and without its reply poll, raw Twisted, the
+eager-send baseline), and what it
 reports is checked for shape and for loss, never for speed: every run
 delivered all it was asked to, the ratios are those of its own figures, and
 the goals against pyzmq say ``n/a`` rather than inventing a ratio when pyzmq
@@ -41,7 +42,7 @@ class QuickRunTests(TestCase):
 
     async def test_every_metric_runs_without_loss_and_reports_its_goals(self) -> None:
         out, err, code = await bench_versus(
-            "--quick", "--json", "--no-instr", "--systems", "yotonnet,raw,eager")
+            "--quick", "--json", "--no-instr", "--systems", "yotonnet,nopoll,raw,eager")
         self.assertEqual(code, 0, err[-3000:])
         report = json.loads(out)
         self.assertEqual(report["errors"], [])
@@ -57,10 +58,11 @@ class QuickRunTests(TestCase):
                 self.assertEqual(run["delivered"], count * each, (metric, system))
                 self.assertGreater(run["rate"], 0, (metric, system))
         self.assertEqual(runs["chain"]["raw"], [])  # (raw Twisted has no forwarding node)
+        self.assertEqual(runs["pubsub-100"]["nopoll"], [])  # (a req/rep row)
         self.assertEqual(set(runs["chain"]["yotonnet"][0]["cpu"]),
                          {"publisher", "forwarder", "subscriber"})
         # Req/rep: three passes a round for each system, every one timed.
-        for system in ("yotonnet", "raw", "eager"):
+        for system in ("yotonnet", "nopoll", "raw", "eager"):
             passes = runs["reqrep"][system]
             self.assertEqual(len(passes), 3, system)
             for p in passes:
