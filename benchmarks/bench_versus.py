@@ -28,7 +28,8 @@ processes on loopback, with its own idiomatic fast path:
 Metrics (each run a fresh set of processes; rounds interleave the systems, 3 rounds by
 default, and every figure is the median of the rounds with the spread min-max; req/rep,
 whose runs are short and move most with the machine's moment, runs three passes a round,
-each interleaving every system, and its figures are medians of all the passes):
+each interleaving every system, and its figures are medians of all the passes; the chain
+runs two passes a round, each a pair of runs, see below):
 
 * pub/sub throughput of 100 B and 64 KiB messages, timed at the receiver from its first
   message to its last;
@@ -40,8 +41,10 @@ each interleaving every system, and its figures are medians of all the passes):
 * fan-out: one publisher, 10 subscriber processes, 100 B, aggregate messages delivered
   per second (every subscriber must get every message);
 * chain: 100 B through one forwarding process, against the same system's direct pub/sub
-  of the same round: yotonnet publisher node -> forwarding node -> subscriber node, pyzmq
-  through an XSUB/XPUB ``zmq.proxy``, Yoton through a middle context (it floods).
+  run right before or after it (two such pairs a round, the chain first in the second;
+  the ratio is the median of the pairs' ratios): yotonnet publisher node -> forwarding
+  node -> subscriber node, pyzmq through an XSUB/XPUB ``zmq.proxy``, Yoton through a
+  middle context (it floods).
 
 Below each figure the CPU time per message of each process (user + system, all threads,
 over the process's own window: a publisher from its first send until every receiver has
@@ -106,11 +109,11 @@ LABELS = {
     "nats": "NATS (nats-py)",
     "yoton": "Yoton 2.2",
 }
-# chain right after pubsub-100, its direct comparison, so that the two see about the same load
 METRICS = ("pubsub-100", "chain", "pubsub-64k", "fanout", "reqrep")
 #: passes of a metric within each round, every system in each (rotated): a req/rep pass is
-#: a few thousand calls, under a second, and its median moves most with the moment
-PASSES = {"reqrep": 3}
+#: a few thousand calls, under a second, and its median moves most with the moment; a
+#: chain pass is a pair, the chain and a direct run beside it (see one())
+PASSES = {"reqrep": 3, "chain": 2}
 #: which systems each metric has (the rest print why not)
 APPLIES = {
     "pubsub-100": STREAMING,
@@ -417,7 +420,7 @@ def plan_for(plan: dict, system: str) -> dict:
     return {**plan, **plan["yoton"]} if system == "yoton" else plan
 
 
-def one(metric: str, system: str, plan: dict, base: dict) -> dict:
+def one(metric: str, system: str, plan: dict, base: dict, pass_: int = 0) -> dict:
     p = plan_for(plan, system)
     if metric == "pubsub-100":
         return pubsub_run(system, SMALL, p["pubsub-100"], 1, False, base)
@@ -430,7 +433,13 @@ def one(metric: str, system: str, plan: dict, base: dict) -> dict:
     if metric == "fanout":
         return pubsub_run(system, SMALL, p["fanout"], FANOUT, False, base)
     if metric == "chain":
-        return pubsub_run(system, SMALL, p["pubsub-100"], 1, True, base)
+        # Paired with a direct run of the same system next to it (first on even passes,
+        # second on odd ones): the machine's load drifts less within a pair than between
+        # the round's pub/sub and chain metrics.
+        runs = [pubsub_run(system, SMALL, p["pubsub-100"], 1, chain, base)
+                for chain in ((False, True) if pass_ % 2 == 0 else (True, False))]
+        direct, chained = runs if pass_ % 2 == 0 else runs[::-1]
+        return {**chained, "direct_rate": direct["rate"]}
     if metric == "reqrep":
         return reqrep_run(system, p["calls"], p["warmup"], base)
     raise ValueError(metric)
@@ -442,7 +451,10 @@ def brief(metric: str, r: dict) -> str:
         return (f"median {r['median'] * 1e6:9.1f} us  p99 {r['p99'] * 1e6:9.1f} us  "
                 f"(CPU us/call: {cpu})")
     busy = " ".join(f"{v:.0%}" for v in r["busy"].values())
-    return f"{r['rate']:12,.0f} msg/s  ({r['seconds']:.2f} s; CPU us/msg: {cpu}; busy {busy})"
+    paired = (f"; {r['rate'] / r['direct_rate']:.2f}x its direct run's "
+              f"{r['direct_rate']:,.0f}") if "direct_rate" in r else ""
+    return (f"{r['rate']:12,.0f} msg/s  ({r['seconds']:.2f} s; CPU us/msg: {cpu}; "
+            f"busy {busy}{paired})")
 
 
 def measure(metrics: list[str], systems: list[str], plan: dict, repeats: int, base: dict,
@@ -459,7 +471,7 @@ def measure(metrics: list[str], systems: list[str], plan: dict, repeats: int, ba
                 shift = (rnd * passes + pass_) % max(1, len(order))
                 for system in order[shift:] + order[:shift]:
                     try:
-                        result = one(metric, system, plan, base)
+                        result = one(metric, system, plan, base, pass_)
                     except RunError as e:
                         errors.append(f"{metric} {system}: {e}")
                         log(f"  round {rnd + 1}/{repeats} {metric:<10} {system:<8} FAILED: "
@@ -565,7 +577,7 @@ def rate_block(title: str, metric: str, runs: dict, systems: list[str], why: dic
     return lines
 
 
-def chain_block(runs: dict, direct: dict, systems: list[str], why: dict, goals: dict,
+def chain_block(runs: dict, systems: list[str], why: dict, goals: dict,
                 errors_by: dict) -> list[str]:
     lines = ["chain through one forwarding process, 100 B, msg/s at the receiver",
              f"  {'system':<26} {'median':>9} {'min-max':>15} {'x direct':>8}  "
@@ -584,9 +596,8 @@ def chain_block(runs: dict, direct: dict, systems: list[str], why: dict, goals: 
             continue
         rates = [x["rate"] for x in r]
         m = med(rates)
-        d = direct.get(system)
-        ratio = m / med([x["rate"] for x in d]) if d else None
-        rtext = f"{ratio:8.2f}" if ratio is not None else f"{'n/a':>8}"
+        ratio = med([x["rate"] / x["direct_rate"] for x in r])  # (of the pairs)
+        rtext = f"{ratio:8.2f}"
         gtext = ""
         if system == "yotonnet":
             gtext = f">= {GOAL_CHAIN}: {verdict(ratio, GOAL_CHAIN, True)}"
@@ -666,8 +677,9 @@ def report(runs: dict, instr: dict, instr_why: str | None, systems: list[str], w
         metric, system = e.split(":", 1)[0].split(" ", 1)
         errors_by[(metric, system)] = e.split(":", 1)[1].strip().splitlines()[0][:70]
     out = [f"median of {repeats} round(s) (req/rep: of {repeats * PASSES['reqrep']} passes, "
-           f"{PASSES['reqrep']} a round), min-max over them; separate processes on loopback "
-           "TCP; ratios against pyzmq of the same run"]
+           f"{PASSES['reqrep']} a round; chain: of {repeats * PASSES['chain']} pairs of a chain "
+           "and a direct run), min-max over them; separate processes on loopback TCP; ratios "
+           "against pyzmq of the same run"]
     blocks = [
         ("pubsub-100", "pub/sub 100 B, msg/s at the receiver", (GOAL_100, "pub/sub 100 B >= 1.2x "
                                                                  "pyzmq")),
@@ -681,7 +693,7 @@ def report(runs: dict, instr: dict, instr_why: str | None, systems: list[str], w
             out += ["", *rate_block(title, metric, runs[metric], systems, why, goal, goals,
                                     errors_by)]
     if "chain" in runs:
-        out += ["", *chain_block(runs["chain"], runs.get("pubsub-100", {}), systems, why, goals,
+        out += ["", *chain_block(runs["chain"], systems, why, goals,
                                  errors_by)]
     if "reqrep" in runs:
         out += ["", *reqrep_block(runs["reqrep"], instr, instr_why, systems, why, goals,
@@ -720,8 +732,6 @@ def main(argv: list[str] | None = None) -> int:
         unknown = set(names) - set(known)
         if unknown:
             parser.error(f"unknown {what}(s) {sorted(unknown)}; choose from {known}")
-    if "chain" in metrics and "pubsub-100" not in metrics:
-        metrics.insert(0, "pubsub-100")  # the chain's direct comparison
     base = {"yotonnet_path": os.path.abspath(args.yotonnet_path)}
     why = availability()
     vers = versions()
