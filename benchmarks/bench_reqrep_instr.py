@@ -22,6 +22,11 @@ nothing buffered), so the last ratio is the messaging layer's own cost.
 
 ``--loop yot|raw N`` runs one loop without valgrind (what the counting runs).
 
+yotonnet runs here with ``reply_poll = 0`` (yotonnet.mesh.replypoll): in one
+process a caller's poll can never see its reply, since the replier cannot run
+meanwhile, and would end at once on the request the replier has to read. Its
+worth and its CPU across two processes are in ``bench_versus.py``.
+
 ``--path`` needs no valgrind: it counts the Python bytecodes each round trip
 runs (``sys.settrace``), all of them and those on its critical path: from a
 read (Twisted's ``doRead``) to the socket write it leads to, on each side. A
@@ -134,7 +139,10 @@ def loop(kind: str, count: int, path: str, counter: PathCounter | None = None) -
 
     async def main() -> None:
         if kind in ("yot", "yot-buffered"):
-            config = yotonnet.ContextConfig(eager_writes=kind == "yot")
+            # No reply poll: with both ends in one process the replier cannot run while
+            # the caller polls, so every poll would be ended by the request it has to read
+            # (its cost across processes is in bench_versus.py's CPU per call).
+            config = yotonnet.ContextConfig(eager_writes=kind == "yot", reply_poll=0)
             rep_ctx = yotonnet.Context("rep", config=config)
             req_ctx = yotonnet.Context("req", config=config)
             Echo(rep_ctx, "bench")
