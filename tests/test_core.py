@@ -117,6 +117,7 @@ class FakePeer:
         self.quiet = False
         self.closing = False
         self.lets_cork_out = False
+        self.poll_socket = None
         self.flow = PeerFlow(window, window if receive_window is None else receive_window)
         self.sent: list[bytes] = []
 

@@ -53,8 +53,8 @@ class IPeer(Interface):
         "payload, as send(head + payload) would"
     )
     poll_socket = Attribute(
-        "optional, None if absent: the socket the host may poll for the reply to a call "
-        "sent on this link before it sleeps (yotonnet.mesh.replypoll)"
+        "the socket the host may poll for the reply to a call sent on this link before "
+        "it sleeps (yotonnet.mesh.replypoll), or None"
     )
 
     def send(data: bytes) -> None:  # noqa: N805 - zope interfaces have no self

@@ -82,6 +82,8 @@ class LinkBase(Protocol):
     #: IPeer.lets_cork_out: whether every frame this link writes goes through a LinkWriter,
     #: which writes the node's waiting published frames first
     lets_cork_out = False
+    #: IPeer.poll_socket: none here; a Link over a socket has one (see connectionMade)
+    poll_socket: Any = None
 
     def __init__(
         self, context: ILinkOwner, outgoing: bool, endpoint_text: str = "", cost: int = 1
@@ -426,8 +428,6 @@ class Link(LinkBase):
         self._hello_seen = False
         self._agreed_max_frame = wire.HANDSHAKE_MAX_FRAME
         self.writer: LinkWriter | None = None
-        #: the socket a ReplyPoller watches for replies to calls sent here (None: none)
-        self.poll_socket: Any = None
         # True while a read may skip the decoder: the link is up and not closing, and the
         # decoder holds no partial frame (see dataReceived); cleared by every status change
         self._whole_reads = False
@@ -505,6 +505,7 @@ class Link(LinkBase):
         )
         self.send = self.writer.send  # type: ignore[method-assign]
         if cfg.reply_poll:
+            # (what a ReplyPoller watches for the replies to calls sent here)
             self.poll_socket = pollable_socket(self.transport)
         if isinstance(getattr(self.transport, "bufferSize", None), int):
             # (a TCP or unix connection: Twisted's doRead takes up to bufferSize bytes)

@@ -97,7 +97,7 @@ class ReplyPoller:
 
     def expect(self, link: Any) -> None:
         """A call's request went out on ``link``: poll it before the reactor sleeps."""
-        sock = getattr(link, "poll_socket", None)  # (optional, see IPeer)
+        sock = link.poll_socket
         if sock is None:
             return
         backoff = self._backoff.get(link)
