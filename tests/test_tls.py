@@ -11,6 +11,7 @@ not catch). yotonnet's own connection creator must refuse it.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from certs_fixture import bundle, path
@@ -65,6 +66,10 @@ class TLSLinks(TestCase):
             self.assertEqual(server_link.identity.user, "b")
             self.assertEqual(server_link.identity.method, "certificate")
             self.assertTrue(server_link.identity.node)
+            # The reply poll sees through the TLS layer to the TCP socket under it.
+            for end in (link, server_link):
+                self.assertIsInstance(end.poll_socket, socket.socket)
+                self.assertEqual(end.poll_socket.type, socket.SOCK_STREAM)
             pub = y.PubChannel(client, "news")
             await pub.wait_for_subscribers().addTimeout(WAIT, reactor)
             pub.send("over TLS")
