@@ -524,13 +524,17 @@ class KernelBroker:
                 self._leave(client, "vanished (it no longer answers)")
 
     def _attach_check(self) -> None:
-        """Right after an attach: note whether the new client's node is known now (so its
-        vanishing is seen even if it happens before the next periodic check)."""
+        """Right after an attach: note whether the new client's node and its input channel
+        are known now (a client opens that channel before it attaches), so that its
+        vanishing is seen at the next periodic check even if it happens before it, rather
+        than only once presence_grace passes."""
         reachable = self.context.routing.reachable()
         home_of = self.context.guard.home_of
         for info in self._clients.values():
             if info["node"] and home_of(info["node"]) in reachable:
                 info["node_seen"] = True
+            if not info["seen"] and self.context.interest_count(info["chan"], REP) > 0:
+                info["seen"] = True
 
     # --- control operations (req/rep handlers; the first argument is the caller)
 
