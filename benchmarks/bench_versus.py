@@ -436,10 +436,10 @@ def one(metric: str, system: str, plan: dict, base: dict, pass_: int = 0) -> dic
         # Paired with a direct run of the same system next to it (first on even passes,
         # second on odd ones): the machine's load drifts less within a pair than between
         # the round's pub/sub and chain metrics.
-        runs = [pubsub_run(system, SMALL, p["pubsub-100"], 1, chain, base)
-                for chain in ((False, True) if pass_ % 2 == 0 else (True, False))]
-        direct, chained = runs if pass_ % 2 == 0 else runs[::-1]
-        return {**chained, "direct_rate": direct["rate"]}
+        order = (False, True) if pass_ % 2 == 0 else (True, False)
+        by_chain = {chain: pubsub_run(system, SMALL, p["pubsub-100"], 1, chain, base)
+                    for chain in order}
+        return {**by_chain[True], "direct_rate": by_chain[False]["rate"]}
     if metric == "reqrep":
         return reqrep_run(system, p["calls"], p["warmup"], base)
     raise ValueError(metric)
